@@ -1,0 +1,287 @@
+"""Reading smear images (small or whole-slide, lazily) and writing label images and cell tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_hematology.core.errors import InputError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
+LAZY_THRESHOLD_BYTES = 256 * 2**20
+MIN_SIDE = 16
+
+
+@dataclass
+class SmearImage:
+    """An opened smear image.
+
+    Attributes:
+        levels: Image pyramid, full resolution first. Numpy arrays for small files, dask arrays for large
+            or pyramidal TIFFs (read lazily, tile by tile).
+        path: Where it was read from.
+        notes: Conversions made on the way that the user should know about.
+    """
+
+    levels: list
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def data(self):
+        """The full-resolution level."""
+        return self.levels[0]
+
+    @property
+    def is_multiscale(self) -> bool:
+        """Whether more than one resolution level is available."""
+        return len(self.levels) > 1
+
+
+def is_image_path(path: str | Path) -> bool:
+    """Whether the file name has a smear-image suffix this package reads."""
+    return str(path).lower().endswith(IMAGE_SUFFIXES)
+
+
+def list_images(paths: list[str | Path] | str | Path) -> list[Path]:
+    """Expand files and folders into a sorted list of image files.
+
+    Args:
+        paths: Image files and/or folders (searched recursively).
+
+    Returns:
+        Image paths, folders expanded in sorted order.
+
+    Raises:
+        InputError: A path does not exist, or no image was found.
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p)))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder.")
+    if not found:
+        raise InputError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, paths))}.")
+    return found
+
+
+def read_image(path: str | Path, lazy: bool | None = None) -> SmearImage:
+    """Open a smear image: TIFF/OME-TIFF (lazily if large or pyramidal), JPEG, PNG or BMP.
+
+    Args:
+        path: Image file.
+        lazy: Force (True) or forbid (False) lazy dask reading of TIFFs; None decides by size.
+
+    Returns:
+        The opened image, not yet checked for colour or bit depth (see :func:`to_rgb8`).
+
+    Raises:
+        InputError: The file is missing, of an unsupported format, corrupt or truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file.")
+    if not is_image_path(path):
+        raise InputError(
+            f"{path.name}: unsupported format '{path.suffix}'. Use one of {', '.join(IMAGE_SUFFIXES)}."
+        )
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            return _read_tiff(path, lazy)
+        return SmearImage(levels=[_read_plain(path)], path=path)
+    except InputError:
+        raise
+    except Exception as error:  # every decoder has its own exception types
+        raise InputError(
+            f"{path.name}: cannot be read ({type(error).__name__}: {error}). "
+            "The file is corrupt, truncated or not really an image; re-export it from the scanner software."
+        ) from error
+
+
+def _read_plain(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    return np.asarray(iio.imread(path))
+
+
+def _read_tiff(path: Path, lazy: bool | None) -> SmearImage:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        n_levels = len(series.levels)
+        nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+    if lazy is None:
+        lazy = n_levels > 1 or nbytes > LAZY_THRESHOLD_BYTES
+    if not lazy:
+        return SmearImage(levels=[tifffile.imread(path)], path=path)
+    import dask.array as da
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True)
+    group = zarr.open(store, mode="r")
+    if isinstance(group, zarr.Array):
+        levels = [da.from_zarr(group)]
+    else:
+        arrays = [da.from_zarr(group[key]) for key in group.array_keys()]
+        levels = sorted(arrays, key=lambda a: -a.shape[0])
+    return SmearImage(levels=levels, path=path)
+
+
+def to_rgb8(image: np.ndarray, name: str = "image") -> tuple[np.ndarray, list[str]]:
+    """Check a smear image and convert it to 8-bit RGB (Y, X, 3).
+
+    Alpha channels are dropped and 16-bit or float images are rescaled; grayscale images, images that are
+    too small and blank images are refused because stain colour is what the analysis relies on.
+
+    Args:
+        image: Array of shape (Y, X), (Y, X, 3) or (Y, X, 4).
+        name: Name used in messages.
+
+    Returns:
+        The RGB uint8 image and a list of notes describing conversions made.
+
+    Raises:
+        InputError: The image cannot be analysed; the message says why and what to do.
+    """
+    array = np.asarray(image)
+    notes: list[str] = []
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)
+        notes.append(f"{name}: channels moved last (was channels-first).")
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 1):
+        raise InputError(
+            f"{name} is grayscale; blast detection needs the colour (RGB) image of a Romanowsky-stained "
+            "smear. Open the original colour file."
+        )
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise InputError(
+            f"{name} has shape {array.shape}; expected a colour image (height, width, 3). "
+            "For a stack or time series, pick one plane first."
+        )
+    if min(array.shape[:2]) < MIN_SIDE:
+        raise InputError(
+            f"{name} is only {array.shape[1]}x{array.shape[0]} pixels; a smear field must be at least "
+            f"{MIN_SIDE}x{MIN_SIDE}."
+        )
+    if array.shape[-1] == 4:
+        array = array[..., :3]
+        notes.append(f"{name}: alpha channel dropped.")
+    if array.dtype != np.uint8:
+        array = _rescale_to_uint8(array)
+        notes.append(f"{name}: {image.dtype} intensities rescaled to 8 bits.")
+    if int(array.max()) == int(array.min()):
+        raise InputError(f"{name} is blank (every pixel has the same value); there is nothing to analyse.")
+    return np.ascontiguousarray(array), notes
+
+
+def _rescale_to_uint8(array: np.ndarray) -> np.ndarray:
+    values = array.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise InputError("The image contains NaN or infinite values; it cannot be analysed.")
+    if np.issubdtype(array.dtype, np.integer):
+        top = float(np.iinfo(array.dtype).max) if values.max() > 255 else 255.0
+        if array.dtype == np.uint16 and values.max() <= 4095:
+            top = 4095.0  # 12-bit cameras store into 16-bit containers
+    else:
+        top = 1.0 if values.max() <= 1.0 else float(values.max())
+    return np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_labels(path: str | Path, labels: np.ndarray) -> Path:
+    """Write an integer label image as a compressed TIFF (0 = background).
+
+    Args:
+        path: Destination ``.tif`` file; parent folders are created.
+        labels: Integer array.
+
+    Returns:
+        The written path.
+    """
+    import tifffile
+
+    path = Path(path)
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"Labels must be integers, got {labels.dtype}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, labels.astype(_smallest_label_dtype(labels)), compression="zlib")
+    return path
+
+
+def _smallest_label_dtype(labels: np.ndarray) -> type:
+    top = int(labels.max()) if labels.size else 0
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max and (labels.size == 0 or labels.min() >= 0):
+            return dtype
+    return np.int64
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Read a label image written by :func:`write_labels` (or any integer TIFF)."""
+    import tifffile
+
+    try:
+        labels = tifffile.imread(path)
+    except Exception as error:
+        raise InputError(f"{Path(path).name}: cannot read label image ({error}).") from error
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{Path(path).name}: a label image must hold integers, found {labels.dtype}.")
+    return labels
+
+
+def write_table(path: str | Path, table) -> Path:
+    """Write a per-cell table (pandas DataFrame or dict of columns) as CSV.
+
+    Args:
+        path: Destination ``.csv`` file; parent folders are created.
+        table: DataFrame or mapping of column name to values.
+
+    Returns:
+        The written path.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(table).to_csv(path, index=False)
+    return path
+
+
+def read_table(path: str | Path, required: list[str] | tuple[str, ...] = ()):
+    """Read a CSV table and check that it has the required columns.
+
+    Args:
+        path: CSV file.
+        required: Column names that must be present.
+
+    Returns:
+        A pandas DataFrame.
+
+    Raises:
+        InputError: The file is missing, unreadable, or lacks required columns.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file.")
+    try:
+        table = pd.read_csv(path)
+    except Exception as error:
+        raise InputError(f"{path.name}: cannot be read as CSV ({error}).") from error
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise InputError(
+            f"{path.name} lacks column(s) {', '.join(missing)}; it has {', '.join(map(str, table.columns))}."
+        )
+    return table
