@@ -1,0 +1,250 @@
+"""Benchmark of white-cell segmentation and of the ``analyze`` pipeline.
+
+Measures, on ``../shared/data`` (the BCCD ``test`` split is held back and never used):
+
+- detection F1 at IoU >= 0.5 against the BCCD WBC boxes, per split (``train`` was used for tuning);
+- mean Dice of nucleus and whole-cell masks against BCCD ``wbc_masks`` (nucleus >= 200, cell >= 64);
+- mean Dice on ``single_cells/wbc_seg`` (nucleus 255, cytoplasm 128) for the cell nearest the centre;
+- segmentation speed in megapixels per second (single thread, BCCD fields);
+- end-to-end time of ``analyze`` on one 640x480 field;
+- peak memory (max RSS of a subprocess) segmenting a 20,000 x 20,000 tiled TIFF built from BCCD fields.
+
+Run: ``.venv/bin/python benchmarks/bench_segmentation.py`` (about 5 minutes on 2 cores); writes
+``benchmarks/results/segmentation.json``. ``--quick`` evaluates fewer images and skips the big slide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from napari_hematology.core.io import read_image
+from napari_hematology.core.segmentation import SegmentationConfig, segment_field, segment_image
+
+DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+BCCD = DATA / "smear_fields" / "bccd"
+WBC_SEG = DATA / "single_cells" / "wbc_seg"
+RESULTS = Path(__file__).resolve().parent / "results" / "segmentation.json"
+SLIDE_SIDE = 20_000
+
+
+def wbc_boxes(xml_path: Path) -> list[tuple[int, int, int, int]]:
+    """WBC boxes (y0, x0, y1, x1) of a Pascal VOC annotation."""
+    boxes = []
+    for item in ET.parse(xml_path).findall("object"):
+        if item.findtext("name") != "WBC":
+            continue
+        box = item.find("bndbox")
+        x0, y0, x1, y1 = (int(float(box.findtext(key))) for key in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append((y0, x0, y1, x1))
+    return boxes
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two (y0, x0, y1, x1) boxes."""
+    height = min(a[2], b[2]) - max(a[0], b[0])
+    width = min(a[3], b[3]) - max(a[1], b[1])
+    if height <= 0 or width <= 0:
+        return 0.0
+    inter = height * width
+    area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def match_boxes(predicted, truth, threshold: float = 0.5) -> int:
+    """Greedy one-to-one matching by IoU; returns the number of true positives."""
+    pairs = sorted(
+        ((box_iou(p, t), i, j) for i, p in enumerate(predicted) for j, t in enumerate(truth)), reverse=True
+    )
+    used_p, used_t, hits = set(), set(), 0
+    for iou, i, j in pairs:
+        if iou < threshold:
+            break
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+            hits += 1
+    return hits
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient of two boolean masks (1.0 when both are empty)."""
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def evaluate_bccd(split: str, config: SegmentationConfig, limit: int | None = None) -> dict:
+    """Detection F1 and mask Dice on one BCCD split."""
+    index = pd.read_csv(BCCD / "index.csv")
+    index = index[index["split"] == split]
+    if limit:
+        index = index.iloc[:: max(1, len(index) // limit)]
+    hits = n_pred = n_true = 0
+    nucleus_dice, cell_dice = [], []
+    pixels, seconds = 0, 0.0
+    for row in index.itertuples():
+        rgb = read_image(BCCD / row.image).data
+        start = time.perf_counter()
+        result = segment_field(rgb, config)
+        seconds += time.perf_counter() - start
+        pixels += rgb.shape[0] * rgb.shape[1]
+        cells = result.cells
+        predicted = list(zip(cells.bbox_y0, cells.bbox_x0, cells.bbox_y1, cells.bbox_x1))
+        truth = wbc_boxes(BCCD / row.boxes)
+        hits += match_boxes(predicted, truth)
+        n_pred += len(predicted)
+        n_true += len(truth)
+        mask = np.asarray(read_image(BCCD / row.wbc_mask).data)
+        mask = mask[..., 0] if mask.ndim == 3 else mask
+        if (mask >= 64).any():
+            nucleus_dice.append(dice(result.nuclei, mask >= 200))
+            cell_dice.append(dice(result.labels > 0, mask >= 64))
+    precision = hits / max(n_pred, 1)
+    recall = hits / max(n_true, 1)
+    return {
+        "split": split,
+        "images": len(index),
+        "wbc_boxes": n_true,
+        "detected": n_pred,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "detection_f1_iou50": round(2 * precision * recall / max(precision + recall, 1e-9), 4),
+        "nucleus_dice": round(float(np.mean(nucleus_dice)), 4),
+        "cell_dice": round(float(np.mean(cell_dice)), 4),
+        "megapixels_per_second": round(pixels / 1e6 / seconds, 2),
+    }
+
+
+def evaluate_wbc_seg(dataset: str, config: SegmentationConfig, limit: int | None = None) -> dict:
+    """Dice of nucleus and whole cell for the cell nearest the centre of each single-cell image."""
+    images = sorted((WBC_SEG / dataset).glob("*.bmp"))
+    if limit:
+        images = images[:: max(1, len(images) // limit)]
+    nucleus_dice, cell_dice, missed = [], [], 0
+    for path in images:
+        rgb = read_image(path).data
+        truth = np.asarray(read_image(path.with_suffix(".png")).data)
+        truth = truth[..., 0] if truth.ndim == 3 else truth
+        result = segment_field(rgb, config)
+        cell = _central_cell(result.labels)
+        if cell == 0:
+            missed += 1
+        predicted_cell = result.labels == cell if cell else np.zeros(truth.shape, bool)
+        nucleus_dice.append(dice(result.nuclei & predicted_cell, truth >= 200))
+        cell_dice.append(dice(predicted_cell, truth >= 64))
+    return {
+        "dataset": dataset,
+        "images": len(images),
+        "missed": missed,
+        "nucleus_dice": round(float(np.mean(nucleus_dice)), 4),
+        "cell_dice": round(float(np.mean(cell_dice)), 4),
+    }
+
+
+def _central_cell(labels: np.ndarray) -> int:
+    """Label of the cell nearest the image centre (0 if none)."""
+    ids = np.unique(labels[labels > 0])
+    if ids.size == 0:
+        return 0
+    centre = np.array(labels.shape) / 2
+    centroids = [np.argwhere(labels == i).mean(axis=0) for i in ids]
+    return int(ids[np.argmin([np.linalg.norm(c - centre) for c in centroids])])
+
+
+def time_analyze(field: Path) -> float:
+    """Seconds for ``analyze_paths`` on one field, end to end (classifier loading included)."""
+    from napari_hematology.core.pipeline import analyze_paths
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        analyze_paths([field], out, scheduler="synchronous")
+        return time.perf_counter() - start
+
+
+def build_slide(path: Path, side: int = SLIDE_SIDE) -> None:
+    """Write a ``side`` x ``side`` tiled RGB TIFF made of BCCD fields, tile by tile (bounded memory)."""
+    import tifffile
+
+    fields = [read_image(p).data for p in sorted((BCCD / "images").glob("*.jpg"))[:64]]
+    tile = 512
+
+    def tiles():
+        for y in range(0, side, tile):
+            for x in range(0, side, tile):
+                field = fields[(y // tile * 7 + x // tile) % len(fields)]
+                yield np.ascontiguousarray(np.pad(field, ((0, 32), (0, 0), (0, 0)), mode="reflect")[:tile, :tile])
+
+    tifffile.imwrite(path, tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile), compression="zlib")
+
+
+def slide_child(path: str) -> None:
+    """Segment the big slide lazily with labels written to a memory-mapped TIFF; print JSON figures."""
+    import tifffile
+
+    image = read_image(path, lazy=True).data
+    with tempfile.TemporaryDirectory() as out:
+        labels_path = Path(out) / "labels.tif"
+        labels = tifffile.memmap(labels_path, shape=image.shape[:2], dtype=np.uint32)
+        start = time.perf_counter()
+        result = segment_image(image, labels_out=labels)
+        seconds = time.perf_counter() - start
+        labels.flush()
+        del labels
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({"cells": len(result.cells), "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 3)}))
+
+
+def measure_slide() -> dict:
+    """Build the synthetic slide in a temporary folder and measure it in a fresh subprocess."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder:
+        path = Path(folder) / "slide.tif"
+        build_slide(path)
+        output = subprocess.run(
+            [sys.executable, __file__, "--slide-child", str(path)], capture_output=True, text=True, check=True
+        ).stdout
+    figures = json.loads(output.strip().splitlines()[-1])
+    figures["side"] = SLIDE_SIDE
+    figures["megapixels_per_second"] = round(SLIDE_SIDE**2 / 1e6 / figures["seconds"], 2)
+    return figures
+
+
+def main() -> None:
+    """Run every measurement and write the JSON results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images, no whole-slide run")
+    parser.add_argument("--slide-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.slide_child:
+        slide_child(args.slide_child)
+        return
+    import torch
+
+    torch.set_num_threads(1)
+    limit = 20 if args.quick else None
+    config = SegmentationConfig()
+    results = {
+        "config": config.__dict__,
+        "bccd": [evaluate_bccd(split, config, limit) for split in ("train", "val")],
+        "wbc_seg": [evaluate_wbc_seg(name, config, limit) for name in ("dataset1", "dataset2")],
+        "analyze_seconds_one_640x480_field": round(time_analyze(sorted((BCCD / "images").glob("*.jpg"))[0]), 2),
+    }
+    if not args.quick:
+        results["slide_20000x20000"] = measure_slide()
+    print(json.dumps(results, indent=2))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Normalising single white-cell crops so that crops from different labs look alike to the classifier.
+
+Crops arrive at any size, with the cell filling anything from a third to all of the frame, under
+different stains and illumination. :func:`normalise_crop` white-balances the crop on its background,
+finds the stained nucleus nearest the centre, and cuts a square around it whose side is a fixed multiple
+of the nucleus size, resized to ``size`` pixels. The cell therefore always appears at the same scale and
+position; neighbouring red cells stay visible and keep the cell's relative size readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.io import read_image, to_rgb8
+from napari_hematology.core.progress import ProgressCallback, StopCallback, tracked
+
+CROP_SIZE = 64
+CONTEXT = 1.8
+LOCATE_SIZE = 64
+WHITE_PERCENTILE = 97.0
+
+
+def white_gain(rgb: np.ndarray) -> np.ndarray:
+    """Per-channel gains that turn the bright background of a crop white.
+
+    Args:
+        rgb: (Y, X, 3) uint8 image (a thumbnail is enough).
+
+    Returns:
+        Three float32 gains.
+    """
+    white = np.percentile(rgb.reshape(-1, 3), WHITE_PERCENTILE, axis=0).astype(np.float32)
+    return 255.0 / np.maximum(white, 32.0)
+
+
+def apply_gain(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """Multiply each channel by its gain, saturating at 255."""
+    return np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+def nucleus_score(rgb: np.ndarray) -> np.ndarray:
+    """How nucleus-like each pixel is under Romanowsky stains: dark in green, bluer than green.
+
+    Args:
+        rgb: (Y, X, 3) white-balanced uint8 image.
+
+    Returns:
+        A float32 (Y, X) score, higher for nuclei.
+    """
+    values = rgb.astype(np.float32) / 255.0
+    green, blue = values[..., 1], values[..., 2]
+    return (blue - green) + 0.5 * (1.0 - green)
+
+
+def locate_nucleus(rgb: np.ndarray) -> tuple[float, float, float]:
+    """Find the nucleus nearest the centre of a small white-balanced single-cell image.
+
+    Args:
+        rgb: (Y, X, 3) white-balanced uint8 image, ideally about 64 pixels wide.
+
+    Returns:
+        ``(centre_y, centre_x, extent)`` in pixels of ``rgb``; ``extent`` is the longer side of the
+        nucleus bounding box. Falls back to the whole frame when no nucleus stands out.
+    """
+    score = nucleus_score(rgb)
+    mask = score > _otsu(score)
+    mask = ndimage.binary_opening(mask, iterations=1)
+    mask = ndimage.binary_closing(mask, iterations=2)
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return rgb.shape[0] / 2, rgb.shape[1] / 2, max(rgb.shape[:2]) / CONTEXT
+    index = np.arange(1, count + 1)
+    areas = ndimage.sum_labels(mask, labels, index)
+    centres = np.array(ndimage.center_of_mass(mask, labels, index)).reshape(-1, 2)
+    distance = np.linalg.norm((centres - np.array(rgb.shape[:2]) / 2) / max(rgb.shape[:2]), axis=1)
+    best = int(np.argmax(areas / (1.0 + (distance / 0.2) ** 2)))
+    rows, cols = np.nonzero(labels == best + 1)
+    extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+    return (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2, float(extent)
+
+
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
+    if float(values.max()) == float(values.min()):
+        return float(values.max())
+    return float(threshold_otsu(values))
+
+
+def normalise_crop(rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
+    """White-balance a single-cell crop and cut a square of ``context`` nucleus sizes around its nucleus.
+
+    Args:
+        rgb: (Y, X, 3) uint8 RGB crop with one white cell roughly centred.
+        size: Side of the returned square, in pixels.
+        context: Side of the cut square relative to the nucleus extent.
+
+    Returns:
+        A (size, size, 3) uint8 image; where the square leaves the crop, the crop is mirrored.
+    """
+    image = Image.fromarray(rgb)
+    scale = LOCATE_SIZE / max(image.size)
+    thumbnail = image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR
+    )
+    gain = white_gain(np.asarray(thumbnail))
+    centre_y, centre_x, extent = (
+        value / scale for value in locate_nucleus(apply_gain(np.asarray(thumbnail), gain))
+    )
+    half = max(extent * context, 0.25 * min(image.size), 8.0) / 2
+    box = (centre_x - half, centre_y - half, centre_x + half, centre_y + half)
+    return apply_gain(_cut_square(image, box, size), gain)
+
+
+def _cut_square(image: Image.Image, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """Resize the square ``box`` of ``image`` to ``size`` pixels, mirroring the image where the box
+    leaves it."""
+    scale = size / (box[2] - box[0])
+    inside = (max(box[0], 0), max(box[1], 0), min(box[2], image.width), min(box[3], image.height))
+    width = min(size, max(1, round((inside[2] - inside[0]) * scale)))
+    height = min(size, max(1, round((inside[3] - inside[1]) * scale)))
+    part = np.asarray(image.resize((width, height), Image.BILINEAR, box=inside))
+    left = min(size - width, max(0, round((inside[0] - box[0]) * scale)))
+    top = min(size - height, max(0, round((inside[1] - box[1]) * scale)))
+    padding = ((top, size - height - top), (left, size - width - left), (0, 0))
+    return np.pad(part, padding, mode="symmetric")

@@ -1,0 +1,291 @@
+"""Classify single white-cell crops: white-cell type, blast probability and cell embeddings.
+
+The public API used by the command line, the widgets and the analysis pipeline::
+
+    classifier = load_classifier()             # shipped weights, or load_classifier("my_model/")
+    table = classifier.predict(crops)          # label, blast_probability, prob_<class>...
+    features = classifier.embed(crops)         # (n, d) float32
+    table = classify_images(["cells/"])        # image, label, blast_probability, prob_<class>...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from napari_hematology.core.cell_crops import CONTEXT, CROP_SIZE, normalise_crop
+from napari_hematology.core.errors import InputError, ModelFileError
+from napari_hematology.core.io import list_images, read_image, to_rgb8
+from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, tracked
+
+MODEL_NAME = "cell_classifier"
+CELL_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "blast")
+BLAST = "blast"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "cell_classifier"
+MAX_CROP_SIDE = 2048
+READ_THREADS = 2
+BATCH_SIZE = 256
+
+
+def prepare_crop(crop: Any, name: str, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
+    """Check one single-cell crop, convert it to 8-bit RGB and normalise it for the classifier.
+
+    Args:
+        crop: Image array (Y, X, 3), (Y, X, 4), 16-bit or float; numpy or dask.
+        name: Name used in messages (file name or crop index).
+        size: Side of the normalised crop.
+        context: Side of the normalised crop relative to the nucleus size.
+
+    Returns:
+        A (size, size, 3) uint8 crop.
+
+    Raises:
+        InputError: The crop is grayscale, too small, blank, or so large that it is a smear field.
+    """
+    shape = getattr(crop, "shape", ())
+    if len(shape) >= 2 and max(shape[:2]) > MAX_CROP_SIDE:
+        raise InputError(
+            f"{name} is {shape[1]}x{shape[0]} pixels, too large for a single-cell crop (at most "
+            f"{MAX_CROP_SIDE}). For a smear field or slide use 'napari-hematology analyze'."
+        )
+    rgb, _ = to_rgb8(np.asarray(crop), name=name)
+    return normalise_crop(rgb, size=size, context=context)
+
+
+@dataclass
+class CellClassifier:
+    """A trained white-cell classifier with its preprocessing settings.
+
+    Attributes:
+        model: The ``cell_classifier`` registry model (eval mode).
+        classes: Class names in output order.
+        crop_size: Side of the normalised crops the model was trained on.
+        context: Crop side relative to the nucleus size used in training.
+        metadata: Everything saved with the model (recipe, metrics).
+    """
+
+    model: Any
+    classes: list[str]
+    crop_size: int = CROP_SIZE
+    context: float = CONTEXT
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def prepare(
+        self,
+        crops: Sequence[Any],
+        progress: ProgressCallback | None = None,
+        should_stop: StopCallback | None = None,
+    ) -> np.ndarray:
+        """Normalise crops of any size into an (n, size, size, 3) uint8 array.
+
+        Raises:
+            InputError: A crop cannot be used; the message names it by index.
+        """
+        prepared = [
+            prepare_crop(crop, f"crop {index}", self.crop_size, self.context)
+            for index, crop in tracked(
+                enumerate(crops), len(crops), progress, should_stop, "preparing crops"
+            )
+        ]
+        return self._stack(prepared)
+
+    def _stack(self, prepared: list[np.ndarray]) -> np.ndarray:
+        if not prepared:
+            return np.zeros((0, self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        return np.stack(prepared)
+
+    def predict_prepared(
+        self,
+        prepared: np.ndarray,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCallback | None = None,
+    ) -> pd.DataFrame:
+        """Classify crops already normalised by :meth:`prepare`.
+
+        Returns:
+            One row per crop: ``label``, ``blast_probability`` and ``prob_<class>`` per class.
+        """
+        probabilities = self._run(prepared, _softmax, progress, should_stop)
+        probabilities = probabilities.reshape(len(prepared), len(self.classes))
+        return probability_table(probabilities, self.classes)
+
+    def predict(
+        self,
+        crops: Sequence[Any],
+        progress: ProgressCallback | None = None,
+        should_stop: StopCallback | None = None,
+    ) -> pd.DataFrame:
+        """Classify single-cell crops (RGB arrays of any size, one cell roughly centred in each).
+
+        Args:
+            crops: Crop arrays.
+            progress: Progress callback.
+            should_stop: Cancellation callback.
+
+        Returns:
+            One row per crop: ``label``, ``blast_probability`` and ``prob_<class>`` per class.
+
+        Raises:
+            InputError: A crop cannot be used (grayscale, blank, too small or too large).
+        """
+        return self.predict_prepared(self.prepare(crops, progress, should_stop), progress, should_stop)
+
+    def embed(
+        self,
+        crops: Sequence[Any],
+        progress: ProgressCallback | None = None,
+        should_stop: StopCallback | None = None,
+    ) -> np.ndarray:
+        """Cell features for downstream models (multiple-instance learning, label review).
+
+        Returns:
+            An (n, d) float32 array.
+        """
+        prepared = self.prepare(crops, progress, should_stop)
+        features = self._run(prepared, lambda net, batch: net.embed(batch), progress, should_stop)
+        return features.reshape(len(prepared), -1).astype(np.float32)
+
+    def _run(self, prepared: np.ndarray, forward, progress, should_stop) -> np.ndarray:
+        import torch
+
+        from napari_hematology.core.training import predict
+
+        batch = torch.from_numpy(np.ascontiguousarray(prepared)).permute(0, 3, 1, 2)
+        return predict(
+            self.model, batch, BATCH_SIZE, forward=forward, progress=progress, should_stop=should_stop
+        )
+
+
+def _softmax(model, batch):
+    return model(batch).softmax(dim=1)
+
+
+def probability_table(probabilities: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    """Turn an (n, classes) probability matrix into the classifier's output table.
+
+    Args:
+        probabilities: Rows summing to 1.
+        classes: Class names, in column order.
+
+    Returns:
+        Columns ``label``, ``blast_probability`` and ``prob_<class>`` per class.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(classes))
+    labels = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
+    table = pd.DataFrame(
+        {
+            "label": pd.Series(labels, dtype=object),
+            "blast_probability": probabilities[:, list(classes).index(BLAST)],
+        }
+    )
+    for index, name in enumerate(classes):
+        table[f"prob_{name}"] = probabilities[:, index]
+    return table
+
+
+def load_classifier(model_dir: str | Path | None = None) -> CellClassifier:
+    """Load a cell classifier.
+
+    Args:
+        model_dir: Folder written by ``napari-hematology train-classifier``; None loads the shipped
+            default weights.
+
+    Returns:
+        The classifier, on the CPU.
+
+    Raises:
+        ModelFileError: The folder is missing, corrupt, or holds another kind of model.
+    """
+    from napari_hematology.core.registry import load_model
+
+    directory = Path(model_dir) if model_dir is not None else SHIPPED_MODEL_DIR
+    model, metadata = load_model(directory, expected_name=MODEL_NAME)
+    classes = metadata.get("classes")
+    if not classes or BLAST not in classes:
+        raise ModelFileError(
+            f"{directory}: the model's config.json lists no classes (or no '{BLAST}' class); retrain it "
+            "with 'napari-hematology train-classifier'."
+        )
+    return CellClassifier(
+        model=model,
+        classes=list(classes),
+        crop_size=int(metadata.get("crop_size", CROP_SIZE)),
+        context=float(metadata.get("context", CONTEXT)),
+        metadata=metadata,
+    )
+
+
+def read_prepared_crops(
+    paths: Sequence[Path],
+    size: int = CROP_SIZE,
+    context: float = CONTEXT,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> np.ndarray:
+    """Read single-cell crop files and normalise them, several files at a time.
+
+    Args:
+        paths: Image files.
+        size: Side of the normalised crops.
+        context: Crop side relative to the nucleus size.
+        progress: Progress callback.
+        should_stop: Cancellation callback.
+
+    Returns:
+        An (n, size, size, 3) uint8 array in the order of ``paths``.
+
+    Raises:
+        InputError: A file cannot be read or is not a usable colour crop; the message names it.
+    """
+
+    def read_one(path: Path) -> np.ndarray:
+        return prepare_crop(read_image(path).data, path.name, size, context)
+
+    pool = ThreadPoolExecutor(READ_THREADS)
+    try:
+        crops = list(
+            tracked(pool.map(read_one, paths), len(paths), progress, should_stop, "reading crops")
+        )
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if not crops:
+        return np.zeros((0, size, size, 3), dtype=np.uint8)
+    return np.stack(crops)
+
+
+def classify_images(
+    paths: Sequence[str | Path] | str | Path,
+    model_dir: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> pd.DataFrame:
+    """Classify single-cell crop files (folders are searched for images).
+
+    Args:
+        paths: Image files and/or folders.
+        model_dir: Model folder; None uses the shipped weights.
+        progress: Progress callback.
+        should_stop: Cancellation callback.
+
+    Returns:
+        One row per image: ``image``, ``label``, ``blast_probability`` and ``prob_<class>`` per class.
+
+    Raises:
+        InputError: A path is missing, holds no images, or an image is unreadable or unusable.
+        ModelFileError: The model folder cannot be loaded.
+    """
+    files = list_images(paths)
+    classifier = load_classifier(model_dir)
+    check_cancel(should_stop)
+    prepared = read_prepared_crops(
+        files, classifier.crop_size, classifier.context, progress, should_stop
+    )
+    table = classifier.predict_prepared(prepared, progress, should_stop)
+    table.insert(0, "image", [str(path) for path in files])
+    return table

@@ -1,0 +1,306 @@
+"""Finding likely-wrong cell labels by confident learning on out-of-fold probabilities.
+
+A small classifier is trained by cross-validation (through the shared training loop) on label-free crop
+descriptors, so each cell's predicted probabilities come from a model that never saw its label;
+``cleanlab`` then estimates the joint distribution of given and true labels and flags the cells whose
+given label is probably wrong, with a suggested class and an issue score (1 - label quality).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
+
+ISSUE_COLUMNS = ["image", "given", "suggested", "issue_score", "is_issue"]
+CELL_COLUMNS = ["image", "label"]
+
+
+@dataclass
+class IssueConfig:
+    """How out-of-fold probabilities are made.
+
+    Attributes:
+        folds: Cross-validation folds (reduced to the size of the smallest class if needed).
+        loss: Training loss name (see :func:`napari_hematology.core.losses.make_loss`).
+        epochs: Training epochs per fold.
+        hidden: Hidden width of the fold classifier (0 for a linear classifier).
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        seed: Seed of the fold split and of training.
+        crop_size: Side crops are resized to before description.
+    """
+
+    folds: int = 5
+    loss: str = "ce"
+    epochs: int = 60
+    hidden: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-2
+    seed: int = 0
+    crop_size: int = 64
+
+
+@dataclass
+class Standardizer:
+    """Feature-wise standardisation fitted on training rows only."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> Standardizer:
+        """Fit on ``features`` (rows = samples)."""
+        return cls(features.mean(axis=0), features.std(axis=0) + 1e-6)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """Standardise ``features``."""
+        return ((features - self.mean) / self.scale).astype(np.float32)
+
+
+def encode_labels(labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Turn class names into integer codes (classes sorted by name).
+
+    Raises:
+        InputError: A label is missing, or a class has a single cell.
+    """
+    values = [None if _is_missing(label) else str(label) for label in labels]
+    missing = [row for row, value in enumerate(values) if value is None]
+    if missing:
+        rows = ", ".join(str(row + 2) for row in missing[:5])
+        raise InputError(f"{len(missing)} cell(s) have no label (CSV line(s) {rows}); fill them in or remove them.")
+    classes = sorted(set(values))
+    if len(classes) < 2:
+        raise InputError(f"All cells are labelled {classes[0]!r}; finding wrong labels needs two classes or more.")
+    codes = np.array([classes.index(value) for value in values])
+    counts = np.bincount(codes, minlength=len(classes))
+    lonely = [name for name, count in zip(classes, counts, strict=True) if count < 2]
+    if lonely:
+        raise InputError(
+            f"Class(es) {', '.join(lonely)} have a single cell; cross-validation needs at least two per class. "
+            "Add cells or merge the class."
+        )
+    return codes, classes
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+
+
+def fit_classifier(
+    features: np.ndarray,
+    codes: np.ndarray,
+    n_classes: int,
+    config: IssueConfig,
+    *,
+    should_stop: StopCallback | None = None,
+):
+    """Train the small feature classifier with the shared loop and the configured loss.
+
+    Returns:
+        ``(model, standardizer)``.
+    """
+    import torch
+
+    from napari_hematology.core.losses import make_loss
+    from napari_hematology.core.registry import create_model
+    from napari_hematology.core.training import TrainConfig, train
+
+    standardize = Standardizer.fit(features)
+    hidden = (config.hidden,) if config.hidden else ()
+    model = create_model("mlp", in_features=features.shape[1], out_features=n_classes, hidden=hidden, dropout=0.2)
+    if config.loss == "coteaching":
+        model = create_model(
+            "coteaching_pair",
+            member="mlp",
+            member_config=dict(in_features=features.shape[1], out_features=n_classes, hidden=hidden, dropout=0.2),
+        )
+    dataset = (torch.from_numpy(standardize(features)), torch.from_numpy(codes.astype(np.int64)))
+    train_config = TrainConfig(
+        epochs=config.epochs,
+        batch_size=64,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        device="cpu",
+    )
+    train(model, dataset, make_loss(config.loss), train_config, should_stop=should_stop)
+    return model, standardize
+
+
+def predict_probabilities(model, standardize: Standardizer, features: np.ndarray) -> np.ndarray:
+    """Class probabilities of a classifier made by :func:`fit_classifier`."""
+    import torch
+
+    from napari_hematology.core.training import predict
+
+    logits = predict(model, standardize(features))
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+def out_of_fold_probabilities(
+    features: np.ndarray,
+    codes: np.ndarray,
+    n_classes: int,
+    config: IssueConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> np.ndarray:
+    """Predicted class probabilities of every cell from a model trained without it.
+
+    Args:
+        features: (cells, features) label-free descriptors.
+        codes: Integer given labels.
+        n_classes: Number of classes.
+        config: Fold and training settings.
+        progress: Called as ``progress(done, total, message)`` after each fold.
+        should_stop: Returns True to cancel.
+
+    Returns:
+        (cells, classes) probabilities.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    config = config or IssueConfig()
+    folds = max(2, min(config.folds, int(np.bincount(codes).min())))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
+    probabilities = np.zeros((len(codes), n_classes), dtype=np.float32)
+    for fold, (train_rows, test_rows) in enumerate(splitter.split(features, codes)):
+        check_cancel(should_stop)
+        if progress is not None:
+            progress(fold, folds, f"training fold {fold + 1}/{folds}")
+        model, standardize = fit_classifier(
+            features[train_rows], codes[train_rows], n_classes, config, should_stop=should_stop
+        )
+        probabilities[test_rows] = predict_probabilities(model, standardize, features[test_rows])
+    if progress is not None:
+        progress(folds, folds, "cross-validation done")
+    return probabilities
+
+
+def rank_label_issues(codes: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]):
+    """Score every cell's label with confident learning.
+
+    Args:
+        codes: Integer given labels.
+        probabilities: Out-of-fold (cells, classes) probabilities.
+        classes: Class names, in code order.
+
+    Returns:
+        A DataFrame in input order with ``given``, ``suggested``, ``issue_score`` (0 = label certainly
+        right, 1 = certainly wrong), ``is_issue`` (flagged by confident learning) and ``confidence``
+        (probability of the suggested class).
+    """
+    import pandas as pd
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    quality = get_label_quality_scores(codes, probabilities, method="self_confidence")
+    flagged = find_label_issues(codes, probabilities, filter_by="prune_by_noise_rate")
+    suggested = probabilities.argmax(axis=1)
+    names = np.asarray(classes, dtype=object)
+    return pd.DataFrame(
+        {
+            "given": names[codes],
+            "suggested": names[suggested],
+            "issue_score": np.round(1.0 - quality, 6),
+            "is_issue": flagged.astype(bool),
+            "confidence": np.round(probabilities.max(axis=1), 6),
+        }
+    )
+
+
+def find_label_issues_in_features(
+    features: np.ndarray,
+    labels: Sequence[str],
+    config: IssueConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+):
+    """Cross-validate a classifier on ``features`` and rank the given ``labels`` (input order kept).
+
+    Use features that did not see these labels (label-free descriptors, or an encoder trained on other
+    cells); features of a network trained on these labels hide their errors.
+    """
+    codes, classes = encode_labels(labels)
+    probabilities = out_of_fold_probabilities(
+        features, codes, len(classes), config, progress=progress, should_stop=should_stop
+    )
+    return rank_label_issues(codes, probabilities, classes)
+
+
+def resolve_cell_paths(images: Sequence[str], table_path: str | Path | None) -> list[Path]:
+    """Resolve crop paths: absolute as given, relative ones against the table's folder, then the cwd.
+
+    Raises:
+        InputError: Some crops do not exist (the first few are named).
+    """
+    base = Path(table_path).parent if table_path is not None else Path.cwd()
+    resolved, missing = [], []
+    for image in images:
+        path = Path(str(image))
+        candidates = [path] if path.is_absolute() else [base / path, path]
+        found = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if found is None:
+            missing.append(str(image))
+        resolved.append(found)
+    if missing:
+        raise InputError(
+            f"{len(missing)} cell image(s) not found, e.g. {', '.join(missing[:3])}. Paths are read relative "
+            "to the CSV's folder; fix the 'image' column."
+        )
+    return resolved
+
+
+def find_label_issues(
+    cells,
+    config: IssueConfig | None = None,
+    *,
+    table_path: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+):
+    """Find likely-wrong labels of single-cell crops (the ``label-issues`` command).
+
+    Args:
+        cells: A DataFrame with columns ``image`` (crop path) and ``label`` (given class), or a CSV path.
+        config: Cross-validation settings.
+        table_path: Where the table came from (relative crop paths are resolved against its folder);
+            taken from ``cells`` when it is a path.
+        progress: Called as ``progress(done, total, message)``.
+        should_stop: Returns True to cancel.
+
+    Returns:
+        A DataFrame with ``image, given, suggested, issue_score, is_issue, confidence``, one row per cell,
+        sorted by ``issue_score`` descending.
+
+    Raises:
+        InputError: Missing columns or labels, unreadable crops, a class with a single cell.
+    """
+    from napari_hematology.core.cell_features import crop_features
+    from napari_hematology.core.io import read_table
+
+    config = config or IssueConfig()
+    if isinstance(cells, str | Path):
+        table_path = cells
+        cells = read_table(cells, required=CELL_COLUMNS)
+    missing = [column for column in CELL_COLUMNS if column not in cells.columns]
+    if missing:
+        raise InputError(f"The cell table lacks column(s) {', '.join(missing)}; it needs image,label.")
+    if cells.empty:
+        raise InputError("The cell table has no rows.")
+    encode_labels(list(cells["label"]))
+    paths = resolve_cell_paths(list(cells["image"]), table_path)
+    features = crop_features(paths, config.crop_size, progress=progress, should_stop=should_stop)
+    issues = find_label_issues_in_features(
+        features, list(cells["label"]), config, progress=progress, should_stop=should_stop
+    )
+    issues.insert(0, "image", cells["image"].astype(str).to_numpy())
+    return issues.sort_values("issue_score", ascending=False, kind="stable").reset_index(drop=True)

@@ -1,0 +1,148 @@
+"""Deep clustering of per-cell signal vectors: IDEC and VaDE.
+
+Both share a fully connected autoencoder (built from the registry's ``mlp``) and differ in the cluster
+model living in the latent space:
+
+- ``idec`` (Guo et al. 2017): cluster centres with a Student's t soft assignment, trained with a
+  self-training KL loss plus the reconstruction loss that keeps the latent space faithful.
+- ``vade`` (Jiang et al. 2017): a variational autoencoder with a Gaussian-mixture prior; the soft
+  assignment is the posterior responsibility of each mixture component.
+
+``model(x)`` returns the soft cluster assignment ``(n, clusters)`` in both cases; ``model.embed(x)`` the
+latent coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+
+from napari_hematology.core.models.mlp import build_mlp
+from napari_hematology.core.registry import register_model
+
+DEFAULT_HIDDEN = (64, 32)
+
+
+def _encoder_decoder(in_features: int, latent_dim: int, hidden, encoder_out: int):
+    from torch import nn
+
+    hidden = tuple(hidden)
+    encoder = build_mlp(in_features, encoder_out, hidden=hidden, dropout=0.0)
+    decoder = build_mlp(latent_dim, in_features, hidden=tuple(reversed(hidden)), dropout=0.0)
+    return nn.ModuleDict({"encoder": encoder, "decoder": decoder})
+
+
+def _make_idec_class():
+    import torch
+    from torch import nn
+
+    class IDEC(nn.Module):
+        """Autoencoder plus cluster centres with a Student's t soft assignment."""
+
+        def __init__(self, in_features: int, clusters: int, latent_dim: int, hidden, alpha: float):
+            super().__init__()
+            self.net = _encoder_decoder(in_features, latent_dim, hidden, latent_dim)
+            self.centers = nn.Parameter(torch.zeros(clusters, latent_dim))
+            self.alpha = alpha
+
+        def embed(self, x):
+            """Latent coordinates of ``x``."""
+            return self.net["encoder"](x)
+
+        def reconstruct(self, z):
+            """Decode latent coordinates back to the input space."""
+            return self.net["decoder"](z)
+
+        def soft_assign(self, z):
+            """Student's t similarity of each latent point to each centre, normalised per row."""
+            distance = torch.cdist(z, self.centers).pow(2)
+            q = (1.0 + distance / self.alpha).pow(-(self.alpha + 1.0) / 2.0)
+            return q / q.sum(dim=1, keepdim=True)
+
+        def forward(self, x):
+            """Soft cluster assignment ``(n, clusters)``."""
+            return self.soft_assign(self.embed(x))
+
+    return IDEC
+
+
+def _make_vade_class():
+    import torch
+    from torch import nn
+
+    class VaDE(nn.Module):
+        """Variational autoencoder with a learnable Gaussian-mixture prior (diagonal covariances)."""
+
+        def __init__(self, in_features: int, clusters: int, latent_dim: int, hidden):
+            super().__init__()
+            self.latent_dim = latent_dim
+            self.net = _encoder_decoder(in_features, latent_dim, hidden, 2 * latent_dim)
+            self.prior_logits = nn.Parameter(torch.zeros(clusters))
+            self.prior_means = nn.Parameter(torch.zeros(clusters, latent_dim))
+            self.prior_logvars = nn.Parameter(torch.zeros(clusters, latent_dim))
+
+        def encode(self, x):
+            """Posterior mean and log-variance of the latent code."""
+            mean, logvar = self.net["encoder"](x).chunk(2, dim=1)
+            return mean, logvar.clamp(-12.0, 8.0)
+
+        def embed(self, x):
+            """Latent coordinates (posterior means) of ``x``."""
+            return self.encode(x)[0]
+
+        def reconstruct(self, z):
+            """Decode latent coordinates back to the input space."""
+            return self.net["decoder"](z)
+
+        def component_log_likelihood(self, z):
+            """``log pi_k + log N(z | mu_k, sigma_k)`` for every row of ``z`` and component ``k``."""
+            diff = z.unsqueeze(1) - self.prior_means.unsqueeze(0)
+            logvars = self.prior_logvars.unsqueeze(0)
+            log_normal = -0.5 * (
+                (diff.pow(2) / logvars.exp()) + logvars + math.log(2 * math.pi)
+            ).sum(dim=2)
+            return torch.log_softmax(self.prior_logits, dim=0) + log_normal
+
+        def soft_assign(self, z):
+            """Posterior responsibility of each mixture component."""
+            return torch.softmax(self.component_log_likelihood(z), dim=1)
+
+        def forward(self, x):
+            """Soft cluster assignment ``(n, clusters)``."""
+            return self.soft_assign(self.embed(x))
+
+    return VaDE
+
+
+@register_model("idec")
+def build_idec(in_features: int, clusters: int, latent_dim: int = 8,
+               hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN, alpha: float = 1.0):
+    """Build an IDEC model (Improved Deep Embedded Clustering).
+
+    Args:
+        in_features: Channels per cell.
+        clusters: Number of clusters.
+        latent_dim: Width of the latent space.
+        hidden: Encoder hidden widths (the decoder mirrors them).
+        alpha: Degrees of freedom of the Student's t kernel.
+
+    Returns:
+        The ``torch.nn.Module``; ``model(x)`` gives soft assignments, ``model.embed(x)`` latents.
+    """
+    return _make_idec_class()(in_features, clusters, latent_dim, hidden, alpha)
+
+
+@register_model("vade")
+def build_vade(in_features: int, clusters: int, latent_dim: int = 8,
+               hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN):
+    """Build a VaDE model (Variational Deep Embedding with a Gaussian-mixture prior).
+
+    Args:
+        in_features: Channels per cell.
+        clusters: Number of mixture components.
+        latent_dim: Width of the latent space.
+        hidden: Encoder hidden widths (the decoder mirrors them).
+
+    Returns:
+        The ``torch.nn.Module``; ``model(x)`` gives soft assignments, ``model.embed(x)`` latents.
+    """
+    return _make_vade_class()(in_features, clusters, latent_dim, hidden)

@@ -1,0 +1,156 @@
+"""Expression models: a gene encoder (genes -> latent), its self-supervised pretext modules and a head.
+
+One registry model, ``expression_model``, holds all three so a single ``model.safetensors`` carries the
+pretrained encoder and the classifier:
+
+- encoder: fully connected autoencoder encoder, genes -> ``hidden`` -> ``latent`` (256 by default);
+- pretext: what pretraining needs besides the encoder (``ae``: decoder; ``vime``: feature and mask
+  decoders; ``scarf``: projector; ``byol``: projector, predictor and the EMA target network);
+- head: ``linear`` probe, feed-forward ``ffn``, ``transformer`` over latent tokens, or ``gcn`` over a
+  k-nearest-neighbour cell graph (its forward takes the normalised adjacency).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from napari_hematology.core.registry import register_model
+
+ENCODERS = ("ae", "vime", "scarf", "byol")
+HEADS = ("ffn", "transformer", "gcn", "linear")
+
+
+def _mlp(widths: list[int], dropout: float = 0.0, final_activation: bool = False):
+    layers: list[nn.Module] = []
+    for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Linear(width_in, width_out))
+        if index < len(widths) - 2 or final_activation:
+            layers += [nn.LayerNorm(width_out), nn.GELU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def _pretext_modules(method: str, n_genes: int, hidden: list[int], latent: int, projection: int):
+    decoder_widths = [latent, *reversed(hidden), n_genes]
+    if method == "ae":
+        return nn.ModuleDict({"decoder": _mlp(decoder_widths)})
+    if method == "vime":
+        return nn.ModuleDict({"decoder": _mlp(decoder_widths), "mask": _mlp(decoder_widths)})
+    projector = _mlp([latent, latent, projection])
+    if method == "scarf":
+        return nn.ModuleDict({"projector": projector})
+    return nn.ModuleDict(
+        {"projector": projector, "predictor": _mlp([projection, latent, projection])}
+    )
+
+
+def _build_head(head: str, latent: int, n_classes: int, head_hidden: int, dropout: float,
+                token_size: int):
+    if head == "linear":
+        return nn.Linear(latent, n_classes)
+    if head == "ffn":
+        return _mlp([latent, head_hidden, head_hidden, n_classes], dropout=dropout)
+    if head == "transformer":
+        return LatentTokenTransformer(latent, n_classes, token_size, dropout)
+    return GraphConvolutionHead(latent, n_classes, head_hidden, dropout)
+
+
+class LatentTokenTransformer(nn.Module):
+    """A small transformer that reads the latent vector as a sequence of ``token_size``-wide tokens."""
+
+    def __init__(self, latent: int, n_classes: int, token_size: int = 16, dropout: float = 0.1):
+        super().__init__()
+        if latent % token_size:
+            raise ValueError(f"latent size {latent} is not a multiple of token size {token_size}.")
+        self.token_size = token_size
+        width = 64
+        self.embed = nn.Linear(token_size, width)
+        self.position = nn.Parameter(0.02 * torch.randn(latent // token_size, width))
+        layer = nn.TransformerEncoderLayer(
+            width, nhead=4, dim_feedforward=2 * width, dropout=dropout, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_classes))
+
+    def forward(self, latent):
+        """Classify latent vectors of shape (cells, latent)."""
+        tokens = latent.reshape(latent.shape[0], -1, self.token_size)
+        hidden = self.encoder(self.embed(tokens) + self.position)
+        return self.out(hidden.mean(dim=1))
+
+
+class GraphConvolutionHead(nn.Module):
+    """Two graph-convolution layers (Kipf & Welling) over a normalised kNN adjacency of the cells."""
+
+    def __init__(self, latent: int, n_classes: int, hidden: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.first = nn.Linear(latent, hidden)
+        self.second = nn.Linear(hidden, n_classes)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, latent, adjacency):
+        """Classify every cell of a graph.
+
+        Args:
+            latent: (cells, latent) features.
+            adjacency: Sparse or dense (cells, cells) symmetric-normalised adjacency with self loops.
+        """
+        hidden = torch.nn.functional.gelu(adjacency @ self.first(latent))
+        return adjacency @ self.second(self.dropout(hidden))
+
+
+class ExpressionNetwork(nn.Module):
+    """Gene encoder + pretext modules + classification head (see the module docstring)."""
+
+    def __init__(self, n_genes: int, n_classes: int, encoder: str = "ae", head: str = "ffn",
+                 hidden: list[int] | tuple[int, ...] = (512,), latent: int = 256,
+                 head_hidden: int = 128, dropout: float = 0.1, projection: int = 128,
+                 token_size: int = 16):
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"Unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}.")
+        if head not in HEADS:
+            raise ValueError(f"Unknown head {head!r}; choose one of {', '.join(HEADS)}.")
+        hidden = list(hidden)
+        self.method = encoder
+        self.head_kind = head
+        self.encoder = _mlp([n_genes, *hidden, latent], dropout=dropout)
+        self.pretext = _pretext_modules(encoder, n_genes, hidden, latent, projection)
+        if encoder == "byol":
+            self.target = copy.deepcopy(
+                _target_network(self.encoder, self.pretext["projector"])
+            ).requires_grad_(False)
+        self.head = _build_head(head, latent, n_classes, head_hidden, dropout, token_size)
+
+    @property
+    def uses_graph(self) -> bool:
+        """Whether the head needs the kNN cell graph (``gcn``)."""
+        return self.head_kind == "gcn"
+
+    def embed(self, genes):
+        """Latent vectors of preprocessed expression rows."""
+        return self.encoder(genes)
+
+    def classify(self, latent, adjacency=None):
+        """Class logits from latent vectors (and the cell graph for the ``gcn`` head)."""
+        if self.uses_graph:
+            return self.head(latent, adjacency)
+        return self.head(latent)
+
+    def forward(self, genes, adjacency=None):
+        """Class logits of preprocessed expression rows."""
+        return self.classify(self.embed(genes), adjacency)
+
+
+def _target_network(encoder, projector):
+    return nn.Sequential(encoder, projector)
+
+
+@register_model("expression_model")
+def build_expression_model(**config) -> ExpressionNetwork:
+    """Build an :class:`ExpressionNetwork` (keyword arguments as in its constructor)."""
+    return ExpressionNetwork(**config)

@@ -1,0 +1,374 @@
+"""White-cell segmentation of Romanowsky-stained smear fields and whole slides.
+
+The method is classical and stain-aware, so that it transfers between labs without retraining:
+
+1. The background white point of the image is estimated and every pixel converted to optical density
+   (OD) per channel, which removes illumination differences.
+2. Nuclei of white cells absorb red light strongly but let blue light through (purple); red cells do the
+   opposite and the background absorbs little. ``OD_red - OD_blue`` is therefore a stain-aware nucleus
+   score; a fixed threshold on it finds nuclei and ignores red cells. Small objects (platelets) are dropped
+   and the lobes of one nucleus are grouped by a closing.
+3. Each nucleus group seeds a watershed on the stained (non-background, non-red-cell) area within a bounded
+   distance, which gives the whole cell and splits touching cells.
+
+Detection runs on an image downsampled by ``detect_scale`` and nuclei are refined at full resolution in
+each cell's box, which keeps the speed well above 10 megapixels per second. Large images (numpy or lazily
+read dask arrays) are processed in overlapping tiles; each cell is owned by the tile whose core holds its
+centroid, so memory stays bounded and no cell is cut or counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.io import to_rgb8
+from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
+
+CELL_COLUMNS = [
+    "cell_id",
+    "centroid_y",
+    "centroid_x",
+    "bbox_y0",
+    "bbox_x0",
+    "bbox_y1",
+    "bbox_x1",
+    "area",
+    "nucleus_area",
+    "nc_ratio",
+]
+WHITE_PERCENTILE = 99.0
+WHITE_SAMPLE_PIXELS = 2_000_000
+
+
+@dataclass
+class SegmentationConfig:
+    """Parameters of white-cell segmentation; the defaults were tuned on the BCCD ``train`` split.
+
+    Attributes:
+        nucleus_threshold: Minimum ``OD_red - OD_blue`` of nucleus pixels.
+        cytoplasm_threshold: Minimum ``OD_red - OD_blue`` of cytoplasm pixels (red cells are below).
+        background_od: Maximum summed optical density of background pixels.
+        min_nucleus_area: Smallest nucleus (all lobes together), full-resolution pixels; smaller stained
+            objects are platelets or debris.
+        lobe_gap: Gap (pixels) bridged between lobes of one nucleus.
+        cell_margin: How far (pixels) the cell may extend beyond its nucleus.
+        detect_scale: Downsampling factor for detection.
+        tile_size: Side of the tiles (pixels) that large images are cut into.
+        tile_overlap: Overlap between tiles (pixels); must exceed the largest cell diameter.
+    """
+
+    nucleus_threshold: float = 0.14
+    cytoplasm_threshold: float = -0.06
+    background_od: float = 0.25
+    min_nucleus_area: int = 600
+    lobe_gap: int = 12
+    cell_margin: int = 18
+    detect_scale: int = 2
+    tile_size: int = 2048
+    tile_overlap: int = 256
+
+    def __post_init__(self) -> None:
+        if self.detect_scale < 1 or self.tile_size < 64 or not 0 <= self.tile_overlap < self.tile_size // 2:
+            raise InputError(
+                "Segmentation settings out of range: detect_scale >= 1, tile_size >= 64 and "
+                "0 <= tile_overlap < tile_size / 2 are required."
+            )
+
+
+@dataclass
+class Segmentation:
+    """Result of segmenting one image.
+
+    Attributes:
+        labels: Integer cell labels (0 = background), same height and width as the image.
+        nuclei: Boolean nucleus mask.
+        cells: One row per cell with :data:`CELL_COLUMNS`.
+    """
+
+    labels: np.ndarray
+    nuclei: np.ndarray
+    cells: pd.DataFrame
+
+
+def estimate_white(image) -> np.ndarray:
+    """Estimate the background white point (per channel) of an RGB image, numpy or dask.
+
+    Args:
+        image: (Y, X, 3) uint8 array; large arrays are subsampled with a stride.
+
+    Returns:
+        Three floats, the bright-background level of red, green and blue.
+    """
+    height, width = image.shape[:2]
+    stride = max(1, int(np.sqrt(height * width / WHITE_SAMPLE_PIXELS)))
+    sample = np.asarray(image[::stride, ::stride, :3]).reshape(-1, 3)
+    white = np.percentile(sample, WHITE_PERCENTILE, axis=0)
+    return np.maximum(white.astype(np.float32), 32.0)
+
+
+def _od_tables(white: np.ndarray) -> np.ndarray:
+    """Lookup tables (3, 256) from 8-bit intensity to optical density for each channel."""
+    levels = np.arange(256, dtype=np.float32)[None, :]
+    ratio = (levels + 1.0) / (white[:, None] + 1.0)
+    return -np.log(np.clip(ratio, 1e-3, 1.0)).astype(np.float32)
+
+
+def _stain_maps(rgb: np.ndarray, tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nucleus score (``OD_red - OD_blue``) and total optical density of an RGB uint8 image."""
+    red = tables[0][rgb[..., 0]]
+    blue = tables[2][rgb[..., 2]]
+    score = red - blue
+    total = red + blue + tables[1][rgb[..., 1]]
+    return score, total
+
+
+def _downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """Block-mean downsampling of an RGB uint8 image (edges cropped to a multiple of ``factor``)."""
+    if factor == 1:
+        return rgb
+    height, width = (rgb.shape[0] // factor) * factor, (rgb.shape[1] // factor) * factor
+    blocks = rgb[:height, :width].reshape(height // factor, factor, width // factor, factor, 3)
+    return blocks.mean(axis=(1, 3), dtype=np.float32).astype(np.uint8)
+
+
+def _detect_cells(small: np.ndarray, tables: np.ndarray, config: SegmentationConfig) -> np.ndarray:
+    """Label whole cells on the downsampled image: nucleus groups seed a bounded watershed."""
+    from skimage.morphology import disk, remove_small_objects
+    from skimage.segmentation import watershed
+
+    scale = config.detect_scale
+    score, total = _stain_maps(small, tables)
+    nuclei = score > config.nucleus_threshold
+    nuclei = ndimage.binary_opening(nuclei, iterations=1)
+    gap = max(1, config.lobe_gap // scale)
+    groups = ndimage.binary_closing(nuclei, structure=disk(gap), border_value=0) | nuclei
+    groups = ndimage.binary_fill_holes(groups)
+    groups = remove_small_objects(groups, max_size=max(1, config.min_nucleus_area // scale**2))
+    markers, count = ndimage.label(groups)
+    if count == 0:
+        return markers
+    stained = (total > config.background_od) & (score > config.cytoplasm_threshold)
+    margin = max(1, config.cell_margin // scale)
+    distance = ndimage.distance_transform_edt(markers == 0)
+    allowed = (stained & (distance <= margin)) | (markers > 0)
+    cells = watershed(distance, markers, mask=allowed)
+    return _smooth_cells(cells, max(1, 4 // scale))
+
+
+def _smooth_cells(cells: np.ndarray, radius: int) -> np.ndarray:
+    """Fill holes and round off ragged outlines of each labelled cell without merging neighbours."""
+    from skimage.morphology import disk
+
+    smoothed = np.zeros_like(cells)
+    footprint = disk(radius)
+    for index, window in enumerate(ndimage.find_objects(cells), start=1):
+        if window is None:
+            continue
+        padded = tuple(slice(max(0, s.start - radius), s.stop + radius) for s in window)
+        mask = cells[padded] == index
+        mask = ndimage.binary_opening(mask, structure=footprint)
+        mask = ndimage.binary_fill_holes(mask)
+        target = smoothed[padded]
+        target[mask & (target == 0)] = index
+    return smoothed
+
+
+def _upsample(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling of labels to ``shape`` (edges padded by repetition)."""
+    if factor == 1:
+        return labels
+    big = np.repeat(np.repeat(labels, factor, axis=0), factor, axis=1)
+    pad = ((0, shape[0] - big.shape[0]), (0, shape[1] - big.shape[1]))
+    return np.pad(big, pad, mode="edge")
+
+
+def _measure(
+    rgb: np.ndarray, cells: np.ndarray, tables: np.ndarray, config: SegmentationConfig
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Refine nuclei at full resolution inside each cell and measure every cell.
+
+    Returns:
+        Relabelled cells (1..n), the nucleus mask and the cell table.
+    """
+    nuclei = np.zeros(cells.shape, dtype=bool)
+    relabelled = np.zeros_like(cells)
+    rows = []
+    for index, window in enumerate(ndimage.find_objects(cells), start=1):
+        if window is None:
+            continue
+        cell = cells[window] == index
+        score, _ = _stain_maps(rgb[window], tables)
+        nucleus = cell & (score > config.nucleus_threshold)
+        nucleus_area = int(nucleus.sum())
+        if nucleus_area < config.min_nucleus_area // 2:
+            continue
+        cell_id = len(rows) + 1
+        relabelled[window][cell] = cell_id
+        nuclei[window] |= nucleus
+        area = int(cell.sum())
+        ys, xs = np.nonzero(cell)
+        rows.append(
+            {
+                "cell_id": cell_id,
+                "centroid_y": float(ys.mean() + window[0].start),
+                "centroid_x": float(xs.mean() + window[1].start),
+                "bbox_y0": int(ys.min() + window[0].start),
+                "bbox_x0": int(xs.min() + window[1].start),
+                "bbox_y1": int(ys.max() + window[0].start + 1),
+                "bbox_x1": int(xs.max() + window[1].start + 1),
+                "area": area,
+                "nucleus_area": nucleus_area,
+                "nc_ratio": nucleus_area / max(area - nucleus_area, 1),
+            }
+        )
+    return relabelled, nuclei, pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def segment_field(
+    rgb: np.ndarray, config: SegmentationConfig | None = None, white: np.ndarray | None = None
+) -> Segmentation:
+    """Segment white cells in one in-memory RGB field (or tile).
+
+    Args:
+        rgb: (Y, X, 3) uint8 image.
+        config: Segmentation parameters; defaults if None.
+        white: Background white point; estimated from ``rgb`` if None (pass the slide's value for tiles).
+
+    Returns:
+        Cell labels, nucleus mask and the per-cell table.
+    """
+    config = config or SegmentationConfig()
+    white = estimate_white(rgb) if white is None else white
+    tables = _od_tables(np.asarray(white, dtype=np.float32))
+    small = _downsample(rgb, config.detect_scale)
+    cells = _upsample(_detect_cells(small, tables, config), config.detect_scale, rgb.shape[:2])
+    labels, nuclei, table = _measure(rgb, cells, tables, config)
+    return Segmentation(labels=labels, nuclei=nuclei, cells=table)
+
+
+def tile_windows(shape: tuple[int, int], tile_size: int, overlap: int) -> Iterator[tuple[slice, slice, slice, slice]]:
+    """Cut an image into overlapping tiles.
+
+    Args:
+        shape: Image height and width.
+        tile_size: Tile side including overlap.
+        overlap: Pixels shared by neighbouring tiles.
+
+    Yields:
+        ``(rows, cols, core_rows, core_cols)``: the tile and the core it owns (cells whose centroid lies
+        in the core belong to this tile), both in image coordinates.
+    """
+    step = tile_size - 2 * overlap
+    for y0 in range(0, shape[0], step):
+        for x0 in range(0, shape[1], step):
+            rows = slice(max(0, y0 - overlap), min(shape[0], y0 + step + overlap))
+            cols = slice(max(0, x0 - overlap), min(shape[1], x0 + step + overlap))
+            yield rows, cols, slice(y0, min(shape[0], y0 + step)), slice(x0, min(shape[1], x0 + step))
+
+
+def segment_image(
+    image,
+    config: SegmentationConfig | None = None,
+    *,
+    labels_out: np.ndarray | None = None,
+    name: str = "image",
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> Segmentation:
+    """Segment white cells in an image of any size, tile by tile.
+
+    Args:
+        image: (Y, X, 3[+1]) array, numpy or dask (read lazily tile by tile); 16-bit or float images are
+            rescaled, grayscale ones refused (see :func:`~napari_hematology.core.io.to_rgb8`).
+        config: Segmentation parameters; defaults if None.
+        labels_out: Where to write the labels (e.g. a memory-mapped TIFF or zarr array of the image's
+            height and width) so a whole slide never needs its labels in RAM; a new array if None.
+        name: Image name for messages.
+        progress: Progress callback.
+        should_stop: Cancellation callback.
+
+    Returns:
+        The segmentation. For tiled images ``nuclei`` is only filled when ``labels_out`` is None.
+
+    Raises:
+        InputError: The image cannot be analysed (grayscale, too small, blank...).
+        Cancelled: ``should_stop`` asked to stop.
+    """
+    config = config or SegmentationConfig()
+    _check_shape(image, name)
+    height, width = image.shape[:2]
+    if height * width <= config.tile_size**2:
+        rgb, _ = to_rgb8(np.asarray(image), name)
+        result = segment_field(rgb, config)
+        if labels_out is not None:
+            labels_out[...] = result.labels
+        (progress or no_progress)(1, 1, "segmenting")
+        return result
+    return _segment_tiled(image, config, labels_out, name, progress, should_stop)
+
+
+def _check_shape(image, name: str) -> None:
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
+        to_rgb8(np.zeros((16, 16), np.uint8), name)  # raises the grayscale message
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise InputError(f"{name} has shape {image.shape}; expected a colour image (height, width, 3).")
+
+
+def _segment_tiled(image, config, labels_out, name, progress, should_stop) -> Segmentation:
+    height, width = image.shape[:2]
+    keep_nuclei = labels_out is None
+    labels = labels_out if labels_out is not None else np.zeros((height, width), dtype=np.int32)
+    nuclei = np.zeros((height, width), dtype=bool) if keep_nuclei else np.zeros((0, 0), dtype=bool)
+    windows = list(tile_windows((height, width), config.tile_size, config.tile_overlap))
+    report = progress or no_progress
+    tables: list[pd.DataFrame] = []
+    next_id = 1
+    for done, (rows, cols, core_rows, core_cols) in enumerate(windows):
+        check_cancel(should_stop)
+        report(done, len(windows), "segmenting tiles")
+        tile = np.asarray(image[rows, cols])
+        if tile.min() == tile.max():
+            continue  # blank margin of a slide
+        tile, _ = to_rgb8(tile, f"{name} tile")
+        part = segment_field(tile, config)
+        table = _owned_cells(part.cells, rows, cols, core_rows, core_cols)
+        if table.empty:
+            continue
+        local_ids = table["cell_id"].to_numpy()
+        mapping = np.zeros(len(part.cells) + 1, dtype=np.int64)
+        mapping[local_ids] = np.arange(next_id, next_id + len(local_ids))
+        tile_labels = mapping[part.labels]
+        target = np.asarray(labels[rows, cols])
+        free = (tile_labels > 0) & (target == 0)
+        target[free] = tile_labels[free]
+        labels[rows, cols] = target
+        if keep_nuclei:
+            nuclei[rows, cols] |= part.nuclei & (tile_labels > 0)
+        table = table.assign(cell_id=mapping[local_ids])
+        tables.append(table)
+        next_id += len(local_ids)
+    report(len(windows), len(windows), "segmenting tiles")
+    cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CELL_COLUMNS)
+    return Segmentation(labels=labels, nuclei=nuclei, cells=cells)
+
+
+def _owned_cells(cells: pd.DataFrame, rows: slice, cols: slice, core_rows: slice, core_cols: slice) -> pd.DataFrame:
+    """Cells of a tile whose centroid lies in the tile's core, shifted to image coordinates."""
+    shifted = cells.copy()
+    for column in ("centroid_y", "bbox_y0", "bbox_y1"):
+        shifted[column] = shifted[column] + rows.start
+    for column in ("centroid_x", "bbox_x0", "bbox_x1"):
+        shifted[column] = shifted[column] + cols.start
+    inside = (
+        (shifted["centroid_y"] >= core_rows.start)
+        & (shifted["centroid_y"] < core_rows.stop)
+        & (shifted["centroid_x"] >= core_cols.start)
+        & (shifted["centroid_x"] < core_cols.stop)
+    )
+    return shifted[inside].reset_index(drop=True)

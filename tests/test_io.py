@@ -1,0 +1,144 @@
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.io import (
+    list_images,
+    read_image,
+    read_labels,
+    read_table,
+    to_rgb8,
+    write_labels,
+    write_table,
+)
+
+
+def test_read_sample_jpeg_is_rgb(sample_field_path):
+    image = read_image(sample_field_path)
+    assert image.data.shape == (480, 640, 3)
+    assert image.data.dtype == np.uint8
+    assert not image.is_multiscale
+
+
+def test_small_tiff_is_read_eagerly(tmp_path, sample_field):
+    path = tmp_path / "field.tif"
+    tifffile.imwrite(path, sample_field, photometric="rgb")
+    image = read_image(path)
+    assert isinstance(image.data, np.ndarray)
+    np.testing.assert_array_equal(image.data, sample_field)
+
+
+def test_pyramidal_ome_tiff_is_lazy_and_multiscale(tmp_path, sample_field):
+    path = tmp_path / "slide.ome.tif"
+    base = np.tile(sample_field, (2, 2, 1))
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(base, subifds=1, tile=(256, 256), photometric="rgb")
+        tif.write(base[::2, ::2], subfiletype=1, tile=(256, 256), photometric="rgb")
+    image = read_image(path)
+    assert image.is_multiscale
+    assert image.levels[0].shape == base.shape
+    assert image.levels[1].shape == base[::2, ::2].shape
+    assert not isinstance(image.data, np.ndarray)  # dask: read tile by tile
+    np.testing.assert_array_equal(np.asarray(image.data[100:150, 200:260]), base[100:150, 200:260])
+
+
+def test_lazy_reading_can_be_forced(tmp_path, sample_field):
+    path = tmp_path / "field.tif"
+    tifffile.imwrite(path, sample_field, photometric="rgb", tile=(128, 128))
+    image = read_image(path, lazy=True)
+    assert hasattr(image.data, "compute")
+    np.testing.assert_array_equal(image.data.compute(), sample_field)
+
+
+def test_truncated_file_gives_clear_error(tmp_path, sample_field_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(sample_field_path.read_bytes()[:200])
+    with pytest.raises(InputError, match="corrupt, truncated"):
+        read_image(broken)
+
+
+def test_text_file_named_tiff_gives_clear_error(tmp_path):
+    fake = tmp_path / "fake.tif"
+    fake.write_text("not an image")
+    with pytest.raises(InputError, match="cannot be read"):
+        read_image(fake)
+
+
+def test_unsupported_format_and_missing_file(tmp_path):
+    other = tmp_path / "cells.gif"
+    other.write_bytes(b"GIF89a")
+    with pytest.raises(InputError, match="unsupported format"):
+        read_image(other)
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "absent.png")
+
+
+def test_to_rgb8_accepts_rgb_unchanged(sample_field):
+    rgb, notes = to_rgb8(sample_field)
+    assert rgb.dtype == np.uint8 and notes == []
+    np.testing.assert_array_equal(rgb, sample_field)
+
+
+def test_to_rgb8_rescales_16_bit(sample_field):
+    rgb, notes = to_rgb8(sample_field.astype(np.uint16) * 257)
+    assert rgb.dtype == np.uint8
+    assert np.abs(rgb.astype(int) - sample_field).max() <= 1
+    assert any("rescaled" in note for note in notes)
+
+
+def test_to_rgb8_drops_alpha(sample_field):
+    rgba = np.dstack([sample_field, np.full(sample_field.shape[:2], 255, np.uint8)])
+    rgb, notes = to_rgb8(rgba)
+    assert rgb.shape == sample_field.shape
+    assert any("alpha" in note for note in notes)
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((64, 64), np.uint8) + np.arange(64, dtype=np.uint8), "grayscale"),
+        (np.zeros((1, 1, 3), np.uint8), "at least"),
+        (np.full((64, 64, 3), 255, np.uint8), "blank"),
+        (np.zeros((4, 64, 64, 3), np.uint8), "shape"),
+    ],
+)
+def test_to_rgb8_refuses_unusable_images(array, message):
+    with pytest.raises(InputError, match=message):
+        to_rgb8(array)
+
+
+def test_labels_round_trip(tmp_path):
+    labels = np.zeros((50, 60), np.int32)
+    labels[5:10, 5:10] = 1
+    labels[20:30, 40:50] = 300
+    path = write_labels(tmp_path / "out" / "labels.tif", labels)
+    back = read_labels(path)
+    np.testing.assert_array_equal(back, labels)
+    assert back.dtype == np.uint16
+
+
+def test_write_labels_refuses_floats(tmp_path):
+    with pytest.raises(InputError, match="integers"):
+        write_labels(tmp_path / "x.tif", np.zeros((4, 4), np.float32))
+
+
+def test_table_round_trip_and_required_columns(tmp_path):
+    table = pd.DataFrame({"cell_id": [1, 2], "blast_probability": [0.1, 0.9]})
+    path = write_table(tmp_path / "cells.csv", table)
+    pd.testing.assert_frame_equal(read_table(path, ["cell_id"]), table)
+    with pytest.raises(InputError, match="lacks column"):
+        read_table(path, ["cell_id", "label"])
+
+
+def test_list_images_expands_folders(tmp_path, sample_field_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jpg").write_bytes(sample_field_path.read_bytes())
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="No images"):
+        list_images(tmp_path / "empty")
+    with pytest.raises(InputError, match="no such file"):
+        list_images(tmp_path / "absent")
