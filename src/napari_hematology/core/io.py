@@ -24,6 +24,7 @@ class SmearImage:
             or pyramidal TIFFs (read lazily, tile by tile).
         path: Where it was read from.
         notes: Conversions made on the way that the user should know about.
+
     """
 
     levels: list
@@ -57,6 +58,7 @@ def list_images(paths: list[str | Path] | str | Path) -> list[Path]:
 
     Raises:
         InputError: A path does not exist, or no image was found.
+
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -86,6 +88,7 @@ def read_image(path: str | Path, lazy: bool | None = None) -> SmearImage:
 
     Raises:
         InputError: The file is missing, of an unsupported format, corrupt or truncated.
+
     """
     path = Path(path)
     if not path.is_file():
@@ -152,6 +155,7 @@ def to_rgb8(image: np.ndarray, name: str = "image") -> tuple[np.ndarray, list[st
 
     Raises:
         InputError: The image cannot be analysed; the message says why and what to do.
+
     """
     array = np.asarray(image)
     notes: list[str] = []
@@ -206,6 +210,7 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
 
     Returns:
         The written path.
+
     """
     import tifffile
 
@@ -248,6 +253,7 @@ def write_table(path: str | Path, table) -> Path:
 
     Returns:
         The written path.
+
     """
     import pandas as pd
 
@@ -269,6 +275,7 @@ def read_table(path: str | Path, required: list[str] | tuple[str, ...] = ()):
 
     Raises:
         InputError: The file is missing, unreadable, or lacks required columns.
+
     """
     import pandas as pd
 

@@ -40,6 +40,7 @@ def check_cancel(should_stop: StopCallback | None) -> None:
 
     Args:
         should_stop: Callback returning True when the user asked to cancel, or None.
+
     """
     if should_stop is not None and should_stop():
         raise Cancelled("Cancelled by the user.")
@@ -63,6 +64,7 @@ def tracked(
 
     Yields:
         The items of ``items``.
+
     """
     report = progress or no_progress
     report(0, total, message)

@@ -36,6 +36,7 @@ def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., An
 
     Returns:
         A decorator that registers the builder (a class or function returning a ``torch.nn.Module``).
+
     """
 
     def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
@@ -76,6 +77,7 @@ def create_model(name: str, **config: Any):
 
     Raises:
         InputError: No model has that name.
+
     """
     _discover()
     if name not in _BUILDERS:
@@ -96,6 +98,7 @@ def save_model(model, directory: str | Path, metadata: dict[str, Any] | None = N
 
     Returns:
         The folder.
+
     """
     from safetensors.torch import save_file
 
@@ -126,6 +129,7 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
 
     Raises:
         ModelFileError: The folder is not a napari-hematology model, or is from a newer version.
+
     """
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
@@ -161,6 +165,7 @@ def load_model(directory: str | Path, expected_name: str | None = None, device: 
 
     Raises:
         ModelFileError: Missing, corrupt, foreign or mismatched model files.
+
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file

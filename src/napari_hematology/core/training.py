@@ -31,6 +31,7 @@ class TrainConfig:
         seed: Seed for python, numpy and torch.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         threads: Torch CPU threads; None keeps torch's default.
+
     """
 
     epochs: int = 20
@@ -66,6 +67,7 @@ def select_device(name: str = "auto"):
 
     Raises:
         ValueError: Unknown name, or the device is not available on this machine.
+
     """
     import torch
 
@@ -97,7 +99,7 @@ def seed_everything(seed: int) -> None:
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, collate_fn=None):
-    """A DataLoader over a Dataset or a tuple of equally long tensors, seeded for repeatability."""
+    """Make a seeded DataLoader over a Dataset or a tuple of equally long tensors."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -148,6 +150,7 @@ def train(
 
     Returns:
         The training history. The model is left in eval mode on the chosen device.
+
     """
     import torch
 
@@ -215,6 +218,7 @@ def predict(
 
     Returns:
         The stacked outputs as a numpy array.
+
     """
     import torch
 

@@ -23,6 +23,7 @@ def read_smear_images(path: str | list[str]) -> list[LayerData]:
 
     Raises:
         InputError: A file is corrupt or unreadable; napari shows the message and stays usable.
+
     """
     paths = [path] if isinstance(path, str) else list(path)
     return [_layer_data(Path(p)) for p in paths]

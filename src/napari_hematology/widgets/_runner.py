@@ -95,6 +95,7 @@ class TaskRunner(QWidget):
 
         Returns:
             The started worker, or None if a task is already running.
+
         """
         from napari.qt.threading import create_worker
 

@@ -18,6 +18,7 @@ def build_mlp(in_features: int, out_features: int, hidden: tuple[int, ...] | lis
 
     Returns:
         A ``torch.nn.Sequential``.
+
     """
     from torch import nn
 
