@@ -4,7 +4,8 @@ Measures, on ``../shared/data`` (the BCCD ``test`` split is held back and never 
 
 - detection F1 at IoU >= 0.5 against the BCCD WBC boxes, per split (``train`` was used for tuning);
 - mean Dice of nucleus and whole-cell masks against BCCD ``wbc_masks`` (nucleus >= 200, cell >= 64);
-- mean Dice on ``single_cells/wbc_seg`` (nucleus 255, cytoplasm 128) for the cell nearest the centre;
+- mean Dice on ``single_cells/wbc_seg`` (nucleus 255, cytoplasm 128) and ``single_cells/all_idb2`` (two other
+  labs) for the cell nearest the centre, with the magnification set by ``SegmentationConfig.scaled``;
 - segmentation speed in megapixels per second (single thread, BCCD fields);
 - end-to-end time of ``analyze`` on one 640x480 field;
 - peak memory (max RSS of a subprocess) segmenting a 20,000 x 20,000 tiled TIFF built from BCCD fields.
@@ -37,6 +38,8 @@ BCCD = DATA / "smear_fields" / "bccd"
 WBC_SEG = DATA / "single_cells" / "wbc_seg"
 RESULTS = Path(__file__).resolve().parent / "results" / "segmentation.json"
 SLIDE_SIDE = 20_000
+# Magnification of each single-cell set relative to BCCD: mean white-cell diameter in its masks / in BCCD's.
+SINGLE_CELL_SCALE = {"wbc_seg/dataset1": 0.45, "wbc_seg/dataset2": 1.2, "all_idb2": 0.8}
 
 
 def wbc_boxes(xml_path: Path) -> list[tuple[int, int, int, int]]:
@@ -100,7 +103,7 @@ def evaluate_bccd(split: str, config: SegmentationConfig, limit: int | None = No
         seconds += time.perf_counter() - start
         pixels += rgb.shape[0] * rgb.shape[1]
         cells = result.cells
-        predicted = list(zip(cells.bbox_y0, cells.bbox_x0, cells.bbox_y1, cells.bbox_x1))
+        predicted = list(zip(cells.bbox_y0, cells.bbox_x0, cells.bbox_y1, cells.bbox_x1, strict=True))
         truth = wbc_boxes(BCCD / row.boxes)
         hits += match_boxes(predicted, truth)
         n_pred += len(predicted)
@@ -126,27 +129,54 @@ def evaluate_bccd(split: str, config: SegmentationConfig, limit: int | None = No
     }
 
 
-def evaluate_wbc_seg(dataset: str, config: SegmentationConfig, limit: int | None = None) -> dict:
+def single_cell_sets() -> dict[str, list[tuple[Path, Path]]]:
+    """(image, mask) pairs of the single-cell sets with nucleus and cytoplasm masks."""
+    all_idb2 = DATA / "single_cells" / "all_idb2"
+    return {
+        "wbc_seg/dataset1": [
+            (p, p.with_suffix(".png")) for p in sorted((WBC_SEG / "dataset1").glob("*.bmp"))
+        ],
+        "wbc_seg/dataset2": [
+            (p, p.with_suffix(".png")) for p in sorted((WBC_SEG / "dataset2").glob("*.bmp"))
+        ],
+        "all_idb2": [
+            (all_idb2 / row.image, all_idb2 / row.mask)
+            for row in pd.read_csv(all_idb2 / "labels.csv").itertuples()
+        ],
+    }
+
+
+def truth_masks(mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Nucleus and whole-cell masks: grey coding (nucleus 255, cytoplasm 128) or ALL-IDB2 colours."""
+    mask = np.asarray(read_image(mask_path).data)
+    if mask.ndim == 3 and mask.shape[-1] >= 3 and (mask[..., 0] != mask[..., 2]).any():
+        red, green, blue = (mask[..., i].astype(int) for i in range(3))
+        nucleus = (red < 128) & (green >= 128) & (blue >= 128)
+        return nucleus, nucleus | ((red < 128) & (green < 128) & (blue >= 128))
+    grey = mask[..., 0] if mask.ndim == 3 else mask
+    return grey >= 200, grey >= 64
+
+
+def evaluate_single_cells(
+    name: str, pairs: list[tuple[Path, Path]], config: SegmentationConfig, limit: int | None = None
+) -> dict:
     """Dice of nucleus and whole cell for the cell nearest the centre of each single-cell image."""
-    images = sorted((WBC_SEG / dataset).glob("*.bmp"))
     if limit:
-        images = images[:: max(1, len(images) // limit)]
+        pairs = pairs[:: max(1, len(pairs) // limit)]
     nucleus_dice, cell_dice, missed = [], [], 0
-    for path in images:
-        rgb = read_image(path).data
-        truth = np.asarray(read_image(path.with_suffix(".png")).data)
-        truth = truth[..., 0] if truth.ndim == 3 else truth
+    for image_path, mask_path in pairs:
+        rgb = np.asarray(read_image(image_path).data)[..., :3]
+        true_nucleus, true_cell = truth_masks(mask_path)
         result = segment_field(rgb, config)
         cell = _central_cell(result.labels)
-        if cell == 0:
-            missed += 1
-        predicted_cell = result.labels == cell if cell else np.zeros(truth.shape, bool)
-        nucleus_dice.append(dice(result.nuclei & predicted_cell, truth >= 200))
-        cell_dice.append(dice(predicted_cell, truth >= 64))
+        missed += cell == 0
+        predicted_cell = result.labels == cell if cell else np.zeros(true_cell.shape, bool)
+        nucleus_dice.append(dice(result.nuclei & predicted_cell, true_nucleus))
+        cell_dice.append(dice(predicted_cell, true_cell))
     return {
-        "dataset": dataset,
-        "images": len(images),
-        "missed": missed,
+        "dataset": name,
+        "images": len(pairs),
+        "missed": int(missed),
         "nucleus_dice": round(float(np.mean(nucleus_dice)), 4),
         "cell_dice": round(float(np.mean(cell_dice)), 4),
     }
@@ -183,9 +213,13 @@ def build_slide(path: Path, side: int = SLIDE_SIDE) -> None:
         for y in range(0, side, tile):
             for x in range(0, side, tile):
                 field = fields[(y // tile * 7 + x // tile) % len(fields)]
-                yield np.ascontiguousarray(np.pad(field, ((0, 32), (0, 0), (0, 0)), mode="reflect")[:tile, :tile])
+                yield np.ascontiguousarray(
+                    np.pad(field, ((0, 32), (0, 0), (0, 0)), mode="reflect")[:tile, :tile]
+                )
 
-    tifffile.imwrite(path, tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile), compression="zlib")
+    tifffile.imwrite(
+        path, tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile), compression="zlib"
+    )
 
 
 def slide_child(path: str) -> None:
@@ -202,7 +236,9 @@ def slide_child(path: str) -> None:
         labels.flush()
         del labels
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"cells": len(result.cells), "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 3)}))
+    print(
+        json.dumps({"cells": len(result.cells), "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 3)})
+    )
 
 
 def measure_slide() -> dict:
@@ -236,8 +272,16 @@ def main() -> None:
     results = {
         "config": config.__dict__,
         "bccd": [evaluate_bccd(split, config, limit) for split in ("train", "val")],
-        "wbc_seg": [evaluate_wbc_seg(name, config, limit) for name in ("dataset1", "dataset2")],
-        "analyze_seconds_one_640x480_field": round(time_analyze(sorted((BCCD / "images").glob("*.jpg"))[0]), 2),
+        "single_cells": [
+            {
+                "scale": SINGLE_CELL_SCALE[name],
+                **evaluate_single_cells(name, pairs, config.scaled(SINGLE_CELL_SCALE[name]), limit),
+            }
+            for name, pairs in single_cell_sets().items()
+        ],
+        "analyze_seconds_one_640x480_field": round(
+            time_analyze(sorted((BCCD / "images").glob("*.jpg"))[0]), 2
+        ),
     }
     if not args.quick:
         results["slide_20000x20000"] = measure_slide()

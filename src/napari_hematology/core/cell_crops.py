@@ -69,28 +69,31 @@ def locate_nucleus(rgb: np.ndarray) -> tuple[float, float, float]:
         nucleus bounding box. Falls back to the whole frame when no nucleus stands out.
     """
     score = nucleus_score(rgb)
-    mask = score > _otsu(score)
+    mask = score > _nucleus_threshold(score)
     mask = ndimage.binary_opening(mask, iterations=1)
     mask = ndimage.binary_closing(mask, iterations=2)
     labels, count = ndimage.label(mask)
     if count == 0:
         return rgb.shape[0] / 2, rgb.shape[1] / 2, max(rgb.shape[:2]) / CONTEXT
-    index = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(mask, labels, index)
-    centres = np.array(ndimage.center_of_mass(mask, labels, index)).reshape(-1, 2)
-    distance = np.linalg.norm((centres - np.array(rgb.shape[:2]) / 2) / max(rgb.shape[:2]), axis=1)
-    best = int(np.argmax(areas / (1.0 + (distance / 0.2) ** 2)))
-    rows, cols = np.nonzero(labels == best + 1)
+    rows, cols = np.indices(labels.shape)
+    flat = labels.ravel()
+    areas = np.bincount(flat, minlength=count + 1)[1:]
+    centre_rows = np.bincount(flat, rows.ravel(), count + 1)[1:] / areas
+    centre_cols = np.bincount(flat, cols.ravel(), count + 1)[1:] / areas
+    offset = np.hypot(centre_rows - rgb.shape[0] / 2, centre_cols - rgb.shape[1] / 2)
+    best = int(np.argmax(areas / (1.0 + (offset / max(rgb.shape[:2]) / 0.2) ** 2))) + 1
+    rows, cols = np.nonzero(labels == best)
     extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
     return (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2, float(extent)
 
 
-def _otsu(values: np.ndarray) -> float:
-    from skimage.filters import threshold_otsu
+def _nucleus_threshold(score: np.ndarray) -> float:
+    """Upper threshold of a three-class Otsu split: background, cytoplasm and red cells, nuclei."""
+    from skimage.filters import threshold_multiotsu
 
-    if float(values.max()) == float(values.min()):
-        return float(values.max())
-    return float(threshold_otsu(values))
+    if np.unique(score).size < 3:
+        return float(score.mean())
+    return float(threshold_multiotsu(score, classes=3, nbins=64)[-1])
 
 
 def normalise_crop(rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
@@ -107,7 +110,7 @@ def normalise_crop(rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONT
     image = Image.fromarray(rgb)
     scale = LOCATE_SIZE / max(image.size)
     thumbnail = image.resize(
-        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BOX
     )
     gain = white_gain(np.asarray(thumbnail))
     centre_y, centre_x, extent = (

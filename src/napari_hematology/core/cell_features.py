@@ -17,6 +17,7 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback, trac
 
 CROP_SIZE = 64
 HISTOGRAM_BINS = 8
+CHROMA_BINS = 6
 LBP_POINTS = 8
 
 
@@ -76,6 +77,10 @@ def _colour_features(rgb: np.ndarray, mask: np.ndarray) -> list[float]:
     for channel in range(3):
         histogram, _ = np.histogram(hsv[..., channel], bins=HISTOGRAM_BINS, range=(0.0, 1.0))
         features += list(histogram / histogram.sum())
+    chroma, _, _ = np.histogram2d(
+        lab[..., 1].ravel(), lab[..., 2].ravel(), bins=CHROMA_BINS, range=((-40, 60), (-60, 40))
+    )
+    features += list(chroma.ravel() / chroma.sum())
     return features
 
 

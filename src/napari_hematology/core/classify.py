@@ -148,8 +148,10 @@ class CellClassifier:
             An (n, d) float32 array.
         """
         prepared = self.prepare(crops, progress, should_stop)
+        if len(prepared) == 0:
+            return np.zeros((0, self.model.embedding_size), dtype=np.float32)
         features = self._run(prepared, lambda net, batch: net.embed(batch), progress, should_stop)
-        return features.reshape(len(prepared), -1).astype(np.float32)
+        return features.astype(np.float32)
 
     def _run(self, prepared: np.ndarray, forward, progress, should_stop) -> np.ndarray:
         import torch

@@ -19,6 +19,8 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback, chec
 
 ISSUE_COLUMNS = ["image", "given", "suggested", "issue_score", "is_issue"]
 CELL_COLUMNS = ["image", "label"]
+BATCH_SIZE = 64
+MIN_STEPS = 200
 
 
 @dataclass
@@ -28,8 +30,9 @@ class IssueConfig:
     Attributes:
         folds: Cross-validation folds (reduced to the size of the smallest class if needed).
         loss: Training loss name (see :func:`napari_hematology.core.losses.make_loss`).
-        epochs: Training epochs per fold.
-        hidden: Hidden width of the fold classifier (0 for a linear classifier).
+        epochs: Training epochs per fold (small sets get more, so each fold takes ``MIN_STEPS`` steps).
+        hidden: Hidden width of the fold classifier; 0 (default, best in benchmarks/bench_label_noise.py) is
+            a linear softmax classifier, which overfits noisy labels least.
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         seed: Seed of the fold split and of training.
@@ -39,7 +42,7 @@ class IssueConfig:
     folds: int = 5
     loss: str = "ce"
     epochs: int = 60
-    hidden: int = 64
+    hidden: int = 0
     learning_rate: float = 3e-3
     weight_decay: float = 1e-2
     seed: int = 0
@@ -113,17 +116,16 @@ def fit_classifier(
 
     standardize = Standardizer.fit(features)
     hidden = (config.hidden,) if config.hidden else ()
-    model = create_model("mlp", in_features=features.shape[1], out_features=n_classes, hidden=hidden, dropout=0.2)
+    classifier = dict(in_features=features.shape[1], out_features=n_classes, hidden=hidden, dropout=0.2)
     if config.loss == "coteaching":
-        model = create_model(
-            "coteaching_pair",
-            member="mlp",
-            member_config=dict(in_features=features.shape[1], out_features=n_classes, hidden=hidden, dropout=0.2),
-        )
+        model = create_model("coteaching_pair", member="mlp", member_config=classifier)
+    else:
+        model = create_model("mlp", **classifier)
     dataset = (torch.from_numpy(standardize(features)), torch.from_numpy(codes.astype(np.int64)))
+    steps_per_epoch = -(-len(codes) // BATCH_SIZE)
     train_config = TrainConfig(
-        epochs=config.epochs,
-        batch_size=64,
+        epochs=max(config.epochs, -(-MIN_STEPS // steps_per_epoch)),
+        batch_size=BATCH_SIZE,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         seed=config.seed,

@@ -5,7 +5,8 @@ spec string so a model can record which one it was trained on:
 
 - ``cell_classifier``: the frozen embedding of the shipped blast / white-cell classifier;
 - ``cell_classifier:MODEL_DIR``: the embedding of another cell-classifier model folder;
-- ``stain_morphology``: hand-made colour, nucleus-shape and texture statistics (no weights; fast).
+- ``descriptors``: the label-free colour, nucleus-shape and texture descriptors of
+  :mod:`napari_hematology.core.cell_features` (no weights, nothing learned; fast).
 
 Features of crops read from files are cached per file (path, modification time and size) in one ``.npz``
 per encoder, so re-training a bag model does not re-encode the cells.
@@ -22,15 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_hematology.core.errors import InputError
+from napari_hematology.core.errors import InputError, ModelFileError
 from napari_hematology.core.io import read_image, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
 
 CELL_CLASSIFIER = "cell_classifier"
-STAIN_MORPHOLOGY = "stain_morphology"
-ENCODERS = (CELL_CLASSIFIER, STAIN_MORPHOLOGY)
+DESCRIPTORS = "descriptors"
 CHUNK = 64
-STAIN_SIDE = 64
 
 
 @dataclass
@@ -47,14 +46,14 @@ def resolve_encoder(spec: str) -> Encoder:
     Raises:
         InputError: Unknown spec, or the cell classifier cannot be loaded.
     """
-    if spec == STAIN_MORPHOLOGY:
-        return Encoder(STAIN_MORPHOLOGY, stain_morphology_features)
+    if spec == DESCRIPTORS:
+        return Encoder(DESCRIPTORS, descriptor_features)
     if spec == CELL_CLASSIFIER or spec.startswith(CELL_CLASSIFIER + ":"):
         classifier = load_cell_classifier(spec.partition(":")[2] or None)
         return Encoder(spec, lambda crops: np.asarray(classifier.embed(crops), dtype=np.float32))
     raise InputError(
         f"Unknown cell encoder {spec!r}; use {CELL_CLASSIFIER}, {CELL_CLASSIFIER}:MODEL_DIR or "
-        f"{STAIN_MORPHOLOGY}."
+        f"{DESCRIPTORS}."
     )
 
 
@@ -75,9 +74,12 @@ def load_cell_classifier(model_dir: str | None = None):
     except ImportError as error:
         raise InputError(
             f"The cell classifier is not available in this installation ({error}); use the "
-            f"{STAIN_MORPHOLOGY} encoder instead."
+            f"{DESCRIPTORS} encoder instead."
         ) from error
-    return load_classifier(model_dir=model_dir)
+    try:
+        return load_classifier(model_dir=model_dir)
+    except ModelFileError as error:
+        raise ModelFileError(f"{error} (Or use the {DESCRIPTORS} encoder, which needs no weights.)") from error
 
 
 def read_crop(path: str | Path) -> np.ndarray:
@@ -217,62 +219,23 @@ def encode_crops(crops: Sequence[np.ndarray], encoder: Encoder, *, progress: Pro
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
-def stain_morphology_features(crops: Sequence[np.ndarray]) -> np.ndarray:
-    """Hand-made features of Romanowsky-stained cell crops: colour, nucleus shape and texture.
-
-    Each crop is resized to 64x64; features are colour moments (RGB and HSV) of the whole crop and of its
-    centre, a saturation-weighted hue histogram and a brightness histogram of the centre, and the size,
-    shape and texture of the dark-purple (nucleus) region nearest the centre.
+def descriptor_features(crops: Sequence[np.ndarray]) -> np.ndarray:
+    """Label-free descriptors (:func:`~napari_hematology.core.cell_features.describe_crop`) of crops
+    resized to the descriptor's crop size.
 
     Args:
         crops: RGB uint8 crops, one cell roughly centred in each.
 
     Returns:
-        ``(n, 50)`` float32 features.
+        ``(n, d)`` float32 features.
     """
-    return np.stack([_stain_vector(crop) for crop in crops]).astype(np.float32) if len(crops) else \
-        np.zeros((0, 50), dtype=np.float32)
-
-
-def _stain_vector(crop: np.ndarray) -> np.ndarray:
-    from skimage.color import rgb2hsv
     from skimage.transform import resize
 
-    rgb = resize(np.asarray(crop)[..., :3], (STAIN_SIDE, STAIN_SIDE), anti_aliasing=True,
-                 preserve_range=True).astype(np.float32) / 255.0
-    hsv = rgb2hsv(rgb)
-    channels = np.concatenate([rgb, hsv], axis=-1).reshape(-1, 6)
-    yy, xx = np.mgrid[:STAIN_SIDE, :STAIN_SIDE]
-    radius = np.hypot(yy - STAIN_SIDE / 2, xx - STAIN_SIDE / 2) / STAIN_SIDE
-    centre = (radius < 0.3).ravel()
-    hue_hist = np.histogram(hsv[..., 0].ravel()[centre], bins=8, range=(0, 1),
-                            weights=hsv[..., 1].ravel()[centre])[0] / max(centre.sum(), 1)
-    value_hist = np.histogram(hsv[..., 2].ravel()[centre], bins=8, range=(0, 1))[0] / max(centre.sum(), 1)
-    return np.concatenate([
-        channels.mean(0), channels.std(0), channels[centre].mean(0), channels[centre].std(0),
-        hue_hist, value_hist, _nucleus_vector(rgb, radius),
-    ])
+    from napari_hematology.core.cell_features import CROP_SIZE, describe_crop
 
-
-def _nucleus_vector(rgb: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    from skimage.filters import sobel, threshold_otsu
-    from skimage.measure import label, regionprops
-
-    stain = rgb[..., [0, 2]].mean(-1) - rgb[..., 1]  # purple nuclei: red and blue high, green low
-    threshold = threshold_otsu(stain) if np.ptp(stain) > 1e-6 else np.inf
-    regions = regionprops(label(stain > threshold))
-    if not regions:
-        return np.zeros(10, dtype=np.float32)
-    centre = np.array(rgb.shape[:2]) / 2
-    nucleus = min(regions, key=lambda r: np.hypot(*(np.array(r.centroid) - centre)) - 0.05 * r.area**0.5)
-    mask = np.zeros(rgb.shape[:2], dtype=bool)
-    mask[tuple(nucleus.coords.T)] = True
-    gray = rgb.mean(-1)
-    edges = sobel(gray)
-    all_nuclei = stain > threshold
-    return np.array([
-        nucleus.area / mask.size, nucleus.eccentricity, nucleus.solidity,
-        nucleus.perimeter**2 / (4 * np.pi * max(nucleus.area, 1)), stain[mask].mean(), gray[mask].std(),
-        edges[mask].mean(), all_nuclei.mean(), all_nuclei[radius < 0.3].mean(),
-        float(len(regions)),
-    ], dtype=np.float32)
+    rows = [
+        describe_crop(resize(crop, (CROP_SIZE, CROP_SIZE), anti_aliasing=True, preserve_range=True)
+                      .astype(np.uint8))
+        for crop in crops
+    ]
+    return np.stack(rows).astype(np.float32)

@@ -20,7 +20,7 @@ centroid, so memory stays bounded and no cell is cut or counted twice.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -61,15 +61,16 @@ class SegmentationConfig:
         detect_scale: Downsampling factor for detection.
         tile_size: Side of the tiles (pixels) that large images are cut into.
         tile_overlap: Overlap between tiles (pixels); must exceed the largest cell diameter.
+
     """
 
     nucleus_threshold: float = 0.14
-    cytoplasm_threshold: float = -0.06
-    background_od: float = 0.25
-    min_nucleus_area: int = 600
-    lobe_gap: int = 12
-    cell_margin: int = 18
-    detect_scale: int = 2
+    cytoplasm_threshold: float = -0.10
+    background_od: float = 0.30
+    min_nucleus_area: int = 3000
+    lobe_gap: int = 28
+    cell_margin: int = 30
+    detect_scale: int = 4
     tile_size: int = 2048
     tile_overlap: int = 256
 
@@ -80,6 +81,30 @@ class SegmentationConfig:
                 "0 <= tile_overlap < tile_size / 2 are required."
             )
 
+    def scaled(self, factor: float) -> SegmentationConfig:
+        """Adapt the settings to images whose magnification differs from the BCCD fields by ``factor``.
+
+        Args:
+            factor: Cell diameter in these images relative to BCCD (0.5 = cells half as wide).
+
+        Returns:
+            A new config with lengths and areas scaled.
+
+        Raises:
+            InputError: ``factor`` is not in (0.05, 20].
+
+        """
+        if not 0.05 < factor <= 20:
+            raise InputError(f"Scale factor {factor} is out of range; use a value between 0.05 and 20.")
+        return replace(
+            self,
+            min_nucleus_area=max(4, round(self.min_nucleus_area * factor**2)),
+            lobe_gap=max(1, round(self.lobe_gap * factor)),
+            cell_margin=max(1, round(self.cell_margin * factor)),
+            detect_scale=max(1, round(self.detect_scale * factor)),
+            tile_overlap=min(max(64, round(self.tile_overlap * factor)), self.tile_size // 2 - 1),
+        )
+
 
 @dataclass
 class Segmentation:
@@ -89,6 +114,7 @@ class Segmentation:
         labels: Integer cell labels (0 = background), same height and width as the image.
         nuclei: Boolean nucleus mask.
         cells: One row per cell with :data:`CELL_COLUMNS`.
+
     """
 
     labels: np.ndarray
@@ -104,6 +130,7 @@ def estimate_white(image) -> np.ndarray:
 
     Returns:
         Three floats, the bright-background level of red, green and blue.
+
     """
     height, width = image.shape[:2]
     stride = max(1, int(np.sqrt(height * width / WHITE_SAMPLE_PIXELS)))
@@ -132,9 +159,12 @@ def _downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
     """Block-mean downsampling of an RGB uint8 image (edges cropped to a multiple of ``factor``)."""
     if factor == 1:
         return rgb
-    height, width = (rgb.shape[0] // factor) * factor, (rgb.shape[1] // factor) * factor
-    blocks = rgb[:height, :width].reshape(height // factor, factor, width // factor, factor, 3)
-    return blocks.mean(axis=(1, 3), dtype=np.float32).astype(np.uint8)
+    height, width = rgb.shape[0] // factor, rgb.shape[1] // factor
+    total = np.zeros((height, width, 3), dtype=np.uint16)
+    for dy in range(factor):
+        for dx in range(factor):
+            total += rgb[dy : height * factor : factor, dx : width * factor : factor]
+    return (total // factor**2).astype(np.uint8)
 
 
 def _detect_cells(small: np.ndarray, tables: np.ndarray, config: SegmentationConfig) -> np.ndarray:
@@ -195,6 +225,7 @@ def _measure(
 
     Returns:
         Relabelled cells (1..n), the nucleus mask and the cell table.
+
     """
     nuclei = np.zeros(cells.shape, dtype=bool)
     relabelled = np.zeros_like(cells)
@@ -242,17 +273,20 @@ def segment_field(
 
     Returns:
         Cell labels, nucleus mask and the per-cell table.
+
     """
     config = config or SegmentationConfig()
-    white = estimate_white(rgb) if white is None else white
-    tables = _od_tables(np.asarray(white, dtype=np.float32))
     small = _downsample(rgb, config.detect_scale)
+    white = estimate_white(small) if white is None else white
+    tables = _od_tables(np.asarray(white, dtype=np.float32))
     cells = _upsample(_detect_cells(small, tables, config), config.detect_scale, rgb.shape[:2])
     labels, nuclei, table = _measure(rgb, cells, tables, config)
     return Segmentation(labels=labels, nuclei=nuclei, cells=table)
 
 
-def tile_windows(shape: tuple[int, int], tile_size: int, overlap: int) -> Iterator[tuple[slice, slice, slice, slice]]:
+def tile_windows(
+    shape: tuple[int, int], tile_size: int, overlap: int
+) -> Iterator[tuple[slice, slice, slice, slice]]:
     """Cut an image into overlapping tiles.
 
     Args:
@@ -263,6 +297,7 @@ def tile_windows(shape: tuple[int, int], tile_size: int, overlap: int) -> Iterat
     Yields:
         ``(rows, cols, core_rows, core_cols)``: the tile and the core it owns (cells whose centroid lies
         in the core belong to this tile), both in image coordinates.
+
     """
     step = tile_size - 2 * overlap
     for y0 in range(0, shape[0], step):
@@ -299,6 +334,7 @@ def segment_image(
     Raises:
         InputError: The image cannot be analysed (grayscale, too small, blank...).
         Cancelled: ``should_stop`` asked to stop.
+
     """
     config = config or SegmentationConfig()
     _check_shape(image, name)
@@ -358,7 +394,9 @@ def _segment_tiled(image, config, labels_out, name, progress, should_stop) -> Se
     return Segmentation(labels=labels, nuclei=nuclei, cells=cells)
 
 
-def _owned_cells(cells: pd.DataFrame, rows: slice, cols: slice, core_rows: slice, core_cols: slice) -> pd.DataFrame:
+def _owned_cells(
+    cells: pd.DataFrame, rows: slice, cols: slice, core_rows: slice, core_cols: slice
+) -> pd.DataFrame:
     """Cells of a tile whose centroid lies in the tile's core, shifted to image coordinates."""
     shifted = cells.copy()
     for column in ("centroid_y", "bbox_y0", "bbox_y1"):

@@ -21,6 +21,7 @@ from napari_hematology.core.training import TrainConfig, predict, seed_everythin
 
 METHODS = ("idec", "vade")
 MIN_EVENTS_PER_CLUSTER = 5
+MAX_PROTOTYPES = 100
 EPSILON = 1e-8
 
 
@@ -31,9 +32,13 @@ class ClusterConfig:
     Attributes:
         method: ``idec`` or ``vade``.
         clusters: Number of clusters (populations).
+        prototypes_per_cluster: Latent prototypes per cluster (at most 100 in all), merged into clusters
+            by average linkage; 1 gives the original single-centre methods.
         latent_dim: Width of the latent space.
         hidden: Encoder hidden widths.
-        pretrain_epochs: Autoencoder pretraining epochs.
+        pretrain_epochs: Autoencoder pretraining epochs; small data sets get more, so that pretraining
+            makes at least ``min_pretrain_steps`` optimisation steps.
+        min_pretrain_steps: Fewest pretraining steps (the latent space must be good before clustering).
         epochs: Clustering fine-tuning epochs.
         batch_size: Events per optimisation step.
         learning_rate: AdamW learning rate.
@@ -47,9 +52,11 @@ class ClusterConfig:
 
     method: str = "idec"
     clusters: int = 5
+    prototypes_per_cluster: int = 10
     latent_dim: int = 8
     hidden: tuple[int, ...] = (64, 32)
     pretrain_epochs: int = 15
+    min_pretrain_steps: int = 600
     epochs: int = 15
     batch_size: int = 256
     learning_rate: float = 2e-3
@@ -189,10 +196,13 @@ def fit_clusterer(
 
     model = create_model(
         config.method, in_features=x.shape[1], clusters=config.clusters,
-        latent_dim=config.latent_dim, hidden=list(config.hidden),
+        prototypes=_prototype_count(config, len(x)), latent_dim=config.latent_dim,
+        hidden=list(config.hidden),
     )
-    steps = _Phases(progress, config, len(x))
-    train(model, (x,), _reconstruction_loss, _train_config(config, config.pretrain_epochs),
+    batches = -(-len(x) // config.batch_size)
+    pretrain_epochs = max(config.pretrain_epochs, -(-config.min_pretrain_steps // batches))
+    steps = _Phases(progress, batches, [pretrain_epochs, config.epochs])
+    train(model, (x,), _reconstruction_loss, _train_config(config, pretrain_epochs),
           progress=steps.phase(0, "pretraining"), should_stop=should_stop)
     check_cancel(should_stop)
     _initialise_clusters(model, x, config)
@@ -232,6 +242,11 @@ def _check_values(values: np.ndarray, channels: list[str], clusters: int) -> tup
     return values.mean(axis=0), std
 
 
+def _prototype_count(config: ClusterConfig, events: int) -> int:
+    wanted = min(config.clusters * config.prototypes_per_cluster, MAX_PROTOTYPES)
+    return max(config.clusters, min(wanted, events // MIN_EVENTS_PER_CLUSTER))
+
+
 def _train_config(config: ClusterConfig, epochs: int) -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
                        weight_decay=0.0, seed=config.seed, device="cpu", threads=config.threads)
@@ -240,10 +255,9 @@ def _train_config(config: ClusterConfig, epochs: int) -> TrainConfig:
 class _Phases:
     """Maps the progress of the two training phases onto one bar."""
 
-    def __init__(self, progress: ProgressCallback | None, config: ClusterConfig, events: int):
+    def __init__(self, progress: ProgressCallback | None, batches: int, epochs: list[int]):
         self.progress = progress
-        batches = -(-events // config.batch_size)
-        self.sizes = [config.pretrain_epochs * batches, config.epochs * batches]
+        self.sizes = [count * batches for count in epochs]
 
     def phase(self, index: int, message: str) -> ProgressCallback | None:
         if self.progress is None:
@@ -258,38 +272,48 @@ def _reconstruction_loss(model, batch, epoch):
 
 
 def _initialise_clusters(model, x, config: ClusterConfig) -> None:
+    """Over-cluster the latent space with k-means, then merge the pieces into clusters.
+
+    Average-linkage merging of many small k-means cells (the FlowSOM recipe) finds populations of very
+    different sizes that a k-means with one centre per cluster would split or merge.
+    """
     import torch
+    from sklearn.cluster import AgglomerativeClustering, KMeans
 
     latent = predict(model, x, batch_size=8192, forward=lambda net, b: net.embed(b))
+    prototypes = len(model.membership)
+    kmeans = KMeans(prototypes, n_init=3, random_state=config.seed).fit(latent)
+    centers = kmeans.cluster_centers_
+    membership = AgglomerativeClustering(config.clusters, linkage="average").fit_predict(centers)
+    model.membership.copy_(torch.as_tensor(membership, dtype=torch.long))
     if config.method == "idec":
-        from sklearn.cluster import KMeans
-
-        kmeans = KMeans(config.clusters, n_init=10, random_state=config.seed).fit(latent)
-        model.centers.data = torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32)
+        model.centers.data = _as_tensor(centers)
         return
-    from sklearn.mixture import GaussianMixture
-
-    mixture = GaussianMixture(config.clusters, covariance_type="diag", n_init=3, reg_covar=1e-4,
-                              random_state=config.seed).fit(latent)
-    model.prior_logits.data = torch.as_tensor(np.log(mixture.weights_ + EPSILON), dtype=torch.float32)
-    model.prior_means.data = torch.as_tensor(mixture.means_, dtype=torch.float32)
-    model.prior_logvars.data = torch.as_tensor(np.log(mixture.covariances_), dtype=torch.float32)
+    counts = np.bincount(kmeans.labels_, minlength=prototypes) + 1.0
+    variances = np.stack([
+        latent[kmeans.labels_ == k].var(axis=0) if counts[k] > 2 else latent.var(axis=0)
+        for k in range(prototypes)
+    ])
+    model.prior_logits.data = _as_tensor(np.log(counts / counts.sum()))
+    model.prior_means.data = _as_tensor(centers)
+    model.prior_logvars.data = _as_tensor(np.log(variances + 1e-4))
 
 
 def _align_to_reference(model, x, sample_ids: np.ndarray, reference: np.ndarray) -> None:
-    """Reorder the initial clusters so that cluster k best follows population k across samples."""
+    """Renumber the initial clusters so that cluster k best follows population k across samples."""
+    import torch
     from scipy.optimize import linear_sum_assignment
 
     q = predict(model, x, batch_size=8192)
     known = [s for s in np.unique(sample_ids) if np.isfinite(reference[s]).all()]
+    if not known:
+        return
     observed = np.stack([q[sample_ids == s].mean(axis=0) for s in known])
-    target = reference[known]
-    cost = np.abs(observed[:, :, None] - target[:, None, :]).sum(axis=0)
-    clusters, _populations = linear_sum_assignment(cost)
-    order = clusters[np.argsort(_populations)]
-    for name, parameter in model.named_parameters():
-        if name in ("centers", "prior_logits", "prior_means", "prior_logvars"):
-            parameter.data = parameter.data[order].clone()
+    cost = np.abs(observed[:, :, None] - reference[known][:, None, :]).sum(axis=0)
+    clusters, populations = linear_sum_assignment(cost)
+    new_index = np.empty(len(clusters), dtype=np.int64)
+    new_index[clusters] = populations
+    model.membership.copy_(torch.as_tensor(new_index)[model.membership])
 
 
 def _clustering_loss(model, x, config: ClusterConfig, reference):

@@ -139,9 +139,13 @@ def load_expression(path: str | Path, label_key: str | None = None) -> Expressio
 
 
 def _read_h5ad(path: Path, label_key: str | None) -> ExpressionData:
+    import warnings
+
     import anndata
 
-    adata = anndata.read_h5ad(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # old files: anndata moves .uns entries
+        adata = anndata.read_h5ad(path)
     return make_expression_data(adata.X, adata.var_names, adata.obs_names, adata.obs, path.name)
 
 

@@ -19,10 +19,10 @@ import numpy as np
 from scipy import sparse
 
 from napari_hematology.core.errors import InputError
+from napari_hematology.core.expression.choices import VALUE_KINDS
 from napari_hematology.core.expression.data import ExpressionData
 from napari_hematology.core.progress import ProgressCallback, StopCallback, tracked
 
-VALUE_KINDS = ("counts", "intensities", "normalized")
 CHUNK_ROWS = 2048
 Z_CLIP = 10.0
 
@@ -100,11 +100,10 @@ class Preprocessor:
                 f"{', '.join(map(str, data.genes[:3]))}). Use data with the same gene naming "
                 "(symbols vs. Ensembl ids, species) or retrain the model on this data."
             )
-        if missing:
-            data.notes.append(
-                f"{data.name}: {missing} of {len(self.genes)} model genes missing; "
-                "filled with the training mean."
-            )
+        note = (f"{data.name}: {missing} of {len(self.genes)} model genes missing; "
+                "filled with the training mean.")
+        if missing and note not in data.notes:
+            data.notes.append(note)
         return index
 
     def transform(self, rows, column_index: np.ndarray) -> np.ndarray:
@@ -148,8 +147,8 @@ def check_values(data: ExpressionData, values: str) -> None:
         if negative:
             raise InputError(
                 f"{data.name}: {negative} negative value(s), but counts cannot be negative. If the matrix "
-                "is already log-normalised or scaled, choose values 'normalized'; for microarray "
-                "intensities choose 'intensities'."
+                "is already log-normalised or scaled, use values 'normalized' (--values normalized); for "
+                "microarray intensities use 'intensities'."
             )
 
 

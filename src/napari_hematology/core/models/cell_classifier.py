@@ -19,6 +19,7 @@ class CellNet(nn.Module):
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
+        self.embedding_size = int(getattr(network, "head_hidden_size", None) or network.num_features)
         self.register_buffer("mean", torch.full((1, 3, 1, 1), 127.5))
         self.register_buffer("std", torch.full((1, 3, 1, 1), 64.0))
 

@@ -1,7 +1,10 @@
 """Deep clustering of per-cell signal vectors: IDEC and VaDE.
 
 Both share a fully connected autoencoder (built from the registry's ``mlp``) and differ in the cluster
-model living in the latent space:
+model living in the latent space. Each cluster may own several prototypes (IDEC centres or VaDE mixture
+components, listed in the ``membership`` buffer), so that clusters of very different sizes and
+non-spherical shapes, common in cytometry, are modelled as unions of small spherical pieces (as FlowSOM
+does with its metaclusters); with one prototype per cluster they are the original methods:
 
 - ``idec`` (Guo et al. 2017): cluster centres with a Student's t soft assignment, trained with a
   self-training KL loss plus the reconstruction loss that keeps the latent space faithful.
@@ -31,18 +34,20 @@ def _encoder_decoder(in_features: int, latent_dim: int, hidden, encoder_out: int
     return nn.ModuleDict({"encoder": encoder, "decoder": decoder})
 
 
-def _make_idec_class():
+def _make_base_class():
     import torch
     from torch import nn
 
-    class IDEC(nn.Module):
-        """Autoencoder plus cluster centres with a Student's t soft assignment."""
+    class PrototypeClustering(nn.Module):
+        """An autoencoder whose latent prototypes are grouped into clusters by ``membership``."""
 
-        def __init__(self, in_features: int, clusters: int, latent_dim: int, hidden, alpha: float):
+        def __init__(self, in_features, clusters, prototypes, latent_dim, hidden, encoder_out):
             super().__init__()
-            self.net = _encoder_decoder(in_features, latent_dim, hidden, latent_dim)
-            self.centers = nn.Parameter(torch.zeros(clusters, latent_dim))
-            self.alpha = alpha
+            if prototypes < clusters:
+                raise ValueError(f"Need at least one prototype per cluster ({prototypes} < {clusters}).")
+            self.clusters = clusters
+            self.net = _encoder_decoder(in_features, latent_dim, hidden, encoder_out)
+            self.register_buffer("membership", torch.arange(prototypes) % clusters)
 
         def embed(self, x):
             """Latent coordinates of ``x``."""
@@ -52,15 +57,39 @@ def _make_idec_class():
             """Decode latent coordinates back to the input space."""
             return self.net["decoder"](z)
 
+        def group(self, prototype_probabilities):
+            """Sum prototype probabilities ``(n, prototypes)`` into cluster probabilities ``(n, clusters)``."""
+            one_hot = nn.functional.one_hot(self.membership, self.clusters).to(prototype_probabilities)
+            return prototype_probabilities @ one_hot
+
         def soft_assign(self, z):
-            """Student's t similarity of each latent point to each centre, normalised per row."""
-            distance = torch.cdist(z, self.centers).pow(2)
-            q = (1.0 + distance / self.alpha).pow(-(self.alpha + 1.0) / 2.0)
-            return q / q.sum(dim=1, keepdim=True)
+            """Soft cluster assignment of latent points."""
+            return self.group(self.prototype_assign(z))
 
         def forward(self, x):
             """Soft cluster assignment ``(n, clusters)``."""
             return self.soft_assign(self.embed(x))
+
+    return PrototypeClustering
+
+
+def _make_idec_class():
+    import torch
+    from torch import nn
+
+    class IDEC(_make_base_class()):
+        """Autoencoder plus cluster centres with a Student's t soft assignment."""
+
+        def __init__(self, in_features, clusters, prototypes, latent_dim, hidden, alpha):
+            super().__init__(in_features, clusters, prototypes, latent_dim, hidden, latent_dim)
+            self.centers = nn.Parameter(torch.zeros(prototypes, latent_dim))
+            self.alpha = alpha
+
+        def prototype_assign(self, z):
+            """Student's t similarity of each latent point to each centre, normalised per row."""
+            distance = torch.cdist(z, self.centers).pow(2)
+            q = (1.0 + distance / self.alpha).pow(-(self.alpha + 1.0) / 2.0)
+            return q / q.sum(dim=1, keepdim=True)
 
     return IDEC
 
@@ -69,16 +98,14 @@ def _make_vade_class():
     import torch
     from torch import nn
 
-    class VaDE(nn.Module):
+    class VaDE(_make_base_class()):
         """Variational autoencoder with a learnable Gaussian-mixture prior (diagonal covariances)."""
 
-        def __init__(self, in_features: int, clusters: int, latent_dim: int, hidden):
-            super().__init__()
-            self.latent_dim = latent_dim
-            self.net = _encoder_decoder(in_features, latent_dim, hidden, 2 * latent_dim)
-            self.prior_logits = nn.Parameter(torch.zeros(clusters))
-            self.prior_means = nn.Parameter(torch.zeros(clusters, latent_dim))
-            self.prior_logvars = nn.Parameter(torch.zeros(clusters, latent_dim))
+        def __init__(self, in_features, clusters, prototypes, latent_dim, hidden):
+            super().__init__(in_features, clusters, prototypes, latent_dim, hidden, 2 * latent_dim)
+            self.prior_logits = nn.Parameter(torch.zeros(prototypes))
+            self.prior_means = nn.Parameter(torch.zeros(prototypes, latent_dim))
+            self.prior_logvars = nn.Parameter(torch.zeros(prototypes, latent_dim))
 
         def encode(self, x):
             """Posterior mean and log-variance of the latent code."""
@@ -89,10 +116,6 @@ def _make_vade_class():
             """Latent coordinates (posterior means) of ``x``."""
             return self.encode(x)[0]
 
-        def reconstruct(self, z):
-            """Decode latent coordinates back to the input space."""
-            return self.net["decoder"](z)
-
         def component_log_likelihood(self, z):
             """``log pi_k + log N(z | mu_k, sigma_k)`` for every row of ``z`` and component ``k``."""
             diff = z.unsqueeze(1) - self.prior_means.unsqueeze(0)
@@ -102,25 +125,22 @@ def _make_vade_class():
             ).sum(dim=2)
             return torch.log_softmax(self.prior_logits, dim=0) + log_normal
 
-        def soft_assign(self, z):
+        def prototype_assign(self, z):
             """Posterior responsibility of each mixture component."""
             return torch.softmax(self.component_log_likelihood(z), dim=1)
-
-        def forward(self, x):
-            """Soft cluster assignment ``(n, clusters)``."""
-            return self.soft_assign(self.embed(x))
 
     return VaDE
 
 
 @register_model("idec")
-def build_idec(in_features: int, clusters: int, latent_dim: int = 8,
+def build_idec(in_features: int, clusters: int, prototypes: int | None = None, latent_dim: int = 8,
                hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN, alpha: float = 1.0):
     """Build an IDEC model (Improved Deep Embedded Clustering).
 
     Args:
         in_features: Channels per cell.
         clusters: Number of clusters.
+        prototypes: Number of centres (grouped into clusters); default one per cluster.
         latent_dim: Width of the latent space.
         hidden: Encoder hidden widths (the decoder mirrors them).
         alpha: Degrees of freedom of the Student's t kernel.
@@ -128,21 +148,22 @@ def build_idec(in_features: int, clusters: int, latent_dim: int = 8,
     Returns:
         The ``torch.nn.Module``; ``model(x)`` gives soft assignments, ``model.embed(x)`` latents.
     """
-    return _make_idec_class()(in_features, clusters, latent_dim, hidden, alpha)
+    return _make_idec_class()(in_features, clusters, prototypes or clusters, latent_dim, hidden, alpha)
 
 
 @register_model("vade")
-def build_vade(in_features: int, clusters: int, latent_dim: int = 8,
+def build_vade(in_features: int, clusters: int, prototypes: int | None = None, latent_dim: int = 8,
                hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN):
     """Build a VaDE model (Variational Deep Embedding with a Gaussian-mixture prior).
 
     Args:
         in_features: Channels per cell.
-        clusters: Number of mixture components.
+        clusters: Number of clusters.
+        prototypes: Number of mixture components (grouped into clusters); default one per cluster.
         latent_dim: Width of the latent space.
         hidden: Encoder hidden widths (the decoder mirrors them).
 
     Returns:
         The ``torch.nn.Module``; ``model(x)`` gives soft assignments, ``model.embed(x)`` latents.
     """
-    return _make_vade_class()(in_features, clusters, latent_dim, hidden)
+    return _make_vade_class()(in_features, clusters, prototypes or clusters, latent_dim, hidden)

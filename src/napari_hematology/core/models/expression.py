@@ -17,10 +17,8 @@ import copy
 import torch
 from torch import nn
 
+from napari_hematology.core.expression.choices import ENCODERS, HEADS
 from napari_hematology.core.registry import register_model
-
-ENCODERS = ("ae", "vime", "scarf", "byol")
-HEADS = ("ffn", "transformer", "gcn", "linear")
 
 
 def _mlp(widths: list[int], dropout: float = 0.0, final_activation: bool = False):
@@ -50,13 +48,16 @@ def _pretext_modules(method: str, n_genes: int, hidden: list[int], latent: int, 
 
 def _build_head(head: str, latent: int, n_classes: int, head_hidden: int, dropout: float,
                 token_size: int):
+    """The head, behind a parameter-free standardisation of the frozen latent (as in linear probing)."""
+    if head == "gcn":
+        return GraphConvolutionHead(latent, n_classes, head_hidden, dropout)
     if head == "linear":
-        return nn.Linear(latent, n_classes)
-    if head == "ffn":
-        return _mlp([latent, head_hidden, head_hidden, n_classes], dropout=dropout)
-    if head == "transformer":
-        return LatentTokenTransformer(latent, n_classes, token_size, dropout)
-    return GraphConvolutionHead(latent, n_classes, head_hidden, dropout)
+        classifier = nn.Linear(latent, n_classes)
+    elif head == "ffn":
+        classifier = _mlp([latent, head_hidden, head_hidden, n_classes], dropout=dropout)
+    else:
+        classifier = LatentTokenTransformer(latent, n_classes, token_size, dropout)
+    return nn.Sequential(nn.BatchNorm1d(latent, affine=False), classifier)
 
 
 class LatentTokenTransformer(nn.Module):
@@ -88,6 +89,7 @@ class GraphConvolutionHead(nn.Module):
 
     def __init__(self, latent: int, n_classes: int, hidden: int = 128, dropout: float = 0.1):
         super().__init__()
+        self.standardise = nn.BatchNorm1d(latent, affine=False)
         self.first = nn.Linear(latent, hidden)
         self.second = nn.Linear(hidden, n_classes)
         self.dropout = nn.Dropout(dropout)
@@ -99,7 +101,7 @@ class GraphConvolutionHead(nn.Module):
             latent: (cells, latent) features.
             adjacency: Sparse or dense (cells, cells) symmetric-normalised adjacency with self loops.
         """
-        hidden = torch.nn.functional.gelu(adjacency @ self.first(latent))
+        hidden = torch.nn.functional.gelu(adjacency @ self.first(self.standardise(latent)))
         return adjacency @ self.second(self.dropout(hidden))
 
 

@@ -1,0 +1,555 @@
+"""The annotation store: one SQLite file per project, with an append-only history of cell labels.
+
+Tables: ``images``, ``classes``, ``cells`` (an id such as the crop path, its image, optional position
+and crop) and ``label_events``: every label ever given, with annotator, UTC time, source (``model``,
+``import`` or ``human``), previous label of that annotator, and for model suggestions an issue score and
+a confidence. Nothing is updated or deleted: undo appends an event that restores the previous label.
+
+Every action runs in its own ``BEGIN IMMEDIATE`` transaction in WAL mode with a busy timeout, so killing
+a process loses at most the action in flight and several processes can write to one project. A file
+from a newer schema, a foreign SQLite file or a corrupt file is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from napari_hematology.core.errors import InputError
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x4E48454D  # "NHEM"
+SQLITE_HEADER = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 60_000
+SOURCES = ("model", "import", "human")
+UNLABELLED = None
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+CREATE TABLE classes (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE cells (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    image_id INTEGER REFERENCES images(id),
+    x REAL,
+    y REAL,
+    crop TEXT
+);
+CREATE TABLE label_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    cell_id INTEGER NOT NULL REFERENCES cells(id),
+    annotator TEXT NOT NULL,
+    class_id INTEGER REFERENCES classes(id),
+    previous_class_id INTEGER REFERENCES classes(id),
+    source TEXT NOT NULL CHECK (source IN ('model', 'import', 'human')),
+    created TEXT NOT NULL,
+    undoes INTEGER REFERENCES label_events(id),
+    score REAL,
+    confidence REAL
+);
+CREATE INDEX events_by_cell ON label_events (cell_id, annotator, id);
+CREATE INDEX events_by_annotator ON label_events (annotator, id);
+CREATE VIEW current_labels AS
+    SELECT e.* FROM label_events e
+    JOIN (SELECT cell_id, annotator, MAX(id) AS id FROM label_events GROUP BY cell_id, annotator) last
+      ON e.id = last.id;
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _check_header(path: Path) -> None:
+    with open(path, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise InputError(
+            f"{path.name} is not a napari-hematology project (not an SQLite file, or corrupt). "
+            "It was left untouched; choose another file or restore a backup."
+        )
+
+
+def _check_project(path: Path) -> None:
+    """Refuse foreign, newer or corrupt project files, reading them only."""
+    _check_header(path)
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if application_id != APPLICATION_ID:
+                raise InputError(
+                    f"{path.name} is an SQLite file but not a napari-hematology project; it was left untouched."
+                )
+            if version > SCHEMA_VERSION:
+                raise InputError(
+                    f"{path.name} was written by a newer napari-hematology (project schema {version}, this "
+                    f"version reads up to {SCHEMA_VERSION}); upgrade the plugin. The file was left untouched."
+                )
+            check = connection.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise InputError(
+            f"{path.name} is a corrupt project file ({error}); it was left untouched. Restore a backup."
+        ) from error
+
+
+def _create_project(path: Path) -> None:
+    """Build the schema in a temporary file and link it into place, so a half-made project never exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    connection = sqlite3.connect(temporary)
+    try:
+        connection.executescript(SCHEMA)
+        connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("INSERT INTO meta VALUES ('created', ?)", (_now(),))
+        connection.commit()
+        connection.execute("PRAGMA journal_mode = WAL")
+    finally:
+        connection.close()
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process created it first; use theirs
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class AnnotationStore:
+    """A project's annotation store (one SQLite file).
+
+    Open with ``AnnotationStore(path)`` (created if missing, ``create=False`` to refuse that); use as a
+    context manager or call :meth:`close`. One store object per thread.
+    """
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            if self.path.is_dir():
+                raise InputError(f"{self.path} is a folder; a project is one .sqlite file.")
+            _check_project(self.path)
+        elif create:
+            _create_project(self.path)
+            _check_project(self.path)
+        else:
+            raise InputError(f"{self.path}: no such project file. Import labels first to create it.")
+        self._connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        self._connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._connection.execute("PRAGMA foreign_keys = ON")
+        self._connection.execute("PRAGMA synchronous = NORMAL")
+
+    def __enter__(self) -> AnnotationStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (everything is already committed)."""
+        self._connection.close()
+
+    @contextmanager
+    def _action(self) -> Iterator[sqlite3.Connection]:
+        """One user action = one immediate transaction; rolled back whole on any error."""
+        connection = self._connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as error:
+            raise InputError(f"{self.path.name}: cannot write to the project ({error}).") from error
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def _query(self, sql: str, parameters: Sequence = ()) -> list[tuple]:
+        try:
+            return self._connection.execute(sql, parameters).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise InputError(f"{self.path.name}: cannot read the project ({error}).") from error
+
+    # classes, images, cells -------------------------------------------------------------------------
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, in the order they were added (key 1 = first class in the review widget)."""
+        return [row[0] for row in self._query("SELECT name FROM classes ORDER BY id")]
+
+    def add_classes(self, names: Sequence[str]) -> list[str]:
+        """Add class names not yet in the project (one action); returns all classes."""
+        with self._action() as connection:
+            connection.executemany(
+                "INSERT OR IGNORE INTO classes (name) VALUES (?)", [(str(name),) for name in names]
+            )
+        return self.classes
+
+    def _class_id(self, name: str | None) -> int | None:
+        if name is None:
+            return None
+        rows = self._query("SELECT id FROM classes WHERE name = ?", (str(name),))
+        if not rows:
+            raise InputError(
+                f"Unknown class {name!r}; the project's classes are {', '.join(self.classes) or '(none yet)'}."
+            )
+        return rows[0][0]
+
+    def add_cells(self, cells: Sequence[dict]) -> int:
+        """Add cells (one action); existing cells keep their data.
+
+        Args:
+            cells: Dicts with ``name`` (unique id, e.g. the crop path) and optional ``image`` (the slide
+                or field it lies in), ``x``, ``y`` (its centre in that image, pixels) and ``crop`` (path).
+
+        Returns:
+            The number of cells in the project.
+        """
+        with self._action() as connection:
+            for cell in cells:
+                image_id = None
+                if cell.get("image") is not None:
+                    connection.execute("INSERT OR IGNORE INTO images (path) VALUES (?)", (str(cell["image"]),))
+                    image_id = connection.execute(
+                        "SELECT id FROM images WHERE path = ?", (str(cell["image"]),)
+                    ).fetchone()[0]
+                connection.execute(
+                    "INSERT OR IGNORE INTO cells (name, image_id, x, y, crop) VALUES (?, ?, ?, ?, ?)",
+                    (str(cell["name"]), image_id, cell.get("x"), cell.get("y"), cell.get("crop")),
+                )
+        return self._query("SELECT COUNT(*) FROM cells")[0][0]
+
+    def cells(self):
+        """All cells as a DataFrame: ``cell, image, x, y, crop``."""
+        import pandas as pd
+
+        rows = self._query(
+            "SELECT c.name, i.path, c.x, c.y, c.crop FROM cells c LEFT JOIN images i ON i.id = c.image_id "
+            "ORDER BY c.id"
+        )
+        return pd.DataFrame(rows, columns=["cell", "image", "x", "y", "crop"])
+
+    def _cell_id(self, connection: sqlite3.Connection, name: str) -> int:
+        row = connection.execute("SELECT id FROM cells WHERE name = ?", (str(name),)).fetchone()
+        if row is None:
+            raise InputError(f"Unknown cell {name!r}; add it to the project first.")
+        return row[0]
+
+    # labels -----------------------------------------------------------------------------------------
+
+    def set_label(
+        self,
+        cell: str,
+        label: str | None,
+        annotator: str,
+        source: str = "human",
+        score: float | None = None,
+        confidence: float | None = None,
+    ) -> int:
+        """Record one label (one action).
+
+        Args:
+            cell: Cell name.
+            label: Class name (None clears the annotator's label).
+            annotator: Who gave it (a person's name, or a model name for suggestions).
+            source: ``human``, ``model`` or ``import``.
+            score: Issue score of a model suggestion.
+            confidence: Probability of a model suggestion.
+
+        Returns:
+            The event id.
+        """
+        return self.set_labels([(cell, label)], annotator, source, scores=[score], confidences=[confidence])[0]
+
+    def set_labels(
+        self,
+        labels: Sequence[tuple[str, str | None]],
+        annotator: str,
+        source: str = "import",
+        scores: Sequence[float | None] | None = None,
+        confidences: Sequence[float | None] | None = None,
+    ) -> list[int]:
+        """Record many labels of one annotator in one action (an import or a model's suggestions).
+
+        Raises:
+            InputError: Unknown cell, class or source, or an empty annotator name.
+        """
+        annotator = (annotator or "").strip()
+        if not annotator:
+            raise InputError("An annotator name is needed; type your name first.")
+        if source not in SOURCES:
+            raise InputError(f"Unknown label source {source!r}; use one of {', '.join(SOURCES)}.")
+        scores = scores or [None] * len(labels)
+        confidences = confidences or [None] * len(labels)
+        class_ids = {name: self._class_id(name) for name in {label for _, label in labels}}
+        event_ids = []
+        with self._action() as connection:
+            for (cell, label), score, confidence in zip(labels, scores, confidences, strict=True):
+                cell_id = self._cell_id(connection, cell)
+                previous = self._current_class_id(connection, cell_id, annotator)
+                cursor = connection.execute(
+                    "INSERT INTO label_events (cell_id, annotator, class_id, previous_class_id, source, "
+                    "created, score, confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (cell_id, annotator, class_ids[label], previous, source, _now(), score, confidence),
+                )
+                event_ids.append(cursor.lastrowid)
+        return event_ids
+
+    @staticmethod
+    def _current_class_id(connection: sqlite3.Connection, cell_id: int, annotator: str) -> int | None:
+        row = connection.execute(
+            "SELECT class_id FROM label_events WHERE cell_id = ? AND annotator = ? ORDER BY id DESC LIMIT 1",
+            (cell_id, annotator),
+        ).fetchone()
+        return row[0] if row else None
+
+    def undo(self, annotator: str) -> str | None:
+        """Undo the annotator's latest label that is not yet undone, by appending a restoring event.
+
+        Returns:
+            The cell whose label was restored, or None when there is nothing left to undo.
+        """
+        with self._action() as connection:
+            row = connection.execute(
+                "SELECT e.id, e.cell_id, e.previous_class_id, e.source, c.name FROM label_events e "
+                "JOIN cells c ON c.id = e.cell_id WHERE e.annotator = ? AND e.undoes IS NULL "
+                "AND e.id NOT IN (SELECT undoes FROM label_events WHERE undoes IS NOT NULL) "
+                "ORDER BY e.id DESC LIMIT 1",
+                (annotator,),
+            ).fetchone()
+            if row is None:
+                return None
+            event_id, cell_id, previous, source, name = row
+            current = self._current_class_id(connection, cell_id, annotator)
+            connection.execute(
+                "INSERT INTO label_events (cell_id, annotator, class_id, previous_class_id, source, created, "
+                "undoes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (cell_id, annotator, previous, current, source, _now(), event_id),
+            )
+        return name
+
+    def annotators(self, source: str | None = None) -> list[str]:
+        """Names of everyone (or every model) who labelled cells, optionally of one source."""
+        sql = "SELECT DISTINCT annotator FROM label_events"
+        rows = self._query(sql + " WHERE source = ? ORDER BY annotator", (source,)) if source else self._query(
+            sql + " ORDER BY annotator"
+        )
+        return [row[0] for row in rows]
+
+    def current_labels(self, annotators: Sequence[str] | None = None):
+        """Every annotator's current label per cell (cleared labels left out).
+
+        Returns:
+            A DataFrame ``cell, image, x, y, crop, annotator, label, source, score, confidence, created``.
+        """
+        import pandas as pd
+
+        rows = self._query(
+            "SELECT c.name, i.path, c.x, c.y, c.crop, e.annotator, k.name, e.source, e.score, e.confidence, "
+            "e.created FROM current_labels e JOIN cells c ON c.id = e.cell_id "
+            "LEFT JOIN images i ON i.id = c.image_id JOIN classes k ON k.id = e.class_id ORDER BY c.id, e.annotator"
+        )
+        table = pd.DataFrame(
+            rows,
+            columns=["cell", "image", "x", "y", "crop", "annotator", "label", "source", "score", "confidence", "created"],
+        )
+        if annotators is not None:
+            table = table[table["annotator"].isin(list(annotators))].reset_index(drop=True)
+        return table
+
+    def history(self):
+        """The full append-only label history as a DataFrame, oldest first."""
+        import pandas as pd
+
+        rows = self._query(
+            "SELECT e.id, c.name, e.annotator, k.name, p.name, e.source, e.created, e.undoes, e.score, "
+            "e.confidence FROM label_events e JOIN cells c ON c.id = e.cell_id "
+            "LEFT JOIN classes k ON k.id = e.class_id LEFT JOIN classes p ON p.id = e.previous_class_id "
+            "ORDER BY e.id"
+        )
+        columns = ["event", "cell", "annotator", "label", "previous", "source", "created", "undoes", "score", "confidence"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def event_count(self) -> int:
+        """Number of label events recorded."""
+        return self._query("SELECT COUNT(*) FROM label_events")[0][0]
+
+
+def consensus(labels, sources: Sequence[str] = ("human",)):
+    """Per-cell majority label among the current labels of the given sources.
+
+    Args:
+        labels: A table from :meth:`AnnotationStore.current_labels`.
+        sources: Which label sources vote (by default people only).
+
+    Returns:
+        A DataFrame ``cell, consensus, votes, agreement`` (agreement = share of votes for the majority;
+        ``consensus`` is empty when the top classes tie).
+    """
+    import pandas as pd
+
+    voting = labels[labels["source"].isin(list(sources))]
+    rows = []
+    for cell, group in voting.groupby("cell", sort=False):
+        counts = group["label"].value_counts()
+        tie = len(counts) > 1 and counts.iloc[0] == counts.iloc[1]
+        rows.append((cell, None if tie else counts.index[0], int(counts.sum()), counts.iloc[0] / counts.sum()))
+    return pd.DataFrame(rows, columns=["cell", "consensus", "votes", "agreement"])
+
+
+def agreement(labels, first: str, second: str) -> dict:
+    """Cohen's kappa and the confusion matrix between two annotators on the cells both labelled.
+
+    Args:
+        labels: A table from :meth:`AnnotationStore.current_labels`.
+        first: Annotator name (rows of the confusion matrix).
+        second: Annotator name (columns).
+
+    Returns:
+        ``{"first", "second", "cells", "observed_agreement", "kappa", "confusion"}``, the confusion matrix a
+        DataFrame indexed by ``first``'s labels.
+
+    Raises:
+        InputError: An annotator is unknown or they share no cell.
+    """
+    import pandas as pd
+    from sklearn.metrics import cohen_kappa_score
+
+    known = set(labels["annotator"])
+    for name in (first, second):
+        if name not in known:
+            raise InputError(f"No labels by {name!r}; annotators in this project: {', '.join(sorted(known))}.")
+    paired = pd.merge(
+        labels[labels["annotator"] == first][["cell", "label"]],
+        labels[labels["annotator"] == second][["cell", "label"]],
+        on="cell",
+        suffixes=("_first", "_second"),
+    )
+    if paired.empty:
+        raise InputError(f"{first!r} and {second!r} have labelled no cell in common.")
+    classes = sorted(set(paired["label_first"]) | set(paired["label_second"]))
+    confusion = pd.crosstab(paired["label_first"], paired["label_second"]).reindex(
+        index=classes, columns=classes, fill_value=0
+    )
+    confusion.index.name, confusion.columns.name = first, second
+    agree = float((paired["label_first"] == paired["label_second"]).mean())
+    single_class = len(classes) == 1
+    kappa = 1.0 if single_class else float(cohen_kappa_score(paired["label_first"], paired["label_second"]))
+    return {
+        "first": first,
+        "second": second,
+        "cells": len(paired),
+        "observed_agreement": agree,
+        "kappa": kappa,
+        "confusion": confusion,
+    }
+
+
+def import_labels(
+    store: AnnotationStore,
+    table,
+    *,
+    cell_columns: Sequence[str] = ("cell",),
+    label_columns: Sequence[str] = ("label",),
+    annotator: str = "import",
+    source: str = "import",
+    add_classes: bool | None = None,
+    name: str = "the CSV",
+) -> int:
+    """Import labels from a table into the project.
+
+    Long tables have one label column (``label``) and optionally ``annotator``, ``image``, ``x``, ``y``,
+    ``crop`` columns; wide tables name several label columns, each becoming the labels of an annotator
+    of that name (two readers of the same cells, for instance).
+
+    Args:
+        store: The open project.
+        table: A DataFrame.
+        cell_columns: Column(s) that identify a cell; several are joined with ``/``.
+        label_columns: Column(s) holding labels.
+        annotator: Annotator name for a single label column without an ``annotator`` column.
+        source: ``import``, ``human`` or ``model``.
+        add_classes: Add unknown classes; None adds them only while the project has no classes yet.
+        name: Name of the table in messages.
+
+    Returns:
+        The number of labels recorded.
+
+    Raises:
+        InputError: Missing columns, empty cell ids, or classes unknown to the project.
+    """
+    missing = [column for column in (*cell_columns, *label_columns) if column not in table.columns]
+    if missing:
+        raise InputError(
+            f"{name} lacks column(s) {', '.join(missing)}; it has {', '.join(map(str, table.columns))}."
+        )
+    table = table.copy()
+    table["_cell"] = table[list(cell_columns)].astype(str).agg("/".join, axis=1)
+    if table[list(cell_columns)].isna().any().any():
+        raise InputError(f"{name}: some rows have no cell id in {', '.join(cell_columns)}.")
+    labelled = table.melt(id_vars=[c for c in table.columns if c not in label_columns], value_vars=list(label_columns),
+                          var_name="_column", value_name="_label").dropna(subset=["_label"])
+    labelled["_label"] = labelled["_label"].astype(str)
+    if len(label_columns) > 1:
+        labelled["_annotator"] = labelled["_column"]
+    elif "annotator" in labelled.columns:
+        labelled["_annotator"] = labelled["annotator"].fillna(annotator).astype(str)
+    else:
+        labelled["_annotator"] = annotator
+    _check_classes(store, sorted(set(labelled["_label"])), add_classes, name)
+    store.add_cells([_cell_record(row) for row in table.drop_duplicates("_cell").to_dict("records")])
+    for who, group in labelled.groupby("_annotator", sort=False):
+        store.set_labels(list(zip(group["_cell"], group["_label"], strict=True)), str(who), source)
+    return len(labelled)
+
+
+def _check_classes(store: AnnotationStore, labels: list[str], add_classes: bool | None, name: str) -> None:
+    known = store.classes
+    unknown = [label for label in labels if label not in known]
+    if add_classes is None:
+        add_classes = not known
+    if unknown and not add_classes:
+        raise InputError(
+            f"{name} has class(es) unknown to the project: {', '.join(unknown[:10])}. The project's classes "
+            f"are {', '.join(known)}; fix the labels, or add the classes (--add-classes)."
+        )
+    if unknown:
+        store.add_classes(unknown)
+
+
+def _cell_record(row: dict) -> dict:
+    def value(key):
+        item = row.get(key)
+        return None if item is None or (isinstance(item, float) and item != item) else item
+
+    x, y = value("x"), value("y")
+    return {
+        "name": row["_cell"],
+        "image": value("image"),
+        "x": None if x is None else float(x),
+        "y": None if y is None else float(y),
+        "crop": value("crop"),
+    }
+
+
+def export_labels(store: AnnotationStore, history: bool = False):
+    """The project's labels as a table ready for CSV.
+
+    Args:
+        store: The open project.
+        history: Export every event (the audit trail) instead of the current labels.
+
+    Returns:
+        A DataFrame; the current-labels table re-imports with ``import_labels`` unchanged.
+    """
+    return store.history() if history else store.current_labels()

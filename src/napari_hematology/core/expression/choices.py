@@ -1,0 +1,5 @@
+"""Names of the encoders, heads and value kinds (import-light, for the command line)."""
+
+ENCODERS = ("ae", "vime", "scarf", "byol")
+HEADS = ("ffn", "transformer", "gcn", "linear")
+VALUE_KINDS = ("counts", "intensities", "normalized")

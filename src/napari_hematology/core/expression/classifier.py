@@ -1,0 +1,369 @@
+"""Fit, save, load and apply expression classifiers: pretrain the encoder, then train a head on its latent.
+
+``fit_expression_model`` pretrains the encoder on every cell of the data with a self-supervised pretext
+task (streamed, one dense batch at a time), freezes it, and trains the head on the labelled cells' latent
+vectors. ``predict_expression`` applies a model unchanged to any data whose genes it can align by name,
+which is how zero-shot transfer to another population or dataset works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.expression.choices import ENCODERS, HEADS, VALUE_KINDS
+from napari_hematology.core.expression.data import ExpressionData, labels_of
+from napari_hematology.core.expression.graph import knn_adjacency
+from napari_hematology.core.expression.preprocessing import (
+    PreprocessConfig,
+    Preprocessor,
+    RowCollator,
+    check_values,
+    fit_preprocessing,
+    transformed_batches,
+)
+from napari_hematology.core.expression.selfsupervised import PRETEXT_LOSSES
+from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
+from napari_hematology.core.training import TrainConfig, train
+
+MODEL_NAME = "expression_model"
+
+
+def _default_pretraining() -> TrainConfig:
+    return TrainConfig(epochs=15, batch_size=128, learning_rate=1e-3, device="cpu")
+
+
+def _default_head_training() -> TrainConfig:
+    return TrainConfig(epochs=60, batch_size=64, learning_rate=5e-3, weight_decay=1e-3, device="cpu")
+
+
+def _default_graph_training() -> TrainConfig:
+    return TrainConfig(epochs=200, batch_size=1_000_000, learning_rate=1e-2, weight_decay=5e-4,
+                       device="cpu")
+
+
+@dataclass
+class ExpressionConfig:
+    """Architecture and training settings of an expression classifier.
+
+    Attributes:
+        encoder: Pretext task for the encoder: ``ae``, ``vime``, ``scarf`` or ``byol``.
+        head: Classifier on the latent: ``ffn``, ``transformer``, ``gcn`` or ``linear``.
+        hidden: Hidden layer widths of the encoder (genes -> hidden -> latent).
+        latent: Latent size.
+        knn: Neighbours per cell in the graph of the ``gcn`` head.
+        preprocess: Preprocessing settings.
+        pretraining: Training settings of the encoder (epochs=0 skips pretraining).
+        head_training: Training settings of the ``ffn``, ``transformer`` and ``linear`` heads.
+        graph_training: Training settings of the ``gcn`` head (full-batch by default, as usual for GCNs).
+    """
+
+    encoder: str = "ae"
+    head: str = "ffn"
+    hidden: tuple[int, ...] = (512,)
+    latent: int = 256
+    knn: int = 15
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    pretraining: TrainConfig = field(default_factory=_default_pretraining)
+    head_training: TrainConfig = field(default_factory=_default_head_training)
+    graph_training: TrainConfig = field(default_factory=_default_graph_training)
+
+    @classmethod
+    def from_options(cls, encoder: str = "ae", head: str = "ffn", values: str = "counts",
+                     n_top_genes: int | None = 2000, pretrain_epochs: int | None = None,
+                     seed: int = 0) -> ExpressionConfig:
+        """The settings the command line and the widget expose, everything else at its default.
+
+        Raises:
+            InputError: Unknown encoder, head or value kind, or a negative epoch count.
+        """
+        for option, value, allowed in (("encoder", encoder, ENCODERS), ("head", head, HEADS),
+                                       ("values", values, VALUE_KINDS)):
+            if value not in allowed:
+                raise InputError(f"Unknown {option} {value!r}; choose one of {', '.join(allowed)}.")
+        if pretrain_epochs is not None and pretrain_epochs < 0:
+            raise InputError(f"Pretraining epochs must be 0 or more, got {pretrain_epochs}.")
+        config = cls(encoder=encoder, head=head,
+                     preprocess=PreprocessConfig(values=values, n_top_genes=n_top_genes))
+        for training in (config.pretraining, config.head_training, config.graph_training):
+            training.seed = seed
+        if pretrain_epochs is not None:
+            config.pretraining.epochs = pretrain_epochs
+        return config
+
+
+@dataclass
+class ExpressionClassifier:
+    """A fitted model: the network, its preprocessing and class names."""
+
+    network: object
+    preprocessor: Preprocessor
+    classes: list[str]
+    label_key: str
+    knn: int = 15
+    history: dict = field(default_factory=dict)
+
+    @property
+    def uses_graph(self) -> bool:
+        """Whether predictions need the kNN graph of the cells being predicted."""
+        return self.network.uses_graph
+
+
+def _phase(progress: ProgressCallback | None, name: str):
+    if progress is None:
+        return None
+    return lambda done, total, message="": progress(done, total, f"{name}: {message}")
+
+
+def training_labels(data: ExpressionData, label_key: str) -> tuple[np.ndarray, list[str]]:
+    """Labels of every cell and the sorted class names, checked to be usable for training.
+
+    Raises:
+        InputError: Missing column, no labelled cell, or fewer than two classes.
+    """
+    labels = labels_of(data, label_key)
+    classes = sorted(set(labels[labels != ""]))
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no labelled cell"
+        raise InputError(
+            f"{data.name}: column {label_key!r} has {found}; a classifier needs at least two classes."
+        )
+    return labels, classes
+
+
+def fit_expression_model(
+    data: ExpressionData,
+    label_key: str,
+    config: ExpressionConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> ExpressionClassifier:
+    """Pretrain an encoder on all cells, then train a head on the labelled ones.
+
+    Cells whose label is missing are used for pretraining only.
+
+    Args:
+        data: Raw expression data.
+        label_key: Annotation column with the classes.
+        config: Model and training settings.
+        progress: Progress callback.
+        should_stop: Cancellation callback.
+
+    Returns:
+        The fitted classifier.
+
+    Raises:
+        InputError: Bad labels or values (see :func:`training_labels`, :func:`check_values`).
+    """
+    from napari_hematology.core.registry import create_model
+
+    config = config or ExpressionConfig()
+    labels, classes = training_labels(data, label_key)
+    check_values(data, config.preprocess.values)
+    preprocessor = fit_preprocessing(
+        data, config.preprocess, progress=_phase(progress, "preprocessing"), should_stop=should_stop
+    )
+    network = create_model(
+        MODEL_NAME,
+        n_genes=len(preprocessor.genes),
+        n_classes=len(classes),
+        encoder=config.encoder,
+        head=config.head,
+        hidden=list(config.hidden),
+        latent=config.latent,
+    )
+    history = {"pretraining_loss": pretrain_encoder(network, data, preprocessor, config.pretraining,
+                                                    progress=progress, should_stop=should_stop)}
+    model = ExpressionClassifier(network, preprocessor, classes, label_key, config.knn)
+    head_training = config.graph_training if network.uses_graph else config.head_training
+    history["head_loss"] = train_head(model, data, labels, head_training,
+                                      progress=progress, should_stop=should_stop)
+    model.history = history
+    return model
+
+
+def pretrain_encoder(network, data: ExpressionData, preprocessor: Preprocessor, config: TrainConfig,
+                     *, progress=None, should_stop=None) -> list[float]:
+    """Pretrain ``network``'s encoder with its pretext task on every cell of ``data`` (streamed).
+
+    Returns:
+        Mean pretext loss per epoch.
+    """
+    if config.epochs == 0:
+        return []
+    parameters = list(network.encoder.parameters()) + list(network.pretext.parameters())
+    history = train(
+        network,
+        np.arange(data.n_cells),
+        PRETEXT_LOSSES[network.method],
+        _drop_last_safe(config, data.n_cells),
+        progress=_phase(progress, f"pretraining ({network.method})"),
+        should_stop=should_stop,
+        collate_fn=RowCollator(data, preprocessor),
+        parameters=parameters,
+    )
+    return history.loss
+
+
+def _drop_last_safe(config: TrainConfig, n_cells: int) -> TrainConfig:
+    """Contrastive losses need at least two cells per batch; shrink the batch for tiny data sets."""
+    return TrainConfig(**{**asdict(config), "batch_size": max(2, min(config.batch_size, n_cells))})
+
+
+def encode(network, data: ExpressionData, preprocessor: Preprocessor, *, should_stop=None) -> np.ndarray:
+    """Latent vectors of every cell of ``data``, computed chunk by chunk.
+
+    Returns:
+        float32 array (cells, latent).
+    """
+    import torch
+
+    device = next(network.parameters()).device
+    network.eval()
+    chunks = []
+    with torch.no_grad():
+        for batch in transformed_batches(data, preprocessor):
+            check_cancel(should_stop)
+            chunks.append(network.embed(torch.from_numpy(batch).to(device)).cpu().numpy())
+    return np.concatenate(chunks)
+
+
+def _class_weights(targets: np.ndarray, n_classes: int):
+    import torch
+
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float32)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def train_head(model: ExpressionClassifier, data: ExpressionData, labels: np.ndarray,
+               config: TrainConfig, *, progress=None, should_stop=None) -> list[float]:
+    """Train the head on the frozen encoder's latent of the labelled cells (class-balanced loss).
+
+    The ``gcn`` head sees the kNN graph of all cells of ``data``; the loss uses labelled cells only.
+
+    Returns:
+        Mean loss per epoch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    network = model.network
+    labelled = np.flatnonzero(labels != "")
+    targets = np.searchsorted(model.classes, labels[labelled])
+    weights = _class_weights(targets, len(model.classes))
+    latent = torch.from_numpy(encode(network, data, model.preprocessor, should_stop=should_stop))
+    if network.uses_graph:
+        adjacency = knn_adjacency(latent.numpy(), model.knn)
+        dataset = (torch.from_numpy(labelled), torch.from_numpy(targets))
+
+        def loss_fn(head, batch, epoch):
+            rows, target = batch
+            logits = head(latent.to(target.device), adjacency.to(target.device))[rows]
+            return F.cross_entropy(logits, target, weight=weights.to(target.device))
+    else:
+        dataset = (latent[labelled], torch.from_numpy(targets))
+
+        def loss_fn(head, batch, epoch):
+            inputs, target = batch
+            return F.cross_entropy(head(inputs), target, weight=weights.to(target.device))
+
+    history = train(network.head, dataset, loss_fn, config,
+                    progress=_phase(progress, "training head"), should_stop=should_stop)
+    return history.loss
+
+
+def class_probabilities(model: ExpressionClassifier, data: ExpressionData, *, progress=None,
+                        should_stop=None) -> tuple[np.ndarray, np.ndarray]:
+    """Latent vectors and class probabilities of every cell, after aligning genes to the model.
+
+    Returns:
+        ``(latent, probabilities)`` arrays of shapes (cells, latent) and (cells, classes).
+    """
+    import torch
+
+    check_values(data, model.preprocessor.config.values)
+    if progress is not None:
+        progress(0, 1, "predicting")
+    latent = encode(model.network, data, model.preprocessor, should_stop=should_stop)
+    tensor = torch.from_numpy(latent)
+    adjacency = knn_adjacency(latent, model.knn) if model.uses_graph else None
+    with torch.no_grad():
+        logits = model.network.classify(tensor, adjacency)
+    if progress is not None:
+        progress(1, 1, "predicting")
+    return latent, torch.softmax(logits, dim=1).numpy()
+
+
+def predict_expression(model: ExpressionClassifier, data: ExpressionData, *, progress=None,
+                       should_stop=None) -> pd.DataFrame:
+    """Predict the class of every cell.
+
+    Returns:
+        A table with columns ``cell``, ``predicted`` and ``prob_<class>`` for every class.
+    """
+    _, probabilities = class_probabilities(model, data, progress=progress, should_stop=should_stop)
+    return prediction_table(model, data, probabilities)
+
+
+def prediction_table(model: ExpressionClassifier, data: ExpressionData,
+                     probabilities: np.ndarray) -> pd.DataFrame:
+    """The ``cell,predicted,prob_<class>...`` table for given probabilities."""
+    table = pd.DataFrame({
+        "cell": data.cells,
+        "predicted": np.asarray(model.classes)[probabilities.argmax(axis=1)],
+    })
+    for index, name in enumerate(model.classes):
+        table[f"prob_{name}"] = probabilities[:, index].round(6)
+    return table
+
+
+def embed_expression(model: ExpressionClassifier, data: ExpressionData, *, progress=None,
+                     should_stop=None) -> pd.DataFrame:
+    """Latent vectors of every cell as a table with columns ``cell``, ``latent_0`` ... ``latent_<n-1>``."""
+    check_values(data, model.preprocessor.config.values)
+    latent = encode(model.network, data, model.preprocessor, should_stop=should_stop)
+    table = pd.DataFrame(latent.round(6), columns=[f"latent_{i}" for i in range(latent.shape[1])])
+    table.insert(0, "cell", data.cells)
+    return table
+
+
+def save_expression_model(model: ExpressionClassifier, directory: str | Path,
+                          extra: dict | None = None) -> Path:
+    """Save a fitted classifier (weights, genes, classes, preprocessing) to a model folder."""
+    from napari_hematology.core.registry import save_model
+
+    metadata = {
+        "task": "expression classification",
+        "classes": model.classes,
+        "label_key": model.label_key,
+        "knn": model.knn,
+        "preprocessing": model.preprocessor.to_metadata(),
+        "history": model.history,
+        **(extra or {}),
+    }
+    return save_model(model.network, directory, metadata)
+
+
+def load_expression_model(directory: str | Path) -> ExpressionClassifier:
+    """Load a classifier saved by :func:`save_expression_model`.
+
+    Raises:
+        ModelFileError: The folder is missing, corrupt or holds another kind of model.
+    """
+    from napari_hematology.core.registry import load_model
+
+    network, metadata = load_model(directory, expected_name=MODEL_NAME)
+    return ExpressionClassifier(
+        network=network,
+        preprocessor=Preprocessor.from_metadata(metadata["preprocessing"]),
+        classes=list(metadata["classes"]),
+        label_key=metadata.get("label_key", ""),
+        knn=int(metadata.get("knn", 15)),
+        history=metadata.get("history", {}),
+    )

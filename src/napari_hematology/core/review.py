@@ -1,0 +1,163 @@
+"""The review queue: cells of a project ordered for an expert to check, and retraining from their fixes.
+
+Given labels are stored as ``import`` labels of annotator ``given``; suggestions of the label-issue
+model as ``model`` labels of annotator ``label-issues`` (with issue score and confidence); reviewers'
+decisions as ``human`` labels under their own names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from napari_hematology.core.annotations import AnnotationStore, consensus
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.progress import ProgressCallback, StopCallback
+
+GIVEN = "given"
+SUGGESTER = "label-issues"
+ORDERS = ("issue_score", "uncertainty", "random")
+QUEUE_COLUMNS = ["cell", "image", "x", "y", "crop", "given", "suggested", "issue_score", "confidence", "label",
+                 "reviewed"]
+
+
+def store_issues(project: str | Path, issues, base: str | Path | None = None) -> int:
+    """Store a ``label-issues`` table in a project: cells, given labels (once) and fresh suggestions.
+
+    Args:
+        project: Project file (created if missing).
+        issues: Table with ``image, given, suggested, issue_score`` and optionally ``confidence``.
+        base: Folder that relative ``image`` paths are relative to (the cells CSV's folder).
+
+    Returns:
+        The number of cells in the project.
+    """
+    base = Path(base) if base is not None else Path.cwd()
+    with AnnotationStore(project) as store:
+        store.add_classes(sorted(set(issues["given"].astype(str)) | set(issues["suggested"].astype(str))))
+        count = store.add_cells(
+            [{"name": str(image), "crop": str(_resolve(base, image))} for image in issues["image"]]
+        )
+        already = set(store.current_labels([GIVEN])["cell"])
+        fresh = issues[~issues["image"].astype(str).isin(already)]
+        if len(fresh):
+            store.set_labels(list(zip(fresh["image"].astype(str), fresh["given"].astype(str), strict=True)),
+                             GIVEN, "import")
+        confidence = issues["confidence"] if "confidence" in issues else [None] * len(issues)
+        store.set_labels(
+            list(zip(issues["image"].astype(str), issues["suggested"].astype(str), strict=True)),
+            SUGGESTER,
+            "model",
+            scores=[float(score) for score in issues["issue_score"]],
+            confidences=[None if value is None else float(value) for value in confidence],
+        )
+    return count
+
+
+def _resolve(base: Path, image) -> Path:
+    path = Path(str(image))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _labels_of(labels, annotator: str, column: str):
+    return labels[labels["annotator"] == annotator].set_index("cell")["label"].rename(column)
+
+
+def review_queue(
+    store: AnnotationStore,
+    annotator: str,
+    order: str = "issue_score",
+    classes: Sequence[str] | None = None,
+    min_score: float = 0.0,
+    seed: int = 0,
+):
+    """Cells to review, in review order.
+
+    Args:
+        store: The open project.
+        annotator: The reviewer; their current labels fill ``label`` and ``reviewed``.
+        order: ``issue_score`` (most likely wrong first), ``uncertainty`` (least confident suggestion
+            first) or ``random`` (an audit sample).
+        classes: Keep cells whose given or suggested label is one of these (None keeps all).
+        min_score: Keep cells with at least this issue score.
+        seed: Seed of the random order.
+
+    Returns:
+        A DataFrame with columns ``QUEUE_COLUMNS``.
+    """
+    if order not in ORDERS:
+        raise InputError(f"Unknown queue order {order!r}; choose one of {', '.join(ORDERS)}.")
+    labels = store.current_labels()
+    suggestions = labels[labels["annotator"] == SUGGESTER].set_index("cell")[["score", "confidence"]]
+    queue = store.cells().set_index("cell")
+    queue = queue.join(_labels_of(labels, GIVEN, "given")).join(_labels_of(labels, SUGGESTER, "suggested"))
+    queue = queue.join(suggestions.rename(columns={"score": "issue_score"}))
+    queue = queue.join(_labels_of(labels, annotator, "label")) if annotator else queue.assign(label=None)
+    queue["issue_score"] = queue["issue_score"].astype(float).fillna(0.0)
+    queue["confidence"] = queue["confidence"].astype(float).fillna(1.0)
+    queue["reviewed"] = queue["label"].notna()
+    if classes:
+        wanted = set(classes)
+        queue = queue[queue["given"].isin(wanted) | queue["suggested"].isin(wanted)]
+    queue = queue[queue["issue_score"] >= min_score]
+    if order == "issue_score":
+        queue = queue.sort_values("issue_score", ascending=False, kind="stable")
+    elif order == "uncertainty":
+        queue = queue.sort_values("confidence", ascending=True, kind="stable")
+    else:
+        queue = queue.iloc[np.random.default_rng(seed).permutation(len(queue))]
+    return queue.reset_index()[QUEUE_COLUMNS]
+
+
+def corrected_labels(store: AnnotationStore):
+    """The best label of every cell: the reviewers' consensus where they agree, else the given label.
+
+    Returns:
+        A DataFrame ``cell, crop, label`` of the cells that have a label and a crop.
+    """
+    labels = store.current_labels()
+    reviewed = consensus(labels).dropna(subset=["consensus"]).set_index("cell")["consensus"]
+    table = store.cells().set_index("cell").join(_labels_of(labels, GIVEN, "given"))
+    table["label"] = reviewed.reindex(table.index).fillna(table["given"])
+    table = table.dropna(subset=["label", "crop"])
+    return table.reset_index()[["cell", "crop", "label"]]
+
+
+def retrain_project(
+    project: str | Path,
+    config=None,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+):
+    """Re-run cross-validated label-issue detection on the corrected labels and store new suggestions.
+
+    Args:
+        project: Project file.
+        config: :class:`napari_hematology.core.label_issues.IssueConfig`.
+        progress: Called as ``progress(done, total, message)``.
+        should_stop: Returns True to cancel; nothing is stored when cancelled.
+
+    Returns:
+        The new issues table (as from ``find_label_issues``, ``image`` = cell name).
+    """
+    from napari_hematology.core.label_issues import find_label_issues
+
+    with AnnotationStore(project, create=False) as store:
+        corrected = corrected_labels(store)
+    if corrected.empty:
+        raise InputError(f"{Path(project).name} has no labelled cells with crops; run label-issues first.")
+    cells = corrected.rename(columns={"crop": "image"})
+    issues = find_label_issues(cells[["image", "label"]], config, progress=progress, should_stop=should_stop)
+    issues["image"] = issues["image"].map(dict(zip(cells["image"], cells["cell"], strict=True)))
+    with AnnotationStore(project) as store:
+        store.set_labels(
+            list(zip(issues["image"], issues["suggested"], strict=True)),
+            SUGGESTER,
+            "model",
+            scores=list(issues["issue_score"].astype(float)),
+            confidences=list(issues["confidence"].astype(float)),
+        )
+    return issues

@@ -1,0 +1,264 @@
+"""The "Blast detection" widget: segment and classify the white cells of an image layer.
+
+Results appear as a Labels layer coloured by class with a ``features`` table; the widget shows the cell
+counts and blast percentage, and the crop and probabilities of the cell last clicked. Changing the blast
+threshold re-colours and re-counts the cells without recomputing anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+import numpy as np
+import pandas as pd
+from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_hematology.core.errors import HematologyError, InputError
+from napari_hematology.core.pipeline import (
+    DEFAULT_BLAST_THRESHOLD,
+    ImageAnalysis,
+    analyze_image,
+    call_classes,
+    class_colours,
+    cut_crops,
+    get_classifier,
+    summarize,
+)
+from napari_hematology.widgets._runner import TaskRunner, report_error
+
+LAYER_SUFFIX = " cells"
+MAX_PIXELS = 100_000_000
+CROP_VIEW_SIDE = 128
+
+
+class BlastDetectionWidget(QWidget):
+    """Segment white cells, classify them and report the blast percentage for an image layer."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.analysis: ImageAnalysis | None = None
+        self.analysed_image = None
+        self.result_layer: napari.layers.Labels | None = None
+
+        self.image_box = QComboBox()
+        self.visible_only = QCheckBox("Visible field only (for large slides)")
+        self.model_edit = QLineEdit()
+        self.model_edit.setPlaceholderText("shipped default model")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._choose_model)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_edit)
+        model_row.addWidget(browse)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 1.0)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(DEFAULT_BLAST_THRESHOLD)
+        self.threshold.valueChanged.connect(self.recolour)
+        self.run_button = QPushButton("Run (Ctrl+R)")
+        self.run_button.setShortcut("Ctrl+R")
+        self.run_button.clicked.connect(self.run)
+        self.runner = TaskRunner()
+        self.summary = QLabel("No result yet.")
+        self.summary.setWordWrap(True)
+        self.crop_view = QLabel()
+        self.crop_view.setFixedSize(CROP_VIEW_SIDE, CROP_VIEW_SIDE)
+        self.cell_info = QLabel("Click a cell to see its crop and probabilities.")
+        self.cell_info.setWordWrap(True)
+        self.cell_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_box)
+        form.addRow("", self.visible_only)
+        form.addRow("Model", model_row)
+        form.addRow("Blast threshold", self.threshold)
+        cell_row = QHBoxLayout()
+        cell_row.addWidget(self.crop_view)
+        cell_row.addWidget(self.cell_info)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.runner)
+        layout.addWidget(self.summary)
+        layout.addLayout(cell_row)
+        layout.addStretch()
+
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.image_box.currentIndexChanged.connect(self._suggest_visible_only)
+        self._refresh_layers()
+
+    # --- input -----------------------------------------------------------------------------------------
+    def _image_layers(self) -> list[napari.layers.Image]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
+
+    def _refresh_layers(self, event=None) -> None:
+        current = self.image_box.currentText()
+        self.image_box.blockSignals(True)
+        self.image_box.clear()
+        self.image_box.addItems([layer.name for layer in self._image_layers()])
+        if current:
+            self.image_box.setCurrentText(current)
+        self.image_box.blockSignals(False)
+        self._suggest_visible_only()
+
+    def _selected_layer(self) -> napari.layers.Image | None:
+        name = self.image_box.currentText()
+        return next((layer for layer in self._image_layers() if layer.name == name), None)
+
+    def _suggest_visible_only(self, index: int = 0) -> None:
+        layer = self._selected_layer()
+        self.visible_only.setChecked(bool(layer is not None and layer.multiscale))
+
+    def _choose_model(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Classifier model folder")
+        if folder:
+            self.model_edit.setText(folder)
+
+    def _model_dir(self) -> Path | None:
+        text = self.model_edit.text().strip()
+        return Path(text) if text else None
+
+    def _input_region(self, layer: napari.layers.Image) -> tuple[object, tuple[int, int]]:
+        """Return the pixels to analyse (level 0) and their offset in the layer's data coordinates."""
+        data = layer.data[0] if layer.multiscale else layer.data
+        if not layer.rgb:
+            raise InputError(
+                f"Layer '{layer.name}' is not an RGB image; blast detection needs the colour image of a "
+                "stained smear."
+            )
+        rows, cols = slice(0, data.shape[0]), slice(0, data.shape[1])
+        if self.visible_only.isChecked():
+            rows, cols = _visible_window(layer, data.shape[:2])
+        if (rows.stop - rows.start) * (cols.stop - cols.start) > MAX_PIXELS:
+            raise InputError(
+                f"Layer '{layer.name}' is too large to analyse at once here; zoom in and tick 'Visible field "
+                "only', or run 'napari-hematology analyze FILE --out DIR' on the file."
+            )
+        return data[rows, cols], (rows.start, cols.start)
+
+    # --- running ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Analyse the chosen image layer in the background."""
+        layer = self._selected_layer()
+        if layer is None:
+            show_info("Open a smear image first (File > Open, or File > Open Sample > Hematology).")
+            return
+        try:
+            region, offset = self._input_region(layer)
+            # loaded here, not in the worker: torch's first imports are not safe in a thread under Qt
+            classifier = get_classifier(self._model_dir())
+        except HematologyError as error:
+            report_error(error)
+            return
+        self.runner.start(
+            analyze_image,
+            region,
+            classifier,
+            blast_threshold=self.threshold.value(),
+            on_done=lambda analysis: self._show_result(analysis, region, layer, offset),
+        )
+
+    def _show_result(self, analysis: ImageAnalysis, image, source, offset: tuple[int, int]) -> None:
+        self.analysis, self.analysed_image = analysis, image
+        name = f"{source.name}{LAYER_SUFFIX}"
+        scale = np.asarray(source.scale)[-2:]
+        translate = np.asarray(source.translate)[-2:] + np.asarray(offset) * scale
+        labels = np.asarray(analysis.labels)
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self.result_layer = self.viewer.add_labels(
+            labels, name=name, scale=scale, translate=translate, opacity=0.6
+        )
+        self.result_layer.mouse_drag_callbacks.append(self._on_click)
+        self.recolour()
+        if analysis.cells.empty:
+            show_info("No white cells found in this image.")
+
+    # --- results ---------------------------------------------------------------------------------------
+    def recolour(self, *args) -> None:
+        """Re-call classes for the current threshold, re-colour the layer and update the summary."""
+        if self.analysis is None or self.result_layer is None:
+            return
+        from napari.utils.colormaps import DirectLabelColormap
+
+        cells = self.analysis.cells
+        classes = self.analysis.classes
+        if not cells.empty:
+            cells["label"] = call_classes(cells, classes, self.threshold.value())
+        colours = class_colours(classes)
+        mapping = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+        for cell in cells.itertuples():
+            mapping[int(cell.cell_id)] = (*np.asarray(colours[cell.label]) / 255.0, 1.0)
+        self.result_layer.colormap = DirectLabelColormap(color_dict=mapping)
+        self.result_layer.features = cells.assign(index=cells["cell_id"]) if not cells.empty else cells
+        self.summary.setText(_summary_text(summarize(cells.get("label", pd.Series(dtype=object)), classes)))
+
+    def _on_click(self, layer, event) -> None:
+        value = layer.get_value(event.position, world=True)
+        if value:
+            self.show_cell(int(value))
+
+    def show_cell(self, cell_id: int) -> None:
+        """Show the crop, class and probabilities of one cell."""
+        if self.analysis is None:
+            return
+        rows = self.analysis.cells[self.analysis.cells["cell_id"] == cell_id]
+        if rows.empty:
+            return
+        (crop,) = cut_crops(self.analysed_image, rows)
+        self.crop_view.setPixmap(_pixmap(crop, CROP_VIEW_SIDE))
+        cell = rows.iloc[0]
+        probabilities = sorted(
+            ((name, float(cell[f"prob_{name}"])) for name in self.analysis.classes), key=lambda item: -item[1]
+        )
+        lines = [
+            f"Cell {cell_id}: {cell['label']}",
+            f"N/C ratio {cell['nc_ratio']:.2f}, area {cell['area']} px",
+        ]
+        lines += [f"{name}: {value:.2f}" for name, value in probabilities]
+        self.cell_info.setText("\n".join(lines))
+
+
+def _visible_window(layer, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of level 0 that the canvas currently shows."""
+    corners = np.asarray(layer.corner_pixels)[:, -2:].astype(float)
+    if layer.multiscale:
+        corners = corners * np.asarray(layer.downsample_factors[layer.data_level])[-2:]
+    (y0, x0), (y1, x1) = np.floor(corners[0]).astype(int), np.ceil(corners[1]).astype(int) + 1
+    rows = slice(int(np.clip(y0, 0, shape[0])), int(np.clip(y1, 0, shape[0])))
+    cols = slice(int(np.clip(x0, 0, shape[1])), int(np.clip(x1, 0, shape[1])))
+    if rows.stop - rows.start < 16 or cols.stop - cols.start < 16:
+        return slice(0, shape[0]), slice(0, shape[1])
+    return rows, cols
+
+
+def _summary_text(summary: dict) -> str:
+    if not summary["cells"]:
+        return "No white cells found."
+    counts = ", ".join(f"{name} {count}" for name, count in summary["counts"].items() if count)
+    return f"{summary['cells']} white cells: {counts}.\nBlasts: {summary['blast_percent']:.1f}%"
+
+
+def _pixmap(crop: np.ndarray, side: int) -> QPixmap:
+    from napari_hematology.core.io import to_rgb8
+
+    rgb = np.ascontiguousarray(to_rgb8(crop, "crop")[0])
+    image = QImage(rgb.data, rgb.shape[1], rgb.shape[0], 3 * rgb.shape[1], QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(image.copy()).scaled(side, side, Qt.AspectRatioMode.KeepAspectRatio)

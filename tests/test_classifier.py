@@ -1,0 +1,242 @@
+"""Cell classifier: API contract, shipped weights, preprocessing, training recipe, CLI and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from napari_hematology.cli import main
+from napari_hematology.core.cell_crops import normalise_crop
+from napari_hematology.core.classify import (
+    CELL_CLASSES,
+    SHIPPED_MODEL_DIR,
+    classify_images,
+    load_classifier,
+)
+from napari_hematology.core.errors import Cancelled, InputError, ModelFileError
+from napari_hematology.core.samples import sample_cells
+
+PROBABILITY_COLUMNS = [f"prob_{name}" for name in CELL_CLASSES]
+
+
+def synthetic_cell(size: int = 120, centre: tuple[int, int] | None = None, radius: int = 20) -> np.ndarray:
+    """A pink field with a purple nucleus in a pale-blue cytoplasm, like a stained white cell."""
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = centre or (size // 2, size // 2)
+    distance = np.hypot(yy - cy, xx - cx)
+    image = np.full((size, size, 3), (235, 205, 205), dtype=np.uint8)
+    image[distance < radius * 1.5] = (200, 190, 225)
+    image[distance < radius] = (105, 50, 150)
+    return image
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_classifier()
+
+
+def test_shipped_weights_load_and_fit_the_budget(classifier):
+    assert classifier.classes == list(CELL_CLASSES)
+    total = sum(path.stat().st_size for path in SHIPPED_MODEL_DIR.iterdir())
+    assert total < 20 * 2**20
+    assert (SHIPPED_MODEL_DIR / "MODEL_CARD.md").is_file()
+
+
+def test_predict_returns_one_row_per_crop_with_probabilities(classifier):
+    crops = [synthetic_cell(120), synthetic_cell(300, radius=50), synthetic_cell(41, radius=8)]
+    table = classifier.predict(crops)
+    assert list(table.columns) == ["label", "blast_probability", *PROBABILITY_COLUMNS]
+    assert len(table) == 3
+    np.testing.assert_allclose(table[PROBABILITY_COLUMNS].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(table["blast_probability"], table["prob_blast"])
+    assert set(table["label"]) <= set(CELL_CLASSES)
+
+
+def test_predict_converts_rgba_and_16_bit_crops(classifier):
+    rgb = synthetic_cell()
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    sixteen_bit = rgb.astype(np.uint16) * 257
+    table = classifier.predict([rgb, rgba, sixteen_bit])
+    np.testing.assert_allclose(table["blast_probability"], table["blast_probability"][0], atol=0.02)
+
+
+def test_predict_and_embed_accept_no_crops(classifier):
+    assert len(classifier.predict([])) == 0
+    assert list(classifier.predict([]).columns)[:2] == ["label", "blast_probability"]
+    assert classifier.embed([]).shape[0] == 0
+
+
+def test_embed_gives_float32_features(classifier):
+    features = classifier.embed([synthetic_cell(), synthetic_cell(200, radius=30)])
+    assert features.dtype == np.float32
+    assert features.shape[0] == 2 and features.shape[1] >= 16
+    assert np.isfinite(features).all()
+
+
+@pytest.mark.parametrize(
+    ("crop", "message"),
+    [
+        (np.full((80, 80), 120, np.uint8), "grayscale"),
+        (np.zeros((80, 80, 3), np.uint8), "blank"),
+        (np.zeros((8, 8, 3), np.uint8), "pixels"),
+        (np.zeros((3000, 20, 3), np.uint8), "analyze"),
+    ],
+)
+def test_bad_crops_give_clear_messages_naming_the_crop(classifier, crop, message):
+    with pytest.raises(InputError, match=message) as error:
+        classifier.predict([synthetic_cell(), crop])
+    assert "crop 1" in str(error.value)
+
+
+def test_cancel_stops_prediction(classifier):
+    with pytest.raises(Cancelled):
+        classifier.predict([synthetic_cell()] * 4, should_stop=lambda: True)
+
+
+@pytest.mark.parametrize("size", [20, 64, 257, 600])
+def test_normalise_crop_centres_the_nucleus_at_a_fixed_scale(size):
+    radius = max(3, size // 8)
+    crop = synthetic_cell(size, centre=(size // 2 + size // 10, size // 2 - size // 10), radius=radius)
+    normalised = normalise_crop(crop, size=64)
+    assert normalised.shape == (64, 64, 3) and normalised.dtype == np.uint8
+    nucleus = normalised[..., 1] < 100
+    rows, cols = np.nonzero(nucleus)
+    assert abs(rows.mean() - 32) < 5 and abs(cols.mean() - 32) < 5
+    assert 0.15 < nucleus.mean() < 0.45  # the nucleus fills about 1/CONTEXT of the side
+
+
+def test_sample_cells_are_classified_as_their_type(classifier):
+    paths = sample_cells()
+    table = classify_images(paths)
+    truth = [path.name.split("_")[0] for path in paths]
+    assert (table["label"].to_numpy() == np.asarray(truth)).mean() >= 0.6
+    assert (table["blast_probability"] < 0.5).all()
+
+
+@pytest.mark.data
+def test_real_blasts_score_higher_than_normal_cells(shared_data, classifier):
+    folder = shared_data / "single_cells" / "all_idb2" / "images"
+    blasts = sorted(folder.glob("*_1.tif"))[:8]
+    normals = sorted(folder.glob("*_0.tif"))[:8]
+    table = classify_images(blasts + normals)
+    assert table["blast_probability"][:8].mean() > table["blast_probability"][8:].mean() + 0.3
+    assert (table["label"][:8] == "blast").mean() >= 0.75
+
+
+@pytest.mark.data
+def test_other_lab_cells_are_not_called_blasts(shared_data):
+    folder = shared_data / "single_cells" / "wbc_seg" / "dataset2"
+    table = classify_images(sorted(folder.glob("*.bmp"))[:12])
+    assert (table["label"] != "blast").mean() >= 0.9
+
+
+def test_cli_classify_writes_the_contract_csv(tmp_path):
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    Image.fromarray(synthetic_cell(90)).save(folder / "a.png")
+    Image.fromarray(synthetic_cell(150, radius=30)).save(folder / "b.jpg")
+    out = tmp_path / "result" / "cells.csv"
+    assert main(["classify", str(folder), "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["image", "label", "blast_probability", *PROBABILITY_COLUMNS]
+    assert [name.split("/")[-1] for name in table["image"]] == ["a.png", "b.jpg"]
+
+
+def test_cli_classify_names_an_unreadable_file(tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert main(["classify", str(broken), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_cli_classify_missing_path_and_empty_folder(tmp_path, capsys):
+    assert main(["classify", str(tmp_path / "nope"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["classify", str(tmp_path), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "No images" in capsys.readouterr().err
+
+
+def test_model_folder_of_another_kind_is_refused(tmp_path):
+    from napari_hematology.core.registry import create_model, save_model
+
+    save_model(create_model("mlp", in_features=4, out_features=2), tmp_path / "mlp")
+    with pytest.raises(ModelFileError, match="cell_classifier"):
+        load_classifier(tmp_path / "mlp")
+    with pytest.raises(ModelFileError):
+        load_classifier(tmp_path / "missing")
+
+
+def test_cli_reports_a_foreign_model_folder(tmp_path, capsys):
+    Image.fromarray(synthetic_cell()).save(tmp_path / "a.png")
+    code = main(["classify", str(tmp_path / "a.png"), "--out", str(tmp_path / "x.csv"),
+                 "--model", str(tmp_path)])
+    assert code == 2
+    assert "model folder" in capsys.readouterr().err
+
+
+def make_data_root(root):
+    """A miniature shared-data folder with the layout of the real one, from synthetic cells."""
+    cells = root / "single_cells"
+    (cells / "all_idb2" / "images").mkdir(parents=True)
+    rows = []
+    for index, label in enumerate(["blast", "blast", "normal", "normal"]):
+        name = f"images/Im00{index}_{int(label == 'blast')}.tif"
+        Image.fromarray(synthetic_cell(96, radius=30 if label == "blast" else 14)).save(
+            cells / "all_idb2" / name)
+        rows.append({"image": name, "mask": "", "label": label})
+    pd.DataFrame(rows).to_csv(cells / "all_idb2" / "labels.csv", index=False)
+    for kind in ("Neutrophil", "Lymphocyte"):
+        (cells / "bccd_crops" / "images" / kind).mkdir(parents=True)
+        Image.fromarray(synthetic_cell(80)).save(cells / "bccd_crops" / "images" / kind / "B_0_1.jpg")
+    for dataset, column in (("dataset1", "class label"), ("dataset2", "class")):
+        (cells / "wbc_seg" / dataset).mkdir(parents=True)
+        Image.fromarray(synthetic_cell(120)).save(cells / "wbc_seg" / dataset / "001.bmp")
+        pd.DataFrame({"image ID": [1], column: [2]}).to_csv(
+            cells / "wbc_seg" / f"{dataset}_labels.csv", index=False)
+    return root
+
+
+def test_train_classifier_cli_writes_a_loadable_model(tmp_path):
+    data = make_data_root(tmp_path / "data")
+    out = tmp_path / "model"
+    assert main(["train-classifier", "--data", str(data), "--out", str(out), "--epochs", "1"]) == 0
+    trained = load_classifier(out)
+    assert trained.classes == list(CELL_CLASSES)
+    assert trained.metadata["training_crops"] == {"all_idb2": 4, "bccd_crops": 2, "wbc_seg": 2}
+    csv = tmp_path / "cells.csv"
+    assert main(["classify", str(data / "single_cells" / "bccd_crops"), "--out", str(csv),
+                 "--model", str(out)]) == 0
+    assert len(pd.read_csv(csv)) == 2
+
+
+def test_train_classifier_cli_refuses_a_wrong_data_folder(tmp_path, capsys):
+    assert main(["train-classifier", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert "single_cells" in capsys.readouterr().err
+
+
+def test_partial_label_loss_accepts_any_normal_type():
+    import torch
+
+    from napari_hematology.core.cell_training import partial_label_loss
+
+    allowed_normal = torch.tensor([[True, True, True, True, True, False]])
+    weights = torch.ones(1)
+    lymphocyte = torch.tensor([[0.0, 8.0, 0.0, 0.0, 0.0, 0.0]])
+    blast = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 8.0]])
+    assert partial_label_loss(lymphocyte, allowed_normal, weights) < 0.01
+    assert partial_label_loss(blast, allowed_normal, weights) > 5.0
+
+
+def test_augment_keeps_shape_and_range():
+    import torch
+
+    from napari_hematology.core.cell_training import augment
+
+    images = torch.from_numpy(np.stack([synthetic_cell(64)] * 4)).permute(0, 3, 1, 2).float()
+    augmented = augment(images, torch.Generator().manual_seed(0))
+    assert augmented.shape == images.shape
+    assert float(augmented.min()) >= 0 and float(augmented.max()) <= 255
+    assert not torch.allclose(augmented, images)

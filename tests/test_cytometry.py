@@ -1,0 +1,271 @@
+"""Cytometry backend: FCS reading, transforms, IDEC/VaDE, staged pipelines, soft labels, CLI, bad input."""
+
+from pathlib import Path
+
+import flowio
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from napari_hematology.cli import main
+from napari_hematology.core.cytometry import (
+    ClusterConfig,
+    apply_pipeline,
+    cell_table,
+    channel_indices,
+    compensate,
+    fit_clusterer,
+    load_pipeline_config,
+    proportions_table,
+    read_batch,
+    read_fcs,
+    run_pipeline,
+    save_pipeline,
+    scatter_coordinates,
+    single_stage_config,
+    transform,
+    write_outputs,
+)
+from napari_hematology.core.errors import Cancelled, InputError
+
+NAMES = ["FSC-A", "FL1-A", "FL2-A", "FL3-A"]
+MARKERS = ["", "CD45", "CD61", "CD71"]
+# Population centres in arcsinh units (cofactor 150): lineage 1 splits into three subtypes on FL3.
+CENTRES = {
+    "plt": (1.0, 1.0, 4.0, 1.0),
+    "pure": (3.0, 3.5, 1.0, 1.0),
+    "retic": (3.0, 3.5, 1.0, 3.0),
+    "clump": (4.5, 3.5, 1.0, 4.5),
+}
+FAST = {"pretrain_epochs": 4, "epochs": 4, "batch_size": 128}
+
+
+def make_events(counts: dict[str, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    blocks, labels = [], []
+    for name, count in counts.items():
+        blocks.append(rng.normal(CENTRES[name], 0.25, size=(count, 4)))
+        labels += [name] * count
+    order = rng.permutation(len(labels))
+    raw = np.sinh(np.concatenate(blocks)) * 150.0
+    return raw[order], np.asarray(labels)[order]
+
+
+def write_fcs(path: Path, events: np.ndarray, names=NAMES, markers=MARKERS, metadata=None) -> Path:
+    with open(path, "wb") as handle:
+        flowio.create_fcs(handle, events.astype(np.float32).ravel().tolist(), list(names),
+                          opt_channel_names=list(markers), metadata_dict=metadata or {})
+    return path
+
+
+@pytest.fixture
+def two_files(tmp_path):
+    paths, labels = [], []
+    for i, counts in enumerate(({"plt": 300, "pure": 500, "retic": 200}, {"plt": 200, "pure": 300, "retic": 500})):
+        events, truth = make_events(counts, seed=i)
+        paths.append(write_fcs(tmp_path / f"s{i}.fcs", events))
+        labels.append(truth)
+    return paths, labels
+
+
+def test_read_fcs_names_markers_and_channel_selection(two_files):
+    sample = read_fcs(two_files[0][0])
+    assert sample.events.shape == (1000, 4)
+    assert sample.names == NAMES and sample.markers == MARKERS
+    assert channel_indices(sample, ["CD61", "fl1-a", "cd71"]) == [2, 1, 3]
+    with pytest.raises(InputError, match=r"s0\.fcs: no channel named 'CD3'.*CD45 \(FL1-A\)"):
+        channel_indices(sample, ["CD3"])
+
+
+def test_compensation_undoes_the_spillover_matrix(tmp_path):
+    rng = np.random.default_rng(1)
+    true = rng.uniform(100, 1000, size=(50, 4))
+    spill = np.array([[1.0, 0.2, 0.0], [0.1, 1.0, 0.05], [0.0, 0.3, 1.0]])
+    measured = true.copy()
+    measured[:, 1:] = true[:, 1:] @ spill
+    text = "3,FL1-A,FL2-A,FL3-A," + ",".join(f"{v:.6f}" for v in spill.ravel())
+    sample = read_fcs(write_fcs(tmp_path / "spill.fcs", measured, metadata={"spill": text}))
+    assert sample.spill is not None and sample.spill[0] == ["FL1-A", "FL2-A", "FL3-A"]
+    np.testing.assert_allclose(compensate(sample), true, rtol=1e-4)
+
+
+def test_transforms():
+    values = np.array([-1000.0, 0.0, 150.0, 262144.0])
+    np.testing.assert_allclose(transform(values, "arcsinh", 150.0), np.arcsinh(values / 150.0))
+    logicle = transform(values, "logicle")
+    assert np.all(np.diff(logicle) > 0)
+    assert logicle[-1] == pytest.approx(4.5, abs=1e-3)
+    assert logicle[1] == pytest.approx(0.5, abs=1e-2)  # zero sits W = 0.5 decades up the scale
+    with pytest.raises(InputError, match="Unknown transform 'log10'"):
+        transform(values, "log10")
+
+
+def test_corrupt_and_truncated_fcs_are_refused_by_name(tmp_path, two_files):
+    garbage = tmp_path / "garbage.fcs"
+    garbage.write_bytes(b"not an fcs file at all" * 10)
+    truncated = tmp_path / "truncated.fcs"
+    truncated.write_bytes(two_files[0][0].read_bytes()[:3000])
+    for path in (garbage, truncated):
+        with pytest.raises(InputError, match=rf"{path.name}: cannot be read as FCS"):
+            read_fcs(path)
+
+
+def test_mixed_panels_and_missing_channels_in_a_batch(tmp_path, two_files):
+    events, _ = make_events({"plt": 50})
+    other = write_fcs(tmp_path / "other_panel.fcs", events, markers=["", "CD45", "CD3", "CD19"])
+    with pytest.raises(InputError, match=r"other_panel\.fcs has a different panel.*missing: CD61 \(FL2-A\)"):
+        read_batch([two_files[0][0], other])
+    with pytest.raises(InputError, match=r"other_panel\.fcs: no channel named 'CD61'"):
+        read_batch([two_files[0][0], other], channels=["CD45", "CD61"])
+
+
+def test_nan_and_constant_channels_are_named(tmp_path):
+    events, _ = make_events({"plt": 100, "pure": 100})
+    events[5, 2] = np.nan
+    config = single_stage_config(clusters=2, settings=FAST)
+    with pytest.raises(InputError, match=r"nan\.fcs: channel\(s\) CD61 \(FL2-A\) hold NaN"):
+        run_pipeline([write_fcs(tmp_path / "nan.fcs", events)], config)
+    events[:, 2] = 7.0
+    with pytest.raises(InputError, match=r"FL2-A are constant"):
+        run_pipeline([write_fcs(tmp_path / "constant.fcs", events)], config)
+
+
+@pytest.mark.parametrize("method", ["idec", "vade"])
+def test_each_method_alone_recovers_separated_populations(method):
+    raw, truth = make_events({"plt": 300, "pure": 600, "clump": 100})
+    values = transform(raw[:, 1:], "arcsinh", 150.0)
+    clusterer = fit_clusterer(values, MARKERS[1:], ClusterConfig(method=method, clusters=3, **FAST))
+    probabilities = clusterer.assign(values)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    assert adjusted_rand_score(truth, probabilities.argmax(axis=1)) > 0.9
+
+
+def test_cancel_stops_training():
+    values = np.random.default_rng(0).normal(size=(200, 3))
+    with pytest.raises(Cancelled):
+        fit_clusterer(values, ["a", "b", "c"], ClusterConfig(clusters=2, **FAST), should_stop=lambda: True)
+
+
+STAGES_YAML = """
+channels: [CD45, CD61, CD71, FSC-A]
+transform: arcsinh
+cofactor: 150
+stages:
+  - {name: lineage, method: idec, clusters: 2, populations: [PLT, RBC]}
+  - name: rbc
+    method: vade
+    clusters: 2
+    parent: lineage
+    parent_population: RBC
+    populations: [pure, retic]
+    channels: [CD71, FSC-A]
+    pretrain_epochs: 4
+    epochs: 4
+"""
+
+
+def test_two_stage_pipeline_with_soft_labels_from_reference(tmp_path, two_files):
+    paths, labels = two_files
+    (tmp_path / "stages.yaml").write_text(STAGES_YAML)
+    config = load_pipeline_config(tmp_path / "stages.yaml")
+    config.stages[0].settings.update(FAST)
+    rows = []
+    for path, truth in zip(paths, labels):
+        rbc = truth != "plt"
+        rows += [(path.stem, "PLT", np.mean(~rbc)), (path.stem, "RBC", np.mean(rbc)),
+                 (path.name, "pure", np.mean(truth[rbc] == "pure")),
+                 (path.name, "retic", np.mean(truth[rbc] == "retic"))]
+    pd.DataFrame(rows, columns=["file", "population", "fraction"]).to_csv(tmp_path / "ref.csv", index=False)
+    result = run_pipeline(paths, config, tmp_path / "ref.csv")
+    cells = cell_table(result, 1)
+    assert list(cells.columns[:4]) == ["event", "population", "lineage", "prob_lineage_PLT"]
+    expected = np.where(labels[1] == "plt", "PLT", labels[1])
+    assert np.mean(cells["population"].to_numpy() == expected) > 0.95
+    assert (cells.loc[cells["lineage"] == "PLT", "rbc"] == "").all()
+    proportions = proportions_table(result)
+    assert proportions["prop_rbc_retic"].tolist() == pytest.approx([0.2857, 0.625], abs=0.05)
+    assert proportions["prop_lineage_PLT"].tolist() == pytest.approx([0.3, 0.2], abs=0.03)
+    coordinates, axes = scatter_coordinates(result, 0, stage_index=1)
+    assert axes == ["latent 1", "latent 2"]
+    assert np.isnan(coordinates[labels[0] == "plt"]).all() and np.isfinite(coordinates[labels[0] == "pure"]).all()
+
+
+def test_reference_errors_name_the_file_and_population(tmp_path, two_files):
+    paths, _ = two_files
+    (tmp_path / "stages.yaml").write_text(STAGES_YAML)
+    config = load_pipeline_config(tmp_path / "stages.yaml")
+    cases = {
+        "file,population,fraction\ns0,PLT,0.5\ns0,RBC,0.3\n": r"s0\.fcs in stage 'lineage' sum to 0\.800",
+        "file,population,fraction\ns0,PLT,30\ns0,RBC,70\n": "between 0 and 1",
+        "file,population,fraction\ns7,PLT,0.5\ns7,RBC,0.5\n": "file 's7' is not in this batch",
+        "file,population,fraction\ns0,WBC,1.0\n": "population 'WBC' is not named in any stage",
+        "file,population,fraction\ns0,PLT,1.0\n": r"s0\.fcs lacks fraction\(s\) for RBC",
+        "file,share\ns0,1.0\n": "lacks column",
+    }
+    for number, (text, message) in enumerate(cases.items()):
+        (tmp_path / f"ref{number}.csv").write_text(text)
+        with pytest.raises(InputError, match=message):
+            run_pipeline(paths, config, tmp_path / f"ref{number}.csv")
+
+
+def test_stage_config_errors(tmp_path):
+    bad = {
+        "stages: []": "no stages",
+        "stages: [{name: a, clusters: 2}, {name: a, clusters: 2}]": "Two stages are named 'a'",
+        "stages: [{name: a, clusters: 2, parent: b, parent_population: x}]": "parent 'b' is not an earlier",
+        "stages: [{name: a, clusters: 2, colour: red}]": r"unknown key\(s\) colour",
+        "stages: [{name: a, clusters: 2, method: kmeans}]": "Unknown clustering method 'kmeans'",
+        "stages: [{name: a, clusters: 3, populations: [x, y]}]": "2 population names for 3 clusters",
+    }
+    for number, (text, message) in enumerate(bad.items()):
+        (tmp_path / f"s{number}.yaml").write_text(text)
+        with pytest.raises(InputError, match=message):
+            load_pipeline_config(tmp_path / f"s{number}.yaml")
+
+
+def test_saved_pipeline_reapplies_identically(tmp_path, two_files):
+    paths, _ = two_files
+    result = run_pipeline(paths[:1], single_stage_config(clusters=3, method="vade", settings=FAST))
+    save_pipeline(result, tmp_path / "model")
+    again = apply_pipeline(paths[:1], tmp_path / "model")
+    np.testing.assert_allclose(again.stages[0].probabilities[0], result.stages[0].probabilities[0], atol=1e-5)
+    written = write_outputs(again, tmp_path / "out")
+    assert [p.name for p in written] == ["s0_clusters.csv", "proportions.csv"]
+
+
+def test_cli_cluster_contract(tmp_path, two_files, capsys):
+    paths, labels = two_files
+    out = tmp_path / "out"
+    code = main(["cytometry", "cluster", *map(str, paths), "--out", str(out), "--clusters", "3",
+                 "--method", "idec", "--channels", "CD45", "CD61", "CD71", "--epochs", "4"])
+    assert code == 0
+    cells = pd.read_csv(out / "s1_clusters.csv")
+    assert list(cells.columns) == ["event", "cluster", "prob_0", "prob_1", "prob_2"]
+    assert len(cells) == 1000 and adjusted_rand_score(labels[1], cells["cluster"]) > 0.9
+    proportions = pd.read_csv(out / "proportions.csv")
+    assert proportions["file"].tolist() == ["s0.fcs", "s1.fcs"]
+    np.testing.assert_allclose(proportions[["prop_0", "prop_1", "prop_2"]].sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_cli_errors_are_one_line(tmp_path, two_files, capsys):
+    paths, _ = two_files
+    code = main(["cytometry", "cluster", str(paths[0]), "--out", str(tmp_path), "--channels", "CD99"])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("napari-hematology: error: s0.fcs: no channel named 'CD99'") and "\n" not in error
+    assert main(["cytometry", "pipeline", "--config", str(tmp_path / "missing.yaml"), str(paths[0]),
+                 "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.data
+def test_reads_real_fcs_files(shared_data):
+    folder = shared_data / "cytometry"
+    flowsom = read_fcs(folder / "flowsom" / "ff.fcs")
+    assert flowsom.events.shape == (19225, 18)
+    assert flowsom.spill is not None and len(flowsom.spill[0]) == 11
+    assert channel_indices(flowsom, ["CD3", "PE-Cy7-A"]) == [17, 17]
+    fcs2 = read_fcs(folder / "flowkit_100715.fcs")
+    assert fcs2.events.shape == (65016, 16)
+    samples, channels = read_batch(sorted((folder / "flowspy_time_course").glob("*.fcs")))
+    assert len(samples) == 6 and "CD34" not in channels and "APC-A" in channels

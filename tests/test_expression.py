@@ -1,0 +1,196 @@
+"""Expression backend: loading, preprocessing, encoders + heads, save/load, CLI and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+from napari_hematology.core.errors import InputError, ModelFileError
+from napari_hematology.core.expression import (
+    ExpressionConfig,
+    PreprocessConfig,
+    embed_expression,
+    fit_expression_model,
+    labels_of,
+    load_expression,
+    load_expression_model,
+    make_expression_data,
+    predict_expression,
+    save_expression_model,
+)
+from napari_hematology.core.expression.preprocessing import RowCollator, fit_preprocessing
+
+N_GENES = 60
+
+
+def synthetic_counts(n_cells: int = 120, n_classes: int = 3, seed: int = 0, sparse_matrix=False):
+    """Poisson counts where each class over-expresses its own block of genes."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_cells) % n_classes
+    rates = np.full((n_cells, N_GENES), 1.0)
+    for cls in range(n_classes):
+        rates[labels == cls, cls * 10 : cls * 10 + 10] = 20.0
+    counts = rng.poisson(rates).astype(np.float32)
+    matrix = sparse.csr_matrix(counts) if sparse_matrix else counts
+    genes = [f"G{i}" for i in range(N_GENES)]
+    obs = {"cell_type": np.array(["A", "B", "C", "D"])[labels]}
+    return make_expression_data(matrix, genes, [f"c{i}" for i in range(n_cells)], obs, "synthetic")
+
+
+def quick_config(encoder="ae", head="ffn") -> ExpressionConfig:
+    config = ExpressionConfig.from_options(encoder, head, n_top_genes=40, pretrain_epochs=5)
+    config.hidden, config.latent = (32,), 16
+    config.pretraining.batch_size = 32
+    config.head_training.epochs, config.head_training.batch_size = 40, 32
+    config.graph_training.epochs = 60
+    return config
+
+
+def accuracy(model, data) -> float:
+    table = predict_expression(model, data)
+    return float((table["predicted"].to_numpy() == labels_of(data, "cell_type")).mean())
+
+
+@pytest.mark.parametrize(
+    ("encoder", "head"), [("ae", "ffn"), ("vime", "linear"), ("scarf", "gcn"), ("byol", "transformer")]
+)
+def test_every_encoder_and_head_learns_separable_classes(encoder, head):
+    train, test = synthetic_counts(seed=0), synthetic_counts(n_cells=60, seed=1)
+    model = fit_expression_model(train, "cell_type", quick_config(encoder, head))
+    assert model.classes == ["A", "B", "C"]
+    assert len(model.history["pretraining_loss"]) == 5
+    assert accuracy(model, test) > 0.85  # chance is 0.33
+
+
+def test_save_load_roundtrip_and_tables(tmp_path):
+    data = synthetic_counts(sparse_matrix=True)
+    model = fit_expression_model(data, "cell_type", quick_config())
+    save_expression_model(model, tmp_path / "model")
+    loaded = load_expression_model(tmp_path / "model")
+    before, after = predict_expression(model, data), predict_expression(loaded, data)
+    assert list(after.columns) == ["cell", "predicted", "prob_A", "prob_B", "prob_C"]
+    np.testing.assert_allclose(before["prob_A"], after["prob_A"], atol=1e-5)
+    assert np.allclose(after[["prob_A", "prob_B", "prob_C"]].sum(axis=1), 1.0, atol=1e-4)
+    embedding = embed_expression(loaded, data)
+    assert embedding.shape == (data.n_cells, 17) and embedding.columns[1] == "latent_0"
+
+
+def test_zero_shot_alignment_with_reordered_and_missing_genes():
+    train, test = synthetic_counts(seed=0), synthetic_counts(n_cells=60, seed=2)
+    model = fit_expression_model(train, "cell_type", quick_config())
+    keep = np.random.default_rng(0).permutation(N_GENES)[: N_GENES - 5]
+    shuffled = make_expression_data(test.matrix[:, keep], test.genes[keep], test.cells, test.obs)
+    assert accuracy(model, shuffled) > 0.85
+    assert any("missing" in note for note in shuffled.notes)
+
+
+def test_sparse_and_dense_preprocessing_agree_and_batches_are_dense():
+    dense, sparse_data = synthetic_counts(), synthetic_counts(sparse_matrix=True)
+    config = PreprocessConfig(n_top_genes=30)
+    fitted_dense, fitted_sparse = fit_preprocessing(dense, config), fit_preprocessing(sparse_data, config)
+    assert fitted_dense.genes == fitted_sparse.genes and len(fitted_dense.genes) == 30
+    np.testing.assert_allclose(fitted_dense.mean, fitted_sparse.mean, rtol=1e-4)
+    batch = RowCollator(sparse_data, fitted_sparse)([3, 1, 2])
+    assert tuple(batch.shape) == (3, 30)
+    assert abs(float(batch.mean())) < 3
+
+
+def test_csv_and_h5_loading(tmp_path):
+    table = pd.DataFrame({"cell": ["a", "b", "c"], "GATA1": [1, 0, 3], "MPO": [0, 5, 1],
+                          "type": ["x", "y", "x"]})
+    table.to_csv(tmp_path / "cells.csv", index=False)
+    table.to_csv(tmp_path / "cells.tsv", index=False, sep="\t")
+    for name in ("cells.csv", "cells.tsv"):
+        data = load_expression(tmp_path / name, label_key="type")
+        assert list(data.genes) == ["GATA1", "MPO"] and list(data.cells) == ["a", "b", "c"]
+        assert list(labels_of(data, "type")) == ["x", "y", "x"]
+
+
+def test_pbmc_10x_h5_has_integer_labels(shared_data):
+    data = load_expression(shared_data / "expression" / "pbmc_10x_top2000.h5", label_key="Y")
+    assert data.matrix.shape == (4271, 2000)
+    assert sorted(set(labels_of(data, "Y"))) == [str(i) for i in range(1, 9)]
+
+
+def test_cli_fit_predict_embed(tmp_path, shared_data):
+    from napari_hematology.cli import main
+
+    source = shared_data / "expression" / "pbmc68k_reduced.h5ad"
+    model_dir, predictions, embedding = tmp_path / "m", tmp_path / "p.csv", tmp_path / "e.csv"
+    assert main(["expression", "fit", "--data", str(source), "--label-key", "bulk_labels", "--out",
+                 str(model_dir), "--values", "normalized", "--pretrain-epochs", "1", "--head",
+                 "linear"]) == 0
+    assert main(["expression", "predict", "--model", str(model_dir), "--data", str(source), "--out",
+                 str(predictions)]) == 0
+    assert main(["expression", "embed", "--model", str(model_dir), "--data", str(source), "--out",
+                 str(embedding)]) == 0
+    table = pd.read_csv(predictions)
+    assert list(table.columns[:3]) == ["cell", "predicted", "prob_CD14+ Monocyte"]
+    assert len(table) == 700 and table.shape[1] == 12
+    assert (table["predicted"] == load_expression(source).obs["bulk_labels"].astype(str)).mean() > 0.6
+    assert pd.read_csv(embedding).shape == (700, 257)
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+def test_missing_label_column_names_the_available_ones():
+    with pytest.raises(InputError, match="no label column 'celltype'.*cell_type"):
+        fit_expression_model(synthetic_counts(), "celltype", quick_config())
+
+
+def test_one_class_is_refused():
+    data = synthetic_counts()
+    data.obs["cell_type"] = "A"
+    with pytest.raises(InputError, match="only the class 'A'.*at least two classes"):
+        fit_expression_model(data, "cell_type", quick_config())
+
+
+@pytest.mark.parametrize(("value", "message"), [(np.nan, "NaN"), (-3.0, "negative value")])
+def test_nan_and_negative_counts_are_refused(value, message):
+    data = synthetic_counts()
+    data.matrix[5, 7] = value
+    with pytest.raises(InputError, match=message):
+        fit_expression_model(data, "cell_type", quick_config())
+
+
+def test_negative_values_are_fine_when_declared_normalized():
+    data = synthetic_counts()
+    data.matrix[5, 7] = -3.0
+    config = quick_config()
+    config.preprocess.values = "normalized"
+    assert fit_expression_model(data, "cell_type", config).classes == ["A", "B", "C"]
+
+
+def test_mismatched_genes_are_refused(tmp_path):
+    model = fit_expression_model(synthetic_counts(), "cell_type", quick_config())
+    other = make_expression_data(np.ones((4, 5)), [f"X{i}" for i in range(5)], name="other.h5ad")
+    with pytest.raises(InputError, match="only 0 of the model's 40 genes"):
+        predict_expression(model, other)
+
+
+def test_bad_files_and_options(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load_expression(tmp_path / "absent.h5ad")
+    (tmp_path / "x.txt").write_text("1")
+    with pytest.raises(InputError, match="unsupported format"):
+        load_expression(tmp_path / "x.txt")
+    (tmp_path / "broken.h5ad").write_bytes(b"not hdf5")
+    with pytest.raises(InputError, match="cannot be read"):
+        load_expression(tmp_path / "broken.h5ad")
+    with pytest.raises(InputError, match="Unknown head 'svm'"):
+        ExpressionConfig.from_options(head="svm")
+    with pytest.raises(ModelFileError):
+        load_expression_model(tmp_path)
+
+
+def test_latent_map_has_coordinates_features_and_confusion():
+    from napari_hematology.core.expression.maps import fit_and_map
+
+    data = synthetic_counts()
+    _, view = fit_and_map(data, "cell_type", quick_config())
+    assert view.coordinates.shape == (data.n_cells, 2)
+    assert {"cell", "label", "predicted", "confidence", "prob_A"} <= set(view.features.columns)
+    assert view.confusion.shape == (3, 3) and int(view.confusion.to_numpy().sum()) == data.n_cells
+    assert np.trace(view.confusion.to_numpy()) > 0.9 * data.n_cells

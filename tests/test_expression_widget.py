@@ -1,0 +1,73 @@
+"""The Expression widget: load, train in the background, show the latent map and confusion matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def write_cells_csv(path, n_cells: int = 90) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.arange(n_cells) % 3
+    counts = rng.poisson(1.0, (n_cells, 30)).astype(float)
+    for cls in range(3):
+        counts[labels == cls, cls * 10 : cls * 10 + 10] += 20
+    table = pd.DataFrame(counts, columns=[f"G{i}" for i in range(30)])
+    table.insert(0, "cell", [f"c{i}" for i in range(n_cells)])
+    table["lineage"] = np.array(["ery", "mye", "lym"])[labels]
+    table.to_csv(path, index=False)
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    from napari_hematology.widgets.expression import ExpressionWidget
+
+    viewer = make_napari_viewer()
+    widget = ExpressionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return widget
+
+
+@pytest.mark.gui
+def test_train_shows_points_with_features_and_confusion(widget, qtbot, tmp_path):
+    write_cells_csv(tmp_path / "cells.csv")
+    widget.path_edit.setText(str(tmp_path / "cells.csv"))
+    widget.load_data()
+    assert widget.label_combo.currentText() == "lineage"
+    widget.epochs_spin.setValue(2)
+    widget.head_combo.setCurrentText("linear")
+    widget.train()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+    layer = widget.viewer.layers["cells.csv latent map"]
+    assert layer.data.shape == (90, 2)
+    assert {"label", "predicted", "confidence"} <= set(layer.features.columns)
+    assert widget.confusion.rowCount() == 3 and widget.confusion.columnCount() == 3
+    diagonal = sum(int(widget.confusion.item(i, i).text()) for i in range(3))
+    assert diagonal > 80
+
+    widget.save_button.setEnabled(True)
+    from napari_hematology.core.expression import save_expression_model
+
+    save_expression_model(widget.model, tmp_path / "model")
+    widget.viewer.layers.clear()
+    widget.apply_model(tmp_path / "model")
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+    assert len(widget.viewer.layers) == 1
+
+
+@pytest.mark.gui
+def test_bad_input_is_reported_not_raised(widget, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_hematology.widgets._runner.report_error", shown.append)
+    monkeypatch.setattr("napari_hematology.widgets.expression.report_error", shown.append)
+    widget.path_edit.setText(str(tmp_path / "absent.h5ad"))
+    widget.load_data()
+    assert widget.data is None and "no such file" in str(shown[-1])
+    pd.DataFrame({"cell": ["a", "b"], "G1": [1.0, np.nan], "type": ["x", "y"]}).to_csv(
+        tmp_path / "nan.csv", index=False)
+    widget.path_edit.setText(str(tmp_path / "nan.csv"))
+    widget.load_data()
+    widget.apply_model(tmp_path)
+    assert "not a napari-hematology model folder" in str(shown[-1])
+    assert len(widget.viewer.layers) == 0

@@ -1,0 +1,114 @@
+"""The Review labels widget: keys, undo, progress, filters, retrain in the background."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_hematology.core.annotations import AnnotationStore
+from napari_hematology.core.review import review_queue, store_issues
+
+
+def _crop(path, colour) -> str:
+    import imageio.v3 as iio
+
+    image = np.full((40, 40, 3), 230, dtype=np.uint8)
+    image[10:30, 10:30] = colour
+    iio.imwrite(path, image)
+    return path.name
+
+
+@pytest.fixture
+def issues(tmp_path) -> pd.DataFrame:
+    names = [_crop(tmp_path / f"cell{i}.png", (120 + 20 * i, 40, 160)) for i in range(4)]
+    return pd.DataFrame({
+        "image": names,
+        "given": ["blast", "normal", "blast", "normal"],
+        "suggested": ["normal", "normal", "normal", "blast"],
+        "issue_score": [0.9, 0.1, 0.6, 0.8],
+        "is_issue": [True, False, False, True],
+        "confidence": [0.9, 0.6, 0.55, 0.8],
+    })
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot, tmp_path, issues):
+    from napari_hematology.widgets.review import ReviewLabelsWidget
+
+    issues.to_csv(tmp_path / "issues.csv", index=False)
+    review = ReviewLabelsWidget(make_napari_viewer())
+    qtbot.addWidget(review)
+    review.open_project(tmp_path / "project.sqlite")
+    review.load_issues(tmp_path / "issues.csv")
+    review.annotator.setText("dr_a")
+    review.refresh()
+    return review
+
+
+@pytest.mark.gui
+def test_keys_label_accept_undo_and_move(widget, qtbot):
+    assert widget.current_cell() == "cell0.png"  # highest issue score first
+    assert widget.counter.text() == "0 / 4 reviewed"
+    assert "Suggested: normal" in widget.cell_label.text()
+    assert widget.crop_view.pixmap() is not None and not widget.crop_view.pixmap().isNull()
+    qtbot.keyClick(widget.crop_view, Qt.Key_1)  # class 1 = blast (keep the given label)
+    assert widget.current_cell() == "cell3.png"
+    qtbot.keyClick(widget.crop_view, Qt.Key_Return)  # accept suggestion: blast
+    assert widget.counter.text() == "2 / 4 reviewed"
+    qtbot.keyClick(widget.crop_view, Qt.Key_Backspace)
+    assert widget.current_cell() == "cell3.png"
+    assert widget.counter.text() == "1 / 4 reviewed"
+    qtbot.keyClick(widget.crop_view, Qt.Key_Left)
+    assert widget.current_cell() == "cell0.png"
+    with AnnotationStore(widget.project) as store:
+        mine = store.current_labels(["dr_a"])
+        history = store.history()
+    assert mine.set_index("cell")["label"].to_dict() == {"cell0.png": "blast"}
+    assert (history["annotator"] == "dr_a").sum() == 3  # two decisions and one undo, all kept
+
+
+@pytest.mark.gui
+def test_filters_and_missing_annotator(widget, qtbot):
+    widget.min_score.setValue(0.7)
+    assert widget.counter.text() == "0 / 2 reviewed"
+    widget.min_score.setValue(0.0)
+    widget.order.setCurrentText("uncertainty")
+    assert widget.current_cell() in {"cell0.png", "cell1.png", "cell2.png", "cell3.png"}
+    assert widget.queue["cell"].iloc[0] == "cell2.png"
+    widget.annotator.setText("")
+    qtbot.keyClick(widget.crop_view, Qt.Key_2)
+    with AnnotationStore(widget.project) as store:
+        assert store.annotators(source="human") == []
+
+
+@pytest.mark.gui
+def test_bad_project_file_is_reported_not_raised(make_napari_viewer, qtbot, tmp_path):
+    from napari_hematology.widgets.review import ReviewLabelsWidget
+
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"garbage" * 50)
+    review = ReviewLabelsWidget(make_napari_viewer())
+    qtbot.addWidget(review)
+    review.open_project(broken)
+    assert review.project is None
+    assert broken.read_bytes() == b"garbage" * 50
+    qtbot.keyClick(review.crop_view, Qt.Key_1)  # no project: ignored, no crash
+
+
+@pytest.mark.gui
+def test_retrain_runs_in_background_and_refreshes(widget, qtbot, monkeypatch, issues):
+    import napari_hematology.core.review as review_module
+
+    def fake_retrain(project, *, progress=None, should_stop=None):
+        store_issues(project, issues.assign(suggested="blast", issue_score=[0.1, 0.2, 0.3, 0.95]),
+                     base=widget.project.parent)
+        return issues
+
+    monkeypatch.setattr(review_module, "retrain_project", fake_retrain)
+    widget.retrain()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=20000)
+    assert widget.queue["cell"].iloc[0] == "cell3.png"
+    with AnnotationStore(widget.project) as store:
+        assert review_queue(store, "dr_a")["suggested"].eq("blast").all()
