@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -69,6 +70,12 @@ def type_metrics(rows: pd.DataFrame) -> dict:
     }
 
 
+def log_epochs(done: int, total: int, message: str = "") -> None:
+    """Print one line per finished training epoch, for runs in the background."""
+    if total and done % max(1, total // 10) == 0:
+        print(f"{time.strftime('%H:%M:%S')} step {done}/{total} {message}", file=sys.stderr, flush=True)
+
+
 def measure_speed(data: Path, repeats: int) -> dict:
     """Crops per second, end to end (read, normalise, classify) with the shipped weights."""
     files = list_training_crops(data)["file"].tolist()
@@ -108,7 +115,7 @@ def main() -> None:
     if not args.skip_cv:
         started = time.perf_counter()
         cells = load_cell_set(args.data, recipe)
-        predictions = cross_validate(cells, recipe, folds=args.folds)
+        predictions = cross_validate(cells, recipe, folds=args.folds, progress=log_epochs)
         result["cross_validation"] = {
             "folds": args.folds,
             "seconds": round(time.perf_counter() - started, 1),

@@ -38,7 +38,13 @@ DATASETS = {
     "wbc_seg": [("neutrophil", "eosinophil"), ("lymphocyte", "monocyte")],
     "bccd_crops": [("Neutrophil", "Eosinophil"), ("Lymphocyte", "Monocyte")],
 }
-TRAINING = {"noisy_ce": "ce", "gce": "gce", "sce": "sce", "small_loss": "small_loss", "coteaching": "coteaching"}
+TRAINING = {
+    "noisy_ce": "ce",
+    "gce": "gce",
+    "sce": "sce",
+    "small_loss": "small_loss",
+    "coteaching": "coteaching",
+}
 
 
 def load_cells(name: str) -> tuple[list[Path], np.ndarray]:
@@ -139,8 +145,13 @@ def accuracies(features, labels, pairs, seed, config) -> dict:
 
 def summarise(runs: list[dict]) -> dict:
     keys = runs[0].keys()
-    return {key: {"mean": float(np.mean([run[key] for run in runs])), "std": float(np.std([run[key] for run in runs]))}
-            for key in keys}
+    return {
+        key: {
+            "mean": float(np.mean([run[key] for run in runs])),
+            "std": float(np.std([run[key] for run in runs])),
+        }
+        for key in keys
+    }
 
 
 def gap_closed(accuracy: dict) -> dict:
@@ -187,13 +198,46 @@ def bench_agreement(workdir: Path) -> dict:
     confusion = workdir / "confusion.csv"
     table = DATA / "tables" / "scemila_double_labels.csv"
     common = ["--project", str(project)]
-    assert main(["labels", "import", *common, "--csv", str(table), "--cell-columns", "ID", "im_tiffname",
-                 "--label-columns", "mll_annotation", "prediction"]) == 0
-    assert main(["labels", "agreement", *common, "--annotators", "mll_annotation", "prediction",
-                 "--json", str(summary), "--out", str(confusion)]) == 0
+    assert (
+        main(
+            [
+                "labels",
+                "import",
+                *common,
+                "--csv",
+                str(table),
+                "--cell-columns",
+                "ID",
+                "im_tiffname",
+                "--label-columns",
+                "mll_annotation",
+                "prediction",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "labels",
+                "agreement",
+                *common,
+                "--annotators",
+                "mll_annotation",
+                "prediction",
+                "--json",
+                str(summary),
+                "--out",
+                str(confusion),
+            ]
+        )
+        == 0
+    )
     result = json.loads(summary.read_text())
     matrix = pd.read_csv(confusion).set_index("mll_annotation")
-    result["confusion"] = {row: {col: int(v) for col, v in values.items() if v} for row, values in matrix.iterrows()}
+    result["confusion"] = {
+        row: {col: int(v) for col, v in values.items() if v} for row, values in matrix.iterrows()
+    }
     return result
 
 
@@ -215,7 +259,9 @@ def bench_store(workdir: Path, actions: int) -> dict:
         store.add_cells([{"name": f"cell{i}"} for i in range(cells)])
     context = multiprocessing.get_context("spawn")
     per_writer = actions // 2
-    writers = [context.Process(target=_writer, args=(str(path), f"writer{i}", per_writer, cells)) for i in range(2)]
+    writers = [
+        context.Process(target=_writer, args=(str(path), f"writer{i}", per_writer, cells)) for i in range(2)
+    ]
     started = time.perf_counter()
     for writer in writers:
         writer.start()

@@ -2,7 +2,8 @@
 
 1. Bags of real cell crops: ALL-IDB2 blasts hidden among normal white cells (ALL-IDB2 normals, wbc_seg,
    BCCD crops). Every bag has 30 cells, 8 of them from ALL-IDB2; a positive bag has 3-6 blasts among those
-   8, a negative none ("easy"), or 0-2 ("threshold": the class is ">= 3 blasts among 30 cells"). Cells are split 50/50 into a train and a test pool first, so no cell is shared
+   8, a negative none ("easy") or 0-2 ("threshold": the class is ">= 3 blasts among 30 cells"). Cells
+   are split 50/50 into a train and a test pool first, so no cell is shared
    between training and test bags. Reports held-out bag AUROC and how well attention ranks the blasts
    first (instance AUROC of attention within positive bags).
 2. SCEMILA patient table (189 patients, 5 genetic subtypes, 8 cell-type fractions): each patient becomes a
@@ -62,8 +63,9 @@ def cell_pools(data: Path, seed: int) -> dict[str, dict[str, list[str]]]:
     return pools
 
 
-def make_bags(pool: dict[str, list[str]], n_bags: int, rng, negative_blasts: int
-              ) -> tuple[list[list[str]], list[str], list[np.ndarray]]:
+def make_bags(
+    pool: dict[str, list[str]], n_bags: int, rng, negative_blasts: int
+) -> tuple[list[list[str]], list[str], list[np.ndarray]]:
     """Bags of BAG_SIZE cells; positives hold 3-6 blasts among their IDB_PER_BAG ALL-IDB2 cells,
     negatives 0 to ``negative_blasts``."""
     bags, labels, keys = [], [], []
@@ -79,13 +81,18 @@ def make_bags(pool: dict[str, list[str]], n_bags: int, rng, negative_blasts: int
 
 
 def to_bags(cells: list[list[str]], labels: list[str], features: dict[str, np.ndarray], prefix: str) -> Bags:
-    return Bags(names=[f"{prefix}{i}" for i in range(len(cells))],
-                features=[np.stack([features[c] for c in bag]) for bag in cells],
-                cells=cells, labels=labels, groups=[f"{prefix}{i}" for i in range(len(cells))])
+    return Bags(
+        names=[f"{prefix}{i}" for i in range(len(cells))],
+        features=[np.stack([features[c] for c in bag]) for bag in cells],
+        cells=cells,
+        labels=labels,
+        groups=[f"{prefix}{i}" for i in range(len(cells))],
+    )
 
 
-def real_crop_bags(data: Path, encoder_spec: str, seed: int, branch_per_class: bool,
-                   negative_blasts: int = 0) -> dict:
+def real_crop_bags(
+    data: Path, encoder_spec: str, seed: int, branch_per_class: bool, negative_blasts: int = 0
+) -> dict:
     from sklearn.metrics import roc_auc_score
 
     pools = cell_pools(data, seed)
@@ -98,9 +105,14 @@ def real_crop_bags(data: Path, encoder_spec: str, seed: int, branch_per_class: b
     train = to_bags(*make_bags(pools["train"], 120, rng, negative_blasts)[:2], features, "train")
     test_cells, test_labels, test_keys = make_bags(pools["test"], 100, rng, negative_blasts)
     test = to_bags(test_cells, test_labels, features, "test")
-    config = MilConfig(encoder=encoder_spec, folds=3, branch_per_class=branch_per_class,
-                       train=TrainConfig(epochs=60, batch_size=8, learning_rate=1e-3, weight_decay=1e-2,
-                                         device="cpu", seed=seed))
+    config = MilConfig(
+        encoder=encoder_spec,
+        folds=3,
+        branch_per_class=branch_per_class,
+        train=TrainConfig(
+            epochs=60, batch_size=8, learning_rate=1e-3, weight_decay=1e-2, device="cpu", seed=seed
+        ),
+    )
     started = time.perf_counter()
     mil = train_mil(train, config)
     train_seconds = time.perf_counter() - started
@@ -119,16 +131,22 @@ def real_crop_bags(data: Path, encoder_spec: str, seed: int, branch_per_class: b
     return {
         "encoder": encoder_spec,
         "branch_per_class": branch_per_class,
-        "blasts_in_negative_bags": f"0-{negative_blasts}", "blasts_in_positive_bags": "3-6",
+        "blasts_in_negative_bags": f"0-{negative_blasts}",
+        "blasts_in_positive_bags": "3-6",
         "cells": {kind: {split: len(pools[split][kind]) for split in pools} for kind in pools["train"]},
-        "train_bags": len(train.names), "test_bags": len(test.names), "bag_size": BAG_SIZE,
-        "test_bag_auroc": metrics["auroc"], "test_accuracy": metrics["accuracy"],
-        "test_macro_f1": metrics["macro_f1"], "test_nll_calibrated": metrics["nll"],
+        "train_bags": len(train.names),
+        "test_bags": len(test.names),
+        "bag_size": BAG_SIZE,
+        "test_bag_auroc": metrics["auroc"],
+        "test_accuracy": metrics["accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "test_nll_calibrated": metrics["nll"],
         "attention_instance_auroc_mean_within_bag": float(np.mean(within)),
         "attention_instance_auroc_pooled": float(roc_auc_score(pooled_truth, pooled_scores)),
         "cross_validation_on_train_bags": mil.metadata["cross_validation"],
         "temperature": mil.metadata["temperature"],
-        "encode_seconds_all_cells": encode_seconds, "train_seconds_with_3fold_cv": train_seconds,
+        "encode_seconds_all_cells": encode_seconds,
+        "train_seconds_with_3fold_cv": train_seconds,
     }
 
 
@@ -148,9 +166,16 @@ def scemila_table(data: Path, seed: int, cells_per_bag: int = 300) -> dict:
     features = [eye[rng.choice(len(types), cells_per_bag, p=row)] for row in fractions]
     groups = table["patient"].astype(str).tolist()
     fold = grouped_folds(targets, groups, 5, seed)
-    config = MilConfig(encoder="one-hot cell type", folds=5, hidden=64, dropout=0.1, instance_dropout=0.1,
-                       train=TrainConfig(epochs=80, batch_size=8, learning_rate=3e-3, weight_decay=1e-2,
-                                         device="cpu", seed=seed))
+    config = MilConfig(
+        encoder="one-hot cell type",
+        folds=5,
+        hidden=64,
+        dropout=0.1,
+        instance_dropout=0.1,
+        train=TrainConfig(
+            epochs=80, batch_size=8, learning_rate=3e-3, weight_decay=1e-2, device="cpu", seed=seed
+        ),
+    )
     started = time.perf_counter()
     mil_cv = cross_validate(features, targets, groups, classes, config, fold)
     mil_seconds = time.perf_counter() - started
@@ -160,7 +185,9 @@ def scemila_table(data: Path, seed: int, cells_per_bag: int = 300) -> dict:
         model.fit(fractions[fold != k], targets[fold != k])
         baseline[fold == k] = model.predict_proba(fractions[fold == k])
     return {
-        "patients": len(targets), "cells_per_bag": cells_per_bag, "cell_features": "one-hot cell type",
+        "patients": len(targets),
+        "cells_per_bag": cells_per_bag,
+        "cell_features": "one-hot cell type",
         "folds": int(fold.max()) + 1,
         "attention_mil": mil_cv.metrics,
         "logistic_regression_on_fractions": bag_metrics(targets, baseline, classes),
@@ -177,11 +204,18 @@ def bag_of_500_times(data: Path, encoder_spec: str, seed: int) -> dict:
     started = time.perf_counter()
     features = encode_files(crops, encoder, cache_dir="")
     encode_seconds = time.perf_counter() - started
-    bags = Bags(names=[f"slide{i}" for i in range(20)],
-                features=[features[rng.permutation(500)] + rng.normal(0, 0.05, features.shape).astype(np.float32)
-                          for _ in range(20)],
-                cells=[list(range(500))] * 20, labels=["a", "b"] * 10)
-    config = MilConfig(encoder=encoder_spec, folds=0, train=TrainConfig(epochs=20, batch_size=8, device="cpu"))
+    bags = Bags(
+        names=[f"slide{i}" for i in range(20)],
+        features=[
+            features[rng.permutation(500)] + rng.normal(0, 0.05, features.shape).astype(np.float32)
+            for _ in range(20)
+        ],
+        cells=[list(range(500))] * 20,
+        labels=["a", "b"] * 10,
+    )
+    config = MilConfig(
+        encoder=encoder_spec, folds=0, train=TrainConfig(epochs=20, batch_size=8, device="cpu")
+    )
     started = time.perf_counter()
     mil = train_mil(bags, config)
     train_seconds = time.perf_counter() - started
@@ -214,10 +248,12 @@ def main() -> None:
         "command": "python benchmarks/bench_mil.py " + f"--encoder {args.encoder} --seed {args.seed}",
         "machine": f"{platform.machine()}, {args.threads} torch thread(s), CPU only",
         "real_crop_bags": real_crop_bags(args.data, args.encoder, args.seed, branch_per_class=False),
-        "real_crop_bags_branch_per_class": real_crop_bags(args.data, args.encoder, args.seed,
-                                                          branch_per_class=True),
-        "real_crop_bags_threshold": real_crop_bags(args.data, args.encoder, args.seed, branch_per_class=False,
-                                                   negative_blasts=2),
+        "real_crop_bags_branch_per_class": real_crop_bags(
+            args.data, args.encoder, args.seed, branch_per_class=True
+        ),
+        "real_crop_bags_threshold": real_crop_bags(
+            args.data, args.encoder, args.seed, branch_per_class=False, negative_blasts=2
+        ),
         "scemila_patient_table": scemila_table(args.data, args.seed),
         "bag_of_500_cells": bag_of_500_times(args.data, args.encoder, args.seed),
     }

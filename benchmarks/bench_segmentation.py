@@ -8,7 +8,8 @@ Measures, on ``../shared/data`` (the BCCD ``test`` split is held back and never 
   labs) for the cell nearest the centre, with the magnification set by ``SegmentationConfig.scaled``;
 - segmentation speed in megapixels per second (single thread, BCCD fields);
 - end-to-end time of ``analyze`` on one 640x480 field;
-- peak memory (max RSS of a subprocess) segmenting a 20,000 x 20,000 tiled TIFF built from BCCD fields.
+- peak memory (max RSS of a subprocess) and time of the whole pipeline (segmentation, classification,
+  label TIFF, table, overlay) on a 20,000 x 20,000 tiled TIFF built from BCCD fields.
 
 Run: ``.venv/bin/python benchmarks/bench_segmentation.py`` (about 5 minutes on 2 cores); writes
 ``benchmarks/results/segmentation.json``. ``--quick`` evaluates fewer images and skips the big slide.
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from napari_hematology.core.io import read_image
-from napari_hematology.core.segmentation import SegmentationConfig, segment_field, segment_image
+from napari_hematology.core.segmentation import SegmentationConfig, segment_field
 
 DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 BCCD = DATA / "smear_fields" / "bccd"
@@ -223,21 +224,19 @@ def build_slide(path: Path, side: int = SLIDE_SIDE) -> None:
 
 
 def slide_child(path: str) -> None:
-    """Segment the big slide lazily with labels written to a memory-mapped TIFF; print JSON figures."""
-    import tifffile
+    """Analyse the big slide as ``segment`` does (lazy tiles, labels to disk); print JSON figures."""
+    import torch
 
-    image = read_image(path, lazy=True).data
-    with tempfile.TemporaryDirectory() as out:
-        labels_path = Path(out) / "labels.tif"
-        labels = tifffile.memmap(labels_path, shape=image.shape[:2], dtype=np.uint32)
+    from napari_hematology.core.pipeline import analyze_file
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(dir="/tmp") as out:
         start = time.perf_counter()
-        result = segment_image(image, labels_out=labels)
+        summary = analyze_file(path, out)
         seconds = time.perf_counter() - start
-        labels.flush()
-        del labels
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(
-        json.dumps({"cells": len(result.cells), "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 3)})
+        json.dumps({"cells": summary["cells"], "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 3)})
     )
 
 

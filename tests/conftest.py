@@ -13,6 +13,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def pytest_configure(config):
+    """Keep triton out of CPU-only test runs: its LLVM clashes with Mesa's once napari has a GL context."""
+    from napari_hematology.widgets._runner import prepare_torch
+
+    prepare_torch()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real public data; skips the test when it is not there."""

@@ -89,9 +89,17 @@ def test_csv_round_trip_and_wide_import(tmp_path, store):
     with AnnotationStore(tmp_path / "copy.sqlite") as copy:
         assert import_labels(copy, exported) == 2
         again = export_labels(copy)
-    assert again[["cell", "annotator", "label", "image", "x"]].equals(exported[["cell", "annotator", "label", "image", "x"]])
-    wide = pd.DataFrame({"patient": ["P1", "P1"], "file": ["1.tif", "2.tif"], "expert": ["blast", "blast"],
-                         "model": ["blast", "monocyte"]})
+    assert again[["cell", "annotator", "label", "image", "x"]].equals(
+        exported[["cell", "annotator", "label", "image", "x"]]
+    )
+    wide = pd.DataFrame(
+        {
+            "patient": ["P1", "P1"],
+            "file": ["1.tif", "2.tif"],
+            "expert": ["blast", "blast"],
+            "model": ["blast", "monocyte"],
+        }
+    )
     with AnnotationStore(tmp_path / "wide.sqlite") as project:
         import_labels(project, wide, cell_columns=["patient", "file"], label_columns=["expert", "model"])
         assert project.annotators() == ["expert", "model"]
@@ -161,7 +169,9 @@ def _write_labels(path: str, annotator: str, count: int) -> None:
 
 def test_two_processes_writing_lose_nothing(tmp_path, store):
     context = multiprocessing.get_context("spawn")
-    writers = [context.Process(target=_write_labels, args=(str(store.path), name, 150)) for name in ("p1", "p2")]
+    writers = [
+        context.Process(target=_write_labels, args=(str(store.path), name, 150)) for name in ("p1", "p2")
+    ]
     for writer in writers:
         writer.start()
     for writer in writers:
@@ -178,7 +188,9 @@ def test_killed_writer_loses_at_most_the_action_in_flight(tmp_path, store):
         "s = AnnotationStore(sys.argv[1])\ni = 0\n"
         "while True:\n    s.set_label('c0', 'blast', 'k'); i += 1\n    print(i, flush=True)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", script, str(store.path)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(store.path)], stdout=subprocess.PIPE, text=True
+    )
     acknowledged = 0
     for line in process.stdout:
         acknowledged = int(line)
@@ -197,14 +209,50 @@ def test_labels_commands_import_export_agreement(tmp_path, capsys):
     from napari_hematology.cli import main
 
     wide = tmp_path / "double.csv"
-    pd.DataFrame({"ID": ["P1", "P1", "P2"], "file": ["1.tif", "2.tif", "1.tif"],
-                  "expert": ["blast", "blast", "monocyte"], "second": ["blast", "monocyte", "monocyte"]}).to_csv(wide)
+    pd.DataFrame(
+        {
+            "ID": ["P1", "P1", "P2"],
+            "file": ["1.tif", "2.tif", "1.tif"],
+            "expert": ["blast", "blast", "monocyte"],
+            "second": ["blast", "monocyte", "monocyte"],
+        }
+    ).to_csv(wide)
     project = tmp_path / "p.sqlite"
-    assert main(["labels", "import", "--project", str(project), "--csv", str(wide), "--cell-columns", "ID", "file",
-                 "--label-columns", "expert", "second"]) == 0
+    assert (
+        main(
+            [
+                "labels",
+                "import",
+                "--project",
+                str(project),
+                "--csv",
+                str(wide),
+                "--cell-columns",
+                "ID",
+                "file",
+                "--label-columns",
+                "expert",
+                "second",
+            ]
+        )
+        == 0
+    )
     summary = tmp_path / "agreement.json"
-    assert main(["labels", "agreement", "--project", str(project), "--json", str(summary),
-                 "--out", str(tmp_path / "confusion.csv")]) == 0
+    assert (
+        main(
+            [
+                "labels",
+                "agreement",
+                "--project",
+                str(project),
+                "--json",
+                str(summary),
+                "--out",
+                str(tmp_path / "confusion.csv"),
+            ]
+        )
+        == 0
+    )
     assert "Cohen's kappa" in capsys.readouterr().out
     assert pd.read_json(summary, typ="series")["cells"] == 3
     assert pd.read_csv(tmp_path / "confusion.csv").set_index("expert").loc["blast", "monocyte"] == 1

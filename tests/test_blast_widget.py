@@ -95,3 +95,19 @@ def test_run_with_shipped_classifier(make_napari_viewer, qtbot, sample_field):
     features = viewer.layers["field cells"].features
     assert len(features) >= 1
     assert features["label"].isin(widget.analysis.classes).all()
+
+
+def test_visible_window_maps_the_shown_field_to_full_resolution():
+    from napari_hematology.widgets.blast import _visible_window
+
+    flat = SimpleNamespace(corner_pixels=np.array([[100, 200], [299, 499]]), multiscale=False)
+    assert _visible_window(flat, (1000, 1000)) == (slice(100, 300), slice(200, 500))
+    pyramid = SimpleNamespace(
+        corner_pixels=np.array([[10, 20], [59, 2000]]),
+        multiscale=True,
+        data_level=1,
+        downsample_factors=[(1, 1), (4, 4)],
+    )
+    assert _visible_window(pyramid, (1000, 1000)) == (slice(40, 240), slice(80, 1000))
+    tiny = SimpleNamespace(corner_pixels=np.array([[0, 0], [3, 3]]), multiscale=False)
+    assert _visible_window(tiny, (50, 60)) == (slice(0, 50), slice(0, 60))

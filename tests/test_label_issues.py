@@ -24,7 +24,9 @@ FAST = IssueConfig(folds=3, epochs=30)
 def idb_cells(shared_data) -> pd.DataFrame:
     """40 ALL-IDB2 crops (20 blast, 20 normal), absolute paths, with 4 labels flipped."""
     table = pd.read_csv(shared_data / "single_cells" / "all_idb2" / "labels.csv")
-    table = pd.concat([table[table["label"] == name].head(20) for name in ("blast", "normal")], ignore_index=True)
+    table = pd.concat(
+        [table[table["label"] == name].head(20) for name in ("blast", "normal")], ignore_index=True
+    )
     table["image"] = [str(shared_data / "single_cells" / "all_idb2" / path) for path in table["image"]]
     table["true"] = table["label"]
     flipped = [0, 5, 25, 30]
@@ -48,7 +50,7 @@ def test_separable_features_find_planted_flips():
     features = rng.normal(size=(90, 5)) + np.repeat(np.eye(3, 5) * 6, 30, axis=0)
     given = truth.copy()
     given[[1, 40, 70]] = ["b", "c", "a"]
-    issues = find_label_issues_in_features(features, list(given), FAST)
+    issues = find_label_issues_in_features(features, list(given), IssueConfig(folds=3, learning_rate=3e-2))
     assert set(issues.nlargest(3, "issue_score").index) == {1, 40, 70}
     assert list(issues.loc[[1, 40, 70], "suggested"]) == ["a", "b", "c"]
 
@@ -68,7 +70,10 @@ def test_cli_writes_the_contract_table(tmp_path, idb_cells):
     cells = tmp_path / "cells.csv"
     idb_cells[["image", "label"]].to_csv(cells, index=False)
     out = tmp_path / "issues.csv"
-    assert main(["label-issues", "--cells", str(cells), "--out", str(out), "--folds", "3", "--epochs", "20"]) == 0
+    assert (
+        main(["label-issues", "--cells", str(cells), "--out", str(out), "--folds", "3", "--epochs", "20"])
+        == 0
+    )
     issues = pd.read_csv(out)
     assert list(issues.columns[:5]) == ["image", "given", "suggested", "issue_score", "is_issue"]
     assert sorted(issues["image"]) == sorted(idb_cells["image"])
@@ -86,13 +91,17 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path, capsys):
     cases = {
         "lacks column": {"image": ["a.png"], "file_label": ["x"]},
         "not found": {"image": ["m1.png", "m2.png", "m3.png", "m4.png"], "label": ["a", "a", "b", "b"]},
-        "cannot be read": {"image": ["broken.png", "broken.png", "broken.png", "broken.png"],
-                           "label": ["a", "a", "b", "b"]},
+        "cannot be read": {
+            "image": ["broken.png", "broken.png", "broken.png", "broken.png"],
+            "label": ["a", "a", "b", "b"],
+        },
         "single cell": {"image": ["broken.png"] * 3, "label": ["a", "a", "b"]},
         "no label": {"image": ["broken.png"] * 3, "label": ["a", None, "b"]},
     }
     for message, rows in cases.items():
-        code = main(["label-issues", "--cells", _write_cells(tmp_path, rows), "--out", str(tmp_path / "o.csv")])
+        code = main(
+            ["label-issues", "--cells", _write_cells(tmp_path, rows), "--out", str(tmp_path / "o.csv")]
+        )
         error = capsys.readouterr().err
         assert code == 2
         assert message in error and "Traceback" not in error
@@ -119,4 +128,6 @@ def test_project_review_and_retrain_use_the_corrections(tmp_path, idb_cells):
     assert (corrected[flipped["image"]].to_numpy() == flipped["true"].to_numpy()).all()
     issues = retrain_project(project, FAST)
     assert set(issues["image"]) == set(idb_cells["image"])
-    assert (issues.set_index("image").loc[flipped["image"], "given"].to_numpy() == flipped["true"].to_numpy()).all()
+    assert (
+        issues.set_index("image").loc[flipped["image"], "given"].to_numpy() == flipped["true"].to_numpy()
+    ).all()

@@ -28,9 +28,17 @@ def _train(loss_name: str, inputs, targets, **params):
 
     name = "coteaching_pair" if loss_name == "coteaching" else "mlp"
     config = dict(in_features=2, out_features=3, hidden=[16])
-    model = create_model(name, member="mlp", member_config=config) if name != "mlp" else create_model(name, **config)
-    history = train(model, (inputs, targets), make_loss(loss_name, **params),
-                    TrainConfig(epochs=15, batch_size=32, learning_rate=1e-2, device="cpu"))
+    model = (
+        create_model(name, member="mlp", member_config=config)
+        if name != "mlp"
+        else create_model(name, **config)
+    )
+    history = train(
+        model,
+        (inputs, targets),
+        make_loss(loss_name, **params),
+        TrainConfig(epochs=15, batch_size=32, learning_rate=1e-2, device="cpu"),
+    )
     return model, history
 
 

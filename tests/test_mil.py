@@ -18,7 +18,6 @@ from napari_hematology.core.mil import (
     load_mil_model,
     predict_bags,
     predict_cells,
-    predict_from_table,
     read_bags_table,
     softmax,
     train_from_table,
@@ -30,8 +29,12 @@ from napari_hematology.core.training import TrainConfig
 
 
 def quick_config(**overrides) -> MilConfig:
-    settings = dict(encoder="descriptors", folds=2, cache_dir="",
-                    train=TrainConfig(epochs=15, batch_size=4, learning_rate=3e-3, device="cpu"))
+    settings = dict(
+        encoder="descriptors",
+        folds=2,
+        cache_dir="",
+        train=TrainConfig(epochs=15, batch_size=4, learning_rate=3e-3, device="cpu", threads=1),
+    )
     settings.update(overrides)
     return MilConfig(**settings)
 
@@ -49,17 +52,24 @@ def synthetic_bags(n_bags: int = 24, cells: int = 12, seed: int = 0) -> tuple[Ba
         features.append(bag)
         labels.append("mutated" if i % 2 else "control")
         keys.append(key)
-    bags = Bags(names=[f"b{i}" for i in range(n_bags)], features=features,
-                cells=[list(range(cells)) for _ in range(n_bags)], labels=labels,
-                groups=[f"p{i}" for i in range(n_bags)])
+    bags = Bags(
+        names=[f"b{i}" for i in range(n_bags)],
+        features=features,
+        cells=[list(range(cells)) for _ in range(n_bags)],
+        labels=labels,
+        groups=[f"p{i}" for i in range(n_bags)],
+    )
     return bags, keys
 
 
 @pytest.fixture(scope="module")
 def trained_synthetic():
     bags, keys = synthetic_bags(n_bags=48)
-    return train_mil(bags, quick_config(train=TrainConfig(epochs=20, batch_size=4, learning_rate=3e-3,
-                                                          device="cpu"))), keys
+    # module-scoped: set up before the one-thread autouse fixture, hence threads=1 here
+    return train_mil(
+        bags,
+        quick_config(train=TrainConfig(epochs=20, batch_size=4, learning_rate=3e-3, device="cpu", threads=1)),
+    ), keys
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -91,7 +101,8 @@ def test_training_finds_key_cells(trained_synthetic):
     assert np.allclose(probabilities.sum(1), 1.0)
     ranking = [
         roc_auc_score(keys[i], attention.loc[attention["bag"] == name, "attention"])
-        for i, name in enumerate(bags.names) if bags.labels[i] == "mutated"
+        for i, name in enumerate(bags.names)
+        if bags.labels[i] == "mutated"
     ]
     assert np.mean(ranking) >= 0.9
 
@@ -245,16 +256,47 @@ def test_unreadable_image_names_bag_and_file(tmp_path):
 @pytest.mark.slow
 def test_cli_train_and_predict(idb_table, tmp_path, capsys):
     model = tmp_path / "model"
-    code = main(["mil", "train", "--bags", str(idb_table), "--out", str(model), "--encoder", "descriptors",
-                 "--folds", "2", "--epochs", "20", "--cache", str(tmp_path / "cache")])
+    code = main(
+        [
+            "mil",
+            "train",
+            "--bags",
+            str(idb_table),
+            "--out",
+            str(model),
+            "--encoder",
+            "descriptors",
+            "--folds",
+            "2",
+            "--epochs",
+            "20",
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert code == 0
     assert (model / "model.safetensors").is_file()
     table = pd.read_csv(idb_table)
     table["label"] = "unknown-at-predict-time"  # ignored when predicting
     table.to_csv(tmp_path / "NEW.csv", index=False)
     out = tmp_path / "pred" / "PRED.csv"
-    assert main(["mil", "predict", "--model", str(model), "--bags", str(tmp_path / "NEW.csv"),
-                 "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            [
+                "mil",
+                "predict",
+                "--model",
+                str(model),
+                "--bags",
+                str(tmp_path / "NEW.csv"),
+                "--out",
+                str(out),
+                "--cache",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     predictions = pd.read_csv(out)
     assert list(predictions.columns) == ["bag", "predicted", "prob_control", "prob_blasty"]
     assert len(predictions) == 12
@@ -267,8 +309,20 @@ def test_cli_one_cell_bag_is_a_clear_error(idb_table, tmp_path, capsys):
     table = pd.read_csv(idb_table)
     table = pd.concat([table, table.iloc[[0]].assign(bag="lonely")])
     table.to_csv(tmp_path / "BAGS.csv", index=False)
-    code = main(["mil", "train", "--bags", str(tmp_path / "BAGS.csv"), "--out", str(tmp_path / "m"),
-                 "--encoder", "descriptors", "--cache", ""])
+    code = main(
+        [
+            "mil",
+            "train",
+            "--bags",
+            str(tmp_path / "BAGS.csv"),
+            "--out",
+            str(tmp_path / "m"),
+            "--encoder",
+            "descriptors",
+            "--cache",
+            "",
+        ]
+    )
     assert code == 2
     assert "bag 'lonely' has only 1 cell" in capsys.readouterr().err
 
@@ -277,8 +331,20 @@ def test_cli_conflicting_labels_in_a_bag(idb_table, tmp_path, capsys):
     table = pd.read_csv(idb_table)
     table.loc[0, "label"] = "blasty" if table.loc[0, "label"] == "control" else "control"
     table.to_csv(tmp_path / "BAGS.csv", index=False)
-    code = main(["mil", "train", "--bags", str(tmp_path / "BAGS.csv"), "--out", str(tmp_path / "m"),
-                 "--encoder", "descriptors", "--cache", str(tmp_path / "cache")])
+    code = main(
+        [
+            "mil",
+            "train",
+            "--bags",
+            str(tmp_path / "BAGS.csv"),
+            "--out",
+            str(tmp_path / "m"),
+            "--encoder",
+            "descriptors",
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert code == 2
     assert "bag 'slide0' has several labels" in capsys.readouterr().err
 
@@ -320,7 +386,9 @@ def test_predict_cells_without_cells(trained_synthetic):
         predict_cells(image, np.ones((30, 30), np.int32), mil, name="field.png")
 
 
-def test_cli_predict_slide_writes_outputs(trained_synthetic, sample_field_path, tmp_path, monkeypatch, capsys):
+def test_cli_predict_slide_writes_outputs(
+    trained_synthetic, sample_field_path, tmp_path, monkeypatch, capsys
+):
     import napari_hematology.core.segmentation as segmentation
 
     mil, _ = trained_synthetic
@@ -334,8 +402,19 @@ def test_cli_predict_slide_writes_outputs(trained_synthetic, sample_field_path, 
         return segmentation.Segmentation(labels, labels > 0, pd.DataFrame())
 
     monkeypatch.setattr(segmentation, "segment_image", three_cells)
-    assert main(["predict-slide", str(sample_field_path), "--model", str(tmp_path / "model"),
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "predict-slide",
+                str(sample_field_path),
+                "--model",
+                str(tmp_path / "model"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     cells = pd.read_csv(tmp_path / "out" / "cells.csv")
     assert list(cells["label"]) == [1, 2, 3]
     assert cells["attention"].sum() == pytest.approx(1.0, abs=1e-5)

@@ -172,7 +172,7 @@ def test_tiled_analysis_writes_labels_tile_by_tile(sample_field_path, tmp_path):
     cells = pd.read_csv(tmp_path / f"{sample_field_path.stem}_cells.csv")
     assert labels.shape == (480, 640)
     assert set(np.unique(labels)) == {0, *cells["cell_id"]} and summary["total"]["cells"] == len(cells) >= 1
-    assert not list(tmp_path.glob(".*zarr"))  # the temporary chunked labels are removed
+    assert not list(tmp_path.glob(".*"))  # the temporary chunked labels are removed
 
 
 def test_scale_option_is_checked(sample_field_path, tmp_path, capsys):

@@ -23,14 +23,16 @@ def _crop(path, colour) -> str:
 @pytest.fixture
 def issues(tmp_path) -> pd.DataFrame:
     names = [_crop(tmp_path / f"cell{i}.png", (120 + 20 * i, 40, 160)) for i in range(4)]
-    return pd.DataFrame({
-        "image": names,
-        "given": ["blast", "normal", "blast", "normal"],
-        "suggested": ["normal", "normal", "normal", "blast"],
-        "issue_score": [0.9, 0.1, 0.6, 0.8],
-        "is_issue": [True, False, False, True],
-        "confidence": [0.9, 0.6, 0.55, 0.8],
-    })
+    return pd.DataFrame(
+        {
+            "image": names,
+            "given": ["blast", "normal", "blast", "normal"],
+            "suggested": ["normal", "normal", "normal", "blast"],
+            "issue_score": [0.9, 0.1, 0.6, 0.8],
+            "is_issue": [True, False, False, True],
+            "confidence": [0.9, 0.6, 0.55, 0.8],
+        }
+    )
 
 
 @pytest.fixture
@@ -102,8 +104,11 @@ def test_retrain_runs_in_background_and_refreshes(widget, qtbot, monkeypatch, is
     import napari_hematology.core.review as review_module
 
     def fake_retrain(project, *, progress=None, should_stop=None):
-        store_issues(project, issues.assign(suggested="blast", issue_score=[0.1, 0.2, 0.3, 0.95]),
-                     base=widget.project.parent)
+        store_issues(
+            project,
+            issues.assign(suggested="blast", issue_score=[0.1, 0.2, 0.3, 0.95]),
+            base=widget.project.parent,
+        )
         return issues
 
     monkeypatch.setattr(review_module, "retrain_project", fake_retrain)
@@ -112,3 +117,20 @@ def test_retrain_runs_in_background_and_refreshes(widget, qtbot, monkeypatch, is
     assert widget.queue["cell"].iloc[0] == "cell3.png"
     with AnnotationStore(widget.project) as store:
         assert review_queue(store, "dr_a")["suggested"].eq("blast").all()
+
+
+@pytest.mark.gui
+def test_find_issues_trains_in_the_background(make_napari_viewer, qtbot, tmp_path):
+    from napari_hematology.widgets.review import ReviewLabelsWidget
+
+    colours = [(200, 40, 160)] * 4 + [(60, 40, 200)] * 4
+    names = [_crop(tmp_path / f"c{i}.png", colour) for i, colour in enumerate(colours)]
+    labels = ["blast"] * 3 + ["normal"] * 5  # c3 looks like a blast but is labelled normal
+    pd.DataFrame({"image": names, "label": labels}).to_csv(tmp_path / "cells.csv", index=False)
+    review = ReviewLabelsWidget(make_napari_viewer())
+    qtbot.addWidget(review)
+    review.open_project(tmp_path / "project.sqlite")
+    review.find_issues(tmp_path / "cells.csv")
+    qtbot.waitUntil(lambda: not review.runner.busy, timeout=60000)
+    assert review.counter.text() == "0 / 8 reviewed"
+    assert review.runner.status.text() == "Done."

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from napari_hematology.core.mil import Bags, MilConfig, train_mil
@@ -18,10 +17,13 @@ def descriptor_model(tmp_path_factory):
     """A tiny bag model on the 'descriptors' encoder (random features of the right width)."""
     width = descriptor_features([np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)]).shape[1]
     rng = np.random.default_rng(0)
-    bags = Bags(names=[f"b{i}" for i in range(8)],
-                features=[rng.normal(size=(5, width)).astype(np.float32) for _ in range(8)],
-                cells=[list(range(5))] * 8, labels=["NPM1", "control"] * 4)
-    config = MilConfig(encoder="descriptors", folds=0, train=TrainConfig(epochs=2, device="cpu"))
+    bags = Bags(
+        names=[f"b{i}" for i in range(8)],
+        features=[rng.normal(size=(5, width)).astype(np.float32) for _ in range(8)],
+        cells=[list(range(5))] * 8,
+        labels=["NPM1", "control"] * 4,
+    )
+    config = MilConfig(encoder="descriptors", folds=0, train=TrainConfig(epochs=2, device="cpu", threads=1))
     folder = tmp_path_factory.mktemp("mil") / "model"
     train_mil(bags, config).save(folder)
     return folder
@@ -72,8 +74,11 @@ def test_bad_input_is_reported_not_raised(make_napari_viewer, qtbot, sample_fiel
     # TaskRunner leaves superqt's default re-raise of worker errors on (reported to the lead); keep it off
     # here so that only the user-facing report is tested.
     create_worker = napari.qt.threading.create_worker
-    monkeypatch.setattr(napari.qt.threading, "create_worker",
-                        lambda *args, **kwargs: create_worker(*args, _ignore_errors=True, **kwargs))
+    monkeypatch.setattr(
+        napari.qt.threading,
+        "create_worker",
+        lambda *args, **kwargs: create_worker(*args, _ignore_errors=True, **kwargs),
+    )
     viewer = make_napari_viewer()
     widget = SlidePredictionWidget(viewer)
     widget.predict()
@@ -89,7 +94,6 @@ def test_bad_input_is_reported_not_raised(make_napari_viewer, qtbot, sample_fiel
 
 def test_train_from_the_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_hematology.core.mil import MilModel
-    import napari_hematology.widgets.slide as slide_module
     from napari_hematology.widgets.slide import SlidePredictionWidget
 
     calls = {}

@@ -27,7 +27,8 @@ def _register_label_issues(subparsers) -> None:
     parser = subparsers.add_parser(
         "label-issues",
         help="Find likely-wrong labels of single-cell crops (confident learning, cross-validated).",
-        description="Rank every cell by how likely its given label is wrong and suggest a class. CELLS.csv has "
+        description="Rank every cell by how likely its given label is wrong and suggest a class. "
+        "CELLS.csv has "
         "columns image,label (crop paths relative to the CSV's folder); ISSUES.csv gets "
         "image,given,suggested,issue_score,is_issue,confidence sorted by issue_score.",
     )
@@ -37,7 +38,9 @@ def _register_label_issues(subparsers) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="Training epochs per fold.")
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="Training loss of each fold.")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--project", type=Path, help="Also store given labels and suggestions in this project.")
+    parser.add_argument(
+        "--project", type=Path, help="Also store given labels and suggestions in this project."
+    )
     parser.set_defaults(func=_run_label_issues)
 
 
@@ -96,7 +99,9 @@ def _register_export(actions) -> None:
     parser = actions.add_parser("export", help="Export current labels (or the full history) to CSV.")
     parser.add_argument("--project", required=True, type=Path, help="Project file (.sqlite).")
     parser.add_argument("--out", required=True, type=Path, help="CSV to write.")
-    parser.add_argument("--history", action="store_true", help="Export every label event, not current labels.")
+    parser.add_argument(
+        "--history", action="store_true", help="Export every label event, not current labels."
+    )
     parser.set_defaults(func=_run_export)
 
 
@@ -112,10 +117,16 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _register_agreement(actions) -> None:
-    parser = actions.add_parser("agreement", help="Cohen's kappa and confusion matrix between two annotators.")
+    parser = actions.add_parser(
+        "agreement", help="Cohen's kappa and confusion matrix between two annotators."
+    )
     parser.add_argument("--project", required=True, type=Path, help="Project file (.sqlite).")
-    parser.add_argument("--annotators", nargs=2, metavar=("FIRST", "SECOND"),
-                        help="Whom to compare (default: the two annotators, if there are exactly two).")
+    parser.add_argument(
+        "--annotators",
+        nargs=2,
+        metavar=("FIRST", "SECOND"),
+        help="Whom to compare (default: the two annotators, if there are exactly two).",
+    )
     parser.add_argument("--out", type=Path, help="Write the confusion matrix to this CSV.")
     parser.add_argument("--json", type=Path, help="Write kappa, agreement and cell count to this JSON file.")
     parser.set_defaults(func=_run_agreement)

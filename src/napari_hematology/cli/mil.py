@@ -33,18 +33,29 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--bags", type=Path, required=True, help="BAGS.csv")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
-    parser.add_argument("--classes", help="comma-separated classes in output order (default: the labels "
-                        "found, known subtypes PML_RARA,NPM1,CBFB_MYH11,RUNX1_RUNX1T1,control first)")
-    parser.add_argument("--encoder", default=CELL_CLASSIFIER,
-                        help=f"cell encoder: {CELL_CLASSIFIER} (default), {CELL_CLASSIFIER}:MODEL_DIR or "
-                        f"{DESCRIPTORS} (no weights)")
+    parser.add_argument(
+        "--classes",
+        help="comma-separated classes in output order (default: the labels "
+        "found, known subtypes PML_RARA,NPM1,CBFB_MYH11,RUNX1_RUNX1T1,control first)",
+    )
+    parser.add_argument(
+        "--encoder",
+        default=CELL_CLASSIFIER,
+        help=f"cell encoder: {CELL_CLASSIFIER} (default), {CELL_CLASSIFIER}:MODEL_DIR or "
+        f"{DESCRIPTORS} (no weights)",
+    )
     parser.add_argument("--blasts-only", action="store_true", help="keep only cells predicted as blasts")
     parser.add_argument("--blast-threshold", type=float, default=0.5)
-    parser.add_argument("--branch-per-class", action="store_true",
-                        help="one attention branch per class (SCEMILA)")
+    parser.add_argument(
+        "--branch-per-class", action="store_true", help="one attention branch per class (SCEMILA)"
+    )
     parser.add_argument("--min-cells", type=int, default=2, help="smallest allowed bag")
-    parser.add_argument("--folds", type=int, default=5,
-                        help="cross-validation folds grouped by patient, for metrics and calibration")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=5,
+        help="cross-validation folds grouped by patient, for metrics and calibration",
+    )
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", help="feature cache folder (default: user cache; '' to disable)")
@@ -90,9 +101,15 @@ def run_train(args: argparse.Namespace) -> int:
     train_config = default_train_config()
     train_config.epochs, train_config.seed = args.epochs, args.seed
     config = MilConfig(
-        classes=_classes(args.classes), encoder=args.encoder, blasts_only=args.blasts_only,
-        blast_threshold=args.blast_threshold, min_cells=args.min_cells,
-        branch_per_class=args.branch_per_class, folds=args.folds, cache_dir=args.cache, train=train_config,
+        classes=_classes(args.classes),
+        encoder=args.encoder,
+        blasts_only=args.blasts_only,
+        blast_threshold=args.blast_threshold,
+        min_cells=args.min_cells,
+        branch_per_class=args.branch_per_class,
+        folds=args.folds,
+        cache_dir=args.cache,
+        train=train_config,
     )
     mil = train_from_table(args.bags, args.out, config, progress=TextProgress())
     for note in mil.metadata["notes"]:
@@ -106,9 +123,14 @@ def run_predict(args: argparse.Namespace) -> int:
     """Predict the bags of a table."""
     from napari_hematology.core.mil import ATTENTION_FILE, predict_from_table
 
-    predictions, _ = predict_from_table(args.model, args.bags, args.out,
-                                        expected_classes=_classes(args.classes), cache_dir=args.cache,
-                                        progress=TextProgress())
+    predictions, _ = predict_from_table(
+        args.model,
+        args.bags,
+        args.out,
+        expected_classes=_classes(args.classes),
+        cache_dir=args.cache,
+        progress=TextProgress(),
+    )
     print(f"Predicted {len(predictions)} bag(s): {args.out}, {args.out.with_name(ATTENTION_FILE)}")
     return 0
 
@@ -119,6 +141,9 @@ def run_predict_slide(args: argparse.Namespace) -> int:
 
     result = predict_slide(args.image, args.model, args.out, progress=TextProgress())
     ranked = sorted(result.probabilities.items(), key=lambda item: -item[1])
-    print(f"{args.image.name}: {result.predicted} ("
-          + ", ".join(f"{name} {p:.2f}" for name, p in ranked) + f"); results in {args.out}")
+    print(
+        f"{args.image.name}: {result.predicted} ("
+        + ", ".join(f"{name} {p:.2f}" for name, p in ranked)
+        + f"); results in {args.out}"
+    )
     return 0

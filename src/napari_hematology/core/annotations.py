@@ -80,13 +80,16 @@ def _check_project(path: Path) -> None:
     """Refuse foreign, newer or corrupt project files, reading them only."""
     _check_header(path)
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        connection = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
+        )
         try:
             application_id = connection.execute("PRAGMA application_id").fetchone()[0]
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if application_id != APPLICATION_ID:
                 raise InputError(
-                    f"{path.name} is an SQLite file but not a napari-hematology project; it was left untouched."
+                    f"{path.name} is an SQLite file but not a napari-hematology project; "
+                    "it was left untouched."
                 )
             if version > SCHEMA_VERSION:
                 raise InputError(
@@ -201,7 +204,8 @@ class AnnotationStore:
         rows = self._query("SELECT id FROM classes WHERE name = ?", (str(name),))
         if not rows:
             raise InputError(
-                f"Unknown class {name!r}; the project's classes are {', '.join(self.classes) or '(none yet)'}."
+                f"Unknown class {name!r}; the project's classes are "
+                f"{', '.join(self.classes) or '(none yet)'}."
             )
         return rows[0][0]
 
@@ -214,12 +218,15 @@ class AnnotationStore:
 
         Returns:
             The number of cells in the project.
+
         """
         with self._action() as connection:
             for cell in cells:
                 image_id = None
                 if cell.get("image") is not None:
-                    connection.execute("INSERT OR IGNORE INTO images (path) VALUES (?)", (str(cell["image"]),))
+                    connection.execute(
+                        "INSERT OR IGNORE INTO images (path) VALUES (?)", (str(cell["image"]),)
+                    )
                     image_id = connection.execute(
                         "SELECT id FROM images WHERE path = ?", (str(cell["image"]),)
                     ).fetchone()[0]
@@ -268,8 +275,11 @@ class AnnotationStore:
 
         Returns:
             The event id.
+
         """
-        return self.set_labels([(cell, label)], annotator, source, scores=[score], confidences=[confidence])[0]
+        return self.set_labels([(cell, label)], annotator, source, scores=[score], confidences=[confidence])[
+            0
+        ]
 
     def set_labels(
         self,
@@ -283,6 +293,7 @@ class AnnotationStore:
 
         Raises:
             InputError: Unknown cell, class or source, or an empty annotator name.
+
         """
         annotator = (annotator or "").strip()
         if not annotator:
@@ -318,6 +329,7 @@ class AnnotationStore:
 
         Returns:
             The cell whose label was restored, or None when there is nothing left to undo.
+
         """
         with self._action() as connection:
             row = connection.execute(
@@ -341,8 +353,10 @@ class AnnotationStore:
     def annotators(self, source: str | None = None) -> list[str]:
         """Names of everyone (or every model) who labelled cells, optionally of one source."""
         sql = "SELECT DISTINCT annotator FROM label_events"
-        rows = self._query(sql + " WHERE source = ? ORDER BY annotator", (source,)) if source else self._query(
-            sql + " ORDER BY annotator"
+        rows = (
+            self._query(sql + " WHERE source = ? ORDER BY annotator", (source,))
+            if source
+            else self._query(sql + " ORDER BY annotator")
         )
         return [row[0] for row in rows]
 
@@ -351,24 +365,38 @@ class AnnotationStore:
 
         Returns:
             A DataFrame ``cell, image, x, y, crop, annotator, label, source, score, confidence, created``.
+
         """
         import pandas as pd
 
         rows = self._query(
             "SELECT c.name, i.path, c.x, c.y, c.crop, e.annotator, k.name, e.source, e.score, e.confidence, "
             "e.created FROM current_labels e JOIN cells c ON c.id = e.cell_id "
-            "LEFT JOIN images i ON i.id = c.image_id JOIN classes k ON k.id = e.class_id ORDER BY c.id, e.annotator"
+            "LEFT JOIN images i ON i.id = c.image_id JOIN classes k ON k.id = e.class_id "
+            "ORDER BY c.id, e.annotator"
         )
         table = pd.DataFrame(
             rows,
-            columns=["cell", "image", "x", "y", "crop", "annotator", "label", "source", "score", "confidence", "created"],
+            columns=[
+                "cell",
+                "image",
+                "x",
+                "y",
+                "crop",
+                "annotator",
+                "label",
+                "source",
+                "score",
+                "confidence",
+                "created",
+            ],
         )
         if annotators is not None:
             table = table[table["annotator"].isin(list(annotators))].reset_index(drop=True)
         return table
 
     def history(self):
-        """The full append-only label history as a DataFrame, oldest first."""
+        """Return the full append-only label history as a DataFrame, oldest first."""
         import pandas as pd
 
         rows = self._query(
@@ -377,11 +405,22 @@ class AnnotationStore:
             "LEFT JOIN classes k ON k.id = e.class_id LEFT JOIN classes p ON p.id = e.previous_class_id "
             "ORDER BY e.id"
         )
-        columns = ["event", "cell", "annotator", "label", "previous", "source", "created", "undoes", "score", "confidence"]
+        columns = [
+            "event",
+            "cell",
+            "annotator",
+            "label",
+            "previous",
+            "source",
+            "created",
+            "undoes",
+            "score",
+            "confidence",
+        ]
         return pd.DataFrame(rows, columns=columns)
 
     def event_count(self) -> int:
-        """Number of label events recorded."""
+        """Count the label events recorded."""
         return self._query("SELECT COUNT(*) FROM label_events")[0][0]
 
 
@@ -395,6 +434,7 @@ def consensus(labels, sources: Sequence[str] = ("human",)):
     Returns:
         A DataFrame ``cell, consensus, votes, agreement`` (agreement = share of votes for the majority;
         ``consensus`` is empty when the top classes tie).
+
     """
     import pandas as pd
 
@@ -403,7 +443,9 @@ def consensus(labels, sources: Sequence[str] = ("human",)):
     for cell, group in voting.groupby("cell", sort=False):
         counts = group["label"].value_counts()
         tie = len(counts) > 1 and counts.iloc[0] == counts.iloc[1]
-        rows.append((cell, None if tie else counts.index[0], int(counts.sum()), counts.iloc[0] / counts.sum()))
+        rows.append(
+            (cell, None if tie else counts.index[0], int(counts.sum()), counts.iloc[0] / counts.sum())
+        )
     return pd.DataFrame(rows, columns=["cell", "consensus", "votes", "agreement"])
 
 
@@ -421,6 +463,7 @@ def agreement(labels, first: str, second: str) -> dict:
 
     Raises:
         InputError: An annotator is unknown or they share no cell.
+
     """
     import pandas as pd
     from sklearn.metrics import cohen_kappa_score
@@ -428,7 +471,9 @@ def agreement(labels, first: str, second: str) -> dict:
     known = set(labels["annotator"])
     for name in (first, second):
         if name not in known:
-            raise InputError(f"No labels by {name!r}; annotators in this project: {', '.join(sorted(known))}.")
+            raise InputError(
+                f"No labels by {name!r}; annotators in this project: {', '.join(sorted(known))}."
+            )
     paired = pd.merge(
         labels[labels["annotator"] == first][["cell", "label"]],
         labels[labels["annotator"] == second][["cell", "label"]],
@@ -487,6 +532,7 @@ def import_labels(
 
     Raises:
         InputError: Missing columns, empty cell ids, or classes unknown to the project.
+
     """
     missing = [column for column in (*cell_columns, *label_columns) if column not in table.columns]
     if missing:
@@ -497,8 +543,12 @@ def import_labels(
     table["_cell"] = table[list(cell_columns)].astype(str).agg("/".join, axis=1)
     if table[list(cell_columns)].isna().any().any():
         raise InputError(f"{name}: some rows have no cell id in {', '.join(cell_columns)}.")
-    labelled = table.melt(id_vars=[c for c in table.columns if c not in label_columns], value_vars=list(label_columns),
-                          var_name="_column", value_name="_label").dropna(subset=["_label"])
+    labelled = table.melt(
+        id_vars=[c for c in table.columns if c not in label_columns],
+        value_vars=list(label_columns),
+        var_name="_column",
+        value_name="_label",
+    ).dropna(subset=["_label"])
     labelled["_label"] = labelled["_label"].astype(str)
     if len(label_columns) > 1:
         labelled["_annotator"] = labelled["_column"]
@@ -543,7 +593,7 @@ def _cell_record(row: dict) -> dict:
 
 
 def export_labels(store: AnnotationStore, history: bool = False):
-    """The project's labels as a table ready for CSV.
+    """Return the project's labels as a table ready for CSV.
 
     Args:
         store: The open project.
@@ -551,5 +601,6 @@ def export_labels(store: AnnotationStore, history: bool = False):
 
     Returns:
         A DataFrame; the current-labels table re-imports with ``import_labels`` unchanged.
+
     """
     return store.history() if history else store.current_labels()

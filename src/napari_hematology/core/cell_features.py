@@ -26,6 +26,7 @@ def read_crop(path: str | Path, size: int = CROP_SIZE) -> np.ndarray:
 
     Raises:
         InputError: The file is missing, unreadable or not a colour image (the message names it).
+
     """
     from skimage.transform import resize
 
@@ -125,6 +126,7 @@ def crop_features(
 
     Raises:
         InputError: A crop cannot be read; the message names it.
+
     """
     if not len(paths):
         raise InputError("No cell crops given.")

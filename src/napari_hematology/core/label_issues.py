@@ -37,6 +37,7 @@ class IssueConfig:
         weight_decay: AdamW weight decay.
         seed: Seed of the fold split and of training.
         crop_size: Side crops are resized to before description.
+
     """
 
     folds: int = 5
@@ -71,21 +72,27 @@ def encode_labels(labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
 
     Raises:
         InputError: A label is missing, or a class has a single cell.
+
     """
     values = [None if _is_missing(label) else str(label) for label in labels]
     missing = [row for row, value in enumerate(values) if value is None]
     if missing:
         rows = ", ".join(str(row + 2) for row in missing[:5])
-        raise InputError(f"{len(missing)} cell(s) have no label (CSV line(s) {rows}); fill them in or remove them.")
+        raise InputError(
+            f"{len(missing)} cell(s) have no label (CSV line(s) {rows}); fill them in or remove them."
+        )
     classes = sorted(set(values))
     if len(classes) < 2:
-        raise InputError(f"All cells are labelled {classes[0]!r}; finding wrong labels needs two classes or more.")
+        raise InputError(
+            f"All cells are labelled {classes[0]!r}; finding wrong labels needs two classes or more."
+        )
     codes = np.array([classes.index(value) for value in values])
     counts = np.bincount(codes, minlength=len(classes))
     lonely = [name for name, count in zip(classes, counts, strict=True) if count < 2]
     if lonely:
         raise InputError(
-            f"Class(es) {', '.join(lonely)} have a single cell; cross-validation needs at least two per class. "
+            f"Class(es) {', '.join(lonely)} have a single cell; cross-validation needs at least two per "
+            "class. "
             "Add cells or merge the class."
         )
     return codes, classes
@@ -107,6 +114,7 @@ def fit_classifier(
 
     Returns:
         ``(model, standardizer)``.
+
     """
     import torch
 
@@ -166,6 +174,7 @@ def out_of_fold_probabilities(
 
     Returns:
         (cells, classes) probabilities.
+
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -198,6 +207,7 @@ def rank_label_issues(codes: np.ndarray, probabilities: np.ndarray, classes: Seq
         A DataFrame in input order with ``given``, ``suggested``, ``issue_score`` (0 = label certainly
         right, 1 = certainly wrong), ``is_issue`` (flagged by confident learning) and ``confidence``
         (probability of the suggested class).
+
     """
     import pandas as pd
     from cleanlab.filter import find_label_issues
@@ -243,6 +253,7 @@ def resolve_cell_paths(images: Sequence[str], table_path: str | Path | None) -> 
 
     Raises:
         InputError: Some crops do not exist (the first few are named).
+
     """
     base = Path(table_path).parent if table_path is not None else Path.cwd()
     resolved, missing = [], []
@@ -285,6 +296,7 @@ def find_label_issues(
 
     Raises:
         InputError: Missing columns or labels, unreadable crops, a class with a single cell.
+
     """
     from napari_hematology.core.cell_features import crop_features
     from napari_hematology.core.io import read_table

@@ -44,6 +44,7 @@ def cross_entropy(forward: Forward | None = None, label_smoothing: float = 0.0) 
 
     Returns:
         A loss function for the shared training loop.
+
     """
     import torch.nn.functional as F
 
@@ -65,6 +66,7 @@ def generalized_cross_entropy(q: float = 0.7, forward: Forward | None = None) ->
 
     Returns:
         A loss function for the shared training loop.
+
     """
     import torch
 
@@ -81,9 +83,7 @@ def generalized_cross_entropy(q: float = 0.7, forward: Forward | None = None) ->
     return loss_fn
 
 
-def symmetric_cross_entropy(
-    alpha: float = 0.1, beta: float = 1.0, forward: Forward | None = None
-) -> LossFn:
+def symmetric_cross_entropy(alpha: float = 0.1, beta: float = 1.0, forward: Forward | None = None) -> LossFn:
     """Symmetric cross-entropy ``alpha * CE + beta * reverse CE`` (log 0 clipped to -4).
 
     Args:
@@ -93,6 +93,7 @@ def symmetric_cross_entropy(
 
     Returns:
         A loss function for the shared training loop.
+
     """
     import torch
     import torch.nn.functional as F
@@ -141,6 +142,7 @@ def small_loss_selection(
 
     Returns:
         A loss function for the shared training loop.
+
     """
     import torch.nn.functional as F
 
@@ -168,6 +170,7 @@ def co_teaching(forget_rate: float = 0.2, warmup_epochs: int = 5) -> LossFn:
 
     Returns:
         A loss function for the shared training loop.
+
     """
     import torch.nn.functional as F
 
@@ -202,6 +205,7 @@ def make_loss(name: str = "ce", forward: Forward | None = None, **params: float)
 
     Raises:
         InputError: Unknown loss name or parameter.
+
     """
     factories: dict[str, Callable[..., LossFn]] = {
         "ce": cross_entropy,

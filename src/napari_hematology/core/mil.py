@@ -66,6 +66,7 @@ class MilConfig:
         folds: Cross-validation folds grouped by patient (for metrics and calibration); 0 or 1 = none.
         cache_dir: Feature cache folder; None = user cache; "" = no caching.
         train: Settings of the shared training loop.
+
     """
 
     classes: tuple[str, ...] | None = None
@@ -93,6 +94,7 @@ class Bags:
         labels: Per bag, its label, or None when predicting.
         groups: Per bag, the patient it belongs to (the bag name when unknown).
         notes: Things the user should know about how the bags were built.
+
     """
 
     names: list[str]
@@ -145,6 +147,7 @@ def read_bags_table(path: str | Path, require_labels: bool = False) -> pd.DataFr
 
     Raises:
         InputError: Missing file or columns, empty table, or empty bag/image cells.
+
     """
     path = Path(path)
     required = BAG_COLUMNS + (("label",) if require_labels else ())
@@ -169,17 +172,21 @@ def _resolve(folder: Path, image: str) -> Path:
     return candidate if candidate.is_absolute() else folder / candidate
 
 
-def resolve_classes(labels: list[str], classes: tuple[str, ...] | None, bag_names: list[str]
-                    ) -> tuple[str, ...]:
+def resolve_classes(
+    labels: list[str], classes: tuple[str, ...] | None, bag_names: list[str]
+) -> tuple[str, ...]:
     """Check bag labels against the configured classes (or derive the classes from the labels).
 
     Raises:
         InputError: A bag's label is not a class (naming the bag), a class has no bag, or fewer than two
             classes.
+
     """
     found = set(labels)
     if classes is None:
-        classes = tuple(c for c in DEFAULT_CLASSES if c in found) + tuple(sorted(found - set(DEFAULT_CLASSES)))
+        classes = tuple(c for c in DEFAULT_CLASSES if c in found) + tuple(
+            sorted(found - set(DEFAULT_CLASSES))
+        )
     for name, label in zip(bag_names, labels, strict=True):
         if label not in classes:
             raise InputError(
@@ -194,8 +201,14 @@ def resolve_classes(labels: list[str], classes: tuple[str, ...] | None, bag_name
     return tuple(classes)
 
 
-def encode_bags(table: pd.DataFrame, config: MilConfig, with_labels: bool = True, *,
-                progress: ProgressCallback | None = None, should_stop: StopCallback | None = None) -> Bags:
+def encode_bags(
+    table: pd.DataFrame,
+    config: MilConfig,
+    with_labels: bool = True,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> Bags:
     """Encode the cells of a bag table into bags (features cached per file).
 
     Args:
@@ -210,13 +223,15 @@ def encode_bags(table: pd.DataFrame, config: MilConfig, with_labels: bool = True
 
     Raises:
         InputError: Unreadable images, bags with conflicting labels or too few cells (naming the bag).
+
     """
     owners = dict(zip(table["image"], table["bag"], strict=True))
     images = list(dict.fromkeys(table["image"]))
     encoder = resolve_encoder(config.encoder)
     row_of = {image: i for i, image in enumerate(images)}
-    features = encode_files(images, encoder, config.cache_dir, owners=owners, progress=progress,
-                            should_stop=should_stop)
+    features = encode_files(
+        images, encoder, config.cache_dir, owners=owners, progress=progress, should_stop=should_stop
+    )
     blast = _blast_probabilities(table, images, config, owners, progress, should_stop)
     bags = Bags(names=[], features=[], cells=[], labels=[] if with_labels else None, groups=[])
     for name, rows in table.groupby("bag", sort=False):
@@ -239,21 +254,29 @@ def _blast_probabilities(table, images, config, owners, progress, should_stop) -
         return None
     if "blast_probability" in table:
         return dict(zip(table["image"], table["blast_probability"].astype(float), strict=True))
-    scores = encode_files(images, blast_scorer(classifier_dir(config.encoder)), config.cache_dir, owners=owners,
-                          progress=progress, should_stop=should_stop)
+    scores = encode_files(
+        images,
+        blast_scorer(classifier_dir(config.encoder)),
+        config.cache_dir,
+        owners=owners,
+        progress=progress,
+        should_stop=should_stop,
+    )
     return dict(zip(images, scores[:, 0].tolist(), strict=True))
 
 
 def _keep_blasts(bag: str, cells: list, blast: dict, config: MilConfig, notes: list[str]) -> list:
     indices, fell_back = blast_indices(np.array([blast[c] for c in cells]), config)
     if fell_back:
-        notes.append(f"bag {bag!r}: fewer than {config.min_cells} predicted blasts; kept its "
-                     f"{config.min_cells} most blast-like cells.")
+        notes.append(
+            f"bag {bag!r}: fewer than {config.min_cells} predicted blasts; kept its "
+            f"{config.min_cells} most blast-like cells."
+        )
     return [cells[i] for i in indices]
 
 
 def blast_indices(probability: np.ndarray, config: MilConfig) -> tuple[np.ndarray, bool]:
-    """Indices (sorted) of the cells counted as blasts, and whether too few were found.
+    """Find the cells counted as blasts: their sorted indices, and whether too few were found.
 
     With fewer than ``config.min_cells`` blasts, the ``min_cells`` most blast-like cells are kept instead.
     """
@@ -264,7 +287,7 @@ def blast_indices(probability: np.ndarray, config: MilConfig) -> tuple[np.ndarra
 
 
 def classifier_dir(encoder: str) -> str | None:
-    """The cell-classifier model folder named in an encoder spec (None = the shipped default)."""
+    """Return the cell-classifier model folder named in an encoder spec (None = the shipped default)."""
     return encoder.partition(":")[2] or None if encoder.startswith(CELL_CLASSIFIER) else None
 
 
@@ -281,7 +304,9 @@ def _check_size(bag: str, cells: int, min_cells: int) -> None:
 def _bag_label(bag: str, rows: pd.DataFrame) -> str:
     labels = rows["label"].unique()
     if len(labels) != 1:
-        raise InputError(f"bag {bag!r} has several labels ({', '.join(map(str, labels))}); a bag has one label.")
+        raise InputError(
+            f"bag {bag!r} has several labels ({', '.join(map(str, labels))}); a bag has one label."
+        )
     return str(labels[0])
 
 
@@ -294,8 +319,9 @@ class _BagDataset:
     def __init__(self, features: list[np.ndarray], targets: np.ndarray) -> None:
         import torch
 
-        self.items = [(torch.as_tensor(f, dtype=torch.float32), int(t)) for f, t in zip(features, targets,
-                                                                                        strict=True)]
+        self.items = [
+            (torch.as_tensor(f, dtype=torch.float32), int(t)) for f, t in zip(features, targets, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -318,8 +344,15 @@ def pad_bags(items: list[tuple[Any, int]]):
     return features, mask, torch.tensor([t for _, t in items])
 
 
-def fit_bag_model(features: list[np.ndarray], targets: np.ndarray, n_classes: int, config: MilConfig, *,
-                  progress: ProgressCallback | None = None, should_stop: StopCallback | None = None):
+def fit_bag_model(
+    features: list[np.ndarray],
+    targets: np.ndarray,
+    n_classes: int,
+    config: MilConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+):
     """Train one attention-MIL model on encoded bags with the shared training loop.
 
     Args:
@@ -332,15 +365,21 @@ def fit_bag_model(features: list[np.ndarray], targets: np.ndarray, n_classes: in
 
     Returns:
         The trained model (eval mode, CPU), temperature 1.
+
     """
     import torch
     import torch.nn.functional as F
 
     from napari_hematology.core.registry import create_model
 
-    model = create_model(MODEL_NAME, in_features=int(features[0].shape[1]), n_classes=n_classes,
-                         hidden=config.hidden, dropout=config.dropout,
-                         branch_per_class=config.branch_per_class)
+    model = create_model(
+        MODEL_NAME,
+        in_features=int(features[0].shape[1]),
+        n_classes=n_classes,
+        hidden=config.hidden,
+        dropout=config.dropout,
+        branch_per_class=config.branch_per_class,
+    )
     instances = np.concatenate(features)
     model.feature_mean.copy_(torch.as_tensor(instances.mean(0)))
     model.feature_std.copy_(torch.as_tensor(instances.std(0) + 1e-6))
@@ -352,8 +391,15 @@ def fit_bag_model(features: list[np.ndarray], targets: np.ndarray, n_classes: in
         logits, _ = net(bag_features, _drop_instances(mask, config.instance_dropout))
         return F.cross_entropy(logits, batch_targets, weight=class_weight.to(logits.device))
 
-    train(model, _BagDataset(features, targets), loss_fn, config.train, progress=progress,
-          should_stop=should_stop, collate_fn=pad_bags)
+    train(
+        model,
+        _BagDataset(features, targets),
+        loss_fn,
+        config.train,
+        progress=progress,
+        should_stop=should_stop,
+        collate_fn=pad_bags,
+    )
     return model.cpu().eval()
 
 
@@ -390,7 +436,7 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """The temperature that minimises the negative log-likelihood of held-out logits.
+    """Find the temperature that minimises the negative log-likelihood of held-out logits.
 
     It is kept within [0.5, 20]: when every held-out bag is right, the likelihood keeps growing as the
     temperature falls, and sharpening beyond 2x would only make the model overconfident.
@@ -409,6 +455,7 @@ def grouped_folds(targets: np.ndarray, groups: list[str], folds: int, seed: int 
 
     Returns:
         Fold index per bag, or an empty array when there are too few patients for ``folds`` folds.
+
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -425,11 +472,18 @@ def grouped_folds(targets: np.ndarray, groups: list[str], folds: int, seed: int 
     return assignment
 
 
-def cross_validate(features: list[np.ndarray], targets: np.ndarray, groups: list[str], classes: tuple[str, ...],
-                   config: MilConfig, fold: np.ndarray | None = None, *,
-                   progress: ProgressCallback | None = None,
-                   should_stop: StopCallback | None = None) -> CrossValidation | None:
-    """Grouped cross-validation: out-of-fold logits, a fitted temperature and bag-level metrics.
+def cross_validate(
+    features: list[np.ndarray],
+    targets: np.ndarray,
+    groups: list[str],
+    classes: tuple[str, ...],
+    config: MilConfig,
+    fold: np.ndarray | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> CrossValidation | None:
+    """Cross-validate grouped by patient: out-of-fold logits, a fitted temperature and bag metrics.
 
     Args:
         features: Per bag, ``(cells, d)`` features.
@@ -443,6 +497,7 @@ def cross_validate(features: list[np.ndarray], targets: np.ndarray, groups: list
 
     Returns:
         The results, or None when there are too few patients to cross-validate.
+
     """
     fold = grouped_folds(targets, groups, config.folds, config.train.seed) if fold is None else fold
     if len(fold) == 0:
@@ -454,8 +509,13 @@ def cross_validate(features: list[np.ndarray], targets: np.ndarray, groups: list
         if progress is not None:
             progress(k, n_folds + 1, f"cross-validation fold {k + 1}/{n_folds}")
         train_idx, test_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        model = fit_bag_model([features[i] for i in train_idx], targets[train_idx], len(classes), config,
-                              should_stop=should_stop)
+        model = fit_bag_model(
+            [features[i] for i in train_idx],
+            targets[train_idx],
+            len(classes),
+            config,
+            should_stop=should_stop,
+        )
         logits[test_idx] = bag_outputs(model, [features[i] for i in test_idx])[0]
     temperature = fit_temperature(logits, targets)
     probabilities = softmax(logits, temperature)
@@ -486,13 +546,19 @@ def bag_metrics(targets: np.ndarray, probabilities: np.ndarray, classes: tuple[s
         if len(classes) == 2:
             metrics["auroc"] = float(roc_auc_score(targets, probabilities[:, 1]))
         else:
-            metrics["auroc"] = float(roc_auc_score(targets, probabilities, multi_class="ovr",
-                                                   labels=list(range(len(classes)))))
+            metrics["auroc"] = float(
+                roc_auc_score(targets, probabilities, multi_class="ovr", labels=list(range(len(classes))))
+            )
     return metrics
 
 
-def train_mil(bags: Bags, config: MilConfig, *, progress: ProgressCallback | None = None,
-              should_stop: StopCallback | None = None) -> MilModel:
+def train_mil(
+    bags: Bags,
+    config: MilConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> MilModel:
     """Cross-validate (metrics, calibration), then train the bag model on all bags.
 
     Args:
@@ -506,16 +572,19 @@ def train_mil(bags: Bags, config: MilConfig, *, progress: ProgressCallback | Non
 
     Raises:
         InputError: Missing or unknown labels, a class without bags.
+
     """
     if bags.labels is None:
         raise InputError("The bags have no labels; training needs a 'label' column.")
     classes = resolve_classes(bags.labels, config.classes, bags.names)
     targets = np.array([classes.index(label) for label in bags.labels])
     groups = bags.groups or bags.names
-    validation = cross_validate(bags.features, targets, groups, classes, config, progress=progress,
-                                should_stop=should_stop)
-    model = fit_bag_model(bags.features, targets, len(classes), config, progress=progress,
-                          should_stop=should_stop)
+    validation = cross_validate(
+        bags.features, targets, groups, classes, config, progress=progress, should_stop=should_stop
+    )
+    model = fit_bag_model(
+        bags.features, targets, len(classes), config, progress=progress, should_stop=should_stop
+    )
     temperature = validation.temperature if validation else 1.0
     model.temperature.fill_(temperature)
     notes = list(bags.notes)
@@ -539,8 +608,9 @@ def train_mil(bags: Bags, config: MilConfig, *, progress: ProgressCallback | Non
     return MilModel(model, classes, config.encoder, metadata)
 
 
-def load_mil_model(directory: str | Path, expected_classes: tuple[str, ...] | list[str] | None = None
-                   ) -> MilModel:
+def load_mil_model(
+    directory: str | Path, expected_classes: tuple[str, ...] | list[str] | None = None
+) -> MilModel:
     """Load a bag model saved by :meth:`MilModel.save`.
 
     Args:
@@ -549,6 +619,7 @@ def load_mil_model(directory: str | Path, expected_classes: tuple[str, ...] | li
 
     Raises:
         ModelFileError: Not an attention-MIL model folder, or trained for other classes.
+
     """
     from napari_hematology.core.registry import load_model
 
@@ -581,6 +652,7 @@ def predict_bags(mil: MilModel, bags: Bags) -> tuple[pd.DataFrame, pd.DataFrame]
 
     Raises:
         InputError: The features do not have the width the model was trained on.
+
     """
     expected = int(mil.metadata.get("feature_dim", bags.features[0].shape[1]))
     for name, features in zip(bags.names, bags.features, strict=True):
@@ -603,7 +675,7 @@ def predict_bags(mil: MilModel, bags: Bags) -> tuple[pd.DataFrame, pd.DataFrame]
 
 
 def bag_config_from_model(mil: MilModel, cache_dir: str | None = None) -> MilConfig:
-    """The bag-building settings a model was trained with (encoder, blast filtering, minimum size)."""
+    """Return the bag-building settings a model was trained with (encoder, blast filter, min size)."""
     settings = mil.metadata.get("settings", {})
     return MilConfig(
         encoder=mil.encoder,
@@ -617,13 +689,19 @@ def bag_config_from_model(mil: MilModel, cache_dir: str | None = None) -> MilCon
 # ------------------------------------------------------------------------------- table entry points
 
 
-def train_from_table(bags_csv: str | Path, out_dir: str | Path, config: MilConfig | None = None, *,
-                     progress: ProgressCallback | None = None,
-                     should_stop: StopCallback | None = None) -> MilModel:
+def train_from_table(
+    bags_csv: str | Path,
+    out_dir: str | Path,
+    config: MilConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> MilModel:
     """Read ``BAGS.csv`` (bag, image, label), encode, train and save the model to ``out_dir``.
 
     Returns:
         The saved model.
+
     """
     config = config or MilConfig()
     table = read_bags_table(bags_csv, require_labels=True)
@@ -634,21 +712,33 @@ def train_from_table(bags_csv: str | Path, out_dir: str | Path, config: MilConfi
     return mil
 
 
-def predict_from_table(model_dir: str | Path, bags_csv: str | Path, out_csv: str | Path, *,
-                       expected_classes: tuple[str, ...] | None = None, cache_dir: str | None = None,
-                       progress: ProgressCallback | None = None,
-                       should_stop: StopCallback | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_from_table(
+    model_dir: str | Path,
+    bags_csv: str | Path,
+    out_csv: str | Path,
+    *,
+    expected_classes: tuple[str, ...] | None = None,
+    cache_dir: str | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Predict every bag of ``BAGS.csv``; write ``out_csv`` and ``attention.csv`` next to it.
 
     A ``label`` column in the table is ignored.
 
     Returns:
         ``(predictions, attention)`` as written (attention with columns ``bag, image, attention``).
+
     """
     mil = load_mil_model(model_dir, expected_classes)
     table = read_bags_table(bags_csv)
-    bags = encode_bags(table, bag_config_from_model(mil, cache_dir), with_labels=False, progress=progress,
-                       should_stop=should_stop)
+    bags = encode_bags(
+        table,
+        bag_config_from_model(mil, cache_dir),
+        with_labels=False,
+        progress=progress,
+        should_stop=should_stop,
+    )
     predictions, attention = predict_bags(mil, bags)
     attention = attention.rename(columns={"cell": "image"})
     out_csv = Path(out_csv)
@@ -670,6 +760,7 @@ class SlidePrediction:
         cells: One row per cell: ``label`` (id in the label image), ``centroid_y``, ``centroid_x``,
             ``attention`` (and ``blast_probability`` when only blasts were used; excluded cells have NaN
             attention).
+
     """
 
     probabilities: dict[str, float]
@@ -677,8 +768,9 @@ class SlidePrediction:
     cells: pd.DataFrame
 
 
-def cell_crops(image: np.ndarray, labels: np.ndarray, margin: float = 0.25, name: str = "image"
-               ) -> tuple[pd.DataFrame, list[np.ndarray]]:
+def cell_crops(
+    image: np.ndarray, labels: np.ndarray, margin: float = 0.25, name: str = "image"
+) -> tuple[pd.DataFrame, list[np.ndarray]]:
     """Square crops around every labelled cell (bounding box plus a margin), as RGB uint8.
 
     Returns:
@@ -686,15 +778,20 @@ def cell_crops(image: np.ndarray, labels: np.ndarray, margin: float = 0.25, name
 
     Raises:
         InputError: Image and labels differ in size, or there is no labelled cell.
+
     """
     from skimage.measure import regionprops
 
     if image.shape[:2] != labels.shape[:2]:
-        raise InputError(f"{name} is {image.shape[1]}x{image.shape[0]} but its cell labels are "
-                         f"{labels.shape[1]}x{labels.shape[0]}; pick the labels made from this image.")
+        raise InputError(
+            f"{name} is {image.shape[1]}x{image.shape[0]} but its cell labels are "
+            f"{labels.shape[1]}x{labels.shape[0]}; pick the labels made from this image."
+        )
     regions = regionprops(np.asarray(labels).astype(np.int64, copy=False))
     if not regions:
-        raise InputError(f"{name}: the cell labels contain no cell; segment the cells first (blast detection).")
+        raise InputError(
+            f"{name}: the cell labels contain no cell; segment the cells first (blast detection)."
+        )
     crops, rows = [], []
     height, width = labels.shape[:2]
     for region in regions:
@@ -708,9 +805,15 @@ def cell_crops(image: np.ndarray, labels: np.ndarray, margin: float = 0.25, name
     return pd.DataFrame(rows, columns=["label", "centroid_y", "centroid_x"]), crops
 
 
-def predict_cells(image: np.ndarray, labels: np.ndarray, mil: MilModel | str | Path, *, name: str = "image",
-                  progress: ProgressCallback | None = None,
-                  should_stop: StopCallback | None = None) -> SlidePrediction:
+def predict_cells(
+    image: np.ndarray,
+    labels: np.ndarray,
+    mil: MilModel | str | Path,
+    *,
+    name: str = "image",
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> SlidePrediction:
     """Predict the slide class of one image from its labelled cells.
 
     Args:
@@ -723,6 +826,7 @@ def predict_cells(image: np.ndarray, labels: np.ndarray, mil: MilModel | str | P
 
     Returns:
         Class probabilities and per-cell attention.
+
     """
     from napari_hematology.core.io import to_rgb8
 
@@ -738,7 +842,9 @@ def predict_cells(image: np.ndarray, labels: np.ndarray, mil: MilModel | str | P
         keep[blast_indices(cells["blast_probability"].to_numpy(), settings)[0]] = True
     _check_size(name, int(keep.sum()), settings.min_cells)
     kept_crops = [crop for crop, flag in zip(crops, keep, strict=True) if flag]
-    features = encode_crops(kept_crops, resolve_encoder(mil.encoder), progress=progress, should_stop=should_stop)
+    features = encode_crops(
+        kept_crops, resolve_encoder(mil.encoder), progress=progress, should_stop=should_stop
+    )
     bags = Bags(names=[name], features=[features], cells=[cells["label"][keep].tolist()])
     predictions, attention = predict_bags(mil, bags)
     cells["attention"] = np.nan
@@ -747,9 +853,14 @@ def predict_cells(image: np.ndarray, labels: np.ndarray, mil: MilModel | str | P
     return SlidePrediction(probabilities, str(predictions["predicted"].iloc[0]), cells)
 
 
-def predict_slide(image_path: str | Path, model_dir: str | Path, out_dir: str | Path, *,
-                  progress: ProgressCallback | None = None,
-                  should_stop: StopCallback | None = None) -> SlidePrediction:
+def predict_slide(
+    image_path: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> SlidePrediction:
     """Segment the white cells of one slide image and predict its class with a bag model.
 
     Writes ``labels.tif`` (cell labels), ``cells.csv`` (one row per cell with its attention) and
@@ -764,17 +875,24 @@ def predict_slide(image_path: str | Path, model_dir: str | Path, out_dir: str | 
 
     Returns:
         The prediction.
+
     """
     from napari_hematology.core.io import read_image, write_labels
     from napari_hematology.core.segmentation import segment_image
 
     mil = load_mil_model(model_dir)
     image = read_image(image_path)
-    segmentation = segment_image(image.data, name=Path(image_path).name, progress=progress,
-                                 should_stop=should_stop)
-    result = predict_cells(np.asarray(image.data), segmentation.labels, mil, name=Path(image_path).name,
-                           progress=progress,
-                           should_stop=should_stop)
+    segmentation = segment_image(
+        image.data, name=Path(image_path).name, progress=progress, should_stop=should_stop
+    )
+    result = predict_cells(
+        np.asarray(image.data),
+        segmentation.labels,
+        mil,
+        name=Path(image_path).name,
+        progress=progress,
+        should_stop=should_stop,
+    )
     out_dir = Path(out_dir)
     write_labels(out_dir / "labels.tif", segmentation.labels)
     write_table(out_dir / "cells.csv", result.cells)

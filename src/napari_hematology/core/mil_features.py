@@ -45,6 +45,7 @@ def resolve_encoder(spec: str) -> Encoder:
 
     Raises:
         InputError: Unknown spec, or the cell classifier cannot be loaded.
+
     """
     if spec == DESCRIPTORS:
         return Encoder(DESCRIPTORS, descriptor_features)
@@ -52,13 +53,12 @@ def resolve_encoder(spec: str) -> Encoder:
         classifier = load_cell_classifier(spec.partition(":")[2] or None)
         return Encoder(spec, lambda crops: np.asarray(classifier.embed(crops), dtype=np.float32))
     raise InputError(
-        f"Unknown cell encoder {spec!r}; use {CELL_CLASSIFIER}, {CELL_CLASSIFIER}:MODEL_DIR or "
-        f"{DESCRIPTORS}."
+        f"Unknown cell encoder {spec!r}; use {CELL_CLASSIFIER}, {CELL_CLASSIFIER}:MODEL_DIR or {DESCRIPTORS}."
     )
 
 
 def blast_scorer(model_dir: str | None = None) -> Encoder:
-    """An 'encoder' giving each crop one feature, its blast probability from the cell classifier."""
+    """Build an 'encoder' giving each crop one feature: its blast probability (cell classifier)."""
     classifier = load_cell_classifier(model_dir)
     name = f"blast_probability[{model_dir or 'default'}]"
     return Encoder(
@@ -79,7 +79,9 @@ def load_cell_classifier(model_dir: str | None = None):
     try:
         return load_classifier(model_dir=model_dir)
     except ModelFileError as error:
-        raise ModelFileError(f"{error} (Or use the {DESCRIPTORS} encoder, which needs no weights.)") from error
+        raise ModelFileError(
+            f"{error} (Or use the {DESCRIPTORS} encoder, which needs no weights.)"
+        ) from error
 
 
 def read_crop(path: str | Path) -> np.ndarray:
@@ -119,7 +121,7 @@ class FeatureCache:
         return f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
 
     def get(self, key: str) -> np.ndarray | None:
-        """Cached features for ``key``, or None."""
+        """Return the cached features for ``key``, or None."""
         return self._features.get(key)
 
     def put(self, keys: Sequence[str], features: np.ndarray) -> None:
@@ -161,6 +163,7 @@ def encode_files(
 
     Raises:
         InputError: A file cannot be read (the message names it and its bag).
+
     """
     paths = [Path(p) for p in paths]
     cache = None if cache_dir == "" else FeatureCache(cache_dir or default_cache_dir(), encoder.name)
@@ -206,8 +209,13 @@ def _read_owned(path: Path, owners: dict[str, str] | None) -> np.ndarray:
         raise InputError(f"{_owner_prefix(path, owners)}{error}") from error
 
 
-def encode_crops(crops: Sequence[np.ndarray], encoder: Encoder, *, progress: ProgressCallback | None = None,
-                 should_stop: StopCallback | None = None) -> np.ndarray:
+def encode_crops(
+    crops: Sequence[np.ndarray],
+    encoder: Encoder,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> np.ndarray:
     """Features of in-memory crops (no cache), in chunks with progress and cancellation."""
     parts = []
     total = len(crops)
@@ -220,22 +228,25 @@ def encode_crops(crops: Sequence[np.ndarray], encoder: Encoder, *, progress: Pro
 
 
 def descriptor_features(crops: Sequence[np.ndarray]) -> np.ndarray:
-    """Label-free descriptors (:func:`~napari_hematology.core.cell_features.describe_crop`) of crops
-    resized to the descriptor's crop size.
+    """Describe crops with the label-free descriptors of :mod:`napari_hematology.core.cell_features`.
+
+    Crops are resized to the descriptors' crop size first.
 
     Args:
         crops: RGB uint8 crops, one cell roughly centred in each.
 
     Returns:
         ``(n, d)`` float32 features.
+
     """
     from skimage.transform import resize
 
     from napari_hematology.core.cell_features import CROP_SIZE, describe_crop
 
     rows = [
-        describe_crop(resize(crop, (CROP_SIZE, CROP_SIZE), anti_aliasing=True, preserve_range=True)
-                      .astype(np.uint8))
+        describe_crop(
+            resize(crop, (CROP_SIZE, CROP_SIZE), anti_aliasing=True, preserve_range=True).astype(np.uint8)
+        )
         for crop in crops
     ]
     return np.stack(rows).astype(np.float32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -252,25 +253,25 @@ def analyze_file(
     config = config or SegmentationConfig()
     labels_path = out_dir / f"{stem}_labels.tif"
     tiled = image.shape[0] * image.shape[1] > config.tile_size**2
-    labels_out = _chunked_labels(out_dir / f".{stem}_labels.zarr", image.shape[:2]) if tiled else None
-    analysis = analyze_image(
-        image,
-        classifier,
-        config,
-        labels_out=labels_out,
-        name=path.name,
-        progress=progress,
-        should_stop=should_stop,
-    )
-    if tiled:
-        _write_labels_tiled(labels_path, analysis.labels)
-    else:
-        write_labels(labels_path, analysis.labels)
-    write_table(out_dir / f"{stem}_cells.csv", analysis.cells)
     overlay = out_dir / f"{stem}_overlay.png"
-    write_overlay(overlay, image, analysis.labels, analysis.cells)
-    if tiled:
-        _remove_tree(out_dir / f".{stem}_labels.zarr")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{stem}_") as scratch:
+        labels_out = _chunked_labels(Path(scratch) / "labels.zarr", image.shape[:2]) if tiled else None
+        analysis = analyze_image(
+            image,
+            classifier,
+            config,
+            labels_out=labels_out,
+            name=path.name,
+            progress=progress,
+            should_stop=should_stop,
+        )
+        if tiled:
+            _write_labels_tiled(labels_path, analysis.labels)
+        else:
+            write_labels(labels_path, analysis.labels)
+        write_table(out_dir / f"{stem}_cells.csv", analysis.cells)
+        write_overlay(overlay, image, analysis.labels, analysis.cells)
     summary = summarize(analysis.cells["label"], analysis.classes)
     return {
         "image": str(path),
@@ -313,12 +314,6 @@ def _write_labels_tiled(path: Path, labels) -> None:
         tile=(LABEL_TILE, LABEL_TILE),
         compression="zlib",
     )
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def class_colours(classes: list[str]) -> dict[str, tuple[int, int, int]]:
@@ -432,7 +427,11 @@ def _run_here(jobs, classifier, progress, should_stop) -> list[dict[str, Any]]:
     for done, job in enumerate(jobs):
         check_cancel(should_stop)
         report(done, len(jobs), f"analysing {job['path'].name}")
-        results.append(analyze_file(**job, classifier=classifier, should_stop=should_stop))
+        # a single image (e.g. a whole slide) reports its own progress, tile by tile
+        image_progress = progress if len(jobs) == 1 else None
+        results.append(
+            analyze_file(**job, classifier=classifier, progress=image_progress, should_stop=should_stop)
+        )
     report(len(jobs), len(jobs), "analysed")
     return results
 

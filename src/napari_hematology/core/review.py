@@ -19,8 +19,19 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback
 GIVEN = "given"
 SUGGESTER = "label-issues"
 ORDERS = ("issue_score", "uncertainty", "random")
-QUEUE_COLUMNS = ["cell", "image", "x", "y", "crop", "given", "suggested", "issue_score", "confidence", "label",
-                 "reviewed"]
+QUEUE_COLUMNS = [
+    "cell",
+    "image",
+    "x",
+    "y",
+    "crop",
+    "given",
+    "suggested",
+    "issue_score",
+    "confidence",
+    "label",
+    "reviewed",
+]
 
 
 def store_issues(project: str | Path, issues, base: str | Path | None = None) -> int:
@@ -33,6 +44,7 @@ def store_issues(project: str | Path, issues, base: str | Path | None = None) ->
 
     Returns:
         The number of cells in the project.
+
     """
     base = Path(base) if base is not None else Path.cwd()
     with AnnotationStore(project) as store:
@@ -43,8 +55,11 @@ def store_issues(project: str | Path, issues, base: str | Path | None = None) ->
         already = set(store.current_labels([GIVEN])["cell"])
         fresh = issues[~issues["image"].astype(str).isin(already)]
         if len(fresh):
-            store.set_labels(list(zip(fresh["image"].astype(str), fresh["given"].astype(str), strict=True)),
-                             GIVEN, "import")
+            store.set_labels(
+                list(zip(fresh["image"].astype(str), fresh["given"].astype(str), strict=True)),
+                GIVEN,
+                "import",
+            )
         confidence = issues["confidence"] if "confidence" in issues else [None] * len(issues)
         store.set_labels(
             list(zip(issues["image"].astype(str), issues["suggested"].astype(str), strict=True)),
@@ -86,6 +101,7 @@ def review_queue(
 
     Returns:
         A DataFrame with columns ``QUEUE_COLUMNS``.
+
     """
     if order not in ORDERS:
         raise InputError(f"Unknown queue order {order!r}; choose one of {', '.join(ORDERS)}.")
@@ -112,10 +128,11 @@ def review_queue(
 
 
 def corrected_labels(store: AnnotationStore):
-    """The best label of every cell: the reviewers' consensus where they agree, else the given label.
+    """Return the best label of every cell: the reviewers' consensus if any, else the given label.
 
     Returns:
         A DataFrame ``cell, crop, label`` of the cells that have a label and a crop.
+
     """
     labels = store.current_labels()
     reviewed = consensus(labels).dropna(subset=["consensus"]).set_index("cell")["consensus"]
@@ -142,6 +159,7 @@ def retrain_project(
 
     Returns:
         The new issues table (as from ``find_label_issues``, ``image`` = cell name).
+
     """
     from napari_hematology.core.label_issues import find_label_issues
 

@@ -169,15 +169,13 @@ def _downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
 
 def _detect_cells(small: np.ndarray, tables: np.ndarray, config: SegmentationConfig) -> np.ndarray:
     """Label whole cells on the downsampled image: nucleus groups seed a bounded watershed."""
-    from skimage.morphology import disk, remove_small_objects
+    from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed
 
     scale = config.detect_scale
     score, total = _stain_maps(small, tables)
-    nuclei = score > config.nucleus_threshold
-    nuclei = ndimage.binary_opening(nuclei, iterations=1)
-    gap = max(1, config.lobe_gap // scale)
-    groups = ndimage.binary_closing(nuclei, structure=disk(gap), border_value=0) | nuclei
+    nuclei = ndimage.binary_opening(score > config.nucleus_threshold)
+    groups = _close(nuclei, max(1, config.lobe_gap // scale)) | nuclei
     groups = ndimage.binary_fill_holes(groups)
     groups = remove_small_objects(groups, max_size=max(1, config.min_nucleus_area // scale**2))
     markers, count = ndimage.label(groups)
@@ -186,26 +184,26 @@ def _detect_cells(small: np.ndarray, tables: np.ndarray, config: SegmentationCon
     stained = (total > config.background_od) & (score > config.cytoplasm_threshold)
     margin = max(1, config.cell_margin // scale)
     distance = ndimage.distance_transform_edt(markers == 0)
-    allowed = (stained & (distance <= margin)) | (markers > 0)
-    cells = watershed(distance, markers, mask=allowed)
-    return _smooth_cells(cells, max(1, 4 // scale))
+    cells = watershed(distance, markers, mask=(stained & (distance <= margin)) | (markers > 0))
+    return _smooth_cells(cells, margin)
 
 
-def _smooth_cells(cells: np.ndarray, radius: int) -> np.ndarray:
-    """Fill holes and round off ragged outlines of each labelled cell without merging neighbours."""
-    from skimage.morphology import disk
+def _close(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Morphological closing with a disk, through distance transforms (cost independent of the radius)."""
+    if not mask.any():
+        return mask
+    dilated = ndimage.distance_transform_edt(~mask) <= radius
+    return ndimage.distance_transform_edt(dilated) > radius
 
-    smoothed = np.zeros_like(cells)
-    footprint = disk(radius)
-    for index, window in enumerate(ndimage.find_objects(cells), start=1):
-        if window is None:
-            continue
-        padded = tuple(slice(max(0, s.start - radius), s.stop + radius) for s in window)
-        mask = cells[padded] == index
-        mask = ndimage.binary_opening(mask, structure=footprint)
-        mask = ndimage.binary_fill_holes(mask)
-        target = smoothed[padded]
-        target[mask & (target == 0)] = index
+
+def _smooth_cells(cells: np.ndarray, hole_size: int) -> np.ndarray:
+    """Remove one-pixel spurs and fill holes of the labelled cells; holes take the nearest cell's label."""
+    from skimage.segmentation import expand_labels
+
+    opened = ndimage.binary_opening(cells > 0)
+    filled = ndimage.binary_fill_holes(opened)
+    smoothed = expand_labels(np.where(opened, cells, 0), distance=hole_size)
+    smoothed[~filled] = 0
     return smoothed
 
 

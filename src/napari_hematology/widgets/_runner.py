@@ -46,6 +46,22 @@ def report_error(error: BaseException) -> None:
         show_error(f"Unexpected error ({type(error).__name__}): {error}")
 
 
+def prepare_torch() -> None:
+    """Import torch's optimiser stack safely in the GUI thread; call before any torch work in a widget.
+
+    Loading triton's LLVM after napari's OpenGL context exists segfaults under Mesa (software GL, Xvfb):
+    the first optimiser step imports ``torch._dynamo``, which imports triton. Triton only serves GPUs, so on
+    machines without CUDA it is kept out of the process.
+    """
+    import sys
+
+    import torch
+
+    if not torch.cuda.is_available() and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # "import triton" then raises ImportError, and torch skips it
+    import torch._dynamo  # noqa: F401
+
+
 class TaskRunner(QWidget):
     """A progress bar with a Cancel button that runs one core function at a time in a thread."""
 

@@ -239,9 +239,9 @@ class BlastDetectionWidget(QWidget):
 def _visible_window(layer, shape: tuple[int, int]) -> tuple[slice, slice]:
     """Rows and columns of level 0 that the canvas currently shows."""
     corners = np.asarray(layer.corner_pixels)[:, -2:].astype(float)
-    if layer.multiscale:
-        corners = corners * np.asarray(layer.downsample_factors[layer.data_level])[-2:]
-    (y0, x0), (y1, x1) = np.floor(corners[0]).astype(int), np.ceil(corners[1]).astype(int) + 1
+    factor = np.asarray(layer.downsample_factors[layer.data_level])[-2:] if layer.multiscale else 1.0
+    (y0, x0) = np.floor(corners[0] * factor).astype(int)
+    (y1, x1) = np.ceil((corners[1] + 1) * factor).astype(int)
     rows = slice(int(np.clip(y0, 0, shape[0])), int(np.clip(y1, 0, shape[0])))
     cols = slice(int(np.clip(x0, 0, shape[1])), int(np.clip(x1, 0, shape[1])))
     if rows.stop - rows.start < 16 or cols.stop - cols.start < 16:

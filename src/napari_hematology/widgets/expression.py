@@ -119,7 +119,6 @@ class ExpressionWidget(QWidget):
         except HematologyError as error:
             report_error(error)
             return
-        _import_torch_optimisers()
         self.runner.start(fit_and_map, self.data, self.label_combo.currentText(), config,
                           on_done=self._show_fit)
 
@@ -150,7 +149,6 @@ class ExpressionWidget(QWidget):
             report_error(error)
             return
         label_key = self.label_combo.currentText() or None
-        _import_torch_optimisers()
         self.runner.start(latent_map, self.model, self.data, label_key, on_done=self._show_map)
 
     def _save_model(self) -> None:
@@ -190,21 +188,6 @@ class ExpressionWidget(QWidget):
         for row, values in enumerate(confusion.to_numpy()):
             for column, count in enumerate(values):
                 self.confusion.setItem(row, column, QTableWidgetItem(str(int(count))))
-
-
-def _import_torch_optimisers() -> None:
-    """Import torch's compiler stack in the GUI thread before the first optimiser needs it.
-
-    Loading triton's LLVM after napari's OpenGL context exists segfaults under Mesa (software GL, Xvfb);
-    triton only serves GPUs, so on CPU-only machines it is kept out of the process.
-    """
-    import sys
-
-    import torch
-
-    if not torch.cuda.is_available() and "triton" not in sys.modules:
-        sys.modules["triton"] = None  # makes "import triton" raise ImportError: torch then skips it
-    import torch._dynamo  # noqa: F401
 
 
 def _combo(items: tuple[str, ...]) -> QComboBox:

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hematology.core.errors import HematologyError
-from napari_hematology.widgets._runner import TaskRunner, report_error
+from napari_hematology.widgets._runner import TaskRunner, prepare_torch, report_error
 
 ALL_CLASSES = "all classes"
 CROP_PIXELS = 256
@@ -139,7 +139,11 @@ class ReviewLabelsWidget(QWidget):
 
     def _choose_project(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
-            self, "Open or create a project", "", "Projects (*.sqlite)", options=QFileDialog.DontConfirmOverwrite
+            self,
+            "Open or create a project",
+            "",
+            "Projects (*.sqlite)",
+            options=QFileDialog.DontConfirmOverwrite,
         )
         if path:
             self.open_project(path)
@@ -195,7 +199,10 @@ class ReviewLabelsWidget(QWidget):
 
         if self._require_project():
             base = Path(cells_csv).parent
-            self.runner.start(find_label_issues, Path(cells_csv), on_done=lambda issues: self._store_issues(issues, base))
+            prepare_torch()
+            self.runner.start(
+                find_label_issues, Path(cells_csv), on_done=lambda issues: self._store_issues(issues, base)
+            )
 
     def _store_issues(self, issues, base: Path) -> None:
         from napari_hematology.core.review import store_issues
@@ -305,8 +312,9 @@ class ReviewLabelsWidget(QWidget):
         if marker in self.viewer.layers:
             self.viewer.layers[marker].data = [[row["y"], row["x"]]]
         else:
-            self.viewer.add_points([[row["y"], row["x"]]], name=marker, size=40, face_color="transparent",
-                                   border_color="yellow")
+            self.viewer.add_points(
+                [[row["y"], row["x"]]], name=marker, size=40, face_color="transparent", border_color="yellow"
+            )
 
     def _slide_layer(self, image: str):
         from napari_hematology.core.io import read_image
@@ -397,6 +405,7 @@ class ReviewLabelsWidget(QWidget):
         from napari_hematology.core.review import retrain_project
 
         if self._require_project():
+            prepare_torch()
             self.runner.start(retrain_project, self.project, on_done=self._retrained)
 
     def _retrained(self, issues) -> None:

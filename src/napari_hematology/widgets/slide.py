@@ -8,7 +8,6 @@ trains a new bag model. All the work is done by :mod:`napari_hematology.core.mil
 
 from __future__ import annotations
 
-
 import napari
 import numpy as np
 from napari.layers import Image, Labels
@@ -142,13 +141,18 @@ class SlidePredictionWidget(QWidget):
             show_error("Choose a bag model folder (train one below, or with 'napari-hematology mil train').")
             return
         self._labels_layer = labels
-        self.runner.start(predict_cells, _full_resolution(image), _full_resolution(labels),
-                          self.model_edit.text().strip(), name=image.name, on_done=self._show_prediction)
+        self.runner.start(
+            predict_cells,
+            _full_resolution(image),
+            _full_resolution(labels),
+            self.model_edit.text().strip(),
+            name=image.name,
+            on_done=self._show_prediction,
+        )
 
     def _layer(self, combo: QComboBox, kind: type):
-        name = combo.currentText()
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        return layer if isinstance(layer, kind) else None
+        matches = [layer for layer in self.viewer.layers if layer.name == combo.currentText()]
+        return matches[0] if matches and isinstance(matches[0], kind) else None
 
     def _show_prediction(self, result) -> None:
         labels = self._labels_layer
@@ -177,8 +181,14 @@ class SlidePredictionWidget(QWidget):
         name = f"{labels.name} attention"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        self.viewer.add_image(lookup[data], name=name, colormap="magma", opacity=0.6, blending="additive",
-                              contrast_limits=(0.0, max(float(lookup.max()), 1e-6)))
+        self.viewer.add_image(
+            lookup[data],
+            name=name,
+            colormap="magma",
+            opacity=0.6,
+            blending="additive",
+            contrast_limits=(0.0, max(float(lookup.max()), 1e-6)),
+        )
 
     def _fill_gallery(self, cells) -> None:
         self.gallery.clear()
@@ -208,8 +218,11 @@ class SlidePredictionWidget(QWidget):
         if not table or not out:
             show_error("Choose the slides table (BAGS.csv) and a folder for the model.")
             return
-        config = MilConfig(encoder=self.encoder_combo.currentText(), blasts_only=self.blasts_only.isChecked(),
-                           branch_per_class=self.branch_per_class.isChecked())
+        config = MilConfig(
+            encoder=self.encoder_combo.currentText(),
+            blasts_only=self.blasts_only.isChecked(),
+            branch_per_class=self.branch_per_class.isChecked(),
+        )
         self.runner.start(train_from_table, table, out, config, on_done=lambda mil: self._trained(mil, out))
 
     def _trained(self, mil, out: str) -> None:
@@ -238,8 +251,9 @@ def _full_resolution(layer):
 def _thumbnail(image: np.ndarray, y: float, x: float) -> QIcon:
     half = THUMBNAIL // 2
     top, left = max(int(y) - half, 0), max(int(x) - half, 0)
-    patch = np.ascontiguousarray(np.asarray(image[top : top + THUMBNAIL, left : left + THUMBNAIL, :3],
-                                            dtype=np.uint8))
+    patch = np.ascontiguousarray(
+        np.asarray(image[top : top + THUMBNAIL, left : left + THUMBNAIL, :3], dtype=np.uint8)
+    )
     height, width = patch.shape[:2]
     qimage = QImage(patch.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
     return QIcon(QPixmap.fromImage(qimage))

@@ -272,31 +272,35 @@ def _reconstruction_loss(model, batch, epoch):
 
 
 def _initialise_clusters(model, x, config: ClusterConfig) -> None:
-    """Over-cluster the latent space with k-means, then merge the pieces into clusters.
+    """Over-cluster the events with k-means, merge the pieces into clusters, and place the prototypes.
 
     Average-linkage merging of many small k-means cells (the FlowSOM recipe) finds populations of very
-    different sizes that a k-means with one centre per cluster would split or merge.
+    different sizes that a k-means with one centre per cluster would split or merge. It runs on the
+    standardised channels, where distances mean the same for every stage; each prototype then starts at
+    the mean latent code of its cell.
     """
     import torch
     from sklearn.cluster import AgglomerativeClustering, KMeans
 
-    latent = predict(model, x, batch_size=8192, forward=lambda net, b: net.embed(b))
     prototypes = len(model.membership)
-    kmeans = KMeans(prototypes, n_init=3, random_state=config.seed).fit(latent)
-    centers = kmeans.cluster_centers_
-    membership = AgglomerativeClustering(config.clusters, linkage="average").fit_predict(centers)
+    kmeans = KMeans(prototypes, n_init=3, random_state=config.seed).fit(x.numpy())
+    membership = AgglomerativeClustering(config.clusters, linkage="average").fit_predict(
+        kmeans.cluster_centers_
+    )
     model.membership.copy_(torch.as_tensor(membership, dtype=torch.long))
+    latent = predict(model, x, batch_size=8192, forward=lambda net, b: net.embed(b))
+    cells = kmeans.labels_
+    counts = np.bincount(cells, minlength=prototypes)
+    centers = np.stack([latent[cells == k].mean(axis=0) for k in range(prototypes)])
     if config.method == "idec":
         model.centers.data = _as_tensor(centers)
         return
-    counts = np.bincount(kmeans.labels_, minlength=prototypes) + 1.0
-    variances = np.stack([
-        latent[kmeans.labels_ == k].var(axis=0) if counts[k] > 2 else latent.var(axis=0)
-        for k in range(prototypes)
-    ])
+    # Start every component with the pooled within-cell variance: the initial responsibilities then
+    # follow the k-means cells instead of being captured by the widest component.
+    pooled_variance = ((latent - centers[cells]) ** 2).mean(axis=0) + 1e-6
     model.prior_logits.data = _as_tensor(np.log(counts / counts.sum()))
     model.prior_means.data = _as_tensor(centers)
-    model.prior_logvars.data = _as_tensor(np.log(variances + 1e-4))
+    model.prior_logvars.data = _as_tensor(np.tile(np.log(pooled_variance), (prototypes, 1)))
 
 
 def _align_to_reference(model, x, sample_ids: np.ndarray, reference: np.ndarray) -> None:

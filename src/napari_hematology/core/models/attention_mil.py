@@ -1,5 +1,8 @@
-"""Gated-attention multiple-instance learning (Ilse et al. 2018), optionally one attention branch per class
-(as in SCEMILA, Hehr et al. 2023): one bag of cell features in, class logits and per-cell attention out."""
+"""Gated-attention multiple-instance learning (Ilse et al. 2018).
+
+Optionally one attention branch per class (as in SCEMILA, Hehr et al. 2023): one bag of cell features in,
+class logits and per-cell attention out.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from napari_hematology.core.registry import register_model
 
 @cache
 def build_attention_mil_module():
-    """The module class, defined on first use so that importing the registry does not import torch."""
+    """Define the module class on first use, so that importing the registry does not import torch."""
     import torch
     from torch import nn
 
@@ -21,9 +24,15 @@ def build_attention_mil_module():
         set from the training bags) and ``temperature`` (probability calibration, set after training).
         """
 
-        def __init__(self, in_features: int, n_classes: int, hidden: int = 128,
-                     attention_hidden: int = 64, dropout: float = 0.25,
-                     branch_per_class: bool = False) -> None:
+        def __init__(
+            self,
+            in_features: int,
+            n_classes: int,
+            hidden: int = 128,
+            attention_hidden: int = 64,
+            dropout: float = 0.25,
+            branch_per_class: bool = False,
+        ) -> None:
             super().__init__()
             self.n_classes = n_classes
             self.branch_per_class = branch_per_class
@@ -45,12 +54,13 @@ def build_attention_mil_module():
             """Classify bags.
 
             Args:
-                features: Instance features, ``(bags, cells, in_features)`` or one bag ``(cells, in_features)``.
+                features: Instance features ``(bags, cells, in_features)``, or ``(cells, in_features)``.
                 mask: ``(bags, cells)`` booleans, True for real cells (padding is False); None = all real.
 
             Returns:
                 ``(logits, attention)``: logits ``(bags, classes)`` (divide by ``temperature`` for calibrated
                 probabilities) and attention ``(bags, branches, cells)`` summing to 1 over the real cells.
+
             """
             if features.dim() == 2:
                 features = features.unsqueeze(0)
@@ -73,8 +83,14 @@ def build_attention_mil_module():
 
 
 @register_model("attention_mil")
-def build_attention_mil(in_features: int, n_classes: int, hidden: int = 128, attention_hidden: int = 64,
-                        dropout: float = 0.25, branch_per_class: bool = False):
+def build_attention_mil(
+    in_features: int,
+    n_classes: int,
+    hidden: int = 128,
+    attention_hidden: int = 64,
+    dropout: float = 0.25,
+    branch_per_class: bool = False,
+):
     """Build a gated-attention MIL classifier.
 
     Args:
@@ -87,6 +103,8 @@ def build_attention_mil(in_features: int, n_classes: int, hidden: int = 128, att
 
     Returns:
         The ``torch.nn.Module``.
+
     """
-    return build_attention_mil_module()(in_features, n_classes, hidden, attention_hidden, dropout,
-                                        branch_per_class)
+    return build_attention_mil_module()(
+        in_features, n_classes, hidden, attention_hidden, dropout, branch_per_class
+    )

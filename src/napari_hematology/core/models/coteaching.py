@@ -20,6 +20,7 @@ def build_coteaching_pair(member: str = "mlp", member_config: dict[str, Any] | N
 
     Returns:
         A ``torch.nn.Module`` with a ``members`` ModuleList of two networks.
+
     """
     from torch import nn
 
