@@ -205,36 +205,48 @@ def throughput(n_cells=50_000, n_genes=20_000, density=0.03, steps=40):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer combinations (about 10 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer combinations (about 15 minutes)")
+    parser.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = {}
     combos = [("ae", "ffn"), ("vime", "linear"), ("scarf", "gcn"), ("byol", "transformer")]
     if not args.quick:
         combos += [("ae", "linear"), ("ae", "gcn"), ("ae", "transformer"), ("scarf", "ffn")]
     fractions = (0.01, 0.1, 1.0)
-    steps = [
-        ("golub", golub),
-        ("zero_shot_paul15", zero_shot),
-        ("pbmc_10x_top2000", lambda: split_benchmark(
+    steps = {  # throughput first: its peak memory is the process's, before other steps load data
+        "throughput": throughput,
+        "golub": golub,
+        "zero_shot_paul15": zero_shot,
+        "pbmc_10x_top2000": lambda: split_benchmark(
             "pbmc10x", load_expression(DATA / "pbmc_10x_top2000.h5", "Y"), "Y", "counts", combos,
-            fractions, 5)),
-        ("paul15", lambda: split_benchmark(
+            fractions, 5),
+        "paul15": lambda: split_benchmark(
             "paul15", load_expression(DATA / "paul15.h5ad", "paul15_clusters"), "paul15_clusters",
-            "counts", combos, (0.1, 1.0), 5)),
-        ("pbmc68k_reduced", lambda: split_benchmark(
+            "counts", combos, fractions, 5),
+        "pbmc68k_reduced": lambda: split_benchmark(
             "pbmc68k", load_expression(DATA / "pbmc68k_reduced.h5ad", "bulk_labels"), "bulk_labels",
-            "normalized", combos, (1.0,), 10)),
-        ("allsorts_loo", allsorts_loo),
-        ("throughput", throughput),
-    ]
-    for name, step in steps:
+            "normalized", combos, (1.0,), 10),
+        "allsorts_loo": allsorts_loo,
+    }
+    unknown = set(args.only or []) - set(steps)
+    if unknown:
+        parser.error(f"unknown step(s) {', '.join(sorted(unknown))}; choose from {', '.join(steps)}")
+    for name, step in steps.items():
+        if args.only and name not in args.only:
+            continue
         started = time.perf_counter()
-        results[name] = step()
-        results[name]["seconds"] = round(time.perf_counter() - started, 1)
-        print(name, json.dumps(results[name]), flush=True)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2))
+        result = step()
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        print(name, json.dumps(result), flush=True)
+        _store(name, result)
+
+
+def _store(name: str, result: dict) -> None:
+    """Update one entry of the results file (re-read first, so separate runs of different steps merge)."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results[name] = result
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -258,10 +258,19 @@ def main() -> None:
     """Run every measurement and write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images, no whole-slide run")
+    parser.add_argument(
+        "--slide-only", action="store_true", help="re-measure only the whole slide, keep the other results"
+    )
     parser.add_argument("--slide-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.slide_child:
         slide_child(args.slide_child)
+        return
+    if args.slide_only:
+        results = json.loads(RESULTS.read_text())
+        results["slide_20000x20000"] = measure_slide()
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results["slide_20000x20000"], indent=2))
         return
     import torch
 

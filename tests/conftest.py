@@ -14,9 +14,13 @@ SHARED_DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", REPO_ROOT.parent / "
 
 
 def pytest_configure(config):
-    """Keep triton out of CPU-only test runs: its LLVM clashes with Mesa's once napari has a GL context."""
+    """One torch thread (the suite runs on 2 cores), and no triton in CPU-only runs: its LLVM clashes with
+    Mesa's once napari has a GL context."""
+    import torch
+
     from napari_hematology.widgets._runner import prepare_torch
 
+    torch.set_num_threads(1)
     prepare_torch()
 
 
@@ -42,17 +46,3 @@ def sample_field(sample_field_path) -> np.ndarray:
     from napari_hematology.core.io import read_image
 
     return read_image(sample_field_path).data
-
-
-@pytest.fixture(autouse=True)
-def _single_torch_thread():
-    """Keep torch to one thread per test so the suite behaves on 2 cores."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -253,7 +253,6 @@ def test_unreadable_image_names_bag_and_file(tmp_path):
         train_from_table(table, tmp_path / "model", quick_config())
 
 
-@pytest.mark.slow
 def test_cli_train_and_predict(idb_table, tmp_path, capsys):
     model = tmp_path / "model"
     code = main(

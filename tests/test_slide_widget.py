@@ -62,8 +62,6 @@ def test_predict_shows_bars_attention_and_gallery(make_napari_viewer, qtbot, sam
 
 
 def test_bad_input_is_reported_not_raised(make_napari_viewer, qtbot, sample_field, tmp_path, monkeypatch):
-    import napari.qt.threading
-
     import napari_hematology.widgets._runner as runner_module
     import napari_hematology.widgets.slide as slide_module
     from napari_hematology.widgets.slide import SlidePredictionWidget
@@ -71,14 +69,6 @@ def test_bad_input_is_reported_not_raised(make_napari_viewer, qtbot, sample_fiel
     errors = []
     monkeypatch.setattr(slide_module, "show_error", errors.append)
     monkeypatch.setattr(runner_module, "report_error", lambda error: errors.append(str(error)))
-    # TaskRunner leaves superqt's default re-raise of worker errors on (reported to the lead); keep it off
-    # here so that only the user-facing report is tested.
-    create_worker = napari.qt.threading.create_worker
-    monkeypatch.setattr(
-        napari.qt.threading,
-        "create_worker",
-        lambda *args, **kwargs: create_worker(*args, _ignore_errors=True, **kwargs),
-    )
     viewer = make_napari_viewer()
     widget = SlidePredictionWidget(viewer)
     widget.predict()

@@ -59,7 +59,7 @@ class ClassifierRecipe:
     backbone: str = DEFAULT_BACKBONE
     crop_size: int = CROP_SIZE
     context: float = CONTEXT
-    epochs: int = 40
+    epochs: int = 25
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 0.05

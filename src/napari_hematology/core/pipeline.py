@@ -75,8 +75,12 @@ def cut_crops(image, cells: pd.DataFrame, context: float = CROP_CONTEXT) -> list
         half = context * max(cell.bbox_y1 - cell.bbox_y0, cell.bbox_x1 - cell.bbox_x0) / 2
         y0, y1 = int(max(0, cell.centroid_y - half)), int(min(height, cell.centroid_y + half + 1))
         x0, x1 = int(max(0, cell.centroid_x - half)), int(min(width, cell.centroid_x + half + 1))
-        crops.append(np.asarray(image[y0:y1, x0:x1, :3]))
-    return crops
+        crops.append(image[y0:y1, x0:x1, :3])
+    if crops and not isinstance(image, np.ndarray):
+        import dask
+
+        crops = dask.compute(*crops)  # one pass over the lazily read chunks for all cells
+    return [np.asarray(crop) for crop in crops]
 
 
 def call_classes(
@@ -285,9 +289,16 @@ def analyze_file(
 
 def _chunked_labels(store: Path, shape: tuple[int, int]):
     import zarr
+    from zarr.codecs import BloscCodec
 
-    return zarr.open_array(
-        str(store), mode="w", shape=shape, chunks=(LABEL_TILE, LABEL_TILE), dtype=np.uint32, fill_value=0
+    return zarr.create_array(
+        str(store),
+        overwrite=True,
+        shape=shape,
+        chunks=(LABEL_TILE, LABEL_TILE),
+        dtype=np.uint32,
+        fill_value=0,
+        compressors=BloscCodec(cname="lz4", clevel=1),  # scratch space: speed over size
     )
 
 
@@ -342,7 +353,7 @@ def write_overlay(path: Path, image, labels, cells: pd.DataFrame) -> Path:
     step = max(1, int(np.ceil(max(image.shape[:2]) / OVERLAY_MAX_SIDE)))
     picture, _ = to_rgb8(np.asarray(image[::step, ::step]), path.stem)
     small = np.asarray(labels[::step, ::step])
-    outlines = find_boundaries(small, mode="inner")
+    outlines = find_boundaries(small, mode="thick")
     colour_of = np.zeros((int(small.max()) + 1, 3), dtype=np.uint8)
     for cell in cells.itertuples():
         if int(cell.cell_id) < len(colour_of):

@@ -122,7 +122,7 @@ class TaskRunner(QWidget):
             return None
         self._stop.clear()
         kwargs.update(progress=self._signals.progressed.emit, should_stop=self._stop.is_set)
-        worker = create_worker(function, *args, _start_thread=False, **kwargs)
+        worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         if on_done is not None:
             worker.returned.connect(on_done)
         worker.errored.connect(report_error)

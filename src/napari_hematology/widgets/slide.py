@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hematology.widgets._runner import TaskRunner
+from napari_hematology.widgets._runner import TaskRunner, prepare_torch
 
 GALLERY_SIZE = 12
 THUMBNAIL = 72
@@ -141,6 +141,7 @@ class SlidePredictionWidget(QWidget):
             show_error("Choose a bag model folder (train one below, or with 'napari-hematology mil train').")
             return
         self._labels_layer = labels
+        prepare_torch()
         self.runner.start(
             predict_cells,
             _full_resolution(image),
@@ -223,6 +224,7 @@ class SlidePredictionWidget(QWidget):
             blasts_only=self.blasts_only.isChecked(),
             branch_per_class=self.branch_per_class.isChecked(),
         )
+        prepare_torch()
         self.runner.start(train_from_table, table, out, config, on_done=lambda mil: self._trained(mil, out))
 
     def _trained(self, mil, out: str) -> None:

@@ -75,7 +75,7 @@ class ExpressionConfig:
     @classmethod
     def from_options(cls, encoder: str = "ae", head: str = "ffn", values: str = "counts",
                      n_top_genes: int | None = 2000, pretrain_epochs: int | None = None,
-                     seed: int = 0) -> ExpressionConfig:
+                     seed: int = 0, select_genes: int | None = None) -> ExpressionConfig:
         """The settings the command line and the widget expose, everything else at its default.
 
         Raises:
@@ -87,8 +87,10 @@ class ExpressionConfig:
                 raise InputError(f"Unknown {option} {value!r}; choose one of {', '.join(allowed)}.")
         if pretrain_epochs is not None and pretrain_epochs < 0:
             raise InputError(f"Pretraining epochs must be 0 or more, got {pretrain_epochs}.")
-        config = cls(encoder=encoder, head=head,
-                     preprocess=PreprocessConfig(values=values, n_top_genes=n_top_genes))
+        if select_genes is not None and select_genes < 1:
+            raise InputError(f"The number of selected genes must be 1 or more, got {select_genes}.")
+        config = cls(encoder=encoder, head=head, preprocess=PreprocessConfig(
+            values=values, n_top_genes=n_top_genes, select_genes=select_genes))
         for training in (config.pretraining, config.head_training, config.graph_training):
             training.seed = seed
         if pretrain_epochs is not None:
@@ -166,7 +168,8 @@ def fit_expression_model(
     labels, classes = training_labels(data, label_key)
     check_values(data, config.preprocess.values)
     preprocessor = fit_preprocessing(
-        data, config.preprocess, progress=_phase(progress, "preprocessing"), should_stop=should_stop
+        data, config.preprocess, labels, progress=_phase(progress, "preprocessing"),
+        should_stop=should_stop,
     )
     network = create_model(
         MODEL_NAME,

@@ -5,7 +5,9 @@ Every step is row-wise except the per-gene statistics, which are accumulated in 
 1. ``counts``: library-size normalisation to ``target_sum`` then ``log1p``; ``intensities`` (microarrays):
    clip to ``[floor, ceiling]`` then ``log2``; ``normalized``: values used as they are.
 2. Highly variable genes: the ``n_top_genes`` genes of highest variance after step 1.
-3. Scaling: per-gene z-score with the fitted mean and standard deviation, clipped to +-10.
+3. Optional supervised gene selection (``select_genes``): of those, the genes that best separate the
+   training classes (one-way ANOVA F statistic on the labelled cells), fitted on the training data only.
+4. Scaling: per-gene z-score with the fitted mean and standard deviation, clipped to +-10.
 
 New data is aligned to the fitted genes by name; a gene the new data lacks is filled with its fitted
 mean (so it is 0 after scaling) and reported.
@@ -35,6 +37,8 @@ class PreprocessConfig:
         values: ``counts`` (UMI/read counts), ``intensities`` (microarray) or ``normalized`` (already
             log-normalised or scaled; negative values allowed).
         n_top_genes: Keep this many highly variable genes; None keeps all.
+        select_genes: Then keep only this many genes with the highest ANOVA F statistic between the
+            training classes (useful with few samples, e.g. patient microarrays); None skips it.
         target_sum: Library size that each cell's counts are scaled to before ``log1p``.
         intensity_floor: Microarray values below this are raised to it before ``log2``.
         intensity_ceiling: Microarray values above this are lowered to it.
@@ -44,6 +48,7 @@ class PreprocessConfig:
 
     values: str = "counts"
     n_top_genes: int | None = 2000
+    select_genes: int | None = None
     target_sum: float = 1e4
     intensity_floor: float = 20.0
     intensity_ceiling: float = 16000.0
@@ -179,34 +184,46 @@ def normalise_rows(rows, config: PreprocessConfig):
 def fit_preprocessing(
     data: ExpressionData,
     config: PreprocessConfig,
+    labels: np.ndarray | None = None,
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
 ) -> Preprocessor:
-    """Choose the highly variable genes and their scaling statistics in one streamed pass.
+    """Choose the model's genes and their scaling statistics in one streamed pass.
 
     Args:
         data: Training data (raw values).
         config: The preprocessing settings.
+        labels: Class of every cell (``""`` where unlabelled); needed when ``config.select_genes`` is set.
         progress: Progress callback.
         should_stop: Cancellation callback.
 
     Returns:
         The fitted preprocessor.
+
+    Raises:
+        InputError: ``select_genes`` is set but no labels are given, or it is smaller than 1.
     """
     check_values(data, config.values)
-    total = np.zeros(data.n_genes)
-    squares = np.zeros(data.n_genes)
+    supervised = config.select_genes is not None
+    if supervised and (labels is None or config.select_genes < 1):
+        raise InputError(
+            f"Gene selection needs class labels and a gene count of 1 or more (got {config.select_genes})."
+        )
+    classes, members = np.unique(labels, return_inverse=True) if supervised else ([], None)
+    statistics = GeneStatistics(data.n_genes, len(classes))
     starts = range(0, data.n_cells, CHUNK_ROWS)
     for start in tracked(starts, len(starts), progress, should_stop, "gene statistics"):
         chunk = normalise_rows(data.matrix[start : start + CHUNK_ROWS], config)
-        total += np.asarray(chunk.sum(axis=0)).ravel()
-        squared = chunk.multiply(chunk) if sparse.issparse(chunk) else np.square(chunk)
-        squares += np.asarray(squared.sum(axis=0)).ravel()
-    mean = total / data.n_cells
-    variance = np.maximum(squares / data.n_cells - mean**2, 0.0)
+        statistics.add(chunk, None if members is None else members[start : start + CHUNK_ROWS])
+    mean, variance = statistics.mean_and_variance()
     n_keep = data.n_genes if config.n_top_genes is None else min(config.n_top_genes, data.n_genes)
-    keep = np.sort(np.argsort(-variance, kind="stable")[:n_keep])
+    keep = np.argsort(-variance, kind="stable")[:n_keep]
+    if supervised:
+        labelled = np.flatnonzero(classes != "")
+        f_statistic = statistics.f_statistic(labelled)[keep]
+        keep = keep[np.argsort(-f_statistic, kind="stable")[: config.select_genes]]
+    keep = np.sort(keep)
     std = np.sqrt(variance[keep])
     std[std < 1e-6] = 1.0
     return Preprocessor(
@@ -216,6 +233,49 @@ def fit_preprocessing(
         std=std.astype(np.float32),
         notes=list(data.notes),
     )
+
+
+class GeneStatistics:
+    """Per-gene sums and sums of squares over all cells and per class, accumulated chunk by chunk."""
+
+    def __init__(self, n_genes: int, n_groups: int) -> None:
+        self.n_cells = 0
+        self.total = np.zeros(n_genes)
+        self.squares = np.zeros(n_genes)
+        self.group_count = np.zeros(n_groups)
+        self.group_total = np.zeros((n_groups, n_genes))
+        self.group_squares = np.zeros((n_groups, n_genes))
+
+    def add(self, chunk, groups: np.ndarray | None) -> None:
+        """Add normalised rows (dense or sparse); ``groups`` gives each row's class index, if tracked."""
+        squared = chunk.multiply(chunk) if sparse.issparse(chunk) else np.square(chunk)
+        self.n_cells += chunk.shape[0]
+        self.total += np.asarray(chunk.sum(axis=0)).ravel()
+        self.squares += np.asarray(squared.sum(axis=0)).ravel()
+        if groups is None:
+            return
+        one_hot = sparse.csr_matrix(
+            (np.ones(len(groups)), (groups, np.arange(len(groups)))),
+            shape=(len(self.group_count), len(groups)),
+        )
+        self.group_count += np.bincount(groups, minlength=len(self.group_count))
+        for accumulated, values in ((self.group_total, one_hot @ chunk), (self.group_squares, one_hot @ squared)):
+            accumulated += values.toarray() if sparse.issparse(values) else np.asarray(values)
+
+    def mean_and_variance(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and (population) variance of every gene over all cells."""
+        mean = self.total / self.n_cells
+        return mean, np.maximum(self.squares / self.n_cells - mean**2, 0.0)
+
+    def f_statistic(self, groups: np.ndarray) -> np.ndarray:
+        """One-way ANOVA F statistic of every gene between the given groups (0 for constant genes)."""
+        count = self.group_count[groups][:, None]
+        group_mean = self.group_total[groups] / count
+        grand_mean = self.group_total[groups].sum(axis=0) / count.sum()
+        between = (count * (group_mean - grand_mean) ** 2).sum(axis=0) / max(len(groups) - 1, 1)
+        within_sum = (self.group_squares[groups] - count * group_mean**2).sum(axis=0)
+        within = np.maximum(within_sum, 0.0) / max(count.sum() - len(groups), 1)
+        return np.divide(between, within, out=np.zeros_like(between), where=within > 1e-12)
 
 
 def transformed_batches(data: ExpressionData, preprocessor: Preprocessor, batch_size: int = CHUNK_ROWS):
