@@ -110,7 +110,7 @@ def main() -> None:
         "machine": {"cpu_threads": args.threads, "platform": platform.platform(),
                     "torch": torch.__version__},
         "recipe": asdict(recipe),
-        "shipped_recipe": not overrides,
+        "shipped_recipe": replace(recipe, threads=None) == ClassifierRecipe(),
     }
     if not args.skip_cv:
         started = time.perf_counter()

@@ -27,9 +27,10 @@ def synthetic_cell(size: int = 120, centre: tuple[int, int] | None = None, radiu
     cy, cx = centre or (size // 2, size // 2)
     distance = np.hypot(yy - cy, xx - cx)
     image = np.full((size, size, 3), (235, 205, 205), dtype=np.uint8)
-    image[distance < radius * 1.5] = (200, 190, 225)
+    image[distance < radius * 1.5] = (225, 215, 235)
     image[distance < radius] = (105, 50, 150)
-    return image
+    noise = np.random.default_rng(size).normal(0, 6, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,9 @@ def test_crops_are_centred_and_clipped_at_the_border(sample_field):
     )
     (crop,) = cut_crops(sample_field, cells)
     assert crop.shape[0] < crop.shape[1] == 53
+    tiny = cells.assign(centroid_y=100.0, bbox_y0=98, bbox_y1=102, bbox_x0=98, bbox_x1=102)
+    (small_crop,) = cut_crops(sample_field, tiny)
+    assert small_crop.shape[:2] == (33, 33)
 
 
 def test_analyze_image_classifies_each_cell_once(sample_field):

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print("napari-hematology: cancelled.", file=sys.stderr)
         return 130
     except HematologyError as error:
-        print(f"napari-hematology: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())
+        print(f"napari-hematology: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("napari-hematology: interrupted.", file=sys.stderr)

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "analyze",
         help="segment, classify and count white cells; write summary.json and report.html",
         description="Run blast detection on a smear image or a folder of them: per-image labels and "
-        "cell tables, summary.json (cells per class, blast %%) and report.html with overlay pictures. "
+        "cell tables, summary.json (cells per class, blast %) and report.html with overlay pictures. "
         "Several images are processed in parallel on a local Dask cluster, or on an existing one with "
         "--scheduler.",
     )

@@ -38,8 +38,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from napari_hematology.core.pipeline import analyze_paths
 
     summary = analyze_paths(sample_fields(), args.out, progress=TextProgress())
-    print(f"Analysed {len(sample_fields())} sample fields; results in {args.out.resolve()}")
-    print(f"Open {args.out / 'report.html'} for the overlays. Summary: {summary}")
+    total = summary["total"]
+    counts = ", ".join(f"{name} {count}" for name, count in total["counts"].items() if count)
+    print(f"Analysed {total['images']} sample fields: {total['cells']} white cells ({counts}), "
+          f"blasts {total['blast_percent']:.1f}%.")
+    print(f"Results in {args.out.resolve()}; open {args.out / 'report.html'} for the overlays.")
     return 0
 
 

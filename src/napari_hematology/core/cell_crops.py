@@ -69,7 +69,7 @@ def locate_nucleus(rgb: np.ndarray) -> tuple[float, float, float]:
         nucleus bounding box. Falls back to the whole frame when no nucleus stands out.
     """
     score = nucleus_score(rgb)
-    mask = score > _nucleus_threshold(score)
+    mask = score > _otsu(score)
     mask = ndimage.binary_opening(mask, iterations=1)
     mask = ndimage.binary_closing(mask, iterations=2)
     labels, count = ndimage.label(mask)
@@ -87,13 +87,12 @@ def locate_nucleus(rgb: np.ndarray) -> tuple[float, float, float]:
     return (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2, float(extent)
 
 
-def _nucleus_threshold(score: np.ndarray) -> float:
-    """Upper threshold of a three-class Otsu split: background, cytoplasm and red cells, nuclei."""
-    from skimage.filters import threshold_multiotsu
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
 
-    if np.unique(score).size < 3:
-        return float(score.mean())
-    return float(threshold_multiotsu(score, classes=3, nbins=64)[-1])
+    if float(values.max()) == float(values.min()):
+        return float(values.max())
+    return float(threshold_otsu(values))
 
 
 def normalise_crop(rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
@@ -110,7 +109,7 @@ def normalise_crop(rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONT
     image = Image.fromarray(rgb)
     scale = LOCATE_SIZE / max(image.size)
     thumbnail = image.resize(
-        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BOX
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR
     )
     gain = white_gain(np.asarray(thumbnail))
     centre_y, centre_x, extent = (

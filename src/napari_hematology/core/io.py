@@ -104,8 +104,9 @@ def read_image(path: str | Path, lazy: bool | None = None) -> SmearImage:
     except InputError:
         raise
     except Exception as error:  # every decoder has its own exception types
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
         raise InputError(
-            f"{path.name}: cannot be read ({type(error).__name__}: {error}). "
+            f"{path.name}: cannot be read ({type(error).__name__}: {detail}). "
             "The file is corrupt, truncated or not really an image; re-export it from the scanner software."
         ) from error
 

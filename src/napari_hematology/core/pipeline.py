@@ -27,6 +27,7 @@ from napari_hematology.core.segmentation import Segmentation, SegmentationConfig
 BLAST = "blast"
 DEFAULT_BLAST_THRESHOLD = 0.5
 CROP_CONTEXT = 1.3
+MIN_CROP_SIDE = 32
 OVERLAY_MAX_SIDE = 1024
 LABEL_TILE = 1024
 SCHEDULER_TIMEOUT_S = 10
@@ -60,6 +61,8 @@ class ImageAnalysis:
 def cut_crops(image, cells: pd.DataFrame, context: float = CROP_CONTEXT) -> list[np.ndarray]:
     """Cut one square crop per cell, centred on the cell, ``context`` times its larger box side.
 
+    Crops are at least ``MIN_CROP_SIDE`` pixels wide (less only where the image border clips them).
+
     Args:
         image: (Y, X, 3) array, numpy or dask.
         cells: Table with centroid and bounding-box columns.
@@ -72,7 +75,8 @@ def cut_crops(image, cells: pd.DataFrame, context: float = CROP_CONTEXT) -> list
     height, width = image.shape[:2]
     crops = []
     for cell in cells.itertuples():
-        half = context * max(cell.bbox_y1 - cell.bbox_y0, cell.bbox_x1 - cell.bbox_x0) / 2
+        side = max(MIN_CROP_SIDE, context * max(cell.bbox_y1 - cell.bbox_y0, cell.bbox_x1 - cell.bbox_x0))
+        half = side / 2
         y0, y1 = int(max(0, cell.centroid_y - half)), int(min(height, cell.centroid_y + half + 1))
         x0, x1 = int(max(0, cell.centroid_x - half)), int(min(width, cell.centroid_x + half + 1))
         crops.append(image[y0:y1, x0:x1, :3])

@@ -67,6 +67,7 @@ class TaskRunner(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        prepare_torch()
         self._signals = _ProgressSignals()
         self._signals.progressed.connect(self._on_progress)
         self._stop = threading.Event()

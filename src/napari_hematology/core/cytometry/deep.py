@@ -85,7 +85,7 @@ class Clusterer:
         model: The IDEC or VaDE module (eval mode).
         channels: Channel names, in column order.
         mean: Per-channel mean of the training events (after transform).
-        std: Per-channel standard deviation of the training events.
+        std: Per-channel scale (one value shared by all channels: their pooled standard deviation).
         populations: Cluster names.
         extra: Other metadata saved with the model (transform, training time, ...).
     """
@@ -239,7 +239,9 @@ def _check_values(values: np.ndarray, channels: list[str], clusters: int) -> tup
             f"Channel(s) {', '.join(constant)} are constant (every event has the same value) and carry no "
             "information; leave them out with --channels."
         )
-    return values.mean(axis=0), std
+    # One scale for all channels: transformed channels are already comparable, and z-scoring each one
+    # would blow a noise-only channel up to the weight of the channels that separate populations.
+    return values.mean(axis=0), np.full(len(channels), float(np.sqrt((std**2).mean())))
 
 
 def _prototype_count(config: ClusterConfig, events: int) -> int:
