@@ -194,3 +194,51 @@ def test_latent_map_has_coordinates_features_and_confusion():
     assert {"cell", "label", "predicted", "confidence", "prob_A"} <= set(view.features.columns)
     assert view.confusion.shape == (3, 3) and int(view.confusion.to_numpy().sum()) == data.n_cells
     assert np.trace(view.confusion.to_numpy()) > 0.9 * data.n_cells
+
+
+# --- supervised gene selection -----------------------------------------------------------------------
+
+def test_gene_selection_keeps_class_genes_with_sklearn_f_statistic():
+    from sklearn.feature_selection import f_classif
+
+    from napari_hematology.core.expression.preprocessing import GeneStatistics, normalise_rows
+
+    data = synthetic_counts(sparse_matrix=True)
+    labels = labels_of(data, "cell_type")
+    config = PreprocessConfig(n_top_genes=None, select_genes=12)
+    fitted = fit_preprocessing(data, config, labels)
+    assert len(fitted.genes) == 12 and all(int(gene[1:]) < 30 for gene in fitted.genes)
+    normalised = normalise_rows(data.matrix, config).toarray()
+    statistics = GeneStatistics(data.n_genes, 3)
+    statistics.add(normalised, np.searchsorted(["A", "B", "C"], labels))
+    expected = np.nan_to_num(f_classif(normalised, labels)[0])
+    np.testing.assert_allclose(statistics.f_statistic(np.arange(3)), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_cross_validated_gene_count_picks_a_candidate():
+    from napari_hematology.core.expression.selection import cross_validate_gene_count
+
+    count, scores = cross_validate_gene_count(synthetic_counts(), "cell_type", quick_config(), (3, 30),
+                                              folds=2)
+    assert set(scores) == {3, 30} and count in scores
+    assert scores[count] == max(scores.values()) > 0.8
+
+
+def test_cli_select_genes(tmp_path):
+    from napari_hematology.cli import main
+
+    data = synthetic_counts()
+    table = pd.DataFrame(data.matrix, columns=data.genes)
+    table.insert(0, "cell", data.cells)
+    table["cell_type"] = data.obs["cell_type"]
+    table.to_csv(tmp_path / "cells.csv", index=False)
+    common = ["expression", "fit", "--data", str(tmp_path / "cells.csv"), "--label-key", "cell_type",
+              "--pretrain-epochs", "1", "--head", "linear"]
+    assert main([*common, "--out", str(tmp_path / "m"), "--select-genes", "6"]) == 0
+    assert len(load_expression_model(tmp_path / "m").preprocessor.genes) == 6
+    assert main([*common, "--out", str(tmp_path / "bad"), "--select-genes", "0"]) == 2
+
+
+def test_gene_selection_without_labels_is_refused():
+    with pytest.raises(InputError, match="needs class labels"):
+        fit_preprocessing(synthetic_counts(), PreprocessConfig(select_genes=5))

@@ -19,6 +19,7 @@ from napari_hematology.core.cytometry.pipeline import (
     apply_pipeline,
     load_pipeline,
     load_pipeline_config,
+    pipeline_config_from_dict,
     read_batch,
     read_reference,
     run_pipeline,
@@ -38,7 +39,7 @@ __all__ = [
     "TRANSFORMS", "ClusterConfig", "Clusterer", "FcsSample", "PipelineConfig", "PipelineResult",
     "StageConfig", "apply_pipeline", "cell_table", "channel_indices", "compensate", "default_channels",
     "final_populations", "fit_clusterer", "list_fcs", "load_clusterer", "load_pipeline",
-    "load_pipeline_config", "proportions_table", "read_batch", "read_fcs", "read_reference",
+    "load_pipeline_config", "pipeline_config_from_dict", "proportions_table", "read_batch", "read_fcs", "read_reference",
     "run_pipeline", "sample_values", "save_pipeline", "scatter_coordinates", "single_stage_config",
     "transform", "write_outputs",
 ]

@@ -170,7 +170,8 @@ def fit_clusterer(
         config: Model and training settings.
         sample_ids: Sample index of every event (needed with ``reference``).
         reference: Reference fractions ``(samples, clusters)``; rows sum to 1, NaN rows are unknown.
-        populations: Cluster names; default ``0..clusters-1``.
+        populations: Cluster names; default ``0..clusters-1``. Without a reference, clusters are numbered
+            by size, largest first.
         progress: Called as ``progress(step, total, message)``.
         should_stop: Returns True to cancel.
 
@@ -217,6 +218,8 @@ def fit_clusterer(
     loss = _clustering_loss(model, x, config, batch_reference)
     train(model, dataset, loss, _train_config(config, config.epochs),
           progress=steps.phase(1, "clustering"), should_stop=should_stop)
+    if reference is None:
+        _number_by_size(model, x)
     extra = {"method": config.method, "train_seconds": time.perf_counter() - started,
              "cluster_config": asdict(config)}
     return Clusterer(model, list(channels), mean, std, populations, extra)
@@ -303,6 +306,16 @@ def _initialise_clusters(model, x, config: ClusterConfig) -> None:
     model.prior_logits.data = _as_tensor(np.log(counts / counts.sum()))
     model.prior_means.data = _as_tensor(centers)
     model.prior_logvars.data = _as_tensor(np.tile(np.log(pooled_variance), (prototypes, 1)))
+
+
+def _number_by_size(model, x) -> None:
+    """Renumber clusters by size, largest first, so that unsupervised runs name clusters repeatably."""
+    import torch
+
+    sizes = np.bincount(predict(model, x, batch_size=8192).argmax(axis=1), minlength=model.clusters)
+    new_index = np.empty(model.clusters, dtype=np.int64)
+    new_index[np.argsort(-sizes, kind="stable")] = np.arange(model.clusters)
+    model.membership.copy_(torch.as_tensor(new_index)[model.membership])
 
 
 def _align_to_reference(model, x, sample_ids: np.ndarray, reference: np.ndarray) -> None:

@@ -78,6 +78,8 @@ class ExpressionConfig:
                      seed: int = 0, select_genes: int | None = None) -> ExpressionConfig:
         """The settings the command line and the widget expose, everything else at its default.
 
+        ``n_top_genes`` 0 or None keeps every gene.
+
         Raises:
             InputError: Unknown encoder, head or value kind, or a negative epoch count.
         """
@@ -90,7 +92,7 @@ class ExpressionConfig:
         if select_genes is not None and select_genes < 1:
             raise InputError(f"The number of selected genes must be 1 or more, got {select_genes}.")
         config = cls(encoder=encoder, head=head, preprocess=PreprocessConfig(
-            values=values, n_top_genes=n_top_genes, select_genes=select_genes))
+            values=values, n_top_genes=n_top_genes or None, select_genes=select_genes))
         for training in (config.pretraining, config.head_training, config.graph_training):
             training.seed = seed
         if pretrain_epochs is not None:

@@ -259,7 +259,8 @@ class GeneStatistics:
             shape=(len(self.group_count), len(groups)),
         )
         self.group_count += np.bincount(groups, minlength=len(self.group_count))
-        for accumulated, values in ((self.group_total, one_hot @ chunk), (self.group_squares, one_hot @ squared)):
+        pairs = ((self.group_total, one_hot @ chunk), (self.group_squares, one_hot @ squared))
+        for accumulated, values in pairs:
             accumulated += values.toarray() if sparse.issparse(values) else np.asarray(values)
 
     def mean_and_variance(self) -> tuple[np.ndarray, np.ndarray]:
