@@ -66,7 +66,7 @@ def matched_f1(truth: np.ndarray, predicted: np.ndarray) -> dict:
             both = np.sum(is_population & is_cluster)
             f1[i, j] = 2 * both / (is_population.sum() + is_cluster.sum())
     rows, columns = linear_sum_assignment(-f1)
-    per_population = {populations[r]: float(f1[r, c]) for r, c in zip(rows, columns)}
+    per_population = {populations[r]: float(f1[r, c]) for r, c in zip(rows, columns, strict=False)}
     per_population = {p: per_population.get(p, 0.0) for p in populations if p != UNLABELED}
     labelled = truth != UNLABELED
     return {
@@ -82,8 +82,12 @@ def summarise(runs: list[dict]) -> dict:
     summary = {}
     for key in ("mean_f1", "ari_all_events", "ari_labelled_events"):
         values = np.array([r[key] for r in runs])
-        summary[key] = {"mean": float(values.mean()), "spread": float(values.max() - values.min()),
-                        "std": float(values.std()), "per_seed": [round(float(v), 4) for v in values]}
+        summary[key] = {
+            "mean": float(values.mean()),
+            "spread": float(values.max() - values.min()),
+            "std": float(values.std()),
+            "per_seed": [round(float(v), 4) for v in values],
+        }
     populations = runs[0]["f1"]
     summary["f1_per_population_mean"] = {p: float(np.mean([r["f1"][p] for r in runs])) for p in populations}
     if "seconds" in runs[0]:
@@ -106,7 +110,9 @@ def accuracy_benchmark(values: np.ndarray, labels: np.ndarray, seeds: int) -> di
         runs = []
         for seed in range(seeds):
             started = time.perf_counter()
-            clusterer = fit_clusterer(values, FF_MARKERS, ClusterConfig(method=method, clusters=clusters, seed=seed))
+            clusterer = fit_clusterer(
+                values, FF_MARKERS, ClusterConfig(method=method, clusters=clusters, seed=seed)
+            )
             predicted = clusterer.assign(values).argmax(axis=1)
             runs.append({**matched_f1(labels, predicted), "seconds": time.perf_counter() - started})
             print(f"{method} seed {seed}: F1 {runs[-1]['mean_f1']:.3f}", file=sys.stderr)
@@ -130,8 +136,14 @@ def flowsom_benchmark(values, labels, clusters, seeds) -> dict:
     runs = []
     for seed in range(seeds):
         started = time.perf_counter()
-        fsom = flowsom.FlowSOM(anndata.AnnData(values.astype(np.float32)), cols_to_use=list(range(values.shape[1])),
-                               n_clusters=clusters, xdim=10, ydim=10, seed=seed)
+        fsom = flowsom.FlowSOM(
+            anndata.AnnData(values.astype(np.float32)),
+            cols_to_use=list(range(values.shape[1])),
+            n_clusters=clusters,
+            xdim=10,
+            ydim=10,
+            seed=seed,
+        )
         predicted = fsom.get_cell_data().obs["metaclustering"].to_numpy()
         runs.append({**matched_f1(labels, predicted), "seconds": time.perf_counter() - started})
     return {**summarise(runs), "settings": "10x10 SOM, consensus metaclustering, same channels and K"}
@@ -144,7 +156,7 @@ def remix(values, labels, populations, samples, events, rng):
     rows, truth, ids = [], [], []
     for s, fraction in enumerate(fractions):
         counts = rng.multinomial(events, fraction)
-        for k, (population, count) in enumerate(zip(populations, counts)):
+        for k, (population, count) in enumerate(zip(populations, counts, strict=False)):
             rows.append(values[rng.choice(pools[population], count)])
             truth += [k] * count
             ids += [s] * count
@@ -157,13 +169,26 @@ def soft_label_benchmark(values, labels, threads) -> dict:
     rng = np.random.default_rng(0)
     train_x, train_truth, train_ids, train_fractions = remix(values, labels, populations, 16, 3000, rng)
     test_x, test_truth, test_ids, test_fractions = remix(values, labels, populations, 8, 3000, rng)
-    results = {"populations": populations, "train_samples": 16, "unseen_samples": 8, "events_per_sample": 3000}
+    results = {
+        "populations": populations,
+        "train_samples": 16,
+        "unseen_samples": 8,
+        "events_per_sample": 3000,
+    }
     for method in ("idec", "vade"):
         config = ClusterConfig(method=method, clusters=len(populations), threads=threads)
-        clusterer = fit_clusterer(train_x, FF_MARKERS, config, sample_ids=train_ids, reference=train_fractions,
-                                  populations=populations)
+        clusterer = fit_clusterer(
+            train_x,
+            FF_MARKERS,
+            config,
+            sample_ids=train_ids,
+            reference=train_fractions,
+            populations=populations,
+        )
         results[method] = {
-            "trained_samples": _soft_label_scores(clusterer, train_x, train_truth, train_ids, train_fractions),
+            "trained_samples": _soft_label_scores(
+                clusterer, train_x, train_truth, train_ids, train_fractions
+            ),
             "unseen_samples": _soft_label_scores(clusterer, test_x, test_truth, test_ids, test_fractions),
             "train_seconds": clusterer.extra["train_seconds"],
         }
@@ -175,8 +200,11 @@ def _soft_label_scores(clusterer, x, truth, ids, fractions) -> dict:
     probabilities = clusterer.assign(x)
     estimated = np.stack([probabilities[ids == s].mean(axis=0) for s in range(len(fractions))])
     errors = np.abs(estimated - fractions) * 100
-    return {"cell_accuracy": float(np.mean(probabilities.argmax(axis=1) == truth)),
-            "proportion_mae_points": float(errors.mean()), "proportion_max_error_points": float(errors.max())}
+    return {
+        "cell_accuracy": float(np.mean(probabilities.argmax(axis=1) == truth)),
+        "proportion_mae_points": float(errors.mean()),
+        "proportion_max_error_points": float(errors.max()),
+    }
 
 
 def speed_benchmark(data: Path, files: int, threads: int) -> dict:
@@ -193,11 +221,18 @@ def speed_benchmark(data: Path, files: int, threads: int) -> dict:
             events = source.events[rng.choice(len(source.events), SPEED_EVENTS)]
             path = folder / f"sample_{i:03d}.fcs"
             with open(path, "wb") as handle:
-                flowio.create_fcs(handle, events.astype(np.float32).ravel(), source.names,
-                                  opt_channel_names=source.markers)
+                flowio.create_fcs(
+                    handle, events.astype(np.float32).ravel(), source.names, opt_channel_names=source.markers
+                )
             paths.append(path)
-        config = single_stage_config(clusters=7, method="idec", channels=FF_MARKERS, transform="none",
-                                     compensate=False, settings={"threads": threads})
+        config = single_stage_config(
+            clusters=7,
+            method="idec",
+            channels=FF_MARKERS,
+            transform="none",
+            compensate=False,
+            settings={"threads": threads},
+        )
         started = time.perf_counter()
         result = run_pipeline(paths[:1], config)
         train_seconds = time.perf_counter() - started
@@ -209,7 +244,9 @@ def speed_benchmark(data: Path, files: int, threads: int) -> dict:
         write_outputs(apply_pipeline(paths, folder / "model"), folder / "out")
         with_csv_seconds = time.perf_counter() - started
     return {
-        "files": files, "events_per_file": SPEED_EVENTS, "torch_threads": threads,
+        "files": files,
+        "events_per_file": SPEED_EVENTS,
+        "torch_threads": threads,
         "train_seconds_one_20k_file": train_seconds,
         "samples_per_minute_assign": 60 * files / assign_seconds,
         "samples_per_minute_with_csv_outputs": 60 * files / with_csv_seconds,
@@ -221,7 +258,7 @@ def describe_clusters(result, stage_index: int = 0, top: int = 3) -> dict:
     stage = result.stages[stage_index]
     channels = stage.clusterers[0].channels
     values, labels = [], []
-    for sample, probabilities in zip(result.samples, stage.probabilities):
+    for sample, probabilities in zip(result.samples, stage.probabilities, strict=False):
         seen = np.isfinite(probabilities).all(axis=1)
         values.append(sample_values(sample, channels, result.config)[seen])
         labels.append(probabilities[seen].argmax(axis=1))
@@ -248,15 +285,29 @@ def unlabelled_benchmark(data: Path, threads: int) -> dict:
     folder = data / "cytometry"
     runs = {
         "cytonorm (mass cytometry, YAML two-stage: IDEC then VaDE)": (
-            sorted((folder / "cytonorm").glob("*.fcs")), load_pipeline_config(STAGES)),
+            sorted((folder / "cytonorm").glob("*.fcs")),
+            load_pipeline_config(STAGES),
+        ),
         "flowspy_time_course (IDEC, 6 clusters)": (
             sorted((folder / "flowspy_time_course").glob("*.fcs")),
-            pipeline_config_from_dict({"transform": "arcsinh", "cofactor": 150, "stages": [
-                {"name": "cluster", "method": "idec", "clusters": 6, "threads": threads}]})),
+            pipeline_config_from_dict(
+                {
+                    "transform": "arcsinh",
+                    "cofactor": 150,
+                    "stages": [{"name": "cluster", "method": "idec", "clusters": 6, "threads": threads}],
+                }
+            ),
+        ),
         "facs_diva_test (VaDE, 6 clusters)": (
             [folder / "facs_diva_test.fcs"],
-            pipeline_config_from_dict({"transform": "arcsinh", "cofactor": 150, "stages": [
-                {"name": "cluster", "method": "vade", "clusters": 6, "threads": threads}]})),
+            pipeline_config_from_dict(
+                {
+                    "transform": "arcsinh",
+                    "cofactor": 150,
+                    "stages": [{"name": "cluster", "method": "vade", "clusters": 6, "threads": threads}],
+                }
+            ),
+        ),
     }
     report = {}
     for name, (paths, config) in runs.items():
@@ -265,7 +316,9 @@ def unlabelled_benchmark(data: Path, threads: int) -> dict:
         seconds = time.perf_counter() - started
         table = proportions_table(result)
         report[name] = {
-            "files": len(paths), "events": int(table["events"].sum()), "channels": result.config.channels,
+            "files": len(paths),
+            "events": int(table["events"].sum()),
+            "channels": result.config.channels,
             "seconds": seconds,
             "clusters": {s.stage.name: describe_clusters(result, i) for i, s in enumerate(result.stages)},
             "proportions": table.round(4).to_dict(orient="records"),
@@ -297,8 +350,12 @@ def main() -> int:
     results["total_seconds"] = time.perf_counter() - started
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: results["accuracy_ff_fcs"][k].get("mean_f1") for k in ("idec", "vade", "kmeans", "flowsom")},
-                     indent=2))
+    print(
+        json.dumps(
+            {k: results["accuracy_ff_fcs"][k].get("mean_f1") for k in ("idec", "vade", "kmeans", "flowsom")},
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -54,15 +54,22 @@ def make_events(counts: dict[str, int], seed: int = 0) -> tuple[np.ndarray, np.n
 
 def write_fcs(path: Path, events: np.ndarray, names=NAMES, markers=MARKERS, metadata=None) -> Path:
     with open(path, "wb") as handle:
-        flowio.create_fcs(handle, events.astype(np.float32).ravel().tolist(), list(names),
-                          opt_channel_names=list(markers), metadata_dict=metadata or {})
+        flowio.create_fcs(
+            handle,
+            events.astype(np.float32).ravel().tolist(),
+            list(names),
+            opt_channel_names=list(markers),
+            metadata_dict=metadata or {},
+        )
     return path
 
 
 @pytest.fixture
 def two_files(tmp_path):
     paths, labels = [], []
-    for i, counts in enumerate(({"plt": 300, "pure": 500, "retic": 200}, {"plt": 200, "pure": 300, "retic": 500})):
+    for i, counts in enumerate(
+        ({"plt": 300, "pure": 500, "retic": 200}, {"plt": 200, "pure": 300, "retic": 500})
+    ):
         events, truth = make_events(counts, seed=i)
         paths.append(write_fcs(tmp_path / f"s{i}.fcs", events))
         labels.append(truth)
@@ -171,11 +178,14 @@ def test_two_stage_pipeline_with_soft_labels_from_reference(tmp_path, two_files)
     config = load_pipeline_config(tmp_path / "stages.yaml")
     config.stages[0].settings.update(FAST)
     rows = []
-    for path, truth in zip(paths, labels):
+    for path, truth in zip(paths, labels, strict=False):
         rbc = truth != "plt"
-        rows += [(path.stem, "PLT", np.mean(~rbc)), (path.stem, "RBC", np.mean(rbc)),
-                 (path.name, "pure", np.mean(truth[rbc] == "pure")),
-                 (path.name, "retic", np.mean(truth[rbc] == "retic"))]
+        rows += [
+            (path.stem, "PLT", np.mean(~rbc)),
+            (path.stem, "RBC", np.mean(rbc)),
+            (path.name, "pure", np.mean(truth[rbc] == "pure")),
+            (path.name, "retic", np.mean(truth[rbc] == "retic")),
+        ]
     pd.DataFrame(rows, columns=["file", "population", "fraction"]).to_csv(tmp_path / "ref.csv", index=False)
     result = run_pipeline(paths, config, tmp_path / "ref.csv")
     cells = cell_table(result, 1)
@@ -188,7 +198,10 @@ def test_two_stage_pipeline_with_soft_labels_from_reference(tmp_path, two_files)
     assert proportions["prop_lineage_PLT"].tolist() == pytest.approx([0.3, 0.2], abs=0.03)
     coordinates, axes = scatter_coordinates(result, 0, stage_index=1)
     assert axes == ["latent 1", "latent 2"]
-    assert np.isnan(coordinates[labels[0] == "plt"]).all() and np.isfinite(coordinates[labels[0] == "pure"]).all()
+    assert (
+        np.isnan(coordinates[labels[0] == "plt"]).all()
+        and np.isfinite(coordinates[labels[0] == "pure"]).all()
+    )
 
 
 def test_reference_errors_name_the_file_and_population(tmp_path, two_files):
@@ -237,8 +250,25 @@ def test_saved_pipeline_reapplies_identically(tmp_path, two_files):
 def test_cli_cluster_contract(tmp_path, two_files, capsys):
     paths, labels = two_files
     out = tmp_path / "out"
-    code = main(["cytometry", "cluster", *map(str, paths), "--out", str(out), "--clusters", "3",
-                 "--method", "idec", "--channels", "CD45", "CD61", "CD71", "--epochs", "4"])
+    code = main(
+        [
+            "cytometry",
+            "cluster",
+            *map(str, paths),
+            "--out",
+            str(out),
+            "--clusters",
+            "3",
+            "--method",
+            "idec",
+            "--channels",
+            "CD45",
+            "CD61",
+            "CD71",
+            "--epochs",
+            "4",
+        ]
+    )
     assert code == 0
     cells = pd.read_csv(out / "s1_clusters.csv")
     assert list(cells.columns) == ["event", "cluster", "prob_0", "prob_1", "prob_2"]
@@ -254,8 +284,20 @@ def test_cli_errors_are_one_line(tmp_path, two_files, capsys):
     assert code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("napari-hematology: error: s0.fcs: no channel named 'CD99'") and "\n" not in error
-    assert main(["cytometry", "pipeline", "--config", str(tmp_path / "missing.yaml"), str(paths[0]),
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "cytometry",
+                "pipeline",
+                "--config",
+                str(tmp_path / "missing.yaml"),
+                str(paths[0]),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.data

@@ -9,16 +9,9 @@ position; neighbouring red cells stay visible and keep the cell's relative size 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-
-from napari_hematology.core.errors import InputError
-from napari_hematology.core.io import read_image, to_rgb8
-from napari_hematology.core.progress import ProgressCallback, StopCallback, tracked
 
 CROP_SIZE = 64
 CONTEXT = 1.8
@@ -121,8 +114,7 @@ def normalise_crop(rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONT
 
 
 def _cut_square(image: Image.Image, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """Resize the square ``box`` of ``image`` to ``size`` pixels, mirroring the image where the box
-    leaves it."""
+    """Resize the square ``box`` of ``image`` to ``size`` pixels, mirrored where it leaves the image."""
     scale = size / (box[2] - box[0])
     inside = (max(box[0], 0), max(box[1], 0), min(box[2], image.width), min(box[3], image.height))
     width = min(size, max(1, round((inside[2] - inside[0]) * scale)))

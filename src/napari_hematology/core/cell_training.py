@@ -92,7 +92,7 @@ class CellSet:
         return len(self.labels)
 
     def subset(self, index: np.ndarray) -> CellSet:
-        """The crops at ``index``."""
+        """Select the crops at ``index``."""
         return CellSet(**{name: value[index] for name, value in vars(self).items()})
 
     def allowed(self, classes: list[str]) -> np.ndarray:
@@ -126,7 +126,11 @@ def list_training_crops(data_root: str | Path) -> pd.DataFrame:
                 "single_cells/all_idb2, single_cells/bccd_crops and single_cells/wbc_seg."
             )
     return pd.concat(
-        [_all_idb2_rows(cells / "all_idb2"), _bccd_rows(cells / "bccd_crops"), _wbc_seg_rows(cells / "wbc_seg")],
+        [
+            _all_idb2_rows(cells / "all_idb2"),
+            _bccd_rows(cells / "bccd_crops"),
+            _wbc_seg_rows(cells / "wbc_seg"),
+        ],
         ignore_index=True,
     )
 
@@ -200,8 +204,11 @@ def load_cell_set(
 
 
 def sample_weights(cells: CellSet, noisy_weight: float) -> np.ndarray:
-    """Loss weights: rare labels of a source count more (inverse square root of their frequency),
-    labels that were not expert-checked count ``noisy_weight`` times as much."""
+    """Loss weights: rare labels count more, labels not checked by experts count less.
+
+    A crop's weight is the inverse square root of its label's frequency within its source, times
+    ``noisy_weight`` for noisy sources; weights average 1.
+    """
     keys = pd.Series(cells.sources.astype(str)) + "/" + pd.Series(cells.labels.astype(str))
     counts = keys.map(keys.value_counts()).to_numpy(dtype=np.float32)
     weights = 1.0 / np.sqrt(counts)

@@ -32,8 +32,18 @@ from napari_hematology.widgets._runner import TaskRunner, report_error
 
 LATENT = "latent space"
 POINT_SIZE = 0.05
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf")
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 class CytometryWidget(QWidget):
@@ -127,7 +137,7 @@ class CytometryWidget(QWidget):
         self.files_list.clear()
         self.files_list.addItems([f"{s.name} ({len(s.events)} events)" for s in samples])
         self.channels_list.clear()
-        for name, shown in zip(samples[0].names, samples[0].display_names()):
+        for name, shown in zip(samples[0].names, samples[0].display_names(), strict=False):
             item = QListWidgetItem(shown)
             item.setData(Qt.ItemDataRole.UserRole, name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
@@ -141,7 +151,7 @@ class CytometryWidget(QWidget):
         return [i.data(Qt.ItemDataRole.UserRole) for i in items if i.checkState() == Qt.CheckState.Checked]
 
     def pipeline_config(self):
-        """The run's configuration: the stages file if given, else one stage from the form."""
+        """Build the run's configuration: the stages file if given, else one stage from the form."""
         import dataclasses
 
         from napari_hematology.core.cytometry import load_pipeline_config, single_stage_config
@@ -154,12 +164,16 @@ class CytometryWidget(QWidget):
         }
         if self.stages_edit.text().strip():
             config = load_pipeline_config(self.stages_edit.text().strip())
-            return dataclasses.replace(config, **{k: v for k, v in preprocessing.items()
-                                                  if k != "channels" or config.channels is None})
+            return dataclasses.replace(
+                config,
+                **{k: v for k, v in preprocessing.items() if k != "channels" or config.channels is None},
+            )
         epochs = self.epochs_spin.value()
         return single_stage_config(
-            clusters=self.clusters_spin.value(), method=self.method_combo.currentText(),
-            settings={"epochs": epochs, "pretrain_epochs": epochs}, **preprocessing,
+            clusters=self.clusters_spin.value(),
+            method=self.method_combo.currentText(),
+            settings={"epochs": epochs, "pretrain_epochs": epochs},
+            **preprocessing,
         )
 
     def run(self) -> None:
@@ -217,8 +231,14 @@ class CytometryWidget(QWidget):
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         span = float(np.nanstd(coordinates)) or 1.0
-        self.viewer.add_points(coordinates[seen][:, ::-1], features=features, face_color=colour_by,
-                               size=POINT_SIZE * span, border_width=0, name=name)
+        self.viewer.add_points(
+            coordinates[seen][:, ::-1],
+            features=features,
+            face_color=colour_by,
+            size=POINT_SIZE * span,
+            border_width=0,
+            name=name,
+        )
 
     def _show_table(self, table) -> None:
         self.table.setRowCount(len(table))
@@ -240,7 +260,9 @@ class ProportionChart(QWidget):
 
     def set_proportions(self, files: list[str], proportions: np.ndarray) -> None:
         """Show one row of population fractions per file."""
-        self.rows = [(str(f), [float(v) for v in values]) for f, values in zip(files, proportions)]
+        self.rows = [
+            (str(f), [float(v) for v in values]) for f, values in zip(files, proportions, strict=False)
+        ]
         self.update()
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
@@ -253,8 +275,9 @@ class ProportionChart(QWidget):
             left = 0.0
             for k, value in enumerate(values):
                 width = value * self.width()
-                painter.fillRect(QRectF(left, row * height + 1, width, height - 2),
-                                 QColor(PALETTE[k % len(PALETTE)]))
+                painter.fillRect(
+                    QRectF(left, row * height + 1, width, height - 2), QColor(PALETTE[k % len(PALETTE)])
+                )
                 left += width
         painter.end()
 

@@ -1,5 +1,8 @@
-"""Per-cell signal (flow and mass cytometry) analysis: FCS reading, transforms, IDEC/VaDE deep clustering,
-staged pipelines and soft labels from per-sample reference proportions."""
+"""Per-cell signal (flow and mass cytometry) analysis.
+
+FCS reading, transforms, IDEC/VaDE deep clustering, staged pipelines and soft labels from per-sample
+reference proportions.
+"""
 
 from napari_hematology.core.cytometry.deep import ClusterConfig, Clusterer, fit_clusterer, load_clusterer
 from napari_hematology.core.cytometry.fcs import (
@@ -36,10 +39,34 @@ from napari_hematology.core.cytometry.tables import (
 )
 
 __all__ = [
-    "TRANSFORMS", "ClusterConfig", "Clusterer", "FcsSample", "PipelineConfig", "PipelineResult",
-    "StageConfig", "apply_pipeline", "cell_table", "channel_indices", "compensate", "default_channels",
-    "final_populations", "fit_clusterer", "list_fcs", "load_clusterer", "load_pipeline",
-    "load_pipeline_config", "pipeline_config_from_dict", "proportions_table", "read_batch", "read_fcs", "read_reference",
-    "run_pipeline", "sample_values", "save_pipeline", "scatter_coordinates", "single_stage_config",
-    "transform", "write_outputs",
+    "TRANSFORMS",
+    "ClusterConfig",
+    "Clusterer",
+    "FcsSample",
+    "PipelineConfig",
+    "PipelineResult",
+    "StageConfig",
+    "apply_pipeline",
+    "cell_table",
+    "channel_indices",
+    "compensate",
+    "default_channels",
+    "final_populations",
+    "fit_clusterer",
+    "list_fcs",
+    "load_clusterer",
+    "load_pipeline",
+    "load_pipeline_config",
+    "pipeline_config_from_dict",
+    "proportions_table",
+    "read_batch",
+    "read_fcs",
+    "read_reference",
+    "run_pipeline",
+    "sample_values",
+    "save_pipeline",
+    "scatter_coordinates",
+    "single_stage_config",
+    "transform",
+    "write_outputs",
 ]

@@ -48,6 +48,7 @@ class ClusterConfig:
         max_train_events: Events used for training (a random subset of the pooled events).
         seed: Random seed.
         threads: Torch CPU threads; None keeps torch's default.
+
     """
 
     method: str = "idec"
@@ -70,7 +71,9 @@ class ClusterConfig:
     def check(self) -> None:
         """Raise :class:`InputError` for settings that cannot work."""
         if self.method not in METHODS:
-            raise InputError(f"Unknown clustering method {self.method!r}; choose one of {', '.join(METHODS)}.")
+            raise InputError(
+                f"Unknown clustering method {self.method!r}; choose one of {', '.join(METHODS)}."
+            )
         if self.clusters < 2:
             raise InputError(f"At least 2 clusters are needed, got {self.clusters}.")
         if min(self.pretrain_epochs, self.epochs) < 0 or self.batch_size < 2:
@@ -88,6 +91,7 @@ class Clusterer:
         std: Per-channel scale (one value shared by all channels: their pooled standard deviation).
         populations: Cluster names.
         extra: Other metadata saved with the model (transform, training time, ...).
+
     """
 
     model: object
@@ -132,6 +136,7 @@ def load_clusterer(directory: str | Path) -> Clusterer:
 
     Raises:
         ModelFileError: The folder is missing, corrupt or holds another kind of model.
+
     """
     from napari_hematology.core.errors import ModelFileError
     from napari_hematology.core.registry import load_model, read_model_config
@@ -180,6 +185,7 @@ def fit_clusterer(
 
     Raises:
         InputError: Too few events, NaN or constant channels, inconsistent reference.
+
     """
     import time
 
@@ -196,15 +202,24 @@ def fit_clusterer(
     from napari_hematology.core.registry import create_model
 
     model = create_model(
-        config.method, in_features=x.shape[1], clusters=config.clusters,
-        prototypes=_prototype_count(config, len(x)), latent_dim=config.latent_dim,
+        config.method,
+        in_features=x.shape[1],
+        clusters=config.clusters,
+        prototypes=_prototype_count(config, len(x)),
+        latent_dim=config.latent_dim,
         hidden=list(config.hidden),
     )
     batches = -(-len(x) // config.batch_size)
     pretrain_epochs = max(config.pretrain_epochs, -(-config.min_pretrain_steps // batches))
     steps = _Phases(progress, batches, [pretrain_epochs, config.epochs])
-    train(model, (x,), _reconstruction_loss, _train_config(config, pretrain_epochs),
-          progress=steps.phase(0, "pretraining"), should_stop=should_stop)
+    train(
+        model,
+        (x,),
+        _reconstruction_loss,
+        _train_config(config, pretrain_epochs),
+        progress=steps.phase(0, "pretraining"),
+        should_stop=should_stop,
+    )
     check_cancel(should_stop)
     _initialise_clusters(model, x, config)
     batch_reference = None
@@ -216,12 +231,21 @@ def fit_clusterer(
     else:
         dataset = (x, torch.arange(len(x)))
     loss = _clustering_loss(model, x, config, batch_reference)
-    train(model, dataset, loss, _train_config(config, config.epochs),
-          progress=steps.phase(1, "clustering"), should_stop=should_stop)
+    train(
+        model,
+        dataset,
+        loss,
+        _train_config(config, config.epochs),
+        progress=steps.phase(1, "clustering"),
+        should_stop=should_stop,
+    )
     if reference is None:
         _number_by_size(model, x)
-    extra = {"method": config.method, "train_seconds": time.perf_counter() - started,
-             "cluster_config": asdict(config)}
+    extra = {
+        "method": config.method,
+        "train_seconds": time.perf_counter() - started,
+        "cluster_config": asdict(config),
+    }
     return Clusterer(model, list(channels), mean, std, populations, extra)
 
 
@@ -232,11 +256,13 @@ def _check_values(values: np.ndarray, channels: list[str], clusters: int) -> tup
         raise InputError(
             f"Only {len(values)} events to split into {clusters} clusters; use fewer clusters or more events."
         )
-    bad = [c for c, ok in zip(channels, np.isfinite(values).all(axis=0)) if not ok]
+    bad = [c for c, ok in zip(channels, np.isfinite(values).all(axis=0), strict=False) if not ok]
     if bad:
-        raise InputError(f"Channel(s) {', '.join(bad)} hold NaN or infinite values; drop them with --channels.")
+        raise InputError(
+            f"Channel(s) {', '.join(bad)} hold NaN or infinite values; drop them with --channels."
+        )
     std = values.std(axis=0)
-    constant = [c for c, s in zip(channels, std) if s < 1e-9]
+    constant = [c for c, s in zip(channels, std, strict=False) if s < 1e-9]
     if constant:
         raise InputError(
             f"Channel(s) {', '.join(constant)} are constant (every event has the same value) and carry no "
@@ -253,8 +279,15 @@ def _prototype_count(config: ClusterConfig, events: int) -> int:
 
 
 def _train_config(config: ClusterConfig, epochs: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                       weight_decay=0.0, seed=config.seed, device="cpu", threads=config.threads)
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=0.0,
+        seed=config.seed,
+        device="cpu",
+        threads=config.threads,
+    )
 
 
 class _Phases:
@@ -390,8 +423,11 @@ def _vade_loss(recon_variance: float):
         prior_vars = model.prior_logvars.exp().unsqueeze(0)
         cross = 0.5 * (
             gamma.unsqueeze(2)
-            * (model.prior_logvars.unsqueeze(0) + logvar.exp().unsqueeze(1) / prior_vars
-               + (mean.unsqueeze(1) - model.prior_means.unsqueeze(0)).pow(2) / prior_vars)
+            * (
+                model.prior_logvars.unsqueeze(0)
+                + logvar.exp().unsqueeze(1) / prior_vars
+                + (mean.unsqueeze(1) - model.prior_means.unsqueeze(0)).pow(2) / prior_vars
+            )
         ).sum(dim=(1, 2))
         log_pi = torch.log_softmax(model.prior_logits, dim=0).unsqueeze(0)
         categorical = (gamma * (gamma.add(EPSILON).log() - log_pi)).sum(dim=1)

@@ -26,6 +26,7 @@ class FcsSample:
         markers: ``$PnS`` labels (stain or marker names; empty strings where absent).
         spill: The spillover matrix carried by the file, with the channel names it applies to, or None.
         notes: Conversions made on the way that the user should know about.
+
     """
 
     path: Path
@@ -47,7 +48,7 @@ class FcsSample:
 
     def display_names(self) -> list[str]:
         """``marker (detector)`` where a marker is known, else the detector name."""
-        return [f"{m} ({n})" if m and m != n else n for n, m in zip(self.names, self.markers)]
+        return [f"{m} ({n})" if m and m != n else n for n, m in zip(self.names, self.markers, strict=False)]
 
 
 def list_fcs(paths: list[str | Path] | str | Path) -> list[Path]:
@@ -55,6 +56,7 @@ def list_fcs(paths: list[str | Path] | str | Path) -> list[Path]:
 
     Raises:
         InputError: A path does not exist, or no FCS file was found.
+
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -83,6 +85,7 @@ def read_fcs(path: str | Path) -> FcsSample:
 
     Raises:
         InputError: Missing, corrupt or truncated file, or a file without events.
+
     """
     import flowio
 
@@ -139,6 +142,7 @@ def compensate(sample: FcsSample) -> np.ndarray:
 
     Raises:
         InputError: The spillover matrix cannot be inverted.
+
     """
     events = sample.events.copy()
     if sample.spill is None:
@@ -148,7 +152,9 @@ def compensate(sample: FcsSample) -> np.ndarray:
     try:
         inverse = np.linalg.inv(matrix)
     except np.linalg.LinAlgError as error:
-        raise InputError(f"{sample.name}: the spillover matrix is singular and cannot be inverted.") from error
+        raise InputError(
+            f"{sample.name}: the spillover matrix is singular and cannot be inverted."
+        ) from error
     events[:, columns] = events[:, columns] @ inverse
     return events
 
@@ -156,10 +162,11 @@ def compensate(sample: FcsSample) -> np.ndarray:
 def default_channels(sample: FcsSample) -> list[str]:
     """Channels used when none are chosen: those with a marker label, else every non-time channel."""
     signal = [
-        n for n, m in zip(sample.names, sample.markers) if n.lower() not in NON_SIGNAL_CHANNELS
+        n for n, m in zip(sample.names, sample.markers, strict=False) if n.lower() not in NON_SIGNAL_CHANNELS
     ]
     labelled = [
-        n for n, m in zip(sample.names, sample.markers)
+        n
+        for n, m in zip(sample.names, sample.markers, strict=False)
         if m and m != n and n.lower() not in NON_SIGNAL_CHANNELS
     ]
     return labelled or signal
@@ -172,6 +179,7 @@ def channel_indices(sample: FcsSample, channels: list[str]) -> list[int]:
 
     Raises:
         InputError: A channel is missing or ambiguous; the message lists what the file has.
+
     """
     indices = []
     for wanted in channels:
@@ -188,7 +196,11 @@ def _find_channel(sample: FcsSample, wanted: str) -> int | None:
     for fold in (str, str.casefold):
         key = fold(wanted.strip())
         hits = sorted(
-            {i for i, (n, m) in enumerate(zip(sample.names, sample.markers)) if key in (fold(n), fold(m))}
+            {
+                i
+                for i, (n, m) in enumerate(zip(sample.names, sample.markers, strict=False))
+                if key in (fold(n), fold(m))
+            }
         )
         if len(hits) > 1:
             raise InputError(
@@ -214,6 +226,7 @@ def transform(values: np.ndarray, method: str = "arcsinh", cofactor: float = 150
 
     Raises:
         InputError: Unknown method or non-positive cofactor.
+
     """
     values = np.asarray(values, dtype=np.float64)
     if method == "none":
@@ -227,8 +240,9 @@ def transform(values: np.ndarray, method: str = "arcsinh", cofactor: float = 150
     raise InputError(f"Unknown transform {method!r}; choose one of {', '.join(TRANSFORMS)}.")
 
 
-def logicle(values: np.ndarray, top: float = 262144.0, width: float = 0.5, decades: float = 4.5,
-            extra: float = 0.0) -> np.ndarray:
+def logicle(
+    values: np.ndarray, top: float = 262144.0, width: float = 0.5, decades: float = 4.5, extra: float = 0.0
+) -> np.ndarray:
     """Parks' logicle transform (2006), evaluated by inverting the biexponential on a fine grid.
 
     Args:
@@ -240,6 +254,7 @@ def logicle(values: np.ndarray, top: float = 262144.0, width: float = 0.5, decad
 
     Returns:
         Transformed values on a ``0..decades`` scale.
+
     """
     grid = np.linspace(-0.5, 1.5, 20001)
     data_values = _biexponential(grid, top, width, decades, extra)

@@ -47,6 +47,7 @@ class StageConfig:
         parent_population: The parent's population to split.
         channels: Channels of this stage; None uses the pipeline's channels.
         settings: Further :class:`ClusterConfig` settings (epochs, latent_dim, ...).
+
     """
 
     name: str
@@ -64,7 +65,7 @@ class StageConfig:
         return list(self.populations or [str(k) for k in range(self.clusters)])
 
     def cluster_config(self, seed: int) -> ClusterConfig:
-        """The model and training settings of this stage."""
+        """Return the model and training settings of this stage."""
         return ClusterConfig(method=self.method, clusters=self.clusters, seed=seed, **self.settings)
 
 
@@ -80,6 +81,7 @@ class PipelineConfig:
         compensate: Apply the spillover matrix stored in each file.
         pooled: Train one model on the events of all files (True) or one model per file (False).
         seed: Random seed.
+
     """
 
     stages: list[StageConfig]
@@ -107,7 +109,9 @@ class PipelineConfig:
             if stage.parent is not None:
                 parent = seen.get(stage.parent)
                 if parent is None:
-                    raise InputError(f"Stage {stage.name!r}: parent {stage.parent!r} is not an earlier stage.")
+                    raise InputError(
+                        f"Stage {stage.name!r}: parent {stage.parent!r} is not an earlier stage."
+                    )
                 if stage.parent_population not in parent.population_names:
                     raise InputError(
                         f"Stage {stage.name!r}: parent_population {stage.parent_population!r} is not one of "
@@ -123,7 +127,7 @@ class PipelineConfig:
 def single_stage_config(
     clusters: int = 5, method: str = "idec", channels: list[str] | None = None, **options
 ) -> PipelineConfig:
-    """The configuration of a plain ``cytometry cluster`` run: one stage named ``cluster``."""
+    """Return the configuration of a plain ``cytometry cluster`` run: one stage named ``cluster``."""
     settings = options.pop("settings", {})
     stage = StageConfig(name="cluster", method=method, clusters=clusters, settings=settings)
     return PipelineConfig(stages=[stage], channels=channels, **options)
@@ -144,6 +148,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
 
     Raises:
         InputError: Missing or unreadable file, unknown keys, or stages that do not fit together.
+
     """
     import yaml
 
@@ -179,7 +184,9 @@ def pipeline_config_from_dict(raw, source: str = "stages config") -> PipelineCon
 def _refuse_unknown(mapping: dict, allowed: set[str], where: str) -> None:
     unknown = sorted(set(mapping) - allowed)
     if unknown:
-        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}.")
+        raise InputError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}."
+        )
 
 
 @dataclass
@@ -191,6 +198,7 @@ class StageResult:
         probabilities: Per file, ``(events, clusters)`` soft assignments; NaN rows for events the stage
             did not see (outside its parent population).
         clusterers: The fitted models: one when pooled, else one per file.
+
     """
 
     stage: StageConfig
@@ -207,7 +215,7 @@ class PipelineResult:
     stages: list[StageResult]
 
     def stage(self, name: str) -> StageResult:
-        """The result of the stage called ``name``."""
+        """Return the result of the stage called ``name``."""
         return next(s for s in self.stages if s.stage.name == name)
 
 
@@ -231,6 +239,7 @@ def read_batch(
 
     Raises:
         InputError: Unreadable files, duplicated file names, missing channels or mixed panels.
+
     """
     if not paths:
         raise InputError("No FCS files given.")
@@ -257,9 +266,9 @@ def read_batch(
 
 
 def _panel(sample: FcsSample) -> list[str]:
-    """The default channels as ``marker (detector)`` names, so that relabelled detectors differ."""
+    """Return the default channels as ``marker (detector)`` names, so that relabelled detectors differ."""
     channels = default_channels(sample)
-    return [d for d, n in zip(sample.display_names(), sample.names) if n in channels]
+    return [d for d, n in zip(sample.display_names(), sample.names, strict=False) if n in channels]
 
 
 def sample_values(sample: FcsSample, channels: list[str], config: PipelineConfig) -> np.ndarray:
@@ -267,12 +276,13 @@ def sample_values(sample: FcsSample, channels: list[str], config: PipelineConfig
 
     Raises:
         InputError: A channel is missing, or holds NaN or infinite values.
+
     """
     columns = channel_indices(sample, channels)
     events = compensate(sample) if config.compensate else sample.events
     values = transform(events[:, columns], config.transform, config.cofactor)
     shown = sample.display_names()
-    bad = [shown[c] for c, ok in zip(columns, np.isfinite(values).all(axis=0)) if not ok]
+    bad = [shown[c] for c, ok in zip(columns, np.isfinite(values).all(axis=0), strict=False) if not ok]
     if bad:
         raise InputError(
             f"{sample.name}: channel(s) {', '.join(bad)} hold NaN or infinite values; leave them out with "
@@ -281,7 +291,9 @@ def sample_values(sample: FcsSample, channels: list[str], config: PipelineConfig
     return values
 
 
-def read_reference(path: str | Path, samples: list[FcsSample], config: PipelineConfig) -> dict[str, np.ndarray]:
+def read_reference(
+    path: str | Path, samples: list[FcsSample], config: PipelineConfig
+) -> dict[str, np.ndarray]:
     """Read per-sample reference fractions (CSV with columns file, population, fraction).
 
     Fractions are within a stage: for a child stage they are fractions of the parent population. Files
@@ -298,13 +310,19 @@ def read_reference(path: str | Path, samples: list[FcsSample], config: PipelineC
     Raises:
         InputError: Missing columns, unknown files or populations, fractions outside 0..1, or a file whose
             fractions within a stage do not sum to 1.
+
     """
     from napari_hematology.core.io import read_table
 
     table = read_table(path, REFERENCE_COLUMNS)
     name = Path(path).name
     fractions = np.asarray(table["fraction"], dtype=np.float64) if _numeric(table["fraction"]) else None
-    if fractions is None or not np.isfinite(fractions).all() or (fractions < 0).any() or (fractions > 1).any():
+    if (
+        fractions is None
+        or not np.isfinite(fractions).all()
+        or (fractions < 0).any()
+        or (fractions > 1).any()
+    ):
         raise InputError(f"{name}: column 'fraction' must hold numbers between 0 and 1 (e.g. 0.12 for 12 %).")
     owner = {p: s for s in config.stages for p in s.population_names}
     index = {key: i for i, s in enumerate(samples) for key in (s.name, s.stem)}
@@ -314,7 +332,9 @@ def read_reference(path: str | Path, samples: list[FcsSample], config: PipelineC
         if file not in index:
             raise InputError(f"{name}: file {file!r} is not in this batch ({', '.join(index)}).")
         if population not in owner:
-            raise InputError(f"{name}: population {population!r} is not named in any stage ({', '.join(owner)}).")
+            raise InputError(
+                f"{name}: population {population!r} is not named in any stage ({', '.join(owner)})."
+            )
         stage = owner[population]
         array = arrays.setdefault(stage.name, np.full((len(samples), stage.clusters), np.nan))
         array[index[file], stage.population_names.index(population)] = float(row.fraction)
@@ -336,7 +356,7 @@ def _check_reference_rows(array, samples, config, stage_name, table_name) -> Non
         if not given.any():
             continue
         if not given.all():
-            missing = [p for p, ok in zip(stage.population_names, given) if not ok]
+            missing = [p for p, ok in zip(stage.population_names, given, strict=False) if not ok]
             raise InputError(
                 f"{table_name}: {samples[i].name} lacks fraction(s) for {', '.join(missing)} of stage "
                 f"{stage_name!r}; give every population of the stage (0 where absent)."
@@ -367,6 +387,7 @@ def run_pipeline(
 
     Returns:
         Soft assignments of every stage for every file, and the fitted models.
+
     """
     config.check()
     samples, channels = read_batch(paths, config.channels, progress=progress, should_stop=should_stop)
@@ -378,8 +399,9 @@ def run_pipeline(
         label = f"stage {number}/{len(config.stages)} ({stage.name})"
         masks = _stage_masks(stage, results, samples)
         values = [sample_values(s, stage.channels or channels, config) for s in samples]
-        clusterers = _fit_stage(stage, config, values, masks, references.get(stage.name),
-                                _prefixed(progress, label), should_stop)
+        clusterers = _fit_stage(
+            stage, config, values, masks, references.get(stage.name), _prefixed(progress, label), should_stop
+        )
         probabilities = _assign(clusterers, values, masks, should_stop)
         results.append(StageResult(stage, probabilities, clusterers))
     return PipelineResult(config, samples, results)
@@ -397,6 +419,7 @@ def apply_pipeline(
     Raises:
         InputError: Files lack the model's channels.
         ModelFileError: The folder is not a saved pipeline.
+
     """
     config, clusterers = load_pipeline(model_dir)
     samples = [read_fcs(p) for p in tracked(paths, len(paths), progress, should_stop, "reading FCS")]
@@ -417,7 +440,9 @@ def _prefixed(progress: ProgressCallback | None, label: str) -> ProgressCallback
     return lambda done, total, message="": progress(done, total, f"{label}: {message}")
 
 
-def _stage_masks(stage: StageConfig, results: list[StageResult], samples: list[FcsSample]) -> list[np.ndarray]:
+def _stage_masks(
+    stage: StageConfig, results: list[StageResult], samples: list[FcsSample]
+) -> list[np.ndarray]:
     if stage.parent is None:
         return [np.ones(len(s.events), dtype=bool) for s in samples]
     parent = next(r for r in results if r.stage.name == stage.parent)
@@ -438,19 +463,34 @@ def _fit_stage(stage, config, values, masks, reference, progress, should_stop) -
     names = stage.population_names
     channels = stage.channels or config.channels
     if config.pooled:
-        pooled = np.concatenate([v[m] for v, m in zip(values, masks)])
+        pooled = np.concatenate([v[m] for v, m in zip(values, masks, strict=False)])
         ids = np.concatenate([np.full(m.sum(), i) for i, m in enumerate(masks)])
         _require_events(pooled, stage, "the batch")
-        clusterer = fit_clusterer(pooled, channels, settings, sample_ids=ids, reference=reference,
-                                  populations=names, progress=progress, should_stop=should_stop)
+        clusterer = fit_clusterer(
+            pooled,
+            channels,
+            settings,
+            sample_ids=ids,
+            reference=reference,
+            populations=names,
+            progress=progress,
+            should_stop=should_stop,
+        )
         return [_with_preprocessing(clusterer, config)]
     fitted = []
-    for i, (v, m) in enumerate(zip(values, masks)):
+    for i, (v, m) in enumerate(zip(values, masks, strict=False)):
         _require_events(v[m], stage, f"file {i + 1}")
         row = None if reference is None else reference[i : i + 1]
-        clusterer = fit_clusterer(v[m], channels, settings, sample_ids=np.zeros(m.sum(), dtype=int),
-                                  reference=row, populations=names, progress=progress,
-                                  should_stop=should_stop)
+        clusterer = fit_clusterer(
+            v[m],
+            channels,
+            settings,
+            sample_ids=np.zeros(m.sum(), dtype=int),
+            reference=row,
+            populations=names,
+            progress=progress,
+            should_stop=should_stop,
+        )
         fitted.append(_with_preprocessing(clusterer, config))
     return fitted
 
@@ -470,7 +510,7 @@ def _with_preprocessing(clusterer: Clusterer, config: PipelineConfig) -> Cluster
 
 def _assign(clusterers, values, masks, should_stop) -> list[np.ndarray]:
     assigned = []
-    for i, (v, m) in enumerate(zip(values, masks)):
+    for i, (v, m) in enumerate(zip(values, masks, strict=False)):
         clusterer = clusterers[0] if len(clusterers) == 1 else clusterers[i]
         probabilities = np.full((len(v), len(clusterer.populations)), np.nan, dtype=np.float32)
         if m.any():
@@ -484,6 +524,7 @@ def save_pipeline(result: PipelineResult, directory: str | Path) -> Path:
 
     Raises:
         InputError: The run trained one model per file (``pooled: false``), which cannot be reapplied.
+
     """
     import yaml
 
@@ -501,6 +542,7 @@ def load_pipeline(directory: str | Path) -> tuple[PipelineConfig, dict[str, Clus
 
     Raises:
         ModelFileError: Missing or corrupt folder.
+
     """
     import yaml
 

@@ -30,6 +30,7 @@ def cell_table(result: PipelineResult, file_index: int):
 
     Returns:
         A pandas DataFrame.
+
     """
     import pandas as pd
 
@@ -51,7 +52,7 @@ def cell_table(result: PipelineResult, file_index: int):
 
 
 def final_populations(result: PipelineResult, file_index: int) -> np.ndarray:
-    """The most specific population name of every event (later stages refine earlier ones)."""
+    """Return the most specific population name of every event (later stages refine earlier ones)."""
     events = len(result.samples[file_index].events)
     names = np.full(events, "", dtype=object)
     for stage in result.stages:
@@ -68,6 +69,7 @@ def proportions_table(result: PipelineResult):
 
     Returns:
         A pandas DataFrame.
+
     """
     import pandas as pd
 
@@ -91,6 +93,7 @@ def write_outputs(result: PipelineResult, directory: str | Path) -> list[Path]:
 
     Returns:
         The written paths, proportions last.
+
     """
     directory = Path(directory)
     written = [
@@ -101,8 +104,9 @@ def write_outputs(result: PipelineResult, directory: str | Path) -> list[Path]:
     return written
 
 
-def scatter_coordinates(result: PipelineResult, file_index: int, stage_index: int = 0,
-                        channels: tuple[str, str] | None = None) -> tuple[np.ndarray, list[str]]:
+def scatter_coordinates(
+    result: PipelineResult, file_index: int, stage_index: int = 0, channels: tuple[str, str] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """2-D coordinates of every event seen by a stage: two channels, or the latent space.
 
     Args:
@@ -114,6 +118,7 @@ def scatter_coordinates(result: PipelineResult, file_index: int, stage_index: in
 
     Returns:
         ``(events, 2)`` coordinates (NaN for events the stage did not see) and the two axis names.
+
     """
     stage = result.stages[stage_index]
     sample = result.samples[file_index]

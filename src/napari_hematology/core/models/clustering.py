@@ -58,7 +58,7 @@ def _make_base_class():
             return self.net["decoder"](z)
 
         def group(self, prototype_probabilities):
-            """Sum prototype probabilities ``(n, prototypes)`` into cluster probabilities ``(n, clusters)``."""
+            """Sum prototype probabilities ``(n, prototypes)`` into cluster probabilities."""
             one_hot = nn.functional.one_hot(self.membership, self.clusters).to(prototype_probabilities)
             return prototype_probabilities @ one_hot
 
@@ -120,9 +120,7 @@ def _make_vade_class():
             """``log pi_k + log N(z | mu_k, sigma_k)`` for every row of ``z`` and component ``k``."""
             diff = z.unsqueeze(1) - self.prior_means.unsqueeze(0)
             logvars = self.prior_logvars.unsqueeze(0)
-            log_normal = -0.5 * (
-                (diff.pow(2) / logvars.exp()) + logvars + math.log(2 * math.pi)
-            ).sum(dim=2)
+            log_normal = -0.5 * ((diff.pow(2) / logvars.exp()) + logvars + math.log(2 * math.pi)).sum(dim=2)
             return torch.log_softmax(self.prior_logits, dim=0) + log_normal
 
         def prototype_assign(self, z):
@@ -133,8 +131,14 @@ def _make_vade_class():
 
 
 @register_model("idec")
-def build_idec(in_features: int, clusters: int, prototypes: int | None = None, latent_dim: int = 8,
-               hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN, alpha: float = 1.0):
+def build_idec(
+    in_features: int,
+    clusters: int,
+    prototypes: int | None = None,
+    latent_dim: int = 8,
+    hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN,
+    alpha: float = 1.0,
+):
     """Build an IDEC model (Improved Deep Embedded Clustering).
 
     Args:
@@ -147,13 +151,19 @@ def build_idec(in_features: int, clusters: int, prototypes: int | None = None, l
 
     Returns:
         The ``torch.nn.Module``; ``model(x)`` gives soft assignments, ``model.embed(x)`` latents.
+
     """
     return _make_idec_class()(in_features, clusters, prototypes or clusters, latent_dim, hidden, alpha)
 
 
 @register_model("vade")
-def build_vade(in_features: int, clusters: int, prototypes: int | None = None, latent_dim: int = 8,
-               hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN):
+def build_vade(
+    in_features: int,
+    clusters: int,
+    prototypes: int | None = None,
+    latent_dim: int = 8,
+    hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN,
+):
     """Build a VaDE model (Variational Deep Embedding with a Gaussian-mixture prior).
 
     Args:
@@ -165,5 +175,6 @@ def build_vade(in_features: int, clusters: int, prototypes: int | None = None, l
 
     Returns:
         The ``torch.nn.Module``; ``model(x)`` gives soft assignments, ``model.embed(x)`` latents.
+
     """
     return _make_vade_class()(in_features, clusters, prototypes or clusters, latent_dim, hidden)
