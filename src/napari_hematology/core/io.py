@@ -47,17 +47,21 @@ def is_image_path(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
-def list_images(paths: list[str | Path] | str | Path) -> list[Path]:
-    """Expand files and folders into a sorted list of image files.
+def list_files(
+    paths: list[str | Path] | str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, what: str = "images"
+) -> list[Path]:
+    """Expand files and folders into a sorted list of files with one of ``suffixes``.
 
     Args:
-        paths: Image files and/or folders (searched recursively).
+        paths: Files and/or folders (searched recursively).
+        suffixes: Lower-case file suffixes to keep from folders; named files are kept as they are.
+        what: What the files are, for the error message.
 
     Returns:
-        Image paths, folders expanded in sorted order.
+        The files, folders expanded in sorted order.
 
     Raises:
-        InputError: A path does not exist, or no image was found.
+        InputError: A path does not exist, or no matching file was found.
 
     """
     if isinstance(paths, str | Path):
@@ -66,14 +70,19 @@ def list_images(paths: list[str | Path] | str | Path) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p)))
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes))
         elif path.is_file():
             found.append(path)
         else:
             raise InputError(f"{path}: no such file or folder.")
     if not found:
-        raise InputError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, paths))}.")
+        raise InputError(f"No {what} ({', '.join(suffixes)}) found in {', '.join(map(str, paths))}.")
     return found
+
+
+def list_images(paths: list[str | Path] | str | Path) -> list[Path]:
+    """Expand image files and folders into a sorted list of smear images (see :func:`list_files`)."""
+    return list_files(paths, IMAGE_SUFFIXES, "images")
 
 
 def read_image(path: str | Path, lazy: bool | None = None) -> SmearImage:

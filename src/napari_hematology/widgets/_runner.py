@@ -62,6 +62,15 @@ def prepare_torch() -> None:
     import torch._dynamo  # noqa: F401
 
 
+def shortcut_button(text: str, shortcut: str | None, slot: Callable[[], Any]) -> QPushButton:
+    """Make a push button that calls ``slot`` on click or on ``shortcut`` (shown in ``text``)."""
+    button = QPushButton(text)
+    if shortcut:
+        button.setShortcut(shortcut)
+    button.clicked.connect(slot)
+    return button
+
+
 class TaskRunner(QWidget):
     """A progress bar with a Cancel button that runs one core function at a time in a thread."""
 

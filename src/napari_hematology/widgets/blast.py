@@ -40,7 +40,7 @@ from napari_hematology.core.pipeline import (
     get_classifier,
     summarize,
 )
-from napari_hematology.widgets._runner import TaskRunner, report_error
+from napari_hematology.widgets._runner import TaskRunner, report_error, shortcut_button
 
 LAYER_SUFFIX = " cells"
 MAX_PIXELS = 100_000_000
@@ -71,9 +71,7 @@ class BlastDetectionWidget(QWidget):
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(DEFAULT_BLAST_THRESHOLD)
         self.threshold.valueChanged.connect(self.recolour)
-        self.run_button = QPushButton("Run (Ctrl+R)")
-        self.run_button.setShortcut("Ctrl+R")
-        self.run_button.clicked.connect(self.run)
+        self.run_button = shortcut_button("Run (Ctrl+R)", "Ctrl+R", self.run)
         self.runner = TaskRunner()
         self.summary = QLabel("No result yet.")
         self.summary.setWordWrap(True)

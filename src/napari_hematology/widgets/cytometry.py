@@ -18,7 +18,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QPushButton,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -28,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from napari_hematology.core.cytometry.fcs import TRANSFORMS
 from napari_hematology.core.errors import HematologyError
-from napari_hematology.widgets._runner import TaskRunner, report_error
+from napari_hematology.widgets._runner import TaskRunner, report_error, shortcut_button
 
 LATENT = "latent space"
 POINT_SIZE = 0.05
@@ -55,8 +54,8 @@ class CytometryWidget(QWidget):
         self.paths: list[Path] = []
         self.result = None
         self.files_list = QListWidget()
-        self.add_button = _button("Add FCS files… (Ctrl+O)", "Ctrl+O", self._browse)
-        self.clear_button = _button("Clear", None, self.clear_files)
+        self.add_button = shortcut_button("Add FCS files… (Ctrl+O)", "Ctrl+O", self._browse)
+        self.clear_button = shortcut_button("Clear", None, self.clear_files)
         self.channels_list = QListWidget()
         self.transform_combo = QComboBox()
         self.transform_combo.addItems(list(TRANSFORMS))
@@ -71,12 +70,12 @@ class CytometryWidget(QWidget):
         self.stages_edit.setPlaceholderText("optional stages .yaml (overrides method and clusters)")
         self.reference_edit = QLineEdit()
         self.reference_edit.setPlaceholderText("optional reference .csv: file,population,fraction")
-        self.run_button = _button("Run (Ctrl+R)", "Ctrl+R", self.run)
+        self.run_button = shortcut_button("Run (Ctrl+R)", "Ctrl+R", self.run)
         self.file_combo = QComboBox()
         self.stage_combo = QComboBox()
         self.x_combo = QComboBox()
         self.y_combo = QComboBox()
-        self.plot_button = _button("Show scatter (Ctrl+P)", "Ctrl+P", self.show_scatter)
+        self.plot_button = shortcut_button("Show scatter (Ctrl+P)", "Ctrl+P", self.show_scatter)
         self.table = QTableWidget()
         self.chart = ProportionChart()
         self.runner = TaskRunner(self)
@@ -280,14 +279,6 @@ class ProportionChart(QWidget):
                 )
                 left += width
         painter.end()
-
-
-def _button(text: str, shortcut: str | None, slot) -> QPushButton:
-    button = QPushButton(text)
-    if shortcut:
-        button.setShortcut(shortcut)
-    button.clicked.connect(slot)
-    return button
 
 
 def _spin(low: int, high: int, value: int) -> QSpinBox:

@@ -12,7 +12,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
-    QPushButton,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -22,7 +21,7 @@ from qtpy.QtWidgets import (
 
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.core.expression.choices import ENCODERS, HEADS, VALUE_KINDS
-from napari_hematology.widgets._runner import TaskRunner, report_error
+from napari_hematology.widgets._runner import TaskRunner, report_error, shortcut_button
 
 FILE_FILTER = "Expression data (*.h5ad *.csv *.tsv *.h5)"
 POINT_SIZE = 0.4
@@ -38,9 +37,7 @@ class ExpressionWidget(QWidget):
         self.model = None
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText(".h5ad, .csv, .tsv or 10x .h5 file")
-        self.browse_button = QPushButton("Open… (Ctrl+O)")
-        self.browse_button.setShortcut("Ctrl+O")
-        self.browse_button.clicked.connect(self._browse)
+        self.browse_button = shortcut_button("Open… (Ctrl+O)", "Ctrl+O", self._browse)
         self.path_edit.returnPressed.connect(self.load_data)
         self.label_combo = QComboBox()
         self.encoder_combo = _combo(ENCODERS)
@@ -49,15 +46,9 @@ class ExpressionWidget(QWidget):
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(0, 500)
         self.epochs_spin.setValue(15)
-        self.train_button = QPushButton("Train (Ctrl+T)")
-        self.train_button.setShortcut("Ctrl+T")
-        self.train_button.clicked.connect(self.train)
-        self.save_button = QPushButton("Save model… (Ctrl+S)")
-        self.save_button.setShortcut("Ctrl+S")
-        self.save_button.clicked.connect(self._save_model)
-        self.apply_button = QPushButton("Apply saved model… (Ctrl+M)")
-        self.apply_button.setShortcut("Ctrl+M")
-        self.apply_button.clicked.connect(self._apply_saved_model)
+        self.train_button = shortcut_button("Train (Ctrl+T)", "Ctrl+T", self.train)
+        self.save_button = shortcut_button("Save model… (Ctrl+S)", "Ctrl+S", self._save_model)
+        self.apply_button = shortcut_button("Apply saved model… (Ctrl+M)", "Ctrl+M", self._apply_saved_model)
         self.confusion = QTableWidget()
         self.runner = TaskRunner(self)
         self._build_layout()

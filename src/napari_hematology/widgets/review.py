@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hematology.core.errors import HematologyError
-from napari_hematology.widgets._runner import TaskRunner, prepare_torch, report_error
+from napari_hematology.widgets._runner import TaskRunner, prepare_torch, report_error, shortcut_button
 
 ALL_CLASSES = "all classes"
 CROP_PIXELS = 256
@@ -68,9 +68,7 @@ class ReviewLabelsWidget(QWidget):
 
     def _build(self) -> None:
         self.project_label = QLabel("No project open.")
-        self.open_button = QPushButton("Open project… (Ctrl+O)")
-        self.open_button.setShortcut("Ctrl+O")
-        self.open_button.clicked.connect(self._choose_project)
+        self.open_button = shortcut_button("Open project… (Ctrl+O)", "Ctrl+O", self._choose_project)
         self.issues_button = QPushButton("Load issues CSV…")
         self.issues_button.clicked.connect(self._choose_issues)
         self.find_button = QPushButton("Find issues in cells CSV…")
@@ -113,9 +111,7 @@ class ReviewLabelsWidget(QWidget):
             button = QPushButton(text)
             button.clicked.connect(slot)
             buttons.addWidget(button, index // 2, index % 2)
-        self.retrain_button = QPushButton("Retrain (Ctrl+R)")
-        self.retrain_button.setShortcut("Ctrl+R")
-        self.retrain_button.clicked.connect(self.retrain)
+        self.retrain_button = shortcut_button("Retrain (Ctrl+R)", "Ctrl+R", self.retrain)
         self.runner = TaskRunner()
 
         files = QHBoxLayout()

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hematology.widgets._runner import TaskRunner, prepare_torch
+from napari_hematology.widgets._runner import TaskRunner, prepare_torch, shortcut_button
 
 GALLERY_SIZE = 12
 THUMBNAIL = 72
@@ -49,9 +49,7 @@ class SlidePredictionWidget(QWidget):
         self.labels_combo = QComboBox()
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("bag model folder (from 'mil train')")
-        self.predict_button = QPushButton("Predict (Ctrl+R)")
-        self.predict_button.setShortcut("Ctrl+R")
-        self.predict_button.clicked.connect(self.predict)
+        self.predict_button = shortcut_button("Predict (Ctrl+R)", "Ctrl+R", self.predict)
         self.result_label = QLabel("")
         self.bars = QFormLayout()
         self.gallery = QListWidget()
@@ -67,9 +65,7 @@ class SlidePredictionWidget(QWidget):
         self.encoder_combo.addItems(ENCODERS)
         self.blasts_only = QCheckBox("Only predicted blasts")
         self.branch_per_class = QCheckBox("One attention branch per class")
-        self.train_button = QPushButton("Train (Ctrl+T)")
-        self.train_button.setShortcut("Ctrl+T")
-        self.train_button.clicked.connect(self.train)
+        self.train_button = shortcut_button("Train (Ctrl+T)", "Ctrl+T", self.train)
         layout = QVBoxLayout(self)
         layout.addWidget(self._predict_box())
         layout.addWidget(self._train_box())

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_hematology.core.errors import InputError
+from napari_hematology.core.io import list_files
 
 FCS_SUFFIXES = (".fcs",)
 TRANSFORMS = ("arcsinh", "logicle", "none")
@@ -58,20 +59,7 @@ def list_fcs(paths: list[str | Path] | str | Path) -> list[Path]:
         InputError: A path does not exist, or no FCS file was found.
 
     """
-    if isinstance(paths, str | Path):
-        paths = [paths]
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in FCS_SUFFIXES))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise InputError(f"{path}: no such file or folder.")
-    if not found:
-        raise InputError(f"No .fcs files found in {', '.join(map(str, paths))}.")
-    return found
+    return list_files(paths, FCS_SUFFIXES, "FCS files")
 
 
 def read_fcs(path: str | Path) -> FcsSample:
