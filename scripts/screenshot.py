@@ -8,6 +8,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
+from napari_hematology.core.samples import sample_fields
 from napari_hematology.widgets.blast import BlastDetectionWidget
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "images" / "screenshot.png"
@@ -17,12 +18,13 @@ def main() -> None:
     """Run blast detection on the sample field in a visible viewer and save a screenshot."""
     viewer = napari.Viewer(title="napari-hematology")
     viewer.window.resize(1400, 850)
-    viewer.open_sample("napari-hematology", "smear_field")
+    viewer.open(str(sample_fields()[1]))
     widget = BlastDetectionWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Blast detection", area="right")
     widget.run()
     while widget.runner.busy:
         QApplication.processEvents()
+    viewer.reset_view()
     for _ in range(20):
         QApplication.processEvents()
     OUT.parent.mkdir(parents=True, exist_ok=True)

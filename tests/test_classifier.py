@@ -127,11 +127,6 @@ def test_real_blasts_score_higher_than_normal_cells(shared_data, classifier):
 
 
 @pytest.mark.data
-@pytest.mark.xfail(
-    reason="known weakness of the current shipped weights (under-trained, 25 epochs on a busy CPU): "
-    "about a third of CellaVision (wbc_seg dataset2) cells are called blast; see MODEL_CARD.md",
-    strict=False,
-)
 def test_other_lab_cells_are_not_called_blasts(shared_data):
     folder = shared_data / "single_cells" / "wbc_seg" / "dataset2"
     table = classify_images(sorted(folder.glob("*.bmp"))[:12])

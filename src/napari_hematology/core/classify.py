@@ -10,7 +10,7 @@ The public API used by the command line, the widgets and the analysis pipeline::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,7 @@ def prepare_crop(crop: Any, name: str, size: int = CROP_SIZE, context: float = C
 
     Raises:
         InputError: The crop is grayscale, too small, blank, or so large that it is a smear field.
+
     """
     shape = getattr(crop, "shape", ())
     if len(shape) >= 2 and max(shape[:2]) > MAX_CROP_SIDE:
@@ -68,6 +69,7 @@ class CellClassifier:
         crop_size: Side of the normalised crops the model was trained on.
         context: Crop side relative to the nucleus size used in training.
         metadata: Everything saved with the model (recipe, metrics).
+
     """
 
     model: Any
@@ -86,6 +88,7 @@ class CellClassifier:
 
         Raises:
             InputError: A crop cannot be used; the message names it by index.
+
         """
         prepared = [
             prepare_crop(crop, f"crop {index}", self.crop_size, self.context)
@@ -110,6 +113,7 @@ class CellClassifier:
 
         Returns:
             One row per crop: ``label``, ``blast_probability`` and ``prob_<class>`` per class.
+
         """
         probabilities = self._run(prepared, _softmax, progress, should_stop)
         probabilities = probabilities.reshape(len(prepared), len(self.classes))
@@ -133,6 +137,7 @@ class CellClassifier:
 
         Raises:
             InputError: A crop cannot be used (grayscale, blank, too small or too large).
+
         """
         return self.predict_prepared(self.prepare(crops, progress, should_stop), progress, should_stop)
 
@@ -146,6 +151,7 @@ class CellClassifier:
 
         Returns:
             An (n, d) float32 array.
+
         """
         prepared = self.prepare(crops, progress, should_stop)
         if len(prepared) == 0:
@@ -177,6 +183,7 @@ def probability_table(probabilities: np.ndarray, classes: Sequence[str]) -> pd.D
 
     Returns:
         Columns ``label``, ``blast_probability`` and ``prob_<class>`` per class.
+
     """
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(classes))
     labels = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
@@ -203,6 +210,7 @@ def load_classifier(model_dir: str | Path | None = None) -> CellClassifier:
 
     Raises:
         ModelFileError: The folder is missing, corrupt, or holds another kind of model.
+
     """
     from napari_hematology.core.registry import load_model
 
@@ -221,6 +229,52 @@ def load_classifier(model_dir: str | Path | None = None) -> CellClassifier:
         context=float(metadata.get("context", CONTEXT)),
         metadata=metadata,
     )
+
+
+def iter_prepared_crops(
+    paths: Sequence[Path],
+    size: int = CROP_SIZE,
+    context: float = CONTEXT,
+    chunk: int = BATCH_SIZE,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> Iterator[np.ndarray]:
+    """Read and normalise single-cell crop files on background threads, yielding them in chunks.
+
+    The threads keep reading while the caller works on the chunk it was given (for example runs the
+    network, which releases the interpreter lock), so reading and classifying overlap.
+
+    Args:
+        paths: Image files.
+        size: Side of the normalised crops.
+        context: Crop side relative to the nucleus size.
+        chunk: Crops per yielded array.
+        progress: Progress callback (per file).
+        should_stop: Cancellation callback.
+
+    Yields:
+        (k, size, size, 3) uint8 arrays, in the order of ``paths``.
+
+    Raises:
+        InputError: A file cannot be read or is not a usable colour crop; the message names it.
+
+    """
+
+    def read_one(path: Path) -> np.ndarray:
+        return prepare_crop(read_image(path).data, path.name, size, context)
+
+    pool = ThreadPoolExecutor(READ_THREADS)
+    try:
+        pending: list[np.ndarray] = []
+        for crop in tracked(pool.map(read_one, paths), len(paths), progress, should_stop, "reading crops"):
+            pending.append(crop)
+            if len(pending) == chunk:
+                yield np.stack(pending)
+                pending = []
+        if pending:
+            yield np.stack(pending)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_prepared_crops(
@@ -244,21 +298,12 @@ def read_prepared_crops(
 
     Raises:
         InputError: A file cannot be read or is not a usable colour crop; the message names it.
+
     """
-
-    def read_one(path: Path) -> np.ndarray:
-        return prepare_crop(read_image(path).data, path.name, size, context)
-
-    pool = ThreadPoolExecutor(READ_THREADS)
-    try:
-        crops = list(
-            tracked(pool.map(read_one, paths), len(paths), progress, should_stop, "reading crops")
-        )
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    if not crops:
+    chunks = list(iter_prepared_crops(paths, size, context, progress=progress, should_stop=should_stop))
+    if not chunks:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
-    return np.stack(crops)
+    return np.concatenate(chunks)
 
 
 def classify_images(
@@ -281,13 +326,17 @@ def classify_images(
     Raises:
         InputError: A path is missing, holds no images, or an image is unreadable or unusable.
         ModelFileError: The model folder cannot be loaded.
+
     """
     files = list_images(paths)
     classifier = load_classifier(model_dir)
     check_cancel(should_stop)
-    prepared = read_prepared_crops(
-        files, classifier.crop_size, classifier.context, progress, should_stop
+    chunks = iter_prepared_crops(
+        files, classifier.crop_size, classifier.context, progress=progress, should_stop=should_stop
     )
-    table = classifier.predict_prepared(prepared, progress, should_stop)
+    table = pd.concat(
+        [classifier.predict_prepared(chunk, should_stop=should_stop) for chunk in chunks],
+        ignore_index=True,
+    )
     table.insert(0, "image", [str(path) for path in files])
     return table

@@ -131,12 +131,11 @@ def _read_tiff(path: Path, lazy: bool | None) -> SmearImage:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        n_levels = len(series.levels)
         nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
-    if lazy is None:
-        lazy = n_levels > 1 or nbytes > LAZY_THRESHOLD_BYTES
-    if not lazy:
-        return SmearImage(levels=[tifffile.imread(path)], path=path)
+        if lazy is None:
+            lazy = len(series.levels) > 1 or nbytes > LAZY_THRESHOLD_BYTES
+        if not lazy:
+            return SmearImage(levels=[series.asarray()], path=path)
     import dask.array as da
     import zarr
 

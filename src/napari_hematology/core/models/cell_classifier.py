@@ -49,6 +49,7 @@ def build_cell_classifier(
 
     Returns:
         A :class:`CellNet` module.
+
     """
     import timm
 
