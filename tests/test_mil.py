@@ -304,24 +304,16 @@ def test_cli_train_and_predict(idb_table, tmp_path, capsys):
     assert np.allclose(attention.groupby("bag")["attention"].sum(), 1.0, atol=1e-4)
 
 
+def _train_from_cli(tmp_path, cache: str) -> int:
+    bags, out = str(tmp_path / "BAGS.csv"), str(tmp_path / "m")
+    return main(["mil", "train", "--bags", bags, "--out", out, "--encoder", "descriptors", "--cache", cache])
+
+
 def test_cli_one_cell_bag_is_a_clear_error(idb_table, tmp_path, capsys):
     table = pd.read_csv(idb_table)
     table = pd.concat([table, table.iloc[[0]].assign(bag="lonely")])
     table.to_csv(tmp_path / "BAGS.csv", index=False)
-    code = main(
-        [
-            "mil",
-            "train",
-            "--bags",
-            str(tmp_path / "BAGS.csv"),
-            "--out",
-            str(tmp_path / "m"),
-            "--encoder",
-            "descriptors",
-            "--cache",
-            "",
-        ]
-    )
+    code = _train_from_cli(tmp_path, cache="")
     assert code == 2
     assert "bag 'lonely' has only 1 cell" in capsys.readouterr().err
 
@@ -330,20 +322,7 @@ def test_cli_conflicting_labels_in_a_bag(idb_table, tmp_path, capsys):
     table = pd.read_csv(idb_table)
     table.loc[0, "label"] = "blasty" if table.loc[0, "label"] == "control" else "control"
     table.to_csv(tmp_path / "BAGS.csv", index=False)
-    code = main(
-        [
-            "mil",
-            "train",
-            "--bags",
-            str(tmp_path / "BAGS.csv"),
-            "--out",
-            str(tmp_path / "m"),
-            "--encoder",
-            "descriptors",
-            "--cache",
-            str(tmp_path / "cache"),
-        ]
-    )
+    code = _train_from_cli(tmp_path, cache=str(tmp_path / "cache"))
     assert code == 2
     assert "bag 'slide0' has several labels" in capsys.readouterr().err
 
