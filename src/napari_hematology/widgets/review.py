@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hematology.core.errors import HematologyError
-from napari_hematology.widgets._runner import TaskRunner, prepare_torch, report_error, shortcut_button
+from napari_hematology.widgets._runner import TaskRunner, report_error, shortcut_button
 
 ALL_CLASSES = "all classes"
 CROP_PIXELS = 256
@@ -195,7 +195,6 @@ class ReviewLabelsWidget(QWidget):
 
         if self._require_project():
             base = Path(cells_csv).parent
-            prepare_torch()
             self.runner.start(
                 find_label_issues, Path(cells_csv), on_done=lambda issues: self._store_issues(issues, base)
             )
@@ -401,7 +400,6 @@ class ReviewLabelsWidget(QWidget):
         from napari_hematology.core.review import retrain_project
 
         if self._require_project():
-            prepare_torch()
             self.runner.start(retrain_project, self.project, on_done=self._retrained)
 
     def _retrained(self, issues) -> None:

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hematology.widgets._runner import TaskRunner, prepare_torch, shortcut_button
+from napari_hematology.widgets._runner import TaskRunner, shortcut_button
 
 GALLERY_SIZE = 12
 THUMBNAIL = 72
@@ -137,7 +137,6 @@ class SlidePredictionWidget(QWidget):
             show_error("Choose a bag model folder (train one below, or with 'napari-hematology mil train').")
             return
         self._labels_layer = labels
-        prepare_torch()
         self.runner.start(
             predict_cells,
             _full_resolution(image),
@@ -220,7 +219,6 @@ class SlidePredictionWidget(QWidget):
             blasts_only=self.blasts_only.isChecked(),
             branch_per_class=self.branch_per_class.isChecked(),
         )
-        prepare_torch()
         self.runner.start(train_from_table, table, out, config, on_done=lambda mil: self._trained(mil, out))
 
     def _trained(self, mil, out: str) -> None:
