@@ -39,8 +39,10 @@ def synthetic_counts(n_cells: int = 120, n_classes: int = 3, seed: int = 0, spar
     return make_expression_data(matrix, genes, [f"c{i}" for i in range(n_cells)], obs, "synthetic")
 
 
-def quick_config(encoder="ae", head="ffn") -> ExpressionConfig:
-    config = ExpressionConfig.from_options(encoder, head, n_top_genes=40, pretrain_epochs=5)
+def quick_config(encoder="ae", head="ffn", head_input="latent") -> ExpressionConfig:
+    """Small, fast settings; the head reads the latent unless told otherwise (the data sets are small)."""
+    config = ExpressionConfig.from_options(encoder, head, n_top_genes=40, pretrain_epochs=5,
+                                           head_input=head_input)
     config.hidden, config.latent = (32,), 16
     config.pretraining.batch_size = 32
     config.head_training.epochs, config.head_training.batch_size = 40, 32
@@ -181,6 +183,10 @@ def test_bad_files_and_options(tmp_path):
         load_expression(tmp_path / "broken.h5ad")
     with pytest.raises(InputError, match="Unknown head 'svm'"):
         ExpressionConfig.from_options(head="svm")
+    with pytest.raises(InputError, match="Unknown head input 'pixels'"):
+        ExpressionConfig.from_options(head_input="pixels")
+    with pytest.raises(InputError, match="gcn head reads the latent only"):
+        ExpressionConfig.from_options(head="gcn", head_input="genes")
     with pytest.raises(ModelFileError):
         load_expression_model(tmp_path)
 
@@ -242,3 +248,62 @@ def test_cli_select_genes(tmp_path):
 def test_gene_selection_without_labels_is_refused():
     with pytest.raises(InputError, match="needs class labels"):
         fit_preprocessing(synthetic_counts(), PreprocessConfig(select_genes=5))
+
+
+# --- small cohorts: the head reads the genes ------------------------------------------------------------
+
+def test_small_cohort_head_reads_genes_and_does_not_depend_on_the_seed(tmp_path):
+    data = synthetic_counts(n_cells=60)
+    probabilities = []
+    for seed in (0, 1):
+        config = ExpressionConfig.from_options("ae", "linear", n_top_genes=40, pretrain_epochs=2, seed=seed)
+        config.hidden, config.latent = (32,), 16
+        config.gene_head_training.epochs = 300
+        model = fit_expression_model(data, "cell_type", config)
+        assert model.network.head_input == "genes"
+        probabilities.append(predict_expression(model, data)[["prob_A", "prob_B", "prob_C"]].to_numpy())
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=2e-3)
+    assert accuracy(model, synthetic_counts(n_cells=60, seed=3)) > 0.9
+    save_expression_model(model, tmp_path / "genes_head")
+    loaded = load_expression_model(tmp_path / "genes_head")
+    assert loaded.network.head_input == "genes"
+    np.testing.assert_allclose(predict_expression(loaded, data)[["prob_A", "prob_B", "prob_C"]].to_numpy(),
+                               probabilities[1], atol=1e-5)
+    assert embed_expression(loaded, data).shape == (60, 17)
+
+
+def test_auto_head_input_depends_on_cohort_size_and_head():
+    config = ExpressionConfig.from_options("ae", "ffn")
+    assert config.resolved_head_input(38) == "genes" and config.resolved_head_input(5000) == "latent"
+    assert ExpressionConfig.from_options("ae", "gcn").resolved_head_input(38) == "latent"
+    assert ExpressionConfig.from_options(head_input="latent").resolved_head_input(38) == "latent"
+
+
+def test_arrays_are_standardised_so_a_scaled_array_gives_the_same_inputs():
+    rng = np.random.default_rng(0)
+    intensities = rng.uniform(100, 5000, size=(6, 50))
+    intensities[5] = intensities[0] * 2.0  # the same sample measured on a twice-as-bright array
+    data = make_expression_data(intensities, [f"G{i}" for i in range(50)], name="arrays")
+    config = PreprocessConfig(values="intensities", n_top_genes=None)
+    batch = RowCollator(data, fit_preprocessing(data, config))(list(range(6)))
+    np.testing.assert_allclose(batch[0], batch[5], atol=1e-4)
+    unstandardised = PreprocessConfig(values="intensities", n_top_genes=None, standardise_arrays=False)
+    batch = RowCollator(data, fit_preprocessing(data, unstandardised))(list(range(6)))
+    assert float((batch[0] - batch[5]).abs().max()) > 0.1
+
+
+def test_golub_independent_patients_with_the_small_cohort_recipe(shared_data):
+    folder = shared_data / "expression" / "golub"
+    actual = pd.read_csv(folder / "actual.csv").set_index("patient")["cancer"]
+    parts = []
+    for name in ("train", "independent"):
+        table = pd.read_csv(folder / f"data_set_ALL_AML_{name}.csv")
+        samples = [column for column in table.columns if column.isdigit()]
+        obs = {"cancer": actual.loc[[int(s) for s in samples]].to_numpy()}
+        parts.append(make_expression_data(table[samples].to_numpy().T, table["Gene Accession Number"],
+                                          samples, obs, name))
+    config = ExpressionConfig.from_options("ae", "linear", "intensities", 0, pretrain_epochs=0,
+                                           select_genes=50)
+    model = fit_expression_model(parts[0], "cancer", config)
+    predicted = predict_expression(model, parts[1])["predicted"].to_numpy()
+    assert int((predicted == labels_of(parts[1], "cancer")).sum()) >= 33  # of 34

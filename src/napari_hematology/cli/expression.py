@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_hematology.core.expression.choices import ENCODERS, HEADS, VALUE_KINDS
+from napari_hematology.core.expression.choices import ENCODERS, HEAD_INPUT_CHOICES, HEADS, VALUE_KINDS
 from napari_hematology.core.progress import TextProgress
 
 
@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="keep only the K genes that best separate the classes (ANOVA F on the training "
                      "labels; for small cohorts such as patient microarrays); 'auto' picks K by 5-fold "
                      "cross-validation on the training file")
+    fit.add_argument("--head-input", choices=HEAD_INPUT_CHOICES, default="auto",
+                     help="what the linear/ffn head reads: the encoder's latent or the preprocessed genes; "
+                     "auto (default) uses genes for files of fewer than 200 cells (small cohorts)")
     fit.add_argument("--pretrain-epochs", type=int, default=None, help="encoder pretraining epochs")
     fit.add_argument("--seed", type=int, default=0, help="random seed")
     fit.set_defaults(func=run_fit)
@@ -60,7 +63,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
     fixed_count = None if args.select_genes == "auto" else args.select_genes
     config = ExpressionConfig.from_options(args.encoder, args.head, args.values, args.n_top_genes,
-                                           args.pretrain_epochs, args.seed, fixed_count)
+                                           args.pretrain_epochs, args.seed, fixed_count, args.head_input)
     data = load_expression(args.data, args.label_key)
     if args.select_genes == "auto":
         count, scores = cross_validate_gene_count(data, args.label_key, config, progress=TextProgress())
@@ -71,7 +74,7 @@ def run_fit(args: argparse.Namespace) -> int:
     save_expression_model(model, args.out)
     _print_notes(data.notes)
     print(f"Saved {args.encoder}+{args.head} model ({len(model.classes)} classes, "
-          f"{len(model.preprocessor.genes)} genes) to {args.out}")
+          f"{len(model.preprocessor.genes)} genes, head reads the {model.network.head_input}) to {args.out}")
     return 0
 
 

@@ -3,3 +3,6 @@
 ENCODERS = ("ae", "vime", "scarf", "byol")
 HEADS = ("ffn", "transformer", "gcn", "linear")
 VALUE_KINDS = ("counts", "intensities", "normalized")
+HEAD_INPUTS = ("latent", "genes")
+HEAD_INPUT_CHOICES = ("auto", *HEAD_INPUTS)
+GENE_INPUT_HEADS = ("linear", "ffn")

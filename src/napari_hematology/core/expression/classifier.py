@@ -2,8 +2,11 @@
 
 ``fit_expression_model`` pretrains the encoder on every cell of the data with a self-supervised pretext
 task (streamed, one dense batch at a time), freezes it, and trains the head on the labelled cells' latent
-vectors. ``predict_expression`` applies a model unchanged to any data whose genes it can align by name,
-which is how zero-shot transfer to another population or dataset works.
+vectors. In a small cohort (fewer than ``SMALL_COHORT_CELLS`` cells, e.g. a few dozen patient arrays) a
+``linear`` or ``ffn`` head reads the preprocessed genes instead, trained full-batch to convergence with an
+L2 penalty (penalised logistic regression for ``linear``), so the result does not depend on the seed.
+``predict_expression`` applies a model unchanged to any data whose genes it can align by name, which is
+how zero-shot transfer to another population or dataset works.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import numpy as np
 import pandas as pd
 
 from napari_hematology.core.errors import InputError
-from napari_hematology.core.expression.choices import ENCODERS, HEADS, VALUE_KINDS
+from napari_hematology.core.expression.choices import (
+    ENCODERS,
+    GENE_INPUT_HEADS,
+    HEAD_INPUT_CHOICES,
+    HEADS,
+    VALUE_KINDS,
+)
 from napari_hematology.core.expression.data import ExpressionData, labels_of
 from napari_hematology.core.expression.graph import knn_adjacency
 from napari_hematology.core.expression.preprocessing import (
@@ -31,6 +40,7 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback, chec
 from napari_hematology.core.training import TrainConfig, train
 
 MODEL_NAME = "expression_model"
+SMALL_COHORT_CELLS = 200
 
 
 def _default_pretraining() -> TrainConfig:
@@ -39,6 +49,11 @@ def _default_pretraining() -> TrainConfig:
 
 def _default_head_training() -> TrainConfig:
     return TrainConfig(epochs=60, batch_size=64, learning_rate=5e-3, weight_decay=1e-3, device="cpu")
+
+
+def _default_gene_head_training() -> TrainConfig:
+    return TrainConfig(epochs=1000, batch_size=1_000_000, learning_rate=3e-2, weight_decay=0.0,
+                       device="cpu")
 
 
 def _default_graph_training() -> TrainConfig:
@@ -56,10 +71,15 @@ class ExpressionConfig:
         hidden: Hidden layer widths of the encoder (genes -> hidden -> latent).
         latent: Latent size.
         knn: Neighbours per cell in the graph of the ``gcn`` head.
+        head_input: What the head reads: ``latent``, ``genes`` (``linear`` and ``ffn`` heads only) or
+            ``auto`` (genes when the training data has fewer than ``SMALL_COHORT_CELLS`` cells).
+        gene_head_l2: L2 penalty on the weights of a head that reads genes (sum of squares, added to the
+            mean cross-entropy).
         preprocess: Preprocessing settings.
         pretraining: Training settings of the encoder (epochs=0 skips pretraining).
         head_training: Training settings of the ``ffn``, ``transformer`` and ``linear`` heads.
         graph_training: Training settings of the ``gcn`` head (full-batch by default, as usual for GCNs).
+        gene_head_training: Training settings of a head that reads genes (full-batch, to convergence).
     """
 
     encoder: str = "ae"
@@ -67,37 +87,63 @@ class ExpressionConfig:
     hidden: tuple[int, ...] = (512,)
     latent: int = 256
     knn: int = 15
+    head_input: str = "auto"
+    gene_head_l2: float = 1e-2
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     pretraining: TrainConfig = field(default_factory=_default_pretraining)
     head_training: TrainConfig = field(default_factory=_default_head_training)
     graph_training: TrainConfig = field(default_factory=_default_graph_training)
+    gene_head_training: TrainConfig = field(default_factory=_default_gene_head_training)
+
+    def resolved_head_input(self, n_cells: int) -> str:
+        """``latent`` or ``genes`` for training data of ``n_cells`` cells (resolves ``auto``)."""
+        if self.head_input != "auto":
+            return self.head_input
+        small = n_cells < SMALL_COHORT_CELLS and self.head in GENE_INPUT_HEADS
+        return "genes" if small else "latent"
+
+    def head_training_for(self, head_input: str) -> TrainConfig:
+        """Training settings of the head for the given input."""
+        if self.head == "gcn":
+            return self.graph_training
+        return self.gene_head_training if head_input == "genes" else self.head_training
 
     @classmethod
     def from_options(cls, encoder: str = "ae", head: str = "ffn", values: str = "counts",
                      n_top_genes: int | None = 2000, pretrain_epochs: int | None = None,
-                     seed: int = 0, select_genes: int | None = None) -> ExpressionConfig:
+                     seed: int = 0, select_genes: int | None = None,
+                     head_input: str = "auto") -> ExpressionConfig:
         """The settings the command line and the widget expose, everything else at its default.
 
         ``n_top_genes`` 0 or None keeps every gene.
 
         Raises:
-            InputError: Unknown encoder, head or value kind, or a negative epoch count.
+            InputError: Unknown encoder, head, value kind or head input, genes as input of a head that
+                cannot read them, or a negative epoch count.
         """
         for option, value, allowed in (("encoder", encoder, ENCODERS), ("head", head, HEADS),
-                                       ("values", values, VALUE_KINDS)):
+                                       ("values", values, VALUE_KINDS),
+                                       ("head input", head_input, HEAD_INPUT_CHOICES)):
             if value not in allowed:
                 raise InputError(f"Unknown {option} {value!r}; choose one of {', '.join(allowed)}.")
+        if head_input == "genes" and head not in GENE_INPUT_HEADS:
+            raise InputError(f"The {head} head reads the latent only; use head input 'genes' with the "
+                             f"{' or '.join(GENE_INPUT_HEADS)} head, or head input 'latent'.")
         if pretrain_epochs is not None and pretrain_epochs < 0:
             raise InputError(f"Pretraining epochs must be 0 or more, got {pretrain_epochs}.")
         if select_genes is not None and select_genes < 1:
             raise InputError(f"The number of selected genes must be 1 or more, got {select_genes}.")
-        config = cls(encoder=encoder, head=head, preprocess=PreprocessConfig(
+        config = cls(encoder=encoder, head=head, head_input=head_input, preprocess=PreprocessConfig(
             values=values, n_top_genes=n_top_genes or None, select_genes=select_genes))
-        for training in (config.pretraining, config.head_training, config.graph_training):
+        for training in config.trainings():
             training.seed = seed
         if pretrain_epochs is not None:
             config.pretraining.epochs = pretrain_epochs
         return config
+
+    def trainings(self) -> tuple[TrainConfig, ...]:
+        """Every training setting (to set seeds or threads on all of them)."""
+        return (self.pretraining, self.head_training, self.graph_training, self.gene_head_training)
 
 
 @dataclass
@@ -173,6 +219,7 @@ def fit_expression_model(
         data, config.preprocess, labels, progress=_phase(progress, "preprocessing"),
         should_stop=should_stop,
     )
+    head_input = config.resolved_head_input(data.n_cells)
     network = create_model(
         MODEL_NAME,
         n_genes=len(preprocessor.genes),
@@ -181,12 +228,13 @@ def fit_expression_model(
         head=config.head,
         hidden=list(config.hidden),
         latent=config.latent,
+        head_input=head_input,
     )
     history = {"pretraining_loss": pretrain_encoder(network, data, preprocessor, config.pretraining,
                                                     progress=progress, should_stop=should_stop)}
     model = ExpressionClassifier(network, preprocessor, classes, label_key, config.knn)
-    head_training = config.graph_training if network.uses_graph else config.head_training
-    history["head_loss"] = train_head(model, data, labels, head_training,
+    history["head_loss"] = train_head(model, data, labels, config.head_training_for(head_input),
+                                      l2=config.gene_head_l2 if head_input == "genes" else 0.0,
                                       progress=progress, should_stop=should_stop)
     model.history = history
     return model
@@ -220,21 +268,23 @@ def _drop_last_safe(config: TrainConfig, n_cells: int) -> TrainConfig:
     return TrainConfig(**{**asdict(config), "batch_size": max(2, min(config.batch_size, n_cells))})
 
 
-def encode(network, data: ExpressionData, preprocessor: Preprocessor, *, should_stop=None) -> np.ndarray:
-    """Latent vectors of every cell of ``data``, computed chunk by chunk.
+def encode(network, data: ExpressionData, preprocessor: Preprocessor, *, head_features: bool = False,
+           should_stop=None) -> np.ndarray:
+    """Latent vectors of every cell of ``data`` (or what the head reads), computed chunk by chunk.
 
     Returns:
-        float32 array (cells, latent).
+        float32 array (cells, latent), or (cells, head input width) with ``head_features``.
     """
     import torch
 
+    forward = network.head_features if head_features else network.embed
     device = next(network.parameters()).device
     network.eval()
     chunks = []
     with torch.no_grad():
         for batch in transformed_batches(data, preprocessor):
             check_cancel(should_stop)
-            chunks.append(network.embed(torch.from_numpy(batch).to(device)).cpu().numpy())
+            chunks.append(forward(torch.from_numpy(batch).to(device)).cpu().numpy())
     return np.concatenate(chunks)
 
 
@@ -247,10 +297,12 @@ def _class_weights(targets: np.ndarray, n_classes: int):
 
 
 def train_head(model: ExpressionClassifier, data: ExpressionData, labels: np.ndarray,
-               config: TrainConfig, *, progress=None, should_stop=None) -> list[float]:
-    """Train the head on the frozen encoder's latent of the labelled cells (class-balanced loss).
+               config: TrainConfig, *, l2: float = 0.0, progress=None, should_stop=None) -> list[float]:
+    """Train the head on the labelled cells' head features (class-balanced loss).
 
+    The features are the frozen encoder's latent, or the preprocessed genes for a head that reads genes.
     The ``gcn`` head sees the kNN graph of all cells of ``data``; the loss uses labelled cells only.
+    ``l2`` adds that multiple of the sum of squared head weights (biases excluded) to the loss.
 
     Returns:
         Mean loss per epoch.
@@ -262,21 +314,25 @@ def train_head(model: ExpressionClassifier, data: ExpressionData, labels: np.nda
     labelled = np.flatnonzero(labels != "")
     targets = np.searchsorted(model.classes, labels[labelled])
     weights = _class_weights(targets, len(model.classes))
-    latent = torch.from_numpy(encode(network, data, model.preprocessor, should_stop=should_stop))
+    features = torch.from_numpy(encode(network, data, model.preprocessor, head_features=True,
+                                       should_stop=should_stop))
     if network.uses_graph:
-        adjacency = knn_adjacency(latent.numpy(), model.knn)
+        adjacency = knn_adjacency(features.numpy(), model.knn)
         dataset = (torch.from_numpy(labelled), torch.from_numpy(targets))
 
         def loss_fn(head, batch, epoch):
             rows, target = batch
-            logits = head(latent.to(target.device), adjacency.to(target.device))[rows]
+            logits = head(features.to(target.device), adjacency.to(target.device))[rows]
             return F.cross_entropy(logits, target, weight=weights.to(target.device))
     else:
-        dataset = (latent[labelled], torch.from_numpy(targets))
+        dataset = (features[labelled], torch.from_numpy(targets))
 
         def loss_fn(head, batch, epoch):
             inputs, target = batch
-            return F.cross_entropy(head(inputs), target, weight=weights.to(target.device))
+            loss = F.cross_entropy(head(inputs), target, weight=weights.to(target.device))
+            if l2:
+                loss = loss + l2 * sum((p**2).sum() for p in head.parameters() if p.dim() > 1)
+            return loss
 
     history = train(network.head, dataset, loss_fn, config,
                     progress=_phase(progress, "training head"), should_stop=should_stop)
@@ -296,10 +352,13 @@ def class_probabilities(model: ExpressionClassifier, data: ExpressionData, *, pr
     if progress is not None:
         progress(0, 1, "predicting")
     latent = encode(model.network, data, model.preprocessor, should_stop=should_stop)
-    tensor = torch.from_numpy(latent)
+    features = latent
+    if model.network.head_input == "genes":
+        features = encode(model.network, data, model.preprocessor, head_features=True,
+                          should_stop=should_stop)
     adjacency = knn_adjacency(latent, model.knn) if model.uses_graph else None
     with torch.no_grad():
-        logits = model.network.classify(tensor, adjacency)
+        logits = model.network.classify(torch.from_numpy(features), adjacency)
     if progress is not None:
         progress(1, 1, "predicting")
     return latent, torch.softmax(logits, dim=1).numpy()

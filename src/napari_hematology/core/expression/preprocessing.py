@@ -3,7 +3,9 @@
 Every step is row-wise except the per-gene statistics, which are accumulated in one streamed pass:
 
 1. ``counts``: library-size normalisation to ``target_sum`` then ``log1p``; ``intensities`` (microarrays):
-   clip to ``[floor, ceiling]`` then ``log2``; ``normalized``: values used as they are.
+   clip to ``[floor, ceiling]``, ``log2``, then (``standardise_arrays``) centre and scale each sample over
+   its genes, which removes array-to-array scale differences (Dudoit, Fridlyand & Speed 2002);
+   ``normalized``: values used as they are.
 2. Highly variable genes: the ``n_top_genes`` genes of highest variance after step 1.
 3. Optional supervised gene selection (``select_genes``): of those, the genes that best separate the
    training classes (one-way ANOVA F statistic on the labelled cells), fitted on the training data only.
@@ -42,6 +44,8 @@ class PreprocessConfig:
         target_sum: Library size that each cell's counts are scaled to before ``log1p``.
         intensity_floor: Microarray values below this are raised to it before ``log2``.
         intensity_ceiling: Microarray values above this are lowered to it.
+        standardise_arrays: Microarrays: give each sample's log2 values mean 0 and standard deviation 1
+            over all of its genes (a per-sample step, so it never uses other samples).
         scale: Z-score each gene.
         min_gene_overlap: Smallest fraction of the model's genes that new data must contain.
     """
@@ -52,6 +56,7 @@ class PreprocessConfig:
     target_sum: float = 1e4
     intensity_floor: float = 20.0
     intensity_ceiling: float = 16000.0
+    standardise_arrays: bool = True
     scale: bool = True
     min_gene_overlap: float = 0.5
 
@@ -171,7 +176,8 @@ def normalise_rows(rows, config: PreprocessConfig):
         return rows.astype(np.float32)
     if config.values == "intensities":
         dense = rows.toarray() if sparse.issparse(rows) else np.asarray(rows, dtype=np.float32)
-        return np.log2(np.clip(dense, config.intensity_floor, config.intensity_ceiling))
+        logged = np.log2(np.clip(dense, config.intensity_floor, config.intensity_ceiling))
+        return standardise_rows(logged) if config.standardise_arrays else logged
     totals = np.asarray(rows.sum(axis=1), dtype=np.float64).ravel()
     factors = np.divide(config.target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
     if sparse.issparse(rows):
@@ -179,6 +185,13 @@ def normalise_rows(rows, config: PreprocessConfig):
         scaled.data = np.log1p(scaled.data)
         return scaled
     return np.log1p(np.asarray(rows, dtype=np.float32) * factors[:, None].astype(np.float32))
+
+
+def standardise_rows(values: np.ndarray) -> np.ndarray:
+    """Centre and scale every row to mean 0 and standard deviation 1 (constant rows are only centred)."""
+    centred = values - values.mean(axis=1, keepdims=True)
+    spread = centred.std(axis=1, keepdims=True)
+    return centred / np.where(spread > 1e-6, spread, 1.0)
 
 
 def fit_preprocessing(

@@ -25,14 +25,17 @@ def cross_validate_gene_count(
     config: ExpressionConfig,
     candidates: tuple[int, ...] = GENE_COUNT_CANDIDATES,
     folds: int = 5,
+    repeats: int = 2,
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
 ) -> tuple[int, dict[int, float]]:
-    """Stratified k-fold accuracy of ``config`` with each candidate ``select_genes`` on the labelled cells.
+    """Repeated stratified k-fold accuracy of ``config`` with each candidate ``select_genes``.
 
-    Only ``data`` is used (the training set), so the choice never sees test data. Ties go to the smallest
-    gene count.
+    Only the labelled cells of ``data`` are used (the training set), so the choice never sees test data;
+    genes are selected again inside every fold. Ties go to the smallest gene count. The head input is
+    resolved once on the whole of ``data`` so every fold fits the same kind of model as the final fit, and
+    encoder pretraining is skipped when the head reads genes (the encoder cannot change its predictions).
 
     Args:
         data: Training data.
@@ -40,6 +43,7 @@ def cross_validate_gene_count(
         config: Model settings; its ``preprocess.select_genes`` is replaced by each candidate.
         candidates: Gene counts to try.
         folds: Number of folds (reduced to the size of the smallest class when needed).
+        repeats: Number of different random fold assignments averaged (seeded by the head's seed).
         progress: Progress callback (one step per fitted model).
         should_stop: Cancellation callback.
 
@@ -49,7 +53,7 @@ def cross_validate_gene_count(
     Raises:
         InputError: Fewer than two labelled cells in some class, or no candidate.
     """
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import RepeatedStratifiedKFold
 
     labels, _ = training_labels(data, label_key)
     labelled = data.subset(labels != "")
@@ -60,11 +64,16 @@ def cross_validate_gene_count(
             f"{data.name}: choosing the gene count by cross-validation needs at least 2 labelled cells per "
             f"class (smallest class has {smallest}) and at least one candidate count."
         )
-    splitter = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=config.head_training.seed)
+    splitter = RepeatedStratifiedKFold(n_splits=min(folds, smallest), n_repeats=repeats,
+                                       random_state=config.head_training.seed)
     splits = list(splitter.split(targets, targets))
+    base = copy.deepcopy(config)
+    base.head_input = config.resolved_head_input(data.n_cells)
+    if base.head_input == "genes":
+        base.pretraining.epochs = 0
     scores: dict[int, float] = {}
     for step, count in enumerate(candidates):
-        trial = copy.deepcopy(config)
+        trial = copy.deepcopy(base)
         trial.preprocess.select_genes = count
         correct = 0
         for fit_rows, check_rows in splits:
@@ -72,7 +81,7 @@ def cross_validate_gene_count(
             model = fit_expression_model(labelled.subset(fit_rows), label_key, trial)
             predicted = predict_expression(model, labelled.subset(check_rows))["predicted"].to_numpy()
             correct += int((predicted == targets[check_rows]).sum())
-        scores[count] = correct / len(targets)
+        scores[count] = correct / (len(targets) * repeats)
         if progress is not None:
             progress(step + 1, len(candidates), f"{count} genes: CV accuracy {scores[count]:.3f}")
     best = max(scores.values())

@@ -7,7 +7,9 @@ pretrained encoder and the classifier:
 - pretext: what pretraining needs besides the encoder (``ae``: decoder; ``vime``: feature and mask
   decoders; ``scarf``: projector; ``byol``: projector, predictor and the EMA target network);
 - head: ``linear`` probe, feed-forward ``ffn``, ``transformer`` over latent tokens, or ``gcn`` over a
-  k-nearest-neighbour cell graph (its forward takes the normalised adjacency).
+  k-nearest-neighbour cell graph (its forward takes the normalised adjacency). With ``head_input="genes"``
+  a ``linear`` or ``ffn`` head reads the preprocessed genes instead of the latent (for small cohorts,
+  where an encoder pretrained on a few dozen samples adds noise); the encoder still gives the embedding.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import copy
 import torch
 from torch import nn
 
-from napari_hematology.core.expression.choices import ENCODERS, HEADS
+from napari_hematology.core.expression.choices import ENCODERS, GENE_INPUT_HEADS, HEAD_INPUTS, HEADS
 from napari_hematology.core.registry import register_model
 
 
@@ -111,22 +113,27 @@ class ExpressionNetwork(nn.Module):
     def __init__(self, n_genes: int, n_classes: int, encoder: str = "ae", head: str = "ffn",
                  hidden: list[int] | tuple[int, ...] = (512,), latent: int = 256,
                  head_hidden: int = 128, dropout: float = 0.1, projection: int = 128,
-                 token_size: int = 16):
+                 token_size: int = 16, head_input: str = "latent"):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"Unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}.")
         if head not in HEADS:
             raise ValueError(f"Unknown head {head!r}; choose one of {', '.join(HEADS)}.")
+        if head_input not in HEAD_INPUTS or (head_input == "genes" and head not in GENE_INPUT_HEADS):
+            raise ValueError(f"Head input {head_input!r} is not available for the {head!r} head; genes "
+                             f"can feed only the {' and '.join(GENE_INPUT_HEADS)} heads.")
         hidden = list(hidden)
         self.method = encoder
         self.head_kind = head
+        self.head_input = head_input
         self.encoder = _mlp([n_genes, *hidden, latent], dropout=dropout)
         self.pretext = _pretext_modules(encoder, n_genes, hidden, latent, projection)
         if encoder == "byol":
             self.target = copy.deepcopy(
                 _target_network(self.encoder, self.pretext["projector"])
             ).requires_grad_(False)
-        self.head = _build_head(head, latent, n_classes, head_hidden, dropout, token_size)
+        head_width = n_genes if head_input == "genes" else latent
+        self.head = _build_head(head, head_width, n_classes, head_hidden, dropout, token_size)
 
     @property
     def uses_graph(self) -> bool:
@@ -137,15 +144,19 @@ class ExpressionNetwork(nn.Module):
         """Latent vectors of preprocessed expression rows."""
         return self.encoder(genes)
 
-    def classify(self, latent, adjacency=None):
-        """Class logits from latent vectors (and the cell graph for the ``gcn`` head)."""
+    def head_features(self, genes):
+        """What the head reads: the latent vectors, or the genes themselves (``head_input="genes"``)."""
+        return genes if self.head_input == "genes" else self.embed(genes)
+
+    def classify(self, features, adjacency=None):
+        """Class logits from head features (and the cell graph for the ``gcn`` head)."""
         if self.uses_graph:
-            return self.head(latent, adjacency)
-        return self.head(latent)
+            return self.head(features, adjacency)
+        return self.head(features)
 
     def forward(self, genes, adjacency=None):
         """Class logits of preprocessed expression rows."""
-        return self.classify(self.embed(genes), adjacency)
+        return self.classify(self.head_features(genes), adjacency)
 
 
 def _target_network(encoder, projector):
