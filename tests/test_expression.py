@@ -39,6 +39,14 @@ def synthetic_counts(n_cells: int = 120, n_classes: int = 3, seed: int = 0, spar
     return make_expression_data(matrix, genes, [f"c{i}" for i in range(n_cells)], obs, "synthetic")
 
 
+def write_csv(data, path) -> None:
+    """Write synthetic data as a cells x genes CSV with its ``cell_type`` column."""
+    table = pd.DataFrame(data.matrix, columns=data.genes)
+    table.insert(0, "cell", data.cells)
+    table["cell_type"] = data.obs["cell_type"]
+    table.to_csv(path, index=False)
+
+
 def quick_config(encoder="ae", head="ffn", head_input="latent") -> ExpressionConfig:
     """Small, fast settings; the head reads the latent unless told otherwise (the data sets are small)."""
     config = ExpressionConfig.from_options(encoder, head, n_top_genes=40, pretrain_epochs=5,
@@ -233,11 +241,7 @@ def test_cross_validated_gene_count_picks_a_candidate():
 def test_cli_select_genes(tmp_path):
     from napari_hematology.cli import main
 
-    data = synthetic_counts()
-    table = pd.DataFrame(data.matrix, columns=data.genes)
-    table.insert(0, "cell", data.cells)
-    table["cell_type"] = data.obs["cell_type"]
-    table.to_csv(tmp_path / "cells.csv", index=False)
+    write_csv(synthetic_counts(), tmp_path / "cells.csv")
     common = ["expression", "fit", "--data", str(tmp_path / "cells.csv"), "--label-key", "cell_type",
               "--pretrain-epochs", "1", "--head", "linear"]
     assert main([*common, "--out", str(tmp_path / "m"), "--select-genes", "6"]) == 0
@@ -272,11 +276,55 @@ def test_small_cohort_head_reads_genes_and_does_not_depend_on_the_seed(tmp_path)
     assert embed_expression(loaded, data).shape == (60, 17)
 
 
+def head_and_input(config: ExpressionConfig, n_cells: int, n_labelled: int) -> tuple[str, str]:
+    resolved = config.resolved(n_cells, n_labelled)
+    return resolved.head, resolved.head_input
+
+
 def test_auto_head_input_depends_on_cohort_size_and_head():
     config = ExpressionConfig.from_options("ae", "ffn")
-    assert config.resolved_head_input(38) == "genes" and config.resolved_head_input(5000) == "latent"
-    assert ExpressionConfig.from_options("ae", "gcn").resolved_head_input(38) == "latent"
-    assert ExpressionConfig.from_options(head_input="latent").resolved_head_input(38) == "latent"
+    assert head_and_input(config, 38, 38) == ("ffn", "genes")
+    assert head_and_input(config, 5000, 5000) == ("ffn", "latent")
+    assert head_and_input(ExpressionConfig.from_options("ae", "gcn"), 38, 38) == ("gcn", "latent")
+    assert head_and_input(ExpressionConfig.from_options(head_input="latent"), 38, 38) == ("linear", "latent")
+
+
+def test_auto_head_is_linear_for_few_labelled_cells_and_ffn_otherwise():
+    config = ExpressionConfig.from_options()
+    assert config.head == "auto" and ExpressionConfig().head == "auto"
+    assert head_and_input(config, 38, 38) == ("linear", "genes")
+    assert head_and_input(config, 199, 199) == ("linear", "genes")
+    assert head_and_input(config, 200, 200) == ("ffn", "latent")
+    assert head_and_input(config, 5000, 50) == ("linear", "latent")  # few labels, many cells
+    assert config.head == "auto" and config.head_input == "auto"  # resolving returns a copy
+    for head in ("ffn", "transformer", "gcn", "linear"):
+        assert head_and_input(ExpressionConfig.from_options(head=head), 38, 38)[0] == head
+
+
+@pytest.mark.parametrize(
+    ("n_cells", "head_option", "head", "head_input"),
+    [(60, [], "linear", "genes"), (240, [], "ffn", "latent"), (60, ["--head", "ffn"], "ffn", "genes"),
+     (240, ["--head", "linear"], "linear", "latent")],
+)
+def test_cli_default_head_depends_on_cohort_size_and_is_saved_resolved(
+    tmp_path, n_cells, head_option, head, head_input
+):
+    import json
+
+    from napari_hematology.cli import main
+
+    write_csv(synthetic_counts(n_cells=n_cells), tmp_path / "cells.csv")
+    model_dir = tmp_path / "m"
+    assert main(["expression", "fit", "--data", str(tmp_path / "cells.csv"), "--label-key", "cell_type",
+                 "--out", str(model_dir), "--pretrain-epochs", "1", *head_option]) == 0
+    saved = json.loads((model_dir / "config.json").read_text())["config"]
+    assert (saved["head"], saved["head_input"]) == (head, head_input)
+    loaded = load_expression_model(model_dir)
+    assert (loaded.network.head_kind, loaded.network.head_input) == (head, head_input)
+    assert main(["expression", "predict", "--model", str(model_dir), "--data", str(tmp_path / "cells.csv"),
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    assert (predictions["predicted"] == np.array(["A", "B", "C"])[np.arange(n_cells) % 3]).mean() > 0.9
 
 
 def test_arrays_are_standardised_so_a_scaled_array_gives_the_same_inputs():

@@ -35,6 +35,7 @@ def test_train_shows_points_with_features_and_confusion(widget, qtbot, tmp_path)
     widget.path_edit.setText(str(tmp_path / "cells.csv"))
     widget.load_data()
     assert widget.label_combo.currentText() == "lineage"
+    assert widget.head_combo.currentText() == "auto"
     widget.epochs_spin.setValue(2)
     widget.head_combo.setCurrentText("linear")
     widget.train()

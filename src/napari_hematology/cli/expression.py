@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_hematology.core.expression.choices import ENCODERS, HEAD_INPUT_CHOICES, HEADS, VALUE_KINDS
+from napari_hematology.core.expression.choices import (
+    ENCODERS,
+    HEAD_CHOICES,
+    HEAD_INPUT_CHOICES,
+    SMALL_COHORT_CELLS,
+    VALUE_KINDS,
+)
 from napari_hematology.core.progress import TextProgress
 
 
@@ -24,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--label-key", required=True, help="obs column (h5ad), column (csv) or dataset (h5)")
     fit.add_argument("--out", type=Path, required=True, help="model folder to write")
     fit.add_argument("--encoder", choices=ENCODERS, default="ae", help="pretext task (default ae)")
-    fit.add_argument("--head", choices=HEADS, default="ffn", help="classifier head (default ffn)")
+    fit.add_argument("--head", choices=HEAD_CHOICES, default="auto",
+                     help=f"classifier head; auto (default) is linear when fewer than {SMALL_COHORT_CELLS} "
+                     "cells are labelled (small cohorts), else ffn")
     fit.add_argument("--values", choices=VALUE_KINDS, default="counts",
                      help="counts (default), microarray intensities, or already normalized values")
     fit.add_argument("--n-top-genes", type=int, default=2000,
@@ -35,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "cross-validation on the training file")
     fit.add_argument("--head-input", choices=HEAD_INPUT_CHOICES, default="auto",
                      help="what the linear/ffn head reads: the encoder's latent or the preprocessed genes; "
-                     "auto (default) uses genes for files of fewer than 200 cells (small cohorts)")
+                     f"auto (default) uses genes for files of fewer than {SMALL_COHORT_CELLS} cells "
+                     "(small cohorts)")
     fit.add_argument("--pretrain-epochs", type=int, default=None, help="encoder pretraining epochs")
     fit.add_argument("--seed", type=int, default=0, help="random seed")
     fit.set_defaults(func=run_fit)
@@ -73,7 +82,7 @@ def run_fit(args: argparse.Namespace) -> int:
     model = fit_expression_model(data, args.label_key, config, progress=TextProgress())
     save_expression_model(model, args.out)
     _print_notes(data.notes)
-    print(f"Saved {args.encoder}+{args.head} model ({len(model.classes)} classes, "
+    print(f"Saved {args.encoder}+{model.network.head_kind} model ({len(model.classes)} classes, "
           f"{len(model.preprocessor.genes)} genes, head reads the {model.network.head_input}) to {args.out}")
     return 0
 

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hematology.core.errors import HematologyError
-from napari_hematology.core.expression.choices import ENCODERS, HEADS, VALUE_KINDS
+from napari_hematology.core.expression.choices import ENCODERS, HEAD_CHOICES, SMALL_COHORT_CELLS, VALUE_KINDS
 from napari_hematology.widgets._runner import TaskRunner, report_error, shortcut_button
 
 FILE_FILTER = "Expression data (*.h5ad *.csv *.tsv *.h5)"
@@ -41,7 +41,9 @@ class ExpressionWidget(QWidget):
         self.path_edit.returnPressed.connect(self.load_data)
         self.label_combo = QComboBox()
         self.encoder_combo = _combo(ENCODERS)
-        self.head_combo = _combo(HEADS)
+        self.head_combo = _combo(HEAD_CHOICES)
+        self.head_combo.setToolTip(f"auto: linear with fewer than {SMALL_COHORT_CELLS} labelled cells, "
+                                   "else ffn")
         self.values_combo = _combo(VALUE_KINDS)
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(0, 500)

@@ -4,13 +4,15 @@
 task (streamed, one dense batch at a time), freezes it, and trains the head on the labelled cells' latent
 vectors. In a small cohort (fewer than ``SMALL_COHORT_CELLS`` cells, e.g. a few dozen patient arrays) a
 ``linear`` or ``ffn`` head reads the preprocessed genes instead, trained full-batch to convergence with an
-L2 penalty (penalised logistic regression for ``linear``), so the result does not depend on the seed.
+L2 penalty (penalised logistic regression for ``linear``), so the result does not depend on the seed; the
+default head ``auto`` is ``linear`` there (fewer than ``SMALL_COHORT_CELLS`` labelled cells), else ``ffn``.
 ``predict_expression`` applies a model unchanged to any data whose genes it can align by name, which is
 how zero-shot transfer to another population or dataset works.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,8 +23,9 @@ from napari_hematology.core.errors import InputError
 from napari_hematology.core.expression.choices import (
     ENCODERS,
     GENE_INPUT_HEADS,
+    HEAD_CHOICES,
     HEAD_INPUT_CHOICES,
-    HEADS,
+    SMALL_COHORT_CELLS,
     VALUE_KINDS,
 )
 from napari_hematology.core.expression.data import ExpressionData, labels_of
@@ -40,7 +43,6 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback, chec
 from napari_hematology.core.training import TrainConfig, train
 
 MODEL_NAME = "expression_model"
-SMALL_COHORT_CELLS = 200
 
 
 def _default_pretraining() -> TrainConfig:
@@ -67,7 +69,8 @@ class ExpressionConfig:
 
     Attributes:
         encoder: Pretext task for the encoder: ``ae``, ``vime``, ``scarf`` or ``byol``.
-        head: Classifier on the latent: ``ffn``, ``transformer``, ``gcn`` or ``linear``.
+        head: Classifier on the latent: ``ffn``, ``transformer``, ``gcn``, ``linear`` or ``auto``
+            (``linear`` when fewer than ``SMALL_COHORT_CELLS`` cells are labelled, else ``ffn``).
         hidden: Hidden layer widths of the encoder (genes -> hidden -> latent).
         latent: Latent size.
         knn: Neighbours per cell in the graph of the ``gcn`` head.
@@ -83,7 +86,7 @@ class ExpressionConfig:
     """
 
     encoder: str = "ae"
-    head: str = "ffn"
+    head: str = "auto"
     hidden: tuple[int, ...] = (512,)
     latent: int = 256
     knn: int = 15
@@ -95,12 +98,21 @@ class ExpressionConfig:
     graph_training: TrainConfig = field(default_factory=_default_graph_training)
     gene_head_training: TrainConfig = field(default_factory=_default_gene_head_training)
 
-    def resolved_head_input(self, n_cells: int) -> str:
-        """``latent`` or ``genes`` for training data of ``n_cells`` cells (resolves ``auto``)."""
-        if self.head_input != "auto":
-            return self.head_input
-        small = n_cells < SMALL_COHORT_CELLS and self.head in GENE_INPUT_HEADS
-        return "genes" if small else "latent"
+    def resolved(self, n_cells: int, n_labelled: int) -> ExpressionConfig:
+        """A copy with ``auto`` head and head input replaced by what they mean for this training data.
+
+        Args:
+            n_cells: Cells of the training data (labelled or not); fewer than ``SMALL_COHORT_CELLS`` make
+                a ``linear`` or ``ffn`` head read the genes.
+            n_labelled: Labelled cells; fewer than ``SMALL_COHORT_CELLS`` make the head ``linear``.
+        """
+        resolved = copy.deepcopy(self)
+        if resolved.head == "auto":
+            resolved.head = "linear" if n_labelled < SMALL_COHORT_CELLS else "ffn"
+        if resolved.head_input == "auto":
+            small = n_cells < SMALL_COHORT_CELLS and resolved.head in GENE_INPUT_HEADS
+            resolved.head_input = "genes" if small else "latent"
+        return resolved
 
     def head_training_for(self, head_input: str) -> TrainConfig:
         """Training settings of the head for the given input."""
@@ -109,7 +121,7 @@ class ExpressionConfig:
         return self.gene_head_training if head_input == "genes" else self.head_training
 
     @classmethod
-    def from_options(cls, encoder: str = "ae", head: str = "ffn", values: str = "counts",
+    def from_options(cls, encoder: str = "ae", head: str = "auto", values: str = "counts",
                      n_top_genes: int | None = 2000, pretrain_epochs: int | None = None,
                      seed: int = 0, select_genes: int | None = None,
                      head_input: str = "auto") -> ExpressionConfig:
@@ -121,7 +133,7 @@ class ExpressionConfig:
             InputError: Unknown encoder, head, value kind or head input, genes as input of a head that
                 cannot read them, or a negative epoch count.
         """
-        for option, value, allowed in (("encoder", encoder, ENCODERS), ("head", head, HEADS),
+        for option, value, allowed in (("encoder", encoder, ENCODERS), ("head", head, HEAD_CHOICES),
                                        ("values", values, VALUE_KINDS),
                                        ("head input", head_input, HEAD_INPUT_CHOICES)):
             if value not in allowed:
@@ -212,14 +224,13 @@ def fit_expression_model(
     """
     from napari_hematology.core.registry import create_model
 
-    config = config or ExpressionConfig()
     labels, classes = training_labels(data, label_key)
+    config = (config or ExpressionConfig()).resolved(data.n_cells, int((labels != "").sum()))
     check_values(data, config.preprocess.values)
     preprocessor = fit_preprocessing(
         data, config.preprocess, labels, progress=_phase(progress, "preprocessing"),
         should_stop=should_stop,
     )
-    head_input = config.resolved_head_input(data.n_cells)
     network = create_model(
         MODEL_NAME,
         n_genes=len(preprocessor.genes),
@@ -228,13 +239,13 @@ def fit_expression_model(
         head=config.head,
         hidden=list(config.hidden),
         latent=config.latent,
-        head_input=head_input,
+        head_input=config.head_input,
     )
     history = {"pretraining_loss": pretrain_encoder(network, data, preprocessor, config.pretraining,
                                                     progress=progress, should_stop=should_stop)}
     model = ExpressionClassifier(network, preprocessor, classes, label_key, config.knn)
-    history["head_loss"] = train_head(model, data, labels, config.head_training_for(head_input),
-                                      l2=config.gene_head_l2 if head_input == "genes" else 0.0,
+    history["head_loss"] = train_head(model, data, labels, config.head_training_for(config.head_input),
+                                      l2=config.gene_head_l2 if config.head_input == "genes" else 0.0,
                                       progress=progress, should_stop=should_stop)
     model.history = history
     return model

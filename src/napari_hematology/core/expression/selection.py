@@ -33,9 +33,10 @@ def cross_validate_gene_count(
     """Repeated stratified k-fold accuracy of ``config`` with each candidate ``select_genes``.
 
     Only the labelled cells of ``data`` are used (the training set), so the choice never sees test data;
-    genes are selected again inside every fold. Ties go to the smallest gene count. The head input is
-    resolved once on the whole of ``data`` so every fold fits the same kind of model as the final fit, and
-    encoder pretraining is skipped when the head reads genes (the encoder cannot change its predictions).
+    genes are selected again inside every fold. Ties go to the smallest gene count. The head and its input
+    are resolved once on the whole of ``data`` so every fold fits the same kind of model as the final fit,
+    and encoder pretraining is skipped when the head reads genes (the encoder cannot change its
+    predictions).
 
     Args:
         data: Training data.
@@ -67,8 +68,7 @@ def cross_validate_gene_count(
     splitter = RepeatedStratifiedKFold(n_splits=min(folds, smallest), n_repeats=repeats,
                                        random_state=config.head_training.seed)
     splits = list(splitter.split(targets, targets))
-    base = copy.deepcopy(config)
-    base.head_input = config.resolved_head_input(data.n_cells)
+    base = config.resolved(data.n_cells, len(targets))
     if base.head_input == "genes":
         base.pretraining.epochs = 0
     scores: dict[int, float] = {}
