@@ -39,6 +39,7 @@ from napari_hematology.core.cytometry import (
     proportions_table,
     read_fcs,
     run_pipeline,
+    sample_proportions,
     sample_values,
     save_pipeline,
     single_stage_config,
@@ -197,13 +198,18 @@ def soft_label_benchmark(values, labels, threads) -> dict:
 
 
 def _soft_label_scores(clusterer, x, truth, ids, fractions) -> dict:
+    """Proportions as ``proportions.csv`` reports them (counts of assigned events), and for comparison
+    the mean soft assignment."""
     probabilities = clusterer.assign(x)
-    estimated = np.stack([probabilities[ids == s].mean(axis=0) for s in range(len(fractions))])
-    errors = np.abs(estimated - fractions) * 100
+    samples = range(len(fractions))
+    counted = np.stack([sample_proportions(probabilities[ids == s]) for s in samples])
+    soft = np.stack([probabilities[ids == s].mean(axis=0) for s in samples])
+    errors, soft_errors = np.abs(counted - fractions) * 100, np.abs(soft - fractions) * 100
     return {
         "cell_accuracy": float(np.mean(probabilities.argmax(axis=1) == truth)),
         "proportion_mae_points": float(errors.mean()),
         "proportion_max_error_points": float(errors.max()),
+        "mean_soft_assignment_mae_points": float(soft_errors.mean()),
     }
 
 

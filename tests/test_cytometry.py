@@ -21,6 +21,7 @@ from napari_hematology.core.cytometry import (
     read_batch,
     read_fcs,
     run_pipeline,
+    sample_proportions,
     save_pipeline,
     scatter_coordinates,
     single_stage_config,
@@ -148,6 +149,36 @@ def test_each_method_alone_recovers_separated_populations(method):
     assert adjusted_rand_score(truth, probabilities.argmax(axis=1)) > 0.9
 
 
+def test_small_population_keeps_its_cluster_beside_a_large_one():
+    """A 2 % population next to one 30 times larger must not be absorbed (IDEC's summed kernel did)."""
+    raw, truth = make_events({"pure": 1500, "plt": 500, "retic": 50})
+    values = transform(raw[:, 1:], "arcsinh", 150.0)
+    for method in ("idec", "vade"):
+        clusterer = fit_clusterer(values, MARKERS[1:], ClusterConfig(method=method, clusters=3, **FAST))
+        predicted = clusterer.assign(values).argmax(axis=1)
+        assert adjusted_rand_score(truth, predicted) > 0.9, method
+
+
+def test_idec_assigns_each_event_to_its_nearest_centre_cluster():
+    import torch
+
+    from napari_hematology.core.registry import create_model
+
+    model = create_model("idec", in_features=2, clusters=2, prototypes=5, latent_dim=2)
+    model.centers.data = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
+    model.membership.copy_(torch.tensor([0, 0, 0, 0, 1]))
+    latent = torch.tensor([[8.0, 0.0], [4.0, 0.0]])
+    q = model.soft_assign(latent)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(2))
+    assert q.argmax(dim=1).tolist() == [1, 0]  # summing the kernels would give cluster 0 to the event at 8
+
+
+def test_sample_proportions_count_assigned_events_and_skip_unseen():
+    probabilities = np.array([[0.6, 0.4], [0.45, 0.55], [0.9, 0.1], [np.nan, np.nan]])
+    np.testing.assert_allclose(sample_proportions(probabilities), [2 / 3, 1 / 3])
+    np.testing.assert_allclose(sample_proportions(np.full((2, 3), np.nan)), [0.0, 0.0, 0.0])
+
+
 def test_cancel_stops_training():
     values = np.random.default_rng(0).normal(size=(200, 3))
     with pytest.raises(Cancelled):
@@ -230,6 +261,7 @@ def test_stage_config_errors(tmp_path):
         "stages: [{name: a, clusters: 2, colour: red}]": r"unknown key\(s\) colour",
         "stages: [{name: a, clusters: 2, method: kmeans}]": "Unknown clustering method 'kmeans'",
         "stages: [{name: a, clusters: 3, populations: [x, y]}]": "2 population names for 3 clusters",
+        "stages: [{name: a, clusters: 2, init_restarts: 0}]": "init_restarts must be at least 1",
     }
     for number, (text, message) in enumerate(bad.items()):
         (tmp_path / f"s{number}.yaml").write_text(text)

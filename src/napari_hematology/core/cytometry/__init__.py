@@ -34,6 +34,7 @@ from napari_hematology.core.cytometry.tables import (
     cell_table,
     final_populations,
     proportions_table,
+    sample_proportions,
     scatter_coordinates,
     write_outputs,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "read_fcs",
     "read_reference",
     "run_pipeline",
+    "sample_proportions",
     "sample_values",
     "save_pipeline",
     "scatter_coordinates",

@@ -1,15 +1,17 @@
 """Fitting IDEC or VaDE to per-cell signal vectors, optionally matching per-sample reference proportions.
 
 Training follows the published recipes, through the shared :func:`~napari_hematology.core.training.train`
-loop: an autoencoder is pretrained on reconstruction, the cluster model is initialised in its latent space
-(k-means for IDEC, a Gaussian mixture for VaDE), then everything is fine-tuned with the method's
-clustering objective. With reference fractions (one row per sample, one column per cluster) a
-learning-from-label-proportions term pulls each sample's mean soft assignment towards its reference, so the
-clusters become the named populations and every cell gets a soft label.
+loop: an autoencoder is pretrained on reconstruction, the prototypes of the cluster model are placed on a
+consensus over-clustering of the events (k-means cells grouped by the vote of several over-clusterings),
+then everything is fine-tuned with the method's clustering objective. With reference fractions (one row
+per sample, one column per cluster) the prototypes are regrouped to follow them and a
+learning-from-label-proportions term pulls each sample's mean soft assignment towards its reference, so
+the clusters become the named populations and every cell gets a soft label.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from napari_hematology.core.training import TrainConfig, predict, seed_everythin
 METHODS = ("idec", "vade")
 MIN_EVENTS_PER_CLUSTER = 5
 MAX_PROTOTYPES = 100
+CONSENSUS_EVENTS = 5000
+MAX_REGROUP_PASSES = 20
 EPSILON = 1e-8
 
 
@@ -33,13 +37,16 @@ class ClusterConfig:
         method: ``idec`` or ``vade``.
         clusters: Number of clusters (populations).
         prototypes_per_cluster: Latent prototypes per cluster (at most 100 in all), merged into clusters
-            by average linkage; 1 gives the original single-centre methods.
+            by consensus; 1 gives the original single-centre methods.
+        init_restarts: Over-clusterings that vote on the initial clusters (consensus); 1 uses one.
         latent_dim: Width of the latent space.
         hidden: Encoder hidden widths.
         pretrain_epochs: Autoencoder pretraining epochs; small data sets get more, so that pretraining
             makes at least ``min_pretrain_steps`` optimisation steps.
         min_pretrain_steps: Fewest pretraining steps (the latent space must be good before clustering).
-        epochs: Clustering fine-tuning epochs.
+        epochs: Most clustering fine-tuning epochs.
+        stable_fraction: Fine-tuning stops once fewer than this fraction of the events change cluster
+            in an epoch (DEC/IDEC's tolerance).
         batch_size: Events per optimisation step.
         learning_rate: AdamW learning rate.
         cluster_weight: IDEC: weight of the clustering (KL) loss against reconstruction.
@@ -54,11 +61,13 @@ class ClusterConfig:
     method: str = "idec"
     clusters: int = 5
     prototypes_per_cluster: int = 10
+    init_restarts: int = 10
     latent_dim: int = 8
     hidden: tuple[int, ...] = (64, 32)
     pretrain_epochs: int = 15
     min_pretrain_steps: int = 600
     epochs: int = 15
+    stable_fraction: float = 0.001
     batch_size: int = 256
     learning_rate: float = 2e-3
     cluster_weight: float = 0.1
@@ -76,6 +85,8 @@ class ClusterConfig:
             )
         if self.clusters < 2:
             raise InputError(f"At least 2 clusters are needed, got {self.clusters}.")
+        if self.init_restarts < 1:
+            raise InputError(f"init_restarts must be at least 1, got {self.init_restarts}.")
         if min(self.pretrain_epochs, self.epochs) < 0 or self.batch_size < 2:
             raise InputError("Epochs must be >= 0 and the batch size >= 2.")
 
@@ -221,24 +232,18 @@ def fit_clusterer(
         should_stop=should_stop,
     )
     check_cancel(should_stop)
-    _initialise_clusters(model, x, config)
+    cells = _initialise_clusters(model, x, config)
     batch_reference = None
     if reference is not None:
         ids = np.asarray(sample_ids)[keep]
-        _align_to_reference(model, x, ids, reference)
+        _membership_from_reference(model, cells, ids, reference)
         batch_reference = torch.as_tensor(np.nan_to_num(reference, nan=-1.0), dtype=torch.float32)
         dataset = (x, torch.arange(len(x)), torch.as_tensor(ids, dtype=torch.long))
     else:
         dataset = (x, torch.arange(len(x)))
-    loss = _clustering_loss(model, x, config, batch_reference)
-    train(
-        model,
-        dataset,
-        loss,
-        _train_config(config, config.epochs),
-        progress=steps.phase(1, "clustering"),
-        should_stop=should_stop,
-    )
+    initial_clusters = model.membership.numpy()[cells]
+    loss = _clustering_loss(model, x, config, batch_reference, initial_clusters)
+    _fine_tune(model, x, dataset, loss, config, steps.phase(1, "clustering"), should_stop, initial_clusters)
     if reference is None:
         _number_by_size(model, x)
     extra = {
@@ -304,41 +309,102 @@ class _Phases:
         return lambda done, _total, text="": self.progress(offset + done, total, f"{message} {text}")
 
 
+def _fine_tune(model, x, dataset, loss, config, progress, should_stop, labels: np.ndarray) -> None:
+    """Clustering epochs until the partition has settled.
+
+    DEC's and IDEC's convergence rule (fewer than ``stable_fraction`` of the events change cluster in an
+    epoch), and also stop once more events change than in the epoch before: the partition then no longer
+    settles but drifts, as the reconstruction term reshapes the latent space and erodes small clusters.
+    """
+    batches = -(-len(x) // config.batch_size)
+    previous = 1.0
+    for epoch in range(config.epochs):
+        train(
+            model,
+            dataset,
+            lambda net, batch, _epoch, epoch=epoch: loss(net, batch, epoch),
+            dataclasses.replace(_train_config(config, 1), seed=config.seed + epoch),
+            progress=_shifted(progress, epoch * batches, config.epochs * batches),
+            should_stop=should_stop,
+        )
+        updated = predict(model, x, batch_size=8192).argmax(axis=1)
+        changed = float(np.mean(updated != labels))
+        labels = updated
+        if changed < config.stable_fraction or changed > previous:
+            break
+        previous = changed
+
+
+def _shifted(progress: ProgressCallback | None, offset: int, total: int) -> ProgressCallback | None:
+    if progress is None:
+        return None
+    return lambda done, _total, text="": progress(offset + done, total, text)
+
+
 def _reconstruction_loss(model, batch, epoch):
     x = batch[0]
     return (model.reconstruct(model.embed(x)) - x).pow(2).mean()
 
 
-def _initialise_clusters(model, x, config: ClusterConfig) -> None:
-    """Over-cluster the events with k-means, merge the pieces into clusters, and place the prototypes.
+def _initialise_clusters(model, x, config: ClusterConfig) -> np.ndarray:
+    """Place the prototypes on a consensus over-clustering of the events; return each event's prototype.
 
-    Average-linkage merging of many small k-means cells (the FlowSOM recipe) finds populations of very
-    different sizes that a k-means with one centre per cluster would split or merge. It runs on the
-    standardised channels, where distances mean the same for every stage; each prototype then starts at
-    the mean latent code of its cell.
+    The events are over-clustered with k-means (one cell per prototype) and the cells are grouped into
+    clusters by consensus (:func:`_consensus_membership`). Each prototype then starts at the mean latent
+    code of its cell.
     """
     import torch
-    from sklearn.cluster import AgglomerativeClustering, KMeans
+    from sklearn.cluster import KMeans
 
     prototypes = len(model.membership)
-    kmeans = KMeans(prototypes, n_init=3, random_state=config.seed).fit(x.numpy())
-    membership = AgglomerativeClustering(config.clusters, linkage="average").fit_predict(
-        kmeans.cluster_centers_
-    )
+    values = x.numpy()
+    kmeans = KMeans(prototypes, n_init=1, random_state=config.seed).fit(values)
+    cells = kmeans.labels_
+    membership = _consensus_membership(values, cells, kmeans, config)
     model.membership.copy_(torch.as_tensor(membership, dtype=torch.long))
     latent = predict(model, x, batch_size=8192, forward=lambda net, b: net.embed(b))
-    cells = kmeans.labels_
     counts = np.bincount(cells, minlength=prototypes)
     centers = np.stack([latent[cells == k].mean(axis=0) for k in range(prototypes)])
     if config.method == "idec":
         model.centers.data = _as_tensor(centers)
-        return
+        return cells
     # Start every component with the pooled within-cell variance: the initial responsibilities then
     # follow the k-means cells instead of being captured by the widest component.
     pooled_variance = ((latent - centers[cells]) ** 2).mean(axis=0) + 1e-6
     model.prior_logits.data = _as_tensor(np.log(counts / counts.sum()))
     model.prior_means.data = _as_tensor(centers)
     model.prior_logvars.data = _as_tensor(np.tile(np.log(pooled_variance), (prototypes, 1)))
+    return cells
+
+
+def _consensus_membership(values: np.ndarray, cells: np.ndarray, kmeans, config: ClusterConfig) -> np.ndarray:
+    """Group the k-means cells into clusters by consensus over several over-clusterings.
+
+    One over-clustering (k-means cells merged by complete linkage of their centres, the FlowSOM recipe)
+    depends much on the k-means seed, most for small populations. ``init_restarts`` of them (the given
+    one plus k-means restarts fitted on a subsample) vote on how often the events of two cells end up
+    together; the cells are then grouped by average linkage of that co-association, as FlowSOM's
+    consensus metaclustering does.
+    """
+    from sklearn.cluster import AgglomerativeClustering, KMeans
+
+    prototypes, clusters = kmeans.n_clusters, config.clusters
+    rng = np.random.default_rng(config.seed)
+    together = np.zeros((prototypes, prototypes))
+    for restart in range(config.init_restarts):
+        if restart:
+            subset = rng.choice(len(values), min(len(values), CONSENSUS_EVENTS), replace=False)
+            kmeans = KMeans(prototypes, n_init=1, random_state=int(rng.integers(2**31 - 1))).fit(
+                values[subset]
+            )
+        merged = AgglomerativeClustering(clusters, linkage="complete").fit_predict(kmeans.cluster_centers_)
+        labels = merged[kmeans.predict(values)]
+        shares = np.zeros((prototypes, clusters))
+        np.add.at(shares, (cells, labels), 1.0)
+        shares /= np.maximum(shares.sum(axis=1, keepdims=True), 1.0)
+        together += shares @ shares.T
+    distance = 1.0 - together / config.init_restarts
+    return AgglomerativeClustering(clusters, metric="precomputed", linkage="average").fit_predict(distance)
 
 
 def _number_by_size(model, x) -> None:
@@ -351,26 +417,59 @@ def _number_by_size(model, x) -> None:
     model.membership.copy_(torch.as_tensor(new_index)[model.membership])
 
 
-def _align_to_reference(model, x, sample_ids: np.ndarray, reference: np.ndarray) -> None:
-    """Renumber the initial clusters so that cluster k best follows population k across samples."""
+def _membership_from_reference(
+    model, cells: np.ndarray, sample_ids: np.ndarray, reference: np.ndarray
+) -> None:
+    """Regroup the prototypes so that each sample's share of events per cluster follows its reference.
+
+    The unsupervised clusters are first matched one-to-one to the populations (Hungarian, on how well
+    each cluster's per-sample shares follow each population's fractions). Then single prototypes move
+    to another population while that lowers the squared error between the samples' shares and their
+    reference fractions: a cell of the over-clustering made of one population's events holds, in every
+    sample, a share proportional to that population's fraction, so the reference tells apart
+    populations that the unsupervised grouping merged. Every population keeps at least one prototype.
+    """
     import torch
     from scipy.optimize import linear_sum_assignment
 
-    q = predict(model, x, batch_size=8192)
     known = [s for s in np.unique(sample_ids) if np.isfinite(reference[s]).all()]
     if not known:
         return
-    observed = np.stack([q[sample_ids == s].mean(axis=0) for s in known])
-    cost = np.abs(observed[:, :, None] - reference[known][:, None, :]).sum(axis=0)
-    clusters, populations = linear_sum_assignment(cost)
-    new_index = np.empty(len(clusters), dtype=np.int64)
-    new_index[clusters] = populations
-    model.membership.copy_(torch.as_tensor(new_index)[model.membership])
+    prototypes, populations = len(model.membership), reference.shape[1]
+    shares = np.stack(
+        [np.bincount(cells[sample_ids == s], minlength=prototypes) / np.sum(sample_ids == s) for s in known]
+    )
+    target = reference[known]
+    membership = model.membership.numpy().copy()
+    observed = shares @ np.eye(populations)[membership]
+    _, matched = linear_sum_assignment(np.abs(observed[:, :, None] - target[:, None, :]).sum(axis=0))
+    membership = matched[membership]
+    residual = shares @ np.eye(populations)[membership] - target
+    for _ in range(MAX_REGROUP_PASSES):
+        moved = False
+        for prototype in np.argsort(-shares.sum(axis=0)):
+            current = membership[prototype]
+            if np.sum(membership == current) == 1:
+                continue
+            column = shares[:, prototype : prototype + 1]
+            # Change of the squared error when the prototype leaves `current` for each population.
+            change = ((residual + column) ** 2 - residual**2).sum(axis=0)
+            change += ((residual[:, current] - column[:, 0]) ** 2 - residual[:, current] ** 2).sum()
+            change[current] = 0.0
+            best = int(change.argmin())
+            if change[best] < -EPSILON:
+                residual[:, current] -= column[:, 0]
+                residual[:, best] += column[:, 0]
+                membership[prototype] = best
+                moved = True
+        if not moved:
+            break
+    model.membership.copy_(torch.as_tensor(membership, dtype=torch.long))
 
 
-def _clustering_loss(model, x, config: ClusterConfig, reference):
+def _clustering_loss(model, x, config: ClusterConfig, reference, initial_clusters: np.ndarray):
     if config.method == "idec":
-        base = _idec_loss(x, config.cluster_weight)
+        base = _idec_loss(x, config.cluster_weight, initial_clusters)
     else:
         base = _vade_loss(config.recon_variance)
     if reference is None:
@@ -382,15 +481,24 @@ def _clustering_loss(model, x, config: ClusterConfig, reference):
     return loss_fn
 
 
-def _idec_loss(x, cluster_weight: float):
-    """Reconstruction plus KL(P || Q) to the sharpened target P, refreshed once per epoch."""
+def _idec_loss(x, cluster_weight: float, initial_clusters: np.ndarray):
+    """Reconstruction plus KL(P || Q) to the sharpened target P, refreshed once per epoch.
+
+    The first epoch's target is the initial partition itself: the prototypes sit at latent means of
+    cells found in the input space, and nearest-prototype assignment in the latent space may disagree
+    with those cells; starting the self-training from Q instead would lock that disagreement in.
+    """
     state = {"epoch": -1, "target": None}
 
     def loss_fn(model, batch, epoch):
         if epoch != state["epoch"]:
-            q = predict(model, x, batch_size=8192)
-            weight = q**2 / q.sum(axis=0)
-            state["target"] = _as_tensor(weight / weight.sum(axis=1, keepdims=True))
+            if epoch == 0:
+                target = np.eye(model.clusters)[initial_clusters]
+            else:
+                q = predict(model, x, batch_size=8192)
+                weight = q**2 / q.sum(axis=0)
+                target = weight / weight.sum(axis=1, keepdims=True)
+            state["target"] = _as_tensor(target)
             state["epoch"] = epoch
             model.train()
         inputs, index = batch[0], batch[1]

@@ -62,10 +62,25 @@ def final_populations(result: PipelineResult, file_index: int) -> np.ndarray:
     return names
 
 
-def proportions_table(result: PipelineResult):
-    """One row per file: ``file, events`` and the mean soft assignment of each population.
+def sample_proportions(probabilities: np.ndarray) -> np.ndarray:
+    """Fraction of a sample's events assigned (most likely cluster) to each population.
 
-    Fractions are within their stage (for a child stage, fractions of the parent population's events).
+    Counts of the cell-level assignments, not the mean soft assignment: the proportions then agree with
+    the ``cluster`` column of the per-event table, and they are not biased towards uniform by the soft
+    assignment's spread (the mean of soft labels that are 99 % right can be several points off). Events
+    the stage did not see (NaN rows) are left out; a sample without events gets zeros.
+    """
+    labels = hard_labels(probabilities)
+    labels = labels[labels >= 0]
+    counts = np.bincount(labels, minlength=probabilities.shape[1]).astype(np.float64)
+    return counts / max(len(labels), 1)
+
+
+def proportions_table(result: PipelineResult):
+    """One row per file: ``file, events`` and the fraction of events assigned to each population.
+
+    Fractions are within their stage (for a child stage, fractions of the parent population's events),
+    from :func:`sample_proportions`.
 
     Returns:
         A pandas DataFrame.
@@ -77,12 +92,10 @@ def proportions_table(result: PipelineResult):
     for i, sample in enumerate(result.samples):
         row: dict[str, object] = {"file": sample.name, "events": len(sample.events)}
         for stage in result.stages:
-            probabilities = stage.probabilities[i]
-            seen = probabilities[np.isfinite(probabilities).all(axis=1)]
-            means = seen.mean(axis=0) if len(seen) else np.zeros(probabilities.shape[1])
+            fractions = sample_proportions(stage.probabilities[i])
             for k, population in enumerate(stage.stage.population_names):
                 row[_prob_column(result, stage, population).replace("prob_", "prop_", 1)] = round(
-                    float(means[k]), 5
+                    float(fractions[k]), 5
                 )
         rows.append(row)
     return pd.DataFrame(rows)

@@ -91,6 +91,19 @@ def _make_idec_class():
             q = (1.0 + distance / self.alpha).pow(-(self.alpha + 1.0) / 2.0)
             return q / q.sum(dim=1, keepdim=True)
 
+        def soft_assign(self, z):
+            """Student's t assignment to each cluster's nearest centre.
+
+            Summing the heavy-tailed kernel over all centres of a cluster would let a cluster with many
+            centres outweigh the one nearby centre of a small population; each cluster is represented by
+            its nearest centre instead, so the hard assignment is the nearest centre's cluster.
+            """
+            similarity = self.prototype_assign(z)
+            nearest = similarity.new_zeros(len(z), self.clusters).scatter_reduce(
+                1, self.membership.expand_as(similarity), similarity, reduce="amax", include_self=False
+            )
+            return nearest / nearest.sum(dim=1, keepdim=True)
+
     return IDEC
 
 
