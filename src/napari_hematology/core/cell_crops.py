@@ -72,9 +72,8 @@ def locate_nucleus(rgb: np.ndarray) -> tuple[float, float, float]:
 
     """
     score = nucleus_score(rgb)
-    mask = score > _otsu(score)
-    mask = ndimage.binary_opening(mask, iterations=1)
-    mask = ndimage.binary_closing(mask, iterations=2)
+    mask = _dilate(_erode(score > _otsu(score)))
+    mask = _erode(_erode(_dilate(_dilate(mask))))
     labels, count = ndimage.label(mask)
     if count == 0:
         return rgb.shape[0] / 2, rgb.shape[1] / 2, max(rgb.shape[:2]) / CONTEXT
@@ -88,6 +87,28 @@ def locate_nucleus(rgb: np.ndarray) -> tuple[float, float, float]:
     rows, cols = np.nonzero(labels == best)
     extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
     return (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2, float(extent)
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """Binary dilation by the 3x3 cross (as scipy.ndimage, several times faster on small masks)."""
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    grown[:, 1:] |= mask[:, :-1]
+    grown[:, :-1] |= mask[:, 1:]
+    return grown
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion by the 3x3 cross, everything outside the frame counting as background."""
+    shrunk = mask.copy()
+    shrunk[1:] &= mask[:-1]
+    shrunk[:-1] &= mask[1:]
+    shrunk[:, 1:] &= mask[:, :-1]
+    shrunk[:, :-1] &= mask[:, 1:]
+    shrunk[[0, -1], :] = False
+    shrunk[:, [0, -1]] = False
+    return shrunk
 
 
 def _otsu(values: np.ndarray, bins: int = 128) -> float:
@@ -126,9 +147,10 @@ def normalise_crop(rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONT
         Image.BILINEAR,
         reducing_gap=REDUCING_GAP,
     )
-    gain = white_gain(np.asarray(thumbnail))
+    thumbnail_pixels = np.asarray(thumbnail)
+    gain = white_gain(thumbnail_pixels)
     centre_y, centre_x, extent = (
-        value / scale for value in locate_nucleus(apply_gain(np.asarray(thumbnail), gain))
+        value / scale for value in locate_nucleus(apply_gain(thumbnail_pixels, gain))
     )
     half = max(extent * context, 0.25 * min(image.size), 8.0) / 2
     box = (centre_x - half, centre_y - half, centre_x + half, centre_y + half)

@@ -7,13 +7,13 @@ Data (under the shared data root):
 - ``single_cells/bccd_crops``: five white-cell types, one folder per type.
 - ``single_cells/wbc_seg``: five types from two labs, labels not checked by experts (down-weighted).
 
-Blasts only come from ALL-IDB2, so a network could learn "ALL-IDB2 look" instead of "blast". Three
-things work against that: ALL-IDB2 normal cells are in training too (same lab, not blast); every crop is
-normalised to its nucleus and white-balanced (:mod:`napari_hematology.core.cell_crops`); and training
-applies strong colour and geometry augmentation so stain and scale stop being usable cues. Blur is off
-by default (at 64 pixels it blurs the chromatin texture that tells a blast from a lymphocyte); on
-held-out ALL-IDB2 fold 0 runs gave 0.78 with blur and 0.70-0.93 without, so the difference is within
-run-to-run variation.
+Blasts only come from ALL-IDB2, so a network could learn "ALL-IDB2 look" instead of "blast". ALL-IDB2
+normal cells are in training too (same lab, not blast), and every crop is normalised to its nucleus and
+white-balanced (:mod:`napari_hematology.core.cell_crops`). Colour augmentation is deliberately mild:
+after white balance, the remaining colour differences are mostly the cell's own (chromatin, cytoplasm,
+granules), and the stronger stain jitter of earlier versions (hue +-0.35 rad, saturation 0.6-1.5,
+gamma 0.7-1.4) erased them: ALL-IDB2 cross-validated accuracy rose from 0.725 to the figure in
+``benchmarks/results/classifier.json`` when it was reduced to the ranges in :func:`augment`.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class ClassifierRecipe:
     backbone: str = DEFAULT_BACKBONE
     crop_size: int = CROP_SIZE
     context: float = CONTEXT
-    epochs: int = 60
+    epochs: int = 100
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 0.05
@@ -246,7 +246,7 @@ def augment(images, generator=None, max_blur: float = 0.0):
         return torch.empty(count, *shape, device=images.device).uniform_(low, high, generator=generator)
 
     angle = uniform(0, 2 * np.pi)
-    scale = uniform(0.85, 1.15)
+    scale = uniform(0.9, 1.1)
     flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
@@ -260,10 +260,10 @@ def augment(images, generator=None, max_blur: float = 0.0):
         images = torch.lerp(images, blurred, uniform(0, max_blur, 1, 1, 1))
     images = images / 255.0
     gray = images.mean(dim=1, keepdim=True)
-    images = gray + (images - gray) * uniform(0.6, 1.5, 1, 1, 1)
-    images = _rotate_hue(images, uniform(-0.35, 0.35))
-    images = images * uniform(0.85, 1.15, 3, 1, 1) + uniform(-0.08, 0.08, 1, 1, 1)
-    images = images.clamp(0, 1) ** uniform(0.7, 1.4, 1, 1, 1)
+    images = gray + (images - gray) * uniform(0.85, 1.15, 1, 1, 1)
+    images = _rotate_hue(images, uniform(-0.06, 0.06))
+    images = images * uniform(0.95, 1.05, 3, 1, 1) + uniform(-0.03, 0.03, 1, 1, 1)
+    images = images.clamp(0, 1) ** uniform(0.9, 1.1, 1, 1, 1)
     return images.clamp(0, 1) * 255.0
 
 

@@ -121,9 +121,12 @@ def read_image(path: str | Path, lazy: bool | None = None) -> SmearImage:
 
 
 def _read_plain(path: Path) -> np.ndarray:
-    import imageio.v3 as iio
+    from PIL import Image
 
-    return np.asarray(iio.imread(path))
+    with Image.open(path) as image:
+        if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+            image = image.convert("RGBA" if "transparency" in image.info or image.mode == "PA" else "RGB")
+        return np.asarray(image)
 
 
 def _read_tiff(path: Path, lazy: bool | None) -> SmearImage:

@@ -190,9 +190,9 @@ def _read_delimited(path: Path, label_key: str | None) -> ExpressionData:
     table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
     cells = None
     first = str(table.columns[0])
-    if first in CELL_ID_COLUMNS or not pd.api.types.is_numeric_dtype(table[first]):
-        if first != label_key:
-            cells = table.pop(first).astype(str).to_numpy()
+    is_cell_id = first in CELL_ID_COLUMNS or not pd.api.types.is_numeric_dtype(table[first])
+    if is_cell_id and first != label_key:
+        cells = table.pop(first).astype(str).to_numpy()
     annotation_columns = [
         column for column in table.columns
         if column == label_key or not pd.api.types.is_numeric_dtype(table[column])

@@ -1,2 +1,5 @@
-"""Model architectures. Each module registers its builders with ``@register_model``; every module here is
-imported when the registry is first used."""
+"""Model architectures.
+
+Each module registers its builders with ``@register_model``; every module here is imported when the
+registry is first used.
+"""

@@ -1,39 +1,42 @@
-"""White-cell classifier: a small timm backbone trained from scratch on normalised single-cell crops."""
+"""White-cell classifier: a small timm backbone trained from scratch, next to stain colour statistics."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from napari_hematology.core.colour_statistics import STATISTICS_SIZE, colour_statistics
 from napari_hematology.core.registry import register_model
 
 DEFAULT_BACKBONE = "mobilenetv3_small_100"
 
 
 class CellNet(nn.Module):
-    """A timm network with input scaling built in, and an embedding for downstream models.
+    """A timm network and the crop's colour statistics feeding one linear classifier.
 
     Inputs are (N, 3, H, W) batches of RGB values in 0..255 (uint8 or float).
     """
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, num_classes: int, drop_rate: float) -> None:
         super().__init__()
         self.network = network
-        self.embedding_size = int(getattr(network, "head_hidden_size", None) or network.num_features)
+        self.statistics_norm = nn.BatchNorm1d(STATISTICS_SIZE)
+        network_size = int(getattr(network, "head_hidden_size", None) or network.num_features)
+        self.embedding_size = network_size + STATISTICS_SIZE
+        self.dropout = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(self.embedding_size, num_classes)
         self.register_buffer("mean", torch.full((1, 3, 1, 1), 127.5))
         self.register_buffer("std", torch.full((1, 3, 1, 1), 64.0))
 
-    def _scale(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
-
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Cell features: the pre-logits activations of the backbone."""
-        features = self.network.forward_features(self._scale(images))
-        return self.network.forward_head(features, pre_logits=True)
+        """Cell features: the backbone's pre-logits activations and the normalised colour statistics."""
+        images = images.float()
+        learned = self.network((images - self.mean) / self.std)
+        return torch.cat([learned, self.statistics_norm(colour_statistics(images))], 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits."""
-        return self.network(self._scale(images))
+        return self.classifier(self.dropout(self.embed(images)))
 
 
 @register_model("cell_classifier")
@@ -53,7 +56,5 @@ def build_cell_classifier(
     """
     import timm
 
-    network = timm.create_model(
-        backbone, pretrained=False, num_classes=num_classes, drop_rate=drop_rate
-    )
-    return CellNet(network)
+    network = timm.create_model(backbone, pretrained=False, num_classes=0, drop_rate=drop_rate)
+    return CellNet(network, num_classes, drop_rate)
