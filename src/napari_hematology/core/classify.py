@@ -153,15 +153,7 @@ class CellClassifier:
             An (n, d) float32 array.
 
         """
-        return self.embed_prepared(self.prepare(crops, progress, should_stop), progress, should_stop)
-
-    def embed_prepared(
-        self,
-        prepared: np.ndarray,
-        progress: ProgressCallback | None = None,
-        should_stop: StopCallback | None = None,
-    ) -> np.ndarray:
-        """Cell features of crops already normalised by :meth:`prepare`; an (n, d) float32 array."""
+        prepared = self.prepare(crops, progress, should_stop)
         if len(prepared) == 0:
             return np.zeros((0, self.model.embedding_size), dtype=np.float32)
         features = self._run(prepared, lambda net, batch: net.embed(batch), progress, should_stop)
