@@ -38,6 +38,7 @@ CENTRES = {
     "pure": (3.0, 3.5, 1.0, 1.0),
     "retic": (3.0, 3.5, 1.0, 3.0),
     "clump": (4.5, 3.5, 1.0, 4.5),
+    "doublet": (6.0, 6.0, 6.0, 6.0),
 }
 FAST = {"pretrain_epochs": 4, "epochs": 4, "batch_size": 128}
 
@@ -159,6 +160,34 @@ def test_small_population_keeps_its_cluster_beside_a_large_one():
         assert adjusted_rand_score(truth, predicted) > 0.9, method
 
 
+def test_tiny_far_group_joins_a_cluster_instead_of_taking_one():
+    """Doublets (0.5 % of the events, far from everything) must not cost a real population its cluster."""
+    raw, truth = make_events({"pure": 800, "plt": 400, "retic": 400, "doublet": 8})
+    values = transform(raw[:, 1:], "arcsinh", 150.0)
+    real = truth != "doublet"
+    for method in ("idec", "vade"):
+        clusterer = fit_clusterer(values, MARKERS[1:], ClusterConfig(method=method, clusters=3, **FAST))
+        predicted = clusterer.assign(values).argmax(axis=1)
+        assert adjusted_rand_score(truth[real], predicted[real]) > 0.9, method
+
+
+def test_cut_with_min_size_absorbs_small_groups_into_the_nearest():
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import pdist, squareform
+
+    from napari_hematology.core.cytometry.deep import _cut_with_min_size
+
+    positions = np.array([[0.0], [0.1], [5.0], [5.1], [10.0], [30.0]])
+    sizes = np.array([100, 100, 100, 100, 100, 1])
+    distances = pdist(positions)
+    tree = linkage(distances, method="complete")
+    groups = _cut_with_min_size(tree, squareform(distances), sizes, 3, 0.01)
+    assert len(set(groups[:5])) == 3 and groups[0] == groups[1] and groups[2] == groups[3]
+    assert groups[5] == groups[4]  # the 1-event cell joins its nearest big group
+    plain = _cut_with_min_size(tree, squareform(distances), sizes, 3, 0.0)
+    assert plain[5] != plain[4] and plain[2] == plain[4]  # without the rule it takes a cluster of its own
+
+
 def test_idec_assigns_each_event_to_its_nearest_centre_cluster():
     import torch
 
@@ -262,6 +291,7 @@ def test_stage_config_errors(tmp_path):
         "stages: [{name: a, clusters: 2, method: kmeans}]": "Unknown clustering method 'kmeans'",
         "stages: [{name: a, clusters: 3, populations: [x, y]}]": "2 population names for 3 clusters",
         "stages: [{name: a, clusters: 2, init_restarts: 0}]": "init_restarts must be at least 1",
+        "stages: [{name: a, clusters: 4, min_cluster_fraction: 0.3}]": "min_cluster_fraction must be",
     }
     for number, (text, message) in enumerate(bad.items()):
         (tmp_path / f"s{number}.yaml").write_text(text)

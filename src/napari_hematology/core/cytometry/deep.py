@@ -39,6 +39,9 @@ class ClusterConfig:
         prototypes_per_cluster: Latent prototypes per cluster (at most 100 in all), merged into clusters
             by consensus; 1 gives the original single-centre methods.
         init_restarts: Over-clusterings that vote on the initial clusters (consensus); 1 uses one.
+        min_cluster_fraction: Groups of events smaller than this share of all events (doublets, debris,
+            stray events) join their nearest cluster at initialisation instead of taking one of the
+            ``clusters``; 0 keeps every group.
         latent_dim: Width of the latent space.
         hidden: Encoder hidden widths.
         pretrain_epochs: Autoencoder pretraining epochs; small data sets get more, so that pretraining
@@ -61,7 +64,8 @@ class ClusterConfig:
     method: str = "idec"
     clusters: int = 5
     prototypes_per_cluster: int = 10
-    init_restarts: int = 10
+    init_restarts: int = 20
+    min_cluster_fraction: float = 0.01
     latent_dim: int = 8
     hidden: tuple[int, ...] = (64, 32)
     pretrain_epochs: int = 15
@@ -87,6 +91,11 @@ class ClusterConfig:
             raise InputError(f"At least 2 clusters are needed, got {self.clusters}.")
         if self.init_restarts < 1:
             raise InputError(f"init_restarts must be at least 1, got {self.init_restarts}.")
+        if not 0 <= self.min_cluster_fraction < 1 / self.clusters:
+            raise InputError(
+                f"min_cluster_fraction must be between 0 and 1/clusters ({1 / self.clusters:.3g}), got "
+                f"{self.min_cluster_fraction}."
+            )
         if min(self.pretrain_epochs, self.epochs) < 0 or self.batch_size < 2:
             raise InputError("Epochs must be >= 0 and the batch size >= 2.")
 
@@ -384,9 +393,12 @@ def _consensus_membership(values: np.ndarray, cells: np.ndarray, kmeans, config:
     depends much on the k-means seed, most for small populations. ``init_restarts`` of them (the given
     one plus k-means restarts fitted on a subsample) vote on how often the events of two cells end up
     together; the cells are then grouped by average linkage of that co-association, as FlowSOM's
-    consensus metaclustering does.
+    consensus metaclustering does. Both linkages are cut so that every cluster holds at least
+    ``min_cluster_fraction`` of the events (:func:`_cut_with_min_size`).
     """
-    from sklearn.cluster import AgglomerativeClustering, KMeans
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.cluster import KMeans
 
     prototypes, clusters = kmeans.n_clusters, config.clusters
     rng = np.random.default_rng(config.seed)
@@ -397,14 +409,69 @@ def _consensus_membership(values: np.ndarray, cells: np.ndarray, kmeans, config:
             kmeans = KMeans(prototypes, n_init=1, random_state=int(rng.integers(2**31 - 1))).fit(
                 values[subset]
             )
-        merged = AgglomerativeClustering(clusters, linkage="complete").fit_predict(kmeans.cluster_centers_)
-        labels = merged[kmeans.predict(values)]
+        assigned = kmeans.predict(values)
+        distances = pdist(kmeans.cluster_centers_)
+        merged = _cut_with_min_size(
+            linkage(distances, method="complete"),
+            squareform(distances),
+            np.bincount(assigned, minlength=prototypes),
+            clusters,
+            config.min_cluster_fraction,
+        )
         shares = np.zeros((prototypes, clusters))
-        np.add.at(shares, (cells, labels), 1.0)
+        np.add.at(shares, (cells, merged[assigned]), 1.0)
         shares /= np.maximum(shares.sum(axis=1, keepdims=True), 1.0)
         together += shares @ shares.T
     distance = 1.0 - together / config.init_restarts
-    return AgglomerativeClustering(clusters, metric="precomputed", linkage="average").fit_predict(distance)
+    np.fill_diagonal(distance, 0.0)
+    return _cut_with_min_size(
+        linkage(squareform(distance, checks=False), method="average"),
+        distance,
+        np.bincount(cells, minlength=prototypes),
+        clusters,
+        config.min_cluster_fraction,
+    )
+
+
+def _cut_with_min_size(
+    tree: np.ndarray, distance: np.ndarray, sizes: np.ndarray, clusters: int, min_fraction: float
+) -> np.ndarray:
+    """Cut a linkage tree of cells into ``clusters`` groups that each hold ``min_fraction`` of the events.
+
+    Cutting into exactly ``clusters`` groups spends clusters on small far-off groups (doublets, debris)
+    and merges real populations instead. The tree is cut ever finer until ``clusters`` groups are big
+    enough; the smaller groups then join the big group they are closest to (mean distance).
+
+    Args:
+        tree: Scipy linkage matrix over the cells.
+        distance: (cells, cells) distances the tree was built from.
+        sizes: Events per cell.
+        clusters: Number of groups wanted.
+        min_fraction: Smallest share of the events a group may hold.
+
+    Returns:
+        The group (0..clusters-1) of every cell.
+
+    """
+    from scipy.cluster.hierarchy import fcluster
+
+    minimum = min_fraction * sizes.sum()
+    for count in range(clusters, len(sizes) + 1):
+        groups = fcluster(tree, count, criterion="maxclust") - 1
+        group_sizes = np.bincount(groups, weights=sizes)
+        big = np.flatnonzero(group_sizes >= minimum)
+        if len(big) >= clusters:
+            break
+    else:
+        groups = fcluster(tree, clusters, criterion="maxclust") - 1
+        group_sizes = np.bincount(groups, weights=sizes)
+        big = np.arange(len(group_sizes))
+    big = big[np.argsort(-group_sizes[big], kind="stable")][:clusters]
+    mean_distance = np.stack([distance[:, groups == group].mean(axis=1) for group in big], axis=1)
+    membership = mean_distance.argmin(axis=1)
+    for index, group in enumerate(big):
+        membership[groups == group] = index
+    return membership
 
 
 def _number_by_size(model, x) -> None:
