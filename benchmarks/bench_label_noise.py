@@ -91,13 +91,15 @@ def precision_at_recall(flipped: np.ndarray, scores: np.ndarray, recall: float =
     return float(hits[reach] / (reach + 1))
 
 
-def detection(features, labels, pairs, seed, config) -> dict:
+def detection(crops, labels, pairs, seed, config) -> dict:
+    from dataclasses import replace
+
     from sklearn.metrics import roc_auc_score
 
-    from napari_hematology.core.label_issues import find_label_issues_in_features
+    from napari_hematology.core.label_issues import find_label_issues_in_crops
 
     noisy, flipped = inject_noise(labels, pairs, np.random.default_rng(seed))
-    issues = find_label_issues_in_features(features, list(noisy), config)
+    issues = find_label_issues_in_crops(crops, list(noisy), replace(config, seed=seed))
     scores, flagged = issues["issue_score"].to_numpy(), issues["is_issue"].to_numpy()
     fixed = issues["suggested"].to_numpy()[flipped] == labels[flipped]
     return {
@@ -118,28 +120,30 @@ def _accuracy(train_x, train_y, test_x, test_y, config) -> float:
     return float((predicted == test_y).mean())
 
 
-def accuracies(features, labels, pairs, seed, config) -> dict:
+def accuracies(crops, labels, pairs, seed, config) -> dict:
     from dataclasses import replace
 
     from sklearn.model_selection import train_test_split
 
-    from napari_hematology.core.label_issues import find_label_issues_in_features
+    from napari_hematology.core.label_issues import find_label_issues_in_crops
 
+    config = replace(config, seed=seed)
     rows = np.arange(len(labels))
     train_rows, test_rows = train_test_split(rows, test_size=0.3, stratify=labels, random_state=seed)
     clean = labels[train_rows]
     noisy, _ = inject_noise(clean, pairs, np.random.default_rng(seed))
-    train_x, test_x, test_y = features[train_rows], features[test_rows], labels[test_rows]
+    train_x, test_x, test_y = crops[train_rows], crops[test_rows], labels[test_rows]
     result = {
         name: _accuracy(train_x, noisy, test_x, test_y, replace(config, loss=loss))
         for name, loss in TRAINING.items()
     }
-    result["clean_ce"] = _accuracy(train_x, clean, test_x, test_y, config)
-    issues = find_label_issues_in_features(train_x, list(noisy), config)
+    plain = replace(config, loss="ce")
+    result["clean_ce"] = _accuracy(train_x, clean, test_x, test_y, plain)
+    issues = find_label_issues_in_crops(train_x, list(noisy), config)
     keep = ~issues["is_issue"].to_numpy()
-    result["removed_flagged"] = _accuracy(train_x[keep], noisy[keep], test_x, test_y, config)
+    result["removed_flagged"] = _accuracy(train_x[keep], noisy[keep], test_x, test_y, plain)
     corrected = np.where(keep, noisy, issues["suggested"].to_numpy(dtype=object))
-    result["corrected_flagged"] = _accuracy(train_x, corrected, test_x, test_y, config)
+    result["corrected_flagged"] = _accuracy(train_x, corrected, test_x, test_y, plain)
     return result
 
 
@@ -161,34 +165,40 @@ def gap_closed(accuracy: dict) -> dict:
     return {name: (accuracy[name]["mean"] - noisy) / gap if gap > 0 else None for name in names}
 
 
-def bench_detection_and_training(seeds: int) -> dict:
+def bench_dataset(name: str, seeds: int) -> dict:
+    """Detection and robust-training figures of one dataset (one torch thread)."""
     import torch
 
-    from napari_hematology.core.cell_features import crop_features
+    from napari_hematology.core.cell_features import read_crops
     from napari_hematology.core.label_issues import IssueConfig
 
     torch.set_num_threads(1)
-    config = IssueConfig()
-    results = {}
-    for name, pairs in DATASETS.items():
-        started = time.perf_counter()
-        paths, labels = load_cells(name)
-        features = crop_features(paths)
-        described = time.perf_counter() - started
-        found = [detection(features, labels, pairs, seed, config) for seed in range(seeds)]
-        trained = [accuracies(features, labels, pairs, seed, config) for seed in range(seeds)]
-        accuracy = summarise(trained)
-        results[name] = {
-            "cells": len(labels),
-            "noisy_pairs": pairs,
-            "detection": summarise(found),
-            "accuracy_on_clean_test": accuracy,
-            "gap_closed": gap_closed(accuracy),
-            "seconds_describing": round(described, 1),
-            "seconds_total": round(time.perf_counter() - started, 1),
-        }
-        print(name, json.dumps(results[name]["detection"]), flush=True)
-    return results
+    config = IssueConfig(device="cpu")
+    started = time.perf_counter()
+    paths, labels = load_cells(name)
+    crops = read_crops(paths, config.crop_size)
+    found = [detection(crops, labels, DATASETS[name], seed, config) for seed in range(seeds)]
+    detected = time.perf_counter() - started
+    trained = [accuracies(crops, labels, DATASETS[name], seed, config) for seed in range(seeds)]
+    accuracy = summarise(trained)
+    result = {
+        "cells": len(labels),
+        "noisy_pairs": DATASETS[name],
+        "detection": summarise(found),
+        "accuracy_on_clean_test": accuracy,
+        "gap_closed": gap_closed(accuracy),
+        "seconds_detection": round(detected, 1),
+        "seconds_total": round(time.perf_counter() - started, 1),
+    }
+    print(name, json.dumps(result["detection"]), flush=True)
+    return result
+
+
+def bench_detection_and_training(seeds: int, workers: int) -> dict:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers) as pool:
+        results = pool.starmap(bench_dataset, [(name, seeds) for name in DATASETS])
+    return dict(zip(DATASETS, results, strict=True))
 
 
 def bench_agreement(workdir: Path) -> dict:
@@ -285,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--actions", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2, help="Datasets benchmarked in parallel.")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"real data not found at {DATA}", file=sys.stderr)
@@ -292,12 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         results = {
-            "command": f"benchmarks/bench_label_noise.py --seeds {args.seeds} --actions {args.actions}",
+            "command": f"benchmarks/bench_label_noise.py --seeds {args.seeds} --actions {args.actions} "
+            f"--workers {args.workers}",
             "noise_rate": NOISE,
             "seeds": args.seeds,
             "store": bench_store(workdir, args.actions),
             "scemila_agreement": bench_agreement(workdir),
-            "datasets": bench_detection_and_training(args.seeds),
+            "datasets": bench_detection_and_training(args.seeds, args.workers),
         }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))

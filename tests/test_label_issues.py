@@ -13,11 +13,11 @@ from napari_hematology.core.label_issues import (
     IssueConfig,
     encode_labels,
     find_label_issues,
-    find_label_issues_in_features,
+    find_label_issues_in_crops,
     rank_label_issues,
 )
 
-FAST = IssueConfig(folds=3, epochs=30)
+FAST = IssueConfig(folds=3, epochs=15, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,27 @@ def test_rank_flags_the_confidently_contradicted_label():
     assert bool(issues.loc[6, "is_issue"]) and not issues["is_issue"].iloc[:6].any()
 
 
-def test_separable_features_find_planted_flips():
+def _coloured_crops(rng, colours: dict[str, tuple[int, int, int]], per_class: int, size: int = 24):
+    """Noisy crops with a disc of one colour per class on a light background."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2
+    crops, truth = [], []
+    for name, colour in colours.items():
+        for _ in range(per_class):
+            crop = np.full((size, size, 3), 230.0)
+            crop[disc] = colour
+            crops.append(np.clip(crop + rng.normal(0, 12, crop.shape), 0, 255).astype(np.uint8))
+            truth.append(name)
+    return np.stack(crops), np.asarray(truth)
+
+
+def test_separable_crops_find_planted_flips():
     rng = np.random.default_rng(0)
-    truth = np.repeat(["a", "b", "c"], 30)
-    features = rng.normal(size=(90, 5)) + np.repeat(np.eye(3, 5) * 6, 30, axis=0)
+    crops, truth = _coloured_crops(rng, {"a": (150, 60, 160), "b": (200, 90, 90), "c": (90, 90, 200)}, 30)
     given = truth.copy()
     given[[1, 40, 70]] = ["b", "c", "a"]
-    issues = find_label_issues_in_features(features, list(given), IssueConfig(folds=3, learning_rate=3e-2))
+    config = IssueConfig(folds=3, epochs=15, crop_size=24, device="cpu")
+    issues = find_label_issues_in_crops(crops, list(given), config)
     assert set(issues.nlargest(3, "issue_score").index) == {1, 40, 70}
     assert list(issues.loc[[1, 40, 70], "suggested"]) == ["a", "b", "c"]
 

@@ -1,7 +1,7 @@
-"""Label-free descriptors of single-cell crops: colour, nucleus shape and texture.
+"""Reading single-cell crops, and label-free descriptors of them: colour, nucleus shape and texture.
 
-They never see any label, so a classifier trained on them in cross-validation gives honest out-of-fold
-probabilities for finding wrong labels (a network trained on the same labels would have memorised them).
+The descriptors need no weights and learn nothing, so they describe cells for attention MIL without
+training an encoder.
 """
 
 from __future__ import annotations
@@ -106,32 +106,30 @@ def describe_crop(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def crop_features(
+def read_crops(
     paths: Sequence[str | Path],
     size: int = CROP_SIZE,
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
 ) -> np.ndarray:
-    """Describe many single-cell crops.
+    """Read many single-cell crops, resized to ``size`` x ``size``.
 
     Args:
         paths: Crop image files.
-        size: Side the crops are resized to before description.
+        size: Side the crops are resized to.
         progress: Called as ``progress(done, total, message)``.
         should_stop: Returns True to cancel.
 
     Returns:
-        A float32 array (cells, features).
+        A uint8 array (cells, size, size, 3).
 
     Raises:
-        InputError: A crop cannot be read; the message names it.
+        InputError: No crops, or a crop cannot be read; the message names it.
 
     """
     if not len(paths):
         raise InputError("No cell crops given.")
-    rows = [
-        describe_crop(read_crop(path, size))
-        for path in tracked(paths, len(paths), progress, should_stop, "describing cells")
-    ]
-    return np.stack(rows)
+    return np.stack(
+        [read_crop(path, size) for path in tracked(paths, len(paths), progress, should_stop, "reading cells")]
+    )

@@ -1,9 +1,10 @@
-"""Finding likely-wrong cell labels by confident learning on out-of-fold probabilities.
+"""Finding likely-wrong cell labels by confident learning on out-of-fold predicted probabilities.
 
-A small classifier is trained by cross-validation (through the shared training loop) on label-free crop
-descriptors, so each cell's predicted probabilities come from a model that never saw its label;
-``cleanlab`` then estimates the joint distribution of given and true labels and flags the cells whose
-given label is probably wrong, with a suggested class and an issue score (1 - label quality).
+A small CNN (registry model ``crop_cnn``) is trained from scratch by cross-validation, through the shared
+training loop and with a noise-robust loss, on the crops themselves, so each cell's predicted
+probabilities come from a network that never saw its label; ``cleanlab`` then estimates the joint
+distribution of given and true labels and flags the cells whose given label is probably wrong, with a
+suggested class and an issue score (1 - label quality).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback, chec
 
 ISSUE_COLUMNS = ["image", "given", "suggested", "issue_score", "is_issue"]
 CELL_COLUMNS = ["image", "label"]
-BATCH_SIZE = 64
-MIN_STEPS = 200
+MAX_STEPS = 3000
+MIN_EPOCHS = 5
+DIHEDRAL = 8
+BRIGHTNESS_JITTER = 0.1
 
 
 @dataclass
@@ -29,42 +32,49 @@ class IssueConfig:
 
     Attributes:
         folds: Cross-validation folds (reduced to the size of the smallest class if needed).
-        loss: Training loss name (see :func:`napari_hematology.core.losses.make_loss`).
-        epochs: Training epochs per fold (small sets get more, so each fold takes ``MIN_STEPS`` steps).
-        hidden: Hidden width of the fold classifier; 0 (default, best in benchmarks/bench_label_noise.py) is
-            a linear softmax classifier, which overfits noisy labels least.
+        loss: Training loss name (see :func:`napari_hematology.core.losses.make_loss`); the default,
+            generalized cross-entropy, fits wrong labels least.
+        epochs: Most training epochs per fold; large sets stop after ``MAX_STEPS`` optimisation steps
+            (at least ``MIN_EPOCHS`` epochs).
+        batch_size: Crops per optimisation step.
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         seed: Seed of the fold split and of training.
-        crop_size: Side crops are resized to before description.
+        crop_size: Side crops are resized to.
+        device: Training device (``auto`` uses a GPU when there is one).
 
     """
 
     folds: int = 5
-    loss: str = "ce"
-    epochs: int = 60
-    hidden: int = 0
+    loss: str = "gce"
+    epochs: int = 30
+    batch_size: int = 32
     learning_rate: float = 3e-3
-    weight_decay: float = 1e-2
+    weight_decay: float = 1e-3
     seed: int = 0
-    crop_size: int = 64
+    crop_size: int = 48
+    device: str = "auto"
 
 
 @dataclass
 class Standardizer:
-    """Feature-wise standardisation fitted on training rows only."""
+    """Per-channel standardisation of crops, fitted on training crops only."""
 
     mean: np.ndarray
     scale: np.ndarray
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> Standardizer:
-        """Fit on ``features`` (rows = samples)."""
-        return cls(features.mean(axis=0), features.std(axis=0) + 1e-6)
+    def fit(cls, crops: np.ndarray) -> Standardizer:
+        """Fit on (cells, height, width, 3) crops."""
+        pixels = crops.reshape(-1, crops.shape[-1]).astype(np.float32)
+        return cls(pixels.mean(axis=0), pixels.std(axis=0) + 1e-6)
 
-    def __call__(self, features: np.ndarray) -> np.ndarray:
-        """Standardise ``features``."""
-        return ((features - self.mean) / self.scale).astype(np.float32)
+    def __call__(self, crops: np.ndarray):
+        """Standardised (cells, 3, height, width) float32 tensor."""
+        import torch
+
+        scaled = ((crops.astype(np.float32) - self.mean) / self.scale).astype(np.float32)
+        return torch.from_numpy(scaled).permute(0, 3, 1, 2).contiguous()
 
 
 def encode_labels(labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -102,15 +112,50 @@ def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
 
 
+def dihedral(images, index: int):
+    """One of the 8 rotations and reflections of (batch, channels, H, W) images (0 = identity)."""
+    import torch
+
+    if index >= 4:
+        images = images.flip(-1)
+    return torch.rot90(images, index % 4, (-2, -1))
+
+
+def _augmented(loss_fn):
+    """Wrap a loss so every batch is randomly rotated, reflected and brightness-jittered per cell."""
+    import torch
+
+    def loss(model, batch, epoch):
+        images = batch[0].clone()
+        choice = torch.randint(0, DIHEDRAL, (len(images),))
+        for index in range(DIHEDRAL):
+            chosen = choice == index
+            if chosen.any():
+                images[chosen] = dihedral(images[chosen], index)
+        images = images * (1 + BRIGHTNESS_JITTER * torch.randn(len(images), images.shape[1], 1, 1))
+        return loss_fn(model, (images, *batch[1:]), epoch)
+
+    return loss
+
+
 def fit_classifier(
-    features: np.ndarray,
+    crops: np.ndarray,
     codes: np.ndarray,
     n_classes: int,
     config: IssueConfig,
     *,
+    progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
 ):
-    """Train the small feature classifier with the shared loop and the configured loss.
+    """Train the crop CNN with the shared loop and the configured loss.
+
+    Args:
+        crops: (cells, size, size, 3) uint8 crops.
+        codes: Integer labels.
+        n_classes: Number of classes.
+        config: Training settings.
+        progress: Called as ``progress(step, total, message)``.
+        should_stop: Returns True to cancel.
 
     Returns:
         ``(model, standardizer)``.
@@ -122,39 +167,45 @@ def fit_classifier(
     from napari_hematology.core.registry import create_model
     from napari_hematology.core.training import TrainConfig, train
 
-    standardize = Standardizer.fit(features)
-    hidden = (config.hidden,) if config.hidden else ()
-    classifier = dict(in_features=features.shape[1], out_features=n_classes, hidden=hidden, dropout=0.2)
+    standardize = Standardizer.fit(crops)
     if config.loss == "coteaching":
-        model = create_model("coteaching_pair", member="mlp", member_config=classifier)
+        model = create_model("coteaching_pair", member="crop_cnn", member_config={"out_features": n_classes})
     else:
-        model = create_model("mlp", **classifier)
-    dataset = (torch.from_numpy(standardize(features)), torch.from_numpy(codes.astype(np.int64)))
-    steps_per_epoch = -(-len(codes) // BATCH_SIZE)
+        model = create_model("crop_cnn", out_features=n_classes)
+    steps_per_epoch = -(-len(codes) // config.batch_size)
     train_config = TrainConfig(
-        epochs=max(config.epochs, -(-MIN_STEPS // steps_per_epoch)),
-        batch_size=BATCH_SIZE,
+        epochs=min(config.epochs, max(MIN_EPOCHS, MAX_STEPS // steps_per_epoch)),
+        batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         seed=config.seed,
-        device="cpu",
+        device=config.device,
     )
-    train(model, dataset, make_loss(config.loss), train_config, should_stop=should_stop)
+    dataset = (standardize(crops), torch.from_numpy(codes.astype(np.int64)))
+    loss = _augmented(make_loss(config.loss))
+    train(model, dataset, loss, train_config, progress=progress, should_stop=should_stop)
     return model, standardize
 
 
-def predict_probabilities(model, standardize: Standardizer, features: np.ndarray) -> np.ndarray:
-    """Class probabilities of a classifier made by :func:`fit_classifier`."""
+def predict_probabilities(model, standardize: Standardizer, crops: np.ndarray) -> np.ndarray:
+    """Class probabilities of a classifier made by :func:`fit_classifier`.
+
+    Averaged over the 8 rotations and reflections of every crop (a cell has no orientation).
+    """
     import torch
 
     from napari_hematology.core.training import predict
 
-    logits = predict(model, standardize(features))
-    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    images = standardize(crops)
+    probabilities = [
+        torch.softmax(torch.from_numpy(predict(model, dihedral(images, index))), dim=1)
+        for index in range(DIHEDRAL)
+    ]
+    return torch.stack(probabilities).mean(dim=0).numpy()
 
 
 def out_of_fold_probabilities(
-    features: np.ndarray,
+    crops: np.ndarray,
     codes: np.ndarray,
     n_classes: int,
     config: IssueConfig | None = None,
@@ -165,11 +216,11 @@ def out_of_fold_probabilities(
     """Predicted class probabilities of every cell from a model trained without it.
 
     Args:
-        features: (cells, features) label-free descriptors.
+        crops: (cells, size, size, 3) uint8 crops.
         codes: Integer given labels.
         n_classes: Number of classes.
         config: Fold and training settings.
-        progress: Called as ``progress(done, total, message)`` after each fold.
+        progress: Called as ``progress(done, total, message)``.
         should_stop: Returns True to cancel.
 
     Returns:
@@ -182,17 +233,28 @@ def out_of_fold_probabilities(
     folds = max(2, min(config.folds, int(np.bincount(codes).min())))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
     probabilities = np.zeros((len(codes), n_classes), dtype=np.float32)
-    for fold, (train_rows, test_rows) in enumerate(splitter.split(features, codes)):
+    for fold, (train_rows, test_rows) in enumerate(splitter.split(crops, codes)):
         check_cancel(should_stop)
-        if progress is not None:
-            progress(fold, folds, f"training fold {fold + 1}/{folds}")
         model, standardize = fit_classifier(
-            features[train_rows], codes[train_rows], n_classes, config, should_stop=should_stop
+            crops[train_rows],
+            codes[train_rows],
+            n_classes,
+            config,
+            progress=_fold_progress(progress, fold, folds),
+            should_stop=should_stop,
         )
-        probabilities[test_rows] = predict_probabilities(model, standardize, features[test_rows])
+        probabilities[test_rows] = predict_probabilities(model, standardize, crops[test_rows])
     if progress is not None:
         progress(folds, folds, "cross-validation done")
     return probabilities
+
+
+def _fold_progress(progress: ProgressCallback | None, fold: int, folds: int) -> ProgressCallback | None:
+    if progress is None:
+        return None
+    return lambda done, total, _text="": progress(
+        fold + done / max(total, 1), folds, f"training fold {fold + 1}/{folds}"
+    )
 
 
 def rank_label_issues(codes: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]):
@@ -205,15 +267,16 @@ def rank_label_issues(codes: np.ndarray, probabilities: np.ndarray, classes: Seq
 
     Returns:
         A DataFrame in input order with ``given``, ``suggested``, ``issue_score`` (0 = label certainly
-        right, 1 = certainly wrong), ``is_issue`` (flagged by confident learning) and ``confidence``
-        (probability of the suggested class).
+        right, 1 = certainly wrong; cleanlab's normalized margin: half of one minus the probability of
+        the given class plus the largest other probability), ``is_issue`` (flagged by confident
+        learning) and ``confidence`` (probability of the suggested class).
 
     """
     import pandas as pd
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    quality = get_label_quality_scores(codes, probabilities, method="self_confidence")
+    quality = get_label_quality_scores(codes, probabilities, method="normalized_margin")
     flagged = find_label_issues(codes, probabilities, filter_by="prune_by_noise_rate")
     suggested = probabilities.argmax(axis=1)
     names = np.asarray(classes, dtype=object)
@@ -228,22 +291,18 @@ def rank_label_issues(codes: np.ndarray, probabilities: np.ndarray, classes: Seq
     )
 
 
-def find_label_issues_in_features(
-    features: np.ndarray,
+def find_label_issues_in_crops(
+    crops: np.ndarray,
     labels: Sequence[str],
     config: IssueConfig | None = None,
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
 ):
-    """Cross-validate a classifier on ``features`` and rank the given ``labels`` (input order kept).
-
-    Use features that did not see these labels (label-free descriptors, or an encoder trained on other
-    cells); features of a network trained on these labels hide their errors.
-    """
+    """Cross-validate the crop CNN on ``crops`` and rank the given ``labels`` (input order kept)."""
     codes, classes = encode_labels(labels)
     probabilities = out_of_fold_probabilities(
-        features, codes, len(classes), config, progress=progress, should_stop=should_stop
+        crops, codes, len(classes), config, progress=progress, should_stop=should_stop
     )
     return rank_label_issues(codes, probabilities, classes)
 
@@ -298,7 +357,7 @@ def find_label_issues(
         InputError: Missing columns or labels, unreadable crops, a class with a single cell.
 
     """
-    from napari_hematology.core.cell_features import crop_features
+    from napari_hematology.core.cell_features import read_crops
     from napari_hematology.core.io import read_table
 
     config = config or IssueConfig()
@@ -312,9 +371,9 @@ def find_label_issues(
         raise InputError("The cell table has no rows.")
     encode_labels(list(cells["label"]))
     paths = resolve_cell_paths(list(cells["image"]), table_path)
-    features = crop_features(paths, config.crop_size, progress=progress, should_stop=should_stop)
-    issues = find_label_issues_in_features(
-        features, list(cells["label"]), config, progress=progress, should_stop=should_stop
+    crops = read_crops(paths, config.crop_size, progress=progress, should_stop=should_stop)
+    issues = find_label_issues_in_crops(
+        crops, list(cells["label"]), config, progress=progress, should_stop=should_stop
     )
     issues.insert(0, "image", cells["image"].astype(str).to_numpy())
     return issues.sort_values("issue_score", ascending=False, kind="stable").reset_index(drop=True)
