@@ -195,9 +195,12 @@ def bench_dataset(name: str, seeds: int) -> dict:
 
 
 def bench_detection_and_training(seeds: int, workers: int) -> dict:
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Not multiprocessing.Pool: its daemonic workers cannot start cleanlab's own worker processes.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers) as pool:
-        results = pool.starmap(bench_dataset, [(name, seeds) for name in DATASETS])
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        results = list(pool.map(bench_dataset, DATASETS, [seeds] * len(DATASETS)))
     return dict(zip(DATASETS, results, strict=True))
 
 

@@ -277,7 +277,8 @@ def rank_label_issues(codes: np.ndarray, probabilities: np.ndarray, classes: Seq
     from cleanlab.rank import get_label_quality_scores
 
     quality = get_label_quality_scores(codes, probabilities, method="normalized_margin")
-    flagged = find_label_issues(codes, probabilities, filter_by="prune_by_noise_rate")
+    # n_jobs=1: cleanlab's worker pool breaks under the spawn start method (macOS, Windows, child processes).
+    flagged = find_label_issues(codes, probabilities, filter_by="prune_by_noise_rate", n_jobs=1)
     suggested = probabilities.argmax(axis=1)
     names = np.asarray(classes, dtype=object)
     return pd.DataFrame(
