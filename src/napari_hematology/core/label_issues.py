@@ -127,12 +127,13 @@ def _augmented(loss_fn):
 
     def loss(model, batch, epoch):
         images = batch[0].clone()
-        choice = torch.randint(0, DIHEDRAL, (len(images),))
+        choice = torch.randint(0, DIHEDRAL, (len(images),)).to(images.device)
         for index in range(DIHEDRAL):
             chosen = choice == index
             if chosen.any():
                 images[chosen] = dihedral(images[chosen], index)
-        images = images * (1 + BRIGHTNESS_JITTER * torch.randn(len(images), images.shape[1], 1, 1))
+        jitter = torch.randn(len(images), images.shape[1], 1, 1).to(images.device)
+        images = images * (1 + BRIGHTNESS_JITTER * jitter)
         return loss_fn(model, (images, *batch[1:]), epoch)
 
     return loss
