@@ -1,14 +1,16 @@
 """Label-noise benchmark: detection of injected flips, robust training, real double labels, store throughput.
 
-Run: ``.venv/bin/python benchmarks/bench_label_noise.py [--seeds 5] [--actions 10000]``
-Writes ``benchmarks/results/label_noise.json``. Real data from ``../shared/data`` (or
+Run: ``.venv/bin/python benchmarks/bench_label_noise.py [--seeds 5] [--actions 10000] [--train-epochs 100]
+[--parts detection training agreement store]``. Writes ``benchmarks/results/label_noise.json``, keeping the
+figures of parts not run (training figures are kept per ``--train-epochs``). Real data from ``../shared/data`` (or
 $NAPARI_HEMATOLOGY_DATA); all numbers on CPU with one torch thread.
 
 1. 20% class-dependent noise (labels of confusable pairs swapped) on ALL-IDB2 (blast <-> normal), WBC-seg and
    BCCD crops (neutrophil <-> eosinophil, lymphocyte <-> monocyte), 5 seeds: AUROC of the issue score for
    the flipped cells and precision at recall >= 0.70 (issue issue-5 targets: >= 0.90 and >= 0.80).
 2. Accuracy on clean held-out cells (30%) after training on noisy labels with plain CE, GCE, SCE, small-loss
-   selection and co-teaching, after removing or correcting flagged labels, and with clean labels.
+   selection and co-teaching, after removing or correcting flagged labels, and with clean labels; every
+   classifier trained for ``--train-epochs`` epochs (flagged labels from the shipped detection settings).
 3. Cohen's kappa and confusion of the two SCEMILA labels through ``labels import`` + ``labels agreement``.
 4. Two processes writing label actions to one project at once: actions lost, actions per second.
 """
@@ -38,6 +40,7 @@ DATASETS = {
     "wbc_seg": [("neutrophil", "eosinophil"), ("lymphocyte", "monocyte")],
     "bccd_crops": [("Neutrophil", "Eosinophil"), ("Lymphocyte", "Monocyte")],
 }
+PARTS = ("detection", "training", "agreement", "store")
 TRAINING = {
     "noisy_ce": "ce",
     "gce": "gce",
@@ -120,7 +123,11 @@ def _accuracy(train_x, train_y, test_x, test_y, config) -> float:
     return float((predicted == test_y).mean())
 
 
-def accuracies(crops, labels, pairs, seed, config) -> dict:
+def accuracies(crops, labels, pairs, seed, config, epochs: int) -> dict:
+    """Clean held-out accuracy of every training option; classifiers trained for ``epochs`` epochs.
+
+    Flagged labels come from the shipped detection settings (``config``), whatever ``epochs`` is.
+    """
     from dataclasses import replace
 
     from sklearn.model_selection import train_test_split
@@ -128,16 +135,17 @@ def accuracies(crops, labels, pairs, seed, config) -> dict:
     from napari_hematology.core.label_issues import find_label_issues_in_crops
 
     config = replace(config, seed=seed)
+    trained = replace(config, epochs=epochs)
     rows = np.arange(len(labels))
     train_rows, test_rows = train_test_split(rows, test_size=0.3, stratify=labels, random_state=seed)
     clean = labels[train_rows]
     noisy, _ = inject_noise(clean, pairs, np.random.default_rng(seed))
     train_x, test_x, test_y = crops[train_rows], crops[test_rows], labels[test_rows]
     result = {
-        name: _accuracy(train_x, noisy, test_x, test_y, replace(config, loss=loss))
+        name: _accuracy(train_x, noisy, test_x, test_y, replace(trained, loss=loss))
         for name, loss in TRAINING.items()
     }
-    plain = replace(config, loss="ce")
+    plain = replace(trained, loss="ce")
     result["clean_ce"] = _accuracy(train_x, clean, test_x, test_y, plain)
     issues = find_label_issues_in_crops(train_x, list(noisy), config)
     keep = ~issues["is_issue"].to_numpy()
@@ -165,8 +173,8 @@ def gap_closed(accuracy: dict) -> dict:
     return {name: (accuracy[name]["mean"] - noisy) / gap if gap > 0 else None for name in names}
 
 
-def bench_dataset(name: str, seeds: int) -> dict:
-    """Detection and robust-training figures of one dataset (one torch thread)."""
+def _dataset(name: str):
+    """Crops, labels and the shipped detection settings of one dataset (one torch thread)."""
     import torch
 
     from napari_hematology.core.cell_features import read_crops
@@ -174,34 +182,57 @@ def bench_dataset(name: str, seeds: int) -> dict:
 
     torch.set_num_threads(1)
     config = IssueConfig(device="cpu")
-    started = time.perf_counter()
     paths, labels = load_cells(name)
-    crops = read_crops(paths, config.crop_size)
+    return read_crops(paths, config.crop_size), labels, config
+
+
+def bench_detection(name: str, seeds: int) -> dict:
+    """Flipped-label detection figures of one dataset."""
+    started = time.perf_counter()
+    crops, labels, config = _dataset(name)
     found = [detection(crops, labels, DATASETS[name], seed, config) for seed in range(seeds)]
-    detected = time.perf_counter() - started
-    trained = [accuracies(crops, labels, DATASETS[name], seed, config) for seed in range(seeds)]
+    print(name, "detection", json.dumps(summarise(found)), flush=True)
+    return {**summarise(found), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def bench_training(name: str, seeds: int, epochs: int) -> dict:
+    """Clean held-out accuracy of the training options on one dataset."""
+    started = time.perf_counter()
+    crops, labels, config = _dataset(name)
+    trained = [accuracies(crops, labels, DATASETS[name], seed, config, epochs) for seed in range(seeds)]
     accuracy = summarise(trained)
-    result = {
-        "cells": len(labels),
-        "noisy_pairs": DATASETS[name],
-        "detection": summarise(found),
+    print(name, "training", epochs, json.dumps(gap_closed(accuracy)), flush=True)
+    return {
         "accuracy_on_clean_test": accuracy,
         "gap_closed": gap_closed(accuracy),
-        "seconds_detection": round(detected, 1),
-        "seconds_total": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 1),
     }
-    print(name, json.dumps(result["detection"]), flush=True)
-    return result
 
 
-def bench_detection_and_training(seeds: int, workers: int) -> dict:
+def bench_datasets(parts: list[str], seeds: int, epochs: int, workers: int, previous: dict) -> dict:
+    """Detection and/or training figures of every dataset, merged into ``previous`` results."""
     from concurrent.futures import ProcessPoolExecutor
 
+    jobs = [(part, name) for part in ("detection", "training") if part in parts for name in DATASETS]
     # Not multiprocessing.Pool: its daemonic workers cannot start cleanlab's own worker processes.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        results = list(pool.map(bench_dataset, DATASETS, [seeds] * len(DATASETS)))
-    return dict(zip(DATASETS, results, strict=True))
+        futures = [
+            pool.submit(bench_detection, name, seeds)
+            if part == "detection"
+            else pool.submit(bench_training, name, seeds, epochs)
+            for part, name in jobs
+        ]
+        outcomes = [future.result() for future in futures]
+    datasets = previous.get("datasets", {})
+    for (part, name), outcome in zip(jobs, outcomes, strict=True):
+        entry = datasets.setdefault(name, {})
+        entry.update(cells=len(load_cells(name)[1]), noisy_pairs=DATASETS[name])
+        if part == "detection":
+            entry["detection"] = outcome
+        else:
+            entry.setdefault("training_by_epochs", {})[str(epochs)] = outcome
+    return datasets
 
 
 def bench_agreement(workdir: Path) -> dict:
@@ -299,21 +330,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--actions", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2, help="Datasets benchmarked in parallel.")
+    parser.add_argument(
+        "--train-epochs", type=int, default=100, help="Epochs of the classifiers compared in part 2."
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="Parts to run; the figures of the other parts already in the results file are kept.",
+    )
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"real data not found at {DATA}", file=sys.stderr)
         return 1
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update(noise_rate=NOISE, seeds=args.seeds)
+    results.setdefault("commands", {})
+    command = (
+        f"benchmarks/bench_label_noise.py --seeds {args.seeds} --actions {args.actions} --workers "
+        f"{args.workers} --train-epochs {args.train_epochs} --parts"
+    )
+    for part in args.parts:
+        results["commands"][part] = f"{command} {part}"
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
-        results = {
-            "command": f"benchmarks/bench_label_noise.py --seeds {args.seeds} --actions {args.actions} "
-            f"--workers {args.workers}",
-            "noise_rate": NOISE,
-            "seeds": args.seeds,
-            "store": bench_store(workdir, args.actions),
-            "scemila_agreement": bench_agreement(workdir),
-            "datasets": bench_detection_and_training(args.seeds, args.workers),
-        }
+        if "store" in args.parts:
+            results["store"] = bench_store(workdir, args.actions)
+        if "agreement" in args.parts:
+            results["scemila_agreement"] = bench_agreement(workdir)
+    if {"detection", "training"} & set(args.parts):
+        results["datasets"] = bench_datasets(args.parts, args.seeds, args.train_epochs, args.workers, results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(f"written {RESULTS}")
