@@ -1,16 +1,19 @@
 """Label-noise benchmark: detection of injected flips, robust training, real double labels, store throughput.
 
 Run: ``.venv/bin/python benchmarks/bench_label_noise.py [--seeds 5] [--actions 10000] [--train-epochs 100]
-[--parts detection training agreement store]``. Writes ``benchmarks/results/label_noise.json``, keeping the
-figures of parts not run (training figures are kept per ``--train-epochs``). Real data from ``../shared/data`` (or
+[--parts detection training agreement store] [--options ...]``. Writes
+``benchmarks/results/label_noise.json``, keeping the figures of parts and training options not run
+(training figures per ``--train-epochs``). Real data from ``../shared/data`` (or
 $NAPARI_HEMATOLOGY_DATA); all numbers on CPU with one torch thread.
 
 1. 20% class-dependent noise (labels of confusable pairs swapped) on ALL-IDB2 (blast <-> normal), WBC-seg and
    BCCD crops (neutrophil <-> eosinophil, lymphocyte <-> monocyte), 5 seeds: AUROC of the issue score for
    the flipped cells and precision at recall >= 0.70 (issue issue-5 targets: >= 0.90 and >= 0.80).
 2. Accuracy on clean held-out cells (30%) after training on noisy labels with plain CE, GCE, SCE, small-loss
-   selection and co-teaching, after removing or correcting flagged labels, and with clean labels; every
-   classifier trained for ``--train-epochs`` epochs (flagged labels from the shipped detection settings).
+   selection and co-teaching, after removing or correcting flagged labels, after self-supervised
+   pretraining on the training crops (labels unused) with CE or GCE, and with clean labels (with and
+   without that pretraining); every classifier trained for ``--train-epochs`` epochs (flagged labels from
+   the shipped detection settings).
 3. Cohen's kappa and confusion of the two SCEMILA labels through ``labels import`` + ``labels agreement``.
 4. Two processes writing label actions to one project at once: actions lost, actions per second.
 """
@@ -48,6 +51,11 @@ TRAINING = {
     "small_loss": "small_loss",
     "coteaching": "coteaching",
 }
+FLAGGED = ("removed_flagged", "corrected_flagged")
+PRETRAINED = {"pretrained_ce": "ce", "pretrained_gce": "gce", "pretrained_clean_ce": "ce"}
+PRETRAIN_EPOCHS = 100
+OPTIONS = (*TRAINING, "clean_ce", *FLAGGED, *PRETRAINED)
+REFERENCES = ("noisy_ce", "clean_ce", "pretrained_clean_ce")  # not robust options: no gap share
 
 
 def load_cells(name: str) -> tuple[list[Path], np.ndarray]:
@@ -114,25 +122,26 @@ def detection(crops, labels, pairs, seed, config) -> dict:
     }
 
 
-def _accuracy(train_x, train_y, test_x, test_y, config) -> float:
+def _accuracy(train_x, train_y, test_x, test_y, config, pretrained=None) -> float:
     from napari_hematology.core.label_issues import encode_labels, fit_classifier, predict_probabilities
 
     codes, classes = encode_labels(list(train_y))
-    model, standardize = fit_classifier(train_x, codes, len(classes), config)
+    model, standardize = fit_classifier(train_x, codes, len(classes), config, pretrained=pretrained)
     predicted = np.asarray(classes, dtype=object)[predict_probabilities(model, standardize, test_x).argmax(1)]
     return float((predicted == test_y).mean())
 
 
-def accuracies(crops, labels, pairs, seed, config, epochs: int) -> dict:
-    """Clean held-out accuracy of every training option; classifiers trained for ``epochs`` epochs.
+def accuracies(crops, labels, pairs, seed, config, epochs: int, options: set[str]) -> dict:
+    """Clean held-out accuracy of the chosen training ``options``; classifiers trained for ``epochs`` epochs.
 
-    Flagged labels come from the shipped detection settings (``config``), whatever ``epochs`` is.
+    Flagged labels come from the shipped detection settings (``config``), whatever ``epochs`` is; the
+    pretrained options share one encoder pretrained (without labels) on the training crops.
     """
     from dataclasses import replace
 
     from sklearn.model_selection import train_test_split
 
-    from napari_hematology.core.label_issues import find_label_issues_in_crops
+    from napari_hematology.core.label_issues import find_label_issues_in_crops, pretrain_crop_encoder
 
     config = replace(config, seed=seed)
     trained = replace(config, epochs=epochs)
@@ -141,17 +150,31 @@ def accuracies(crops, labels, pairs, seed, config, epochs: int) -> dict:
     clean = labels[train_rows]
     noisy, _ = inject_noise(clean, pairs, np.random.default_rng(seed))
     train_x, test_x, test_y = crops[train_rows], crops[test_rows], labels[test_rows]
-    result = {
-        name: _accuracy(train_x, noisy, test_x, test_y, replace(trained, loss=loss))
-        for name, loss in TRAINING.items()
-    }
-    plain = replace(trained, loss="ce")
-    result["clean_ce"] = _accuracy(train_x, clean, test_x, test_y, plain)
-    issues = find_label_issues_in_crops(train_x, list(noisy), config)
-    keep = ~issues["is_issue"].to_numpy()
-    result["removed_flagged"] = _accuracy(train_x[keep], noisy[keep], test_x, test_y, plain)
-    corrected = np.where(keep, noisy, issues["suggested"].to_numpy(dtype=object))
-    result["corrected_flagged"] = _accuracy(train_x, corrected, test_x, test_y, plain)
+
+    def fit(given, loss: str, kept=slice(None), pretrained=None) -> float:
+        chosen = replace(trained, loss=loss)
+        return _accuracy(train_x[kept], given[kept], test_x, test_y, chosen, pretrained)
+
+    result = {name: fit(noisy, loss) for name, loss in TRAINING.items() if name in options}
+    if "clean_ce" in options:
+        result["clean_ce"] = fit(clean, "ce")
+    if set(FLAGGED) & options:
+        issues = find_label_issues_in_crops(train_x, list(noisy), config)
+        keep = ~issues["is_issue"].to_numpy()
+        corrected = np.where(keep, noisy, issues["suggested"].to_numpy(dtype=object))
+        given = {"removed_flagged": (noisy, keep), "corrected_flagged": (corrected, slice(None))}
+        chosen = [name for name in FLAGGED if name in options]
+        result.update({name: fit(given[name][0], "ce", given[name][1]) for name in chosen})
+    if set(PRETRAINED) & options:
+        pretrained = pretrain_crop_encoder(train_x, replace(config, pretrain_epochs=PRETRAIN_EPOCHS))
+        given = {"pretrained_ce": noisy, "pretrained_gce": noisy, "pretrained_clean_ce": clean}
+        result.update(
+            {
+                name: fit(given[name], loss, pretrained=pretrained)
+                for name, loss in PRETRAINED.items()
+                if name in options
+            }
+        )
     return result
 
 
@@ -169,7 +192,7 @@ def summarise(runs: list[dict]) -> dict:
 def gap_closed(accuracy: dict) -> dict:
     noisy, clean = accuracy["noisy_ce"]["mean"], accuracy["clean_ce"]["mean"]
     gap = clean - noisy
-    names = [name for name in accuracy if name not in ("noisy_ce", "clean_ce")]
+    names = [name for name in accuracy if name not in REFERENCES]
     return {name: (accuracy[name]["mean"] - noisy) / gap if gap > 0 else None for name in names}
 
 
@@ -195,21 +218,33 @@ def bench_detection(name: str, seeds: int) -> dict:
     return {**summarise(found), "seconds": round(time.perf_counter() - started, 1)}
 
 
-def bench_training(name: str, seeds: int, epochs: int) -> dict:
-    """Clean held-out accuracy of the training options on one dataset."""
+def bench_training(name: str, seeds: int, epochs: int, options: set[str]) -> dict:
+    """Clean held-out accuracy (mean and spread over seeds) of the chosen training options on one dataset."""
     started = time.perf_counter()
     crops, labels, config = _dataset(name)
-    trained = [accuracies(crops, labels, DATASETS[name], seed, config, epochs) for seed in range(seeds)]
-    accuracy = summarise(trained)
-    print(name, "training", epochs, json.dumps(gap_closed(accuracy)), flush=True)
+    trained = [
+        accuracies(crops, labels, DATASETS[name], seed, config, epochs, options) for seed in range(seeds)
+    ]
+    print(name, "training", epochs, json.dumps(summarise(trained)), flush=True)
+    return {"accuracy_on_clean_test": summarise(trained), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def merge_training(previous: dict, measured: dict) -> dict:
+    """Training figures of newly measured options merged over earlier ones, gap shares recomputed.
+
+    ``seconds`` adds up, so it stays the time all options of the entry took.
+    """
+    accuracy = {**previous.get("accuracy_on_clean_test", {}), **measured["accuracy_on_clean_test"]}
     return {
         "accuracy_on_clean_test": accuracy,
         "gap_closed": gap_closed(accuracy),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(previous.get("seconds", 0.0) + measured["seconds"], 1),
     }
 
 
-def bench_datasets(parts: list[str], seeds: int, epochs: int, workers: int, previous: dict) -> dict:
+def bench_datasets(
+    parts: list[str], seeds: int, epochs: int, workers: int, options: set[str], previous: dict
+) -> dict:
     """Detection and/or training figures of every dataset, merged into ``previous`` results."""
     from concurrent.futures import ProcessPoolExecutor
 
@@ -220,7 +255,7 @@ def bench_datasets(parts: list[str], seeds: int, epochs: int, workers: int, prev
         futures = [
             pool.submit(bench_detection, name, seeds)
             if part == "detection"
-            else pool.submit(bench_training, name, seeds, epochs)
+            else pool.submit(bench_training, name, seeds, epochs, options)
             for part, name in jobs
         ]
         outcomes = [future.result() for future in futures]
@@ -231,7 +266,8 @@ def bench_datasets(parts: list[str], seeds: int, epochs: int, workers: int, prev
         if part == "detection":
             entry["detection"] = outcome
         else:
-            entry.setdefault("training_by_epochs", {})[str(epochs)] = outcome
+            by_epochs = entry.setdefault("training_by_epochs", {})
+            by_epochs[str(epochs)] = merge_training(by_epochs.get(str(epochs), {}), outcome)
     return datasets
 
 
@@ -340,6 +376,13 @@ def main(argv: list[str] | None = None) -> int:
         default=list(PARTS),
         help="Parts to run; the figures of the other parts already in the results file are kept.",
     )
+    parser.add_argument(
+        "--options",
+        nargs="+",
+        choices=OPTIONS,
+        default=list(OPTIONS),
+        help="Training options measured in part 2; the figures of the others are kept.",
+    )
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"real data not found at {DATA}", file=sys.stderr)
@@ -353,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for part in args.parts:
         results["commands"][part] = f"{command} {part}"
+    if "training" in args.parts and set(args.options) != set(OPTIONS):
+        chosen = f"{command} training --options {' '.join(args.options)}"
+        results["commands"].setdefault("training_options", {}).update(dict.fromkeys(args.options, chosen))
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         if "store" in args.parts:
@@ -360,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         if "agreement" in args.parts:
             results["scemila_agreement"] = bench_agreement(workdir)
     if {"detection", "training"} & set(args.parts):
-        results["datasets"] = bench_datasets(args.parts, args.seeds, args.train_epochs, args.workers, results)
+        results["datasets"] = bench_datasets(
+            args.parts, args.seeds, args.train_epochs, args.workers, set(args.options), results
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(f"written {RESULTS}")

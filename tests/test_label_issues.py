@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,8 +16,12 @@ from napari_hematology.core.label_issues import (
     encode_labels,
     find_label_issues,
     find_label_issues_in_crops,
+    fit_classifier,
+    out_of_fold_probabilities,
+    pretrain_crop_encoder,
     rank_label_issues,
 )
+from napari_hematology.core.registry import create_model
 
 FAST = IssueConfig(folds=3, epochs=15, device="cpu")
 
@@ -67,6 +73,37 @@ def test_separable_crops_find_planted_flips():
     issues = find_label_issues_in_crops(crops, list(given), config)
     assert set(issues.nlargest(3, "issue_score").index) == {1, 40, 70}
     assert list(issues.loc[[1, 40, 70], "suggested"]) == ["a", "b", "c"]
+
+
+def test_pretrained_encoder_is_where_every_coteaching_member_starts():
+    crops, truth = _coloured_crops(np.random.default_rng(1), {"a": (150, 60, 160), "b": (90, 90, 200)}, 8)
+    config = IssueConfig(crop_size=24, device="cpu", pretrain_epochs=2, epochs=1, loss="coteaching")
+    encoder = pretrain_crop_encoder(crops, config)
+    assert set(encoder) == set(create_model("crop_cnn", out_features=2)[:-1].state_dict())
+    frozen = replace(config, learning_rate=0.0)
+    model, _ = fit_classifier(crops, encode_labels(list(truth))[0], 2, frozen, pretrained=encoder)
+    for member in model.members:
+        assert member[0].weight.detach().equal(encoder["0.weight"])
+        assert member[-1].out_features == 2
+
+
+def test_pretraining_runs_once_before_the_folds_and_reports_progress():
+    crops, truth = _coloured_crops(np.random.default_rng(2), {"a": (150, 60, 160), "b": (90, 90, 200)}, 9)
+    messages = []
+    config = IssueConfig(folds=3, epochs=2, crop_size=24, device="cpu", pretrain_epochs=2)
+    codes = encode_labels(list(truth))[0]
+    probabilities = out_of_fold_probabilities(
+        crops, codes, 2, config, progress=lambda done, total, text="": messages.append(text)
+    )
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    pretraining = [text for text in messages if text.startswith("pretraining")]
+    assert pretraining and messages.index(pretraining[-1]) < messages.index("training fold 1/3")
+
+
+def test_pretraining_needs_epochs():
+    crops, _ = _coloured_crops(np.random.default_rng(3), {"a": (150, 60, 160)}, 4)
+    with pytest.raises(InputError, match="pretrain_epochs"):
+        pretrain_crop_encoder(crops, IssueConfig(device="cpu"))
 
 
 def test_real_crops_rank_flipped_labels_high(idb_cells):

@@ -37,6 +37,12 @@ def _register_label_issues(subparsers) -> None:
     parser.add_argument("--folds", type=int, default=defaults.folds, help="Cross-validation folds.")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="Training epochs per fold.")
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="Training loss of each fold.")
+    parser.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=defaults.pretrain_epochs,
+        help="Epochs of self-supervised pretraining on the crops before the folds (0 = none).",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
         "--project", type=Path, help="Also store given labels and suggestions in this project."
@@ -49,7 +55,13 @@ def _run_label_issues(args: argparse.Namespace) -> int:
     from napari_hematology.core.label_issues import IssueConfig, find_label_issues
     from napari_hematology.core.review import store_issues
 
-    config = IssueConfig(folds=args.folds, epochs=args.epochs, loss=args.loss, seed=args.seed)
+    config = IssueConfig(
+        folds=args.folds,
+        epochs=args.epochs,
+        loss=args.loss,
+        seed=args.seed,
+        pretrain_epochs=args.pretrain_epochs,
+    )
     issues = find_label_issues(args.cells, config, progress=TextProgress())
     write_table(args.out, issues)
     if args.project is not None:

@@ -24,6 +24,12 @@ MAX_STEPS = 3000
 MIN_EPOCHS = 5
 DIHEDRAL = 8
 BRIGHTNESS_JITTER = 0.1
+PROJECTION_WIDTH = 128
+PRETRAIN_BATCH = 64
+PRETRAIN_TEMPERATURE = 0.2
+VIEW_BRIGHTNESS_JITTER = 0.2
+VIEW_SHIFT = 4
+VIEW_NOISE = 0.1
 
 
 @dataclass
@@ -42,6 +48,9 @@ class IssueConfig:
         seed: Seed of the fold split and of training.
         crop_size: Side crops are resized to.
         device: Training device (``auto`` uses a GPU when there is one).
+        pretrain_epochs: Epochs of self-supervised contrastive pretraining of the CNN on the crops
+            themselves, labels unused, before any training (0 = none). A network that has first learnt
+            what the cells look like fits wrong labels less.
 
     """
 
@@ -54,6 +63,7 @@ class IssueConfig:
     seed: int = 0
     crop_size: int = 48
     device: str = "auto"
+    pretrain_epochs: int = 0
 
 
 @dataclass
@@ -121,22 +131,98 @@ def dihedral(images, index: int):
     return torch.rot90(images, index % 4, (-2, -1))
 
 
-def _augmented(loss_fn):
-    """Wrap a loss so every batch is randomly rotated, reflected and brightness-jittered per cell."""
+def augment_crops(images, brightness: float = BRIGHTNESS_JITTER, shift: int = 0, noise: float = 0.0):
+    """Randomly rotate and reflect every crop and jitter its brightness per channel.
+
+    Args:
+        images: (batch, channels, H, W) standardised crops.
+        brightness: Standard deviation of the multiplicative brightness change.
+        shift: Largest random shift of the whole batch, in pixels (wrapping around).
+        noise: Standard deviation of added pixel noise.
+
+    Returns:
+        Augmented copies of ``images``.
+
+    """
     import torch
 
+    images = images.clone()
+    choice = torch.randint(0, DIHEDRAL, (len(images),)).to(images.device)
+    for index in range(DIHEDRAL):
+        chosen = choice == index
+        if chosen.any():
+            images[chosen] = dihedral(images[chosen], index)
+    jitter = torch.randn(len(images), images.shape[1], 1, 1).to(images.device)
+    images = images * (1 + brightness * jitter)
+    if shift:
+        offsets = torch.randint(-shift, shift + 1, (2,))
+        images = torch.roll(images, (int(offsets[0]), int(offsets[1])), (-2, -1))
+    if noise:
+        images = images + noise * torch.randn_like(images)
+    return images
+
+
+def _augmented(loss_fn):
+    """Wrap a loss so every batch is randomly rotated, reflected and brightness-jittered per cell."""
+
     def loss(model, batch, epoch):
-        images = batch[0].clone()
-        choice = torch.randint(0, DIHEDRAL, (len(images),)).to(images.device)
-        for index in range(DIHEDRAL):
-            chosen = choice == index
-            if chosen.any():
-                images[chosen] = dihedral(images[chosen], index)
-        jitter = torch.randn(len(images), images.shape[1], 1, 1).to(images.device)
-        images = images * (1 + BRIGHTNESS_JITTER * jitter)
-        return loss_fn(model, (images, *batch[1:]), epoch)
+        return loss_fn(model, (augment_crops(batch[0]), *batch[1:]), epoch)
 
     return loss
+
+
+def _contrastive_loss(model, batch, epoch: int):
+    """InfoNCE between two random views of every crop (SimCLR-style pretext task)."""
+    from napari_hematology.core.losses import info_nce
+
+    first, second = (
+        augment_crops(batch[0], VIEW_BRIGHTNESS_JITTER, VIEW_SHIFT, VIEW_NOISE) for _ in range(2)
+    )
+    return info_nce(model(first), model(second), PRETRAIN_TEMPERATURE)
+
+
+def _epochs(wanted: int, cells: int, batch_size: int) -> int:
+    """``wanted`` epochs, fewer on large sets so training stops after about ``MAX_STEPS`` steps."""
+    steps_per_epoch = -(-cells // batch_size)
+    return min(wanted, max(MIN_EPOCHS, MAX_STEPS // steps_per_epoch))
+
+
+def pretrain_crop_encoder(
+    crops: np.ndarray,
+    config: IssueConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> dict:
+    """Pretrain the crop CNN without labels by contrasting two random views of every crop.
+
+    Args:
+        crops: (cells, size, size, 3) uint8 crops; their labels are not needed.
+        config: Uses ``pretrain_epochs`` (must be > 0), learning rate, weight decay, seed and device.
+        progress: Called as ``progress(step, total, message)``.
+        should_stop: Returns True to cancel.
+
+    Returns:
+        The state dict of the CNN without its head, for :func:`fit_classifier`'s ``pretrained``.
+
+    """
+    from napari_hematology.core.registry import create_model
+    from napari_hematology.core.training import TrainConfig, train
+
+    if config.pretrain_epochs <= 0:
+        raise InputError(f"pretrain_epochs must be positive to pretrain, got {config.pretrain_epochs}.")
+    model = create_model("crop_cnn", out_features=PROJECTION_WIDTH)
+    train_config = TrainConfig(
+        epochs=_epochs(config.pretrain_epochs, len(crops), PRETRAIN_BATCH),
+        batch_size=PRETRAIN_BATCH,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        device=config.device,
+    )
+    images = Standardizer.fit(crops)(crops)
+    train(model, (images,), _contrastive_loss, train_config, progress=progress, should_stop=should_stop)
+    return {name: value.detach().cpu() for name, value in model[:-1].state_dict().items()}
 
 
 def fit_classifier(
@@ -147,6 +233,7 @@ def fit_classifier(
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    pretrained: dict | None = None,
 ):
     """Train the crop CNN with the shared loop and the configured loss.
 
@@ -157,6 +244,9 @@ def fit_classifier(
         config: Training settings.
         progress: Called as ``progress(step, total, message)``.
         should_stop: Returns True to cancel.
+        pretrained: Weights from :func:`pretrain_crop_encoder` to start from (every member of a
+            co-teaching pair starts from them, with its own new head); when None and
+            ``config.pretrain_epochs`` > 0, the CNN is pretrained on ``crops`` first.
 
     Returns:
         ``(model, standardizer)``.
@@ -173,9 +263,13 @@ def fit_classifier(
         model = create_model("coteaching_pair", member="crop_cnn", member_config={"out_features": n_classes})
     else:
         model = create_model("crop_cnn", out_features=n_classes)
-    steps_per_epoch = -(-len(codes) // config.batch_size)
+    if pretrained is None and config.pretrain_epochs > 0:
+        pretrained = pretrain_crop_encoder(crops, config, should_stop=should_stop)
+    if pretrained is not None:
+        for member in getattr(model, "members", [model]):
+            member[:-1].load_state_dict(pretrained)
     train_config = TrainConfig(
-        epochs=min(config.epochs, max(MIN_EPOCHS, MAX_STEPS // steps_per_epoch)),
+        epochs=_epochs(config.epochs, len(codes), config.batch_size),
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
@@ -234,6 +328,12 @@ def out_of_fold_probabilities(
     folds = max(2, min(config.folds, int(np.bincount(codes).min())))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
     probabilities = np.zeros((len(codes), n_classes), dtype=np.float32)
+    # Pretraining sees no labels, so one encoder pretrained on every crop serves all folds.
+    pretrained = (
+        pretrain_crop_encoder(crops, config, progress=_pretrain_progress(progress), should_stop=should_stop)
+        if config.pretrain_epochs > 0
+        else None
+    )
     for fold, (train_rows, test_rows) in enumerate(splitter.split(crops, codes)):
         check_cancel(should_stop)
         model, standardize = fit_classifier(
@@ -243,6 +343,7 @@ def out_of_fold_probabilities(
             config,
             progress=_fold_progress(progress, fold, folds),
             should_stop=should_stop,
+            pretrained=pretrained,
         )
         probabilities[test_rows] = predict_probabilities(model, standardize, crops[test_rows])
     if progress is not None:
@@ -256,6 +357,12 @@ def _fold_progress(progress: ProgressCallback | None, fold: int, folds: int) -> 
     return lambda done, total, _text="": progress(
         fold + done / max(total, 1), folds, f"training fold {fold + 1}/{folds}"
     )
+
+
+def _pretrain_progress(progress: ProgressCallback | None) -> ProgressCallback | None:
+    if progress is None:
+        return None
+    return lambda done, total, _text="": progress(done, total, "pretraining on the crops (no labels)")
 
 
 def rank_label_issues(codes: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]):

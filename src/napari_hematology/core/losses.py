@@ -111,6 +111,21 @@ def symmetric_cross_entropy(alpha: float = 0.1, beta: float = 1.0, forward: Forw
     return loss_fn
 
 
+def info_nce(first, second, temperature: float):
+    """Symmetric InfoNCE between two batches of projections whose rows are two views of the same samples.
+
+    The self-supervised pretext loss of crop and expression pretraining: each row must pick out its
+    partner among all rows of the other batch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    first, second = F.normalize(first, dim=1), F.normalize(second, dim=1)
+    logits = first @ second.T / temperature
+    targets = torch.arange(len(first), device=first.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
 def kept_fraction(epoch: int, forget_rate: float, warmup_epochs: int) -> float:
     """Fraction of each batch kept by small-loss selection at ``epoch`` (linear ramp, then constant)."""
     ramp = min(1.0, epoch / warmup_epochs) if warmup_epochs > 0 else 1.0

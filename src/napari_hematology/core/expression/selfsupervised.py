@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from napari_hematology.core.losses import info_nce
+
 CORRUPTION_RATE = {"vime": 0.3, "scarf": 0.6, "byol": 0.4}
 TEMPERATURE = 0.5
 BYOL_MOMENTUM = 0.99
@@ -57,22 +59,11 @@ def vime_loss(model, batch, epoch: int):
     return reconstruction + mask_loss
 
 
-def info_nce(first, second, temperature: float = TEMPERATURE):
-    """Symmetric InfoNCE between two batches of projections whose rows correspond."""
-    import torch
-    import torch.nn.functional as F
-
-    first, second = F.normalize(first, dim=1), F.normalize(second, dim=1)
-    logits = first @ second.T / temperature
-    targets = torch.arange(len(first), device=first.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-
-
 def scarf_loss(model, batch, epoch: int):
     """SCARF: InfoNCE between each cell and its randomly corrupted copy."""
     corrupted, _ = corrupt(batch, CORRUPTION_RATE["scarf"])
     project = model.pretext["projector"]
-    return info_nce(project(model.embed(batch)), project(model.embed(corrupted)))
+    return info_nce(project(model.embed(batch)), project(model.embed(corrupted)), TEMPERATURE)
 
 
 def byol_loss(model, batch, epoch: int):
