@@ -369,20 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-epochs", type=int, default=100, help="Epochs of the classifiers compared in part 2."
     )
-    parser.add_argument(
-        "--parts",
-        nargs="+",
-        choices=PARTS,
-        default=list(PARTS),
-        help="Parts to run; the figures of the other parts already in the results file are kept.",
-    )
-    parser.add_argument(
-        "--options",
-        nargs="+",
-        choices=OPTIONS,
-        default=list(OPTIONS),
-        help="Training options measured in part 2; the figures of the others are kept.",
-    )
+    subsets = {
+        "--parts": (PARTS, "Parts to run; the figures of the other parts in the results file are kept."),
+        "--options": (OPTIONS, "Training options measured in part 2; the figures of the others are kept."),
+    }
+    for flag, (choices, text) in subsets.items():
+        parser.add_argument(flag, nargs="+", choices=choices, default=list(choices), help=text)
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"real data not found at {DATA}", file=sys.stderr)
