@@ -181,10 +181,22 @@ def _contrastive_loss(model, batch, epoch: int):
     return info_nce(model(first), model(second), PRETRAIN_TEMPERATURE)
 
 
-def _epochs(wanted: int, cells: int, batch_size: int) -> int:
-    """``wanted`` epochs, fewer on large sets so training stops after about ``MAX_STEPS`` steps."""
+def _train_config(config: IssueConfig, wanted_epochs: int, cells: int, batch_size: int):
+    """Shared-loop settings from ``config`` for ``wanted_epochs``, fewer on large sets.
+
+    Large sets stop after about ``MAX_STEPS`` optimisation steps (at least ``MIN_EPOCHS`` epochs).
+    """
+    from napari_hematology.core.training import TrainConfig
+
     steps_per_epoch = -(-cells // batch_size)
-    return min(wanted, max(MIN_EPOCHS, MAX_STEPS // steps_per_epoch))
+    return TrainConfig(
+        epochs=min(wanted_epochs, max(MIN_EPOCHS, MAX_STEPS // steps_per_epoch)),
+        batch_size=batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        device=config.device,
+    )
 
 
 def pretrain_crop_encoder(
@@ -207,19 +219,12 @@ def pretrain_crop_encoder(
 
     """
     from napari_hematology.core.registry import create_model
-    from napari_hematology.core.training import TrainConfig, train
+    from napari_hematology.core.training import train
 
     if config.pretrain_epochs <= 0:
         raise InputError(f"pretrain_epochs must be positive to pretrain, got {config.pretrain_epochs}.")
     model = create_model("crop_cnn", out_features=PROJECTION_WIDTH)
-    train_config = TrainConfig(
-        epochs=_epochs(config.pretrain_epochs, len(crops), PRETRAIN_BATCH),
-        batch_size=PRETRAIN_BATCH,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        device=config.device,
-    )
+    train_config = _train_config(config, config.pretrain_epochs, len(crops), PRETRAIN_BATCH)
     images = Standardizer.fit(crops)(crops)
     train(model, (images,), _contrastive_loss, train_config, progress=progress, should_stop=should_stop)
     return {name: value.detach().cpu() for name, value in model[:-1].state_dict().items()}
@@ -256,7 +261,7 @@ def fit_classifier(
 
     from napari_hematology.core.losses import make_loss
     from napari_hematology.core.registry import create_model
-    from napari_hematology.core.training import TrainConfig, train
+    from napari_hematology.core.training import train
 
     standardize = Standardizer.fit(crops)
     if config.loss == "coteaching":
@@ -268,14 +273,7 @@ def fit_classifier(
     if pretrained is not None:
         for member in getattr(model, "members", [model]):
             member[:-1].load_state_dict(pretrained)
-    train_config = TrainConfig(
-        epochs=_epochs(config.epochs, len(codes), config.batch_size),
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        device=config.device,
-    )
+    train_config = _train_config(config, config.epochs, len(codes), config.batch_size)
     dataset = (standardize(crops), torch.from_numpy(codes.astype(np.int64)))
     loss = _augmented(make_loss(config.loss))
     train(model, dataset, loss, train_config, progress=progress, should_stop=should_stop)
