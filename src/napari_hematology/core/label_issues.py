@@ -250,8 +250,7 @@ def fit_classifier(
         progress: Called as ``progress(step, total, message)``.
         should_stop: Returns True to cancel.
         pretrained: Weights from :func:`pretrain_crop_encoder` to start from (every member of a
-            co-teaching pair starts from them, with its own new head); when None and
-            ``config.pretrain_epochs`` > 0, the CNN is pretrained on ``crops`` first.
+            co-teaching pair starts from them, with its own new head); None starts from scratch.
 
     Returns:
         ``(model, standardizer)``.
@@ -268,8 +267,6 @@ def fit_classifier(
         model = create_model("coteaching_pair", member="crop_cnn", member_config={"out_features": n_classes})
     else:
         model = create_model("crop_cnn", out_features=n_classes)
-    if pretrained is None and config.pretrain_epochs > 0:
-        pretrained = pretrain_crop_encoder(crops, config, should_stop=should_stop)
     if pretrained is not None:
         for member in getattr(model, "members", [model]):
             member[:-1].load_state_dict(pretrained)
