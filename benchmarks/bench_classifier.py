@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from napari_hematology.core.cell_training import (
+from napari_hematology.core.cells.recipe import (
     NORMAL,
     ClassifierRecipe,
     cross_validate,
     list_training_crops,
     load_cell_set,
 )
-from napari_hematology.core.classify import BLAST, CELL_CLASSES, classify_images
+from napari_hematology.core.cells.classifier import BLAST, CELL_CLASSES, classify_images
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "classifier.json"

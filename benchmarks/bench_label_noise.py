@@ -107,7 +107,7 @@ def detection(crops, labels, pairs, seed, config) -> dict:
 
     from sklearn.metrics import roc_auc_score
 
-    from napari_hematology.core.label_issues import find_label_issues_in_crops
+    from napari_hematology.core.labels.issues import find_label_issues_in_crops
 
     noisy, flipped = inject_noise(labels, pairs, np.random.default_rng(seed))
     issues = find_label_issues_in_crops(crops, list(noisy), replace(config, seed=seed))
@@ -123,7 +123,7 @@ def detection(crops, labels, pairs, seed, config) -> dict:
 
 
 def _accuracy(train_x, train_y, test_x, test_y, config, pretrained=None) -> float:
-    from napari_hematology.core.label_issues import encode_labels, fit_classifier, predict_probabilities
+    from napari_hematology.core.labels.issues import encode_labels, fit_classifier, predict_probabilities
 
     codes, classes = encode_labels(list(train_y))
     model, standardize = fit_classifier(train_x, codes, len(classes), config, pretrained=pretrained)
@@ -141,7 +141,7 @@ def accuracies(crops, labels, pairs, seed, config, epochs: int, options: set[str
 
     from sklearn.model_selection import train_test_split
 
-    from napari_hematology.core.label_issues import find_label_issues_in_crops, pretrain_crop_encoder
+    from napari_hematology.core.labels.issues import find_label_issues_in_crops, pretrain_crop_encoder
 
     config = replace(config, seed=seed)
     trained = replace(config, epochs=epochs)
@@ -200,8 +200,8 @@ def _dataset(name: str):
     """Crops, labels and the shipped detection settings of one dataset (one torch thread)."""
     import torch
 
-    from napari_hematology.core.cell_features import read_crops
-    from napari_hematology.core.label_issues import IssueConfig
+    from napari_hematology.core.cells.descriptors import read_crops
+    from napari_hematology.core.labels.issues import IssueConfig
 
     torch.set_num_threads(1)
     config = IssueConfig(device="cpu")
@@ -322,7 +322,7 @@ def bench_agreement(workdir: Path) -> dict:
 
 
 def _writer(path: str, annotator: str, actions: int, cells: int) -> None:
-    from napari_hematology.core.annotations import AnnotationStore
+    from napari_hematology.core.labels.store import AnnotationStore
 
     with AnnotationStore(path) as store:
         for index in range(actions):
@@ -330,7 +330,7 @@ def _writer(path: str, annotator: str, actions: int, cells: int) -> None:
 
 
 def bench_store(workdir: Path, actions: int) -> dict:
-    from napari_hematology.core.annotations import AnnotationStore
+    from napari_hematology.core.labels.store import AnnotationStore
 
     path = workdir / "store.sqlite"
     cells = 500

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from napari_hematology.core.errors import HematologyError
-from napari_hematology.core.mil import (
+from napari_hematology.core.slides.mil import (
     DEFAULT_CLASSES,
     Bags,
     MilConfig,
@@ -38,7 +38,7 @@ from napari_hematology.core.mil import (
     predict_bags,
     train_mil,
 )
-from napari_hematology.core.mil_features import CELL_CLASSIFIER, encode_files, resolve_encoder
+from napari_hematology.core.slides.features import CELL_CLASSIFIER, encode_files, resolve_encoder
 from napari_hematology.core.training import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from napari_hematology.core.io import read_image
-from napari_hematology.core.segmentation import SegmentationConfig, segment_field
+from napari_hematology.core.cells.segmentation import SegmentationConfig, segment_field
 
 DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 BCCD = DATA / "smear_fields" / "bccd"
@@ -195,7 +195,7 @@ def _central_cell(labels: np.ndarray) -> int:
 
 def time_analyze(field: Path) -> float:
     """Seconds for ``analyze_paths`` on one field, end to end (classifier loading included)."""
-    from napari_hematology.core.pipeline import analyze_paths
+    from napari_hematology.core.cells.analysis import analyze_paths
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
@@ -227,7 +227,7 @@ def slide_child(path: str) -> None:
     """Analyse the big slide as ``segment`` does (lazy tiles, labels to disk); print JSON figures."""
     import torch
 
-    from napari_hematology.core.pipeline import analyze_file
+    from napari_hematology.core.cells.analysis import analyze_file
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(dir="/tmp") as out:

@@ -8,7 +8,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_hematology.core.samples import sample_fields
+from napari_hematology.core.cells.samples import sample_fields
 from napari_hematology.widgets.blast import BlastDetectionWidget
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "images" / "screenshot.png"

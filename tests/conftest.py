@@ -35,7 +35,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def sample_field_path() -> Path:
     """A bundled 640x480 BCCD smear field."""
-    from napari_hematology.core.samples import sample_fields
+    from napari_hematology.core.cells.samples import sample_fields
 
     return sample_fields()[0]
 

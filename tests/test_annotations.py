@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from napari_hematology.core.annotations import (
+from napari_hematology.core.labels.store import (
     AnnotationStore,
     agreement,
     consensus,
@@ -184,7 +184,7 @@ def test_two_processes_writing_lose_nothing(tmp_path, store):
 
 def test_killed_writer_loses_at_most_the_action_in_flight(tmp_path, store):
     script = (
-        "import sys\nfrom napari_hematology.core.annotations import AnnotationStore\n"
+        "import sys\nfrom napari_hematology.core.labels.store import AnnotationStore\n"
         "s = AnnotationStore(sys.argv[1])\ni = 0\n"
         "while True:\n    s.set_label('c0', 'blast', 'k'); i += 1\n    print(i, flush=True)\n"
     )

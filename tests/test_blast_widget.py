@@ -9,7 +9,7 @@ import pytest
 import timm  # noqa: F401  (load torch's LLVM-based triton before Qt's GL: they clash under Xvfb/Mesa)
 from blast_helpers import FakeClassifier, background_only
 
-from napari_hematology.core.classify import SHIPPED_MODEL_DIR
+from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
 from napari_hematology.widgets.blast import BlastDetectionWidget
 
 pytestmark = pytest.mark.gui

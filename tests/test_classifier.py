@@ -8,15 +8,15 @@ import pytest
 from PIL import Image
 
 from napari_hematology.cli import main
-from napari_hematology.core.cell_crops import normalise_crop
-from napari_hematology.core.classify import (
+from napari_hematology.core.cells.crops import normalise_crop
+from napari_hematology.core.cells.classifier import (
     CELL_CLASSES,
     SHIPPED_MODEL_DIR,
     classify_images,
     load_classifier,
 )
 from napari_hematology.core.errors import Cancelled, InputError, ModelFileError
-from napari_hematology.core.samples import sample_cells
+from napari_hematology.core.cells.samples import sample_cells
 
 PROBABILITY_COLUMNS = [f"prob_{name}" for name in CELL_CLASSES]
 
@@ -221,7 +221,7 @@ def test_train_classifier_cli_refuses_a_wrong_data_folder(tmp_path, capsys):
 def test_partial_label_loss_accepts_any_normal_type():
     import torch
 
-    from napari_hematology.core.cell_training import partial_label_loss
+    from napari_hematology.core.cells.recipe import partial_label_loss
 
     allowed_normal = torch.tensor([[True, True, True, True, True, False]])
     weights = torch.ones(1)
@@ -234,7 +234,7 @@ def test_partial_label_loss_accepts_any_normal_type():
 def test_augment_keeps_shape_and_range():
     import torch
 
-    from napari_hematology.core.cell_training import augment
+    from napari_hematology.core.cells.recipe import augment
 
     images = torch.from_numpy(np.stack([synthetic_cell(64)] * 4)).permute(0, 3, 1, 2).float()
     augmented = augment(images, torch.Generator().manual_seed(0))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.color import rgb2lab
 
-from napari_hematology.core.colour_statistics import (
+from napari_hematology.models.colour_statistics import (
     HISTOGRAM_BINS,
     STATISTICS_SIZE,
     colour_statistics,

@@ -10,7 +10,7 @@ import pytest
 
 from napari_hematology.cli import main
 from napari_hematology.core.errors import InputError
-from napari_hematology.core.label_issues import (
+from napari_hematology.core.labels.issues import (
     ISSUE_COLUMNS,
     IssueConfig,
     encode_labels,
@@ -165,8 +165,8 @@ def test_one_class_is_refused():
 
 
 def test_project_review_and_retrain_use_the_corrections(tmp_path, idb_cells):
-    from napari_hematology.core.annotations import AnnotationStore
-    from napari_hematology.core.review import corrected_labels, retrain_project, review_queue, store_issues
+    from napari_hematology.core.labels.store import AnnotationStore
+    from napari_hematology.core.labels.review import corrected_labels, retrain_project, review_queue, store_issues
 
     project = tmp_path / "project.sqlite"
     store_issues(project, find_label_issues(idb_cells[["image", "label"]], FAST), base=tmp_path)

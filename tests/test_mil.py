@@ -11,7 +11,7 @@ import pytest
 
 from napari_hematology.cli import main
 from napari_hematology.core.errors import InputError, ModelFileError
-from napari_hematology.core.mil import (
+from napari_hematology.core.slides.mil import (
     Bags,
     MilConfig,
     fit_temperature,
@@ -23,7 +23,7 @@ from napari_hematology.core.mil import (
     train_from_table,
     train_mil,
 )
-from napari_hematology.core.mil_features import Encoder, encode_files
+from napari_hematology.core.slides.features import Encoder, encode_files
 from napari_hematology.core.registry import create_model, save_model
 from napari_hematology.core.training import TrainConfig
 
@@ -332,7 +332,7 @@ def test_cli_conflicting_labels_in_a_bag(idb_table, tmp_path, capsys):
 
 def use_darkness_encoder(monkeypatch) -> None:
     """Encode a crop by how dark its green channel is (feature 0, the synthetic bags' key feature)."""
-    import napari_hematology.core.mil as mil_module
+    import napari_hematology.core.slides.mil as mil_module
 
     def darkness(crops):
         return np.array([[(255 - c[..., 1].mean()) / 40, 0, 0, 0, 0, 0] for c in crops], np.float32)
@@ -367,7 +367,7 @@ def test_predict_cells_without_cells(trained_synthetic):
 def test_cli_predict_slide_writes_outputs(
     trained_synthetic, sample_field_path, tmp_path, monkeypatch, capsys
 ):
-    import napari_hematology.core.segmentation as segmentation
+    import napari_hematology.core.cells.segmentation as segmentation
 
     mil, _ = trained_synthetic
     mil.save(tmp_path / "model")

@@ -14,7 +14,7 @@ from blast_helpers import CLASSES, FakeClassifier, background_only
 from napari_hematology.cli import main
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import read_labels
-from napari_hematology.core.pipeline import (
+from napari_hematology.core.cells.analysis import (
     analyze_image,
     analyze_paths,
     call_classes,
@@ -132,7 +132,7 @@ def test_duplicate_stems_get_distinct_outputs(tmp_path):
 
 
 def test_segment_command_with_shipped_classifier(sample_field_path, tmp_path):
-    from napari_hematology.core.classify import SHIPPED_MODEL_DIR
+    from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
 
     if not (SHIPPED_MODEL_DIR / "model.safetensors").is_file():
         pytest.skip("shipped classifier weights not built yet")
@@ -145,7 +145,7 @@ def test_segment_command_with_shipped_classifier(sample_field_path, tmp_path):
 def test_folder_runs_on_an_existing_dask_cluster(sample_field_path, tmp_path):
     from dask.distributed import LocalCluster
 
-    from napari_hematology.core.classify import SHIPPED_MODEL_DIR
+    from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
 
     if not (SHIPPED_MODEL_DIR / "model.safetensors").is_file():
         pytest.skip("shipped classifier weights not built yet")
@@ -165,7 +165,7 @@ def test_unknown_scheduler_address_is_an_input_error(sample_field_path, tmp_path
 
 
 def test_tiled_analysis_writes_labels_tile_by_tile(sample_field_path, tmp_path):
-    from napari_hematology.core.segmentation import SegmentationConfig
+    from napari_hematology.core.cells.segmentation import SegmentationConfig
 
     config = SegmentationConfig(tile_size=400, tile_overlap=150)  # the 640 x 480 field is cut into tiles
     summary = analyze_paths(

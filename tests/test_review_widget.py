@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_hematology.core.annotations import AnnotationStore
-from napari_hematology.core.review import review_queue, store_issues
+from napari_hematology.core.labels.store import AnnotationStore
+from napari_hematology.core.labels.review import review_queue, store_issues
 
 
 def _crop(path, colour) -> str:
@@ -101,7 +101,7 @@ def test_bad_project_file_is_reported_not_raised(make_napari_viewer, qtbot, tmp_
 
 @pytest.mark.gui
 def test_retrain_runs_in_background_and_refreshes(widget, qtbot, monkeypatch, issues):
-    import napari_hematology.core.review as review_module
+    import napari_hematology.core.labels.review as review_module
 
     def fake_retrain(project, *, progress=None, should_stop=None):
         store_issues(

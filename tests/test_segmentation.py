@@ -8,7 +8,7 @@ import pytest
 from blast_helpers import background_only
 
 from napari_hematology.core.errors import Cancelled, InputError
-from napari_hematology.core.segmentation import (
+from napari_hematology.core.cells.segmentation import (
     CELL_COLUMNS,
     SegmentationConfig,
     segment_field,

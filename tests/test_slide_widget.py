@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_hematology.core.mil import Bags, MilConfig, train_mil
-from napari_hematology.core.mil_features import descriptor_features
+from napari_hematology.core.slides.mil import Bags, MilConfig, train_mil
+from napari_hematology.core.slides.features import descriptor_features
 from napari_hematology.core.training import TrainConfig
 
 pytestmark = pytest.mark.gui
@@ -83,7 +83,7 @@ def test_bad_input_is_reported_not_raised(make_napari_viewer, qtbot, sample_fiel
 
 
 def test_train_from_the_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    from napari_hematology.core.mil import MilModel
+    from napari_hematology.core.slides.mil import MilModel
     from napari_hematology.widgets.slide import SlidePredictionWidget
 
     calls = {}
@@ -92,7 +92,7 @@ def test_train_from_the_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch)
         calls.update(table=table, out=out, config=config)
         return MilModel(None, ("NPM1", "control"), config.encoder, {"cross_validation": {"macro_f1": 0.5}})
 
-    monkeypatch.setattr("napari_hematology.core.mil.train_from_table", fake_train)
+    monkeypatch.setattr("napari_hematology.core.slides.mil.train_from_table", fake_train)
     widget = SlidePredictionWidget(make_napari_viewer())
     widget.table_edit.setText(str(tmp_path / "BAGS.csv"))
     widget.out_edit.setText(str(tmp_path / "model"))

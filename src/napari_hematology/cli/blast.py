@@ -55,14 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(scale: float):
-    from napari_hematology.core.segmentation import SegmentationConfig
+    from napari_hematology.core.cells.segmentation import SegmentationConfig
 
     return SegmentationConfig().scaled(scale)
 
 
 def run_segment(args: argparse.Namespace) -> int:
     """Write labels and cell tables for each image; returns the exit code."""
-    from napari_hematology.core.pipeline import analyze_paths
+    from napari_hematology.core.cells.analysis import analyze_paths
 
     summary = analyze_paths(
         args.images,
@@ -79,7 +79,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Analyse images and print the overall summary; returns the exit code."""
-    from napari_hematology.core.pipeline import analyze_paths
+    from napari_hematology.core.cells.analysis import analyze_paths
 
     summary = analyze_paths(
         args.images,

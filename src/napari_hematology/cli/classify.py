@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_classify(args: argparse.Namespace) -> int:
     """Classify crops and write the CSV."""
-    from napari_hematology.core.classify import classify_images
+    from napari_hematology.core.cells.classifier import classify_images
     from napari_hematology.core.io import write_table
 
     table = classify_images(args.images, model_dir=args.model, progress=TextProgress())
@@ -53,7 +53,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Retrain the classifier and save it."""
     from dataclasses import replace
 
-    from napari_hematology.core.cell_training import ClassifierRecipe, retrain_classifier
+    from napari_hematology.core.cells.recipe import ClassifierRecipe, retrain_classifier
     from napari_hematology.core.errors import InputError
 
     overrides = {key: value for key, value in (("epochs", args.epochs), ("seed", args.seed))

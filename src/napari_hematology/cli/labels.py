@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def _register_label_issues(subparsers) -> None:
-    from napari_hematology.core.label_issues import IssueConfig
+    from napari_hematology.core.labels.issues import IssueConfig
     from napari_hematology.core.losses import LOSSES
 
     defaults = IssueConfig()
@@ -52,8 +52,8 @@ def _register_label_issues(subparsers) -> None:
 
 def _run_label_issues(args: argparse.Namespace) -> int:
     from napari_hematology.core.io import write_table
-    from napari_hematology.core.label_issues import IssueConfig, find_label_issues
-    from napari_hematology.core.review import store_issues
+    from napari_hematology.core.labels.issues import IssueConfig, find_label_issues
+    from napari_hematology.core.labels.review import store_issues
 
     config = IssueConfig(
         folds=args.folds,
@@ -88,7 +88,7 @@ def _register_import(actions) -> None:
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    from napari_hematology.core.annotations import AnnotationStore, import_labels
+    from napari_hematology.core.labels.store import AnnotationStore, import_labels
     from napari_hematology.core.io import read_table
 
     table = read_table(args.csv)
@@ -118,7 +118,7 @@ def _register_export(actions) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from napari_hematology.core.annotations import AnnotationStore, export_labels
+    from napari_hematology.core.labels.store import AnnotationStore, export_labels
     from napari_hematology.core.io import write_table
 
     with AnnotationStore(args.project, create=False) as store:
@@ -145,7 +145,7 @@ def _register_agreement(actions) -> None:
 
 
 def _run_agreement(args: argparse.Namespace) -> int:
-    from napari_hematology.core.annotations import AnnotationStore, agreement
+    from napari_hematology.core.labels.store import AnnotationStore, agreement
     from napari_hematology.core.errors import InputError
     from napari_hematology.core.io import write_table
 

@@ -174,7 +174,7 @@ def small_loss_selection(
 
 
 def co_teaching(forget_rate: float = 0.2, warmup_epochs: int = 5) -> LossFn:
-    """Co-teaching for a ``coteaching_pair`` model (see :mod:`napari_hematology.core.models.coteaching`).
+    """Co-teaching for a ``coteaching_pair`` model (see :mod:`napari_hematology.models.coteaching`).
 
     Each network ranks the batch by its own loss and the other network trains on those small-loss
     samples, so one network's mistakes are not reinforced by itself.

@@ -5,7 +5,7 @@ builds one from a name and keyword config; ``save_model`` writes ``model.safeten
 ``config.json`` (name, config and free-form metadata such as class names); ``load_model`` rebuilds the
 architecture from the JSON and loads the weights without unpickling anything.
 
-Every module in :mod:`napari_hematology.core.models` is imported on first use, so a new architecture is
+Every module in :mod:`napari_hematology.models` is imported on first use, so a new architecture is
 added by dropping a file there.
 """
 
@@ -52,7 +52,7 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import napari_hematology.core.models as models
+    import napari_hematology.models as models
 
     for module in pkgutil.iter_modules(models.__path__):
         importlib.import_module(f"{models.__name__}.{module.name}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from napari_hematology.core.io import read_image
-from napari_hematology.core.samples import sample_cells, sample_fields
+from napari_hematology.core.cells.samples import sample_cells, sample_fields
 
 
 def smear_field() -> list[tuple]:

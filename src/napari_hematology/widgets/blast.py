@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hematology.core.errors import HematologyError, InputError
-from napari_hematology.core.pipeline import (
+from napari_hematology.core.cells.analysis import (
     DEFAULT_BLAST_THRESHOLD,
     ImageAnalysis,
     analyze_image,

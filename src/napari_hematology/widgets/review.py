@@ -156,7 +156,7 @@ class ReviewLabelsWidget(QWidget):
 
     def open_project(self, path: str | Path) -> None:
         """Open (or create) a project file and show its queue."""
-        from napari_hematology.core.annotations import AnnotationStore
+        from napari_hematology.core.labels.store import AnnotationStore
 
         try:
             AnnotationStore(path).close()
@@ -178,7 +178,7 @@ class ReviewLabelsWidget(QWidget):
     def load_issues(self, path: str | Path) -> None:
         """Store a ``label-issues`` table in the project and refresh the queue."""
         from napari_hematology.core.io import read_table
-        from napari_hematology.core.label_issues import ISSUE_COLUMNS
+        from napari_hematology.core.labels.issues import ISSUE_COLUMNS
 
         if not self._require_project():
             return
@@ -191,7 +191,7 @@ class ReviewLabelsWidget(QWidget):
 
     def find_issues(self, cells_csv: str | Path) -> None:
         """Run label-issue detection on a cells CSV in the background, then load the result."""
-        from napari_hematology.core.label_issues import find_label_issues
+        from napari_hematology.core.labels.issues import find_label_issues
 
         if self._require_project():
             base = Path(cells_csv).parent
@@ -200,7 +200,7 @@ class ReviewLabelsWidget(QWidget):
             )
 
     def _store_issues(self, issues, base: Path) -> None:
-        from napari_hematology.core.review import store_issues
+        from napari_hematology.core.labels.review import store_issues
 
         try:
             store_issues(self.project, issues, base=base)
@@ -212,13 +212,13 @@ class ReviewLabelsWidget(QWidget):
     # queue ------------------------------------------------------------------------------------------
 
     def _store(self):
-        from napari_hematology.core.annotations import AnnotationStore
+        from napari_hematology.core.labels.store import AnnotationStore
 
         return AnnotationStore(self.project, create=False)
 
     def refresh(self) -> None:
         """Rebuild the queue from the project with the current order and filters, keeping the cell shown."""
-        from napari_hematology.core.review import review_queue
+        from napari_hematology.core.labels.review import review_queue
 
         if self.project is None:
             return
@@ -397,7 +397,7 @@ class ReviewLabelsWidget(QWidget):
 
     def retrain(self) -> None:
         """Re-run cross-validated detection on the corrected labels in the background; then refresh."""
-        from napari_hematology.core.review import retrain_project
+        from napari_hematology.core.labels.review import retrain_project
 
         if self._require_project():
             self.runner.start(retrain_project, self.project, on_done=self._retrained)

@@ -15,7 +15,7 @@ from napari_hematology.core.cytometry.fcs import (
     read_fcs,
     transform,
 )
-from napari_hematology.core.cytometry.pipeline import (
+from napari_hematology.core.cytometry.stages import (
     PipelineConfig,
     PipelineResult,
     StageConfig,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_hematology.core.cytometry.pipeline import PipelineResult, StageResult, hard_labels, sample_values
+from napari_hematology.core.cytometry.stages import PipelineResult, StageResult, hard_labels, sample_values
 from napari_hematology.core.io import write_table
 
 PROPORTIONS_FILE = "proportions.csv"

@@ -1,7 +1,7 @@
 """Slide-level (bag-level) classification by attention multiple-instance learning.
 
 A bag is the set of cells of one slide (one patient); only the bag has a label (a genetic subtype), never
-a cell. Cells are encoded by a frozen, cached cell encoder (:mod:`napari_hematology.core.mil_features`),
+a cell. Cells are encoded by a frozen, cached cell encoder (:mod:`napari_hematology.core.slides.features`),
 then a gated-attention model (``attention_mil`` in the registry) is trained with bag labels only through
 the shared training loop. Training runs a cross-validation grouped by patient first: its out-of-fold
 predictions give the reported metrics and fit a temperature that calibrates the class probabilities of
@@ -25,7 +25,7 @@ import pandas as pd
 
 from napari_hematology.core.errors import InputError, ModelFileError
 from napari_hematology.core.io import read_table, write_table
-from napari_hematology.core.mil_features import (
+from napari_hematology.core.slides.features import (
     CELL_CLASSIFIER,
     blast_scorer,
     encode_crops,
@@ -878,7 +878,7 @@ def predict_slide(
 
     """
     from napari_hematology.core.io import read_image, write_labels
-    from napari_hematology.core.segmentation import segment_image
+    from napari_hematology.core.cells.segmentation import segment_image
 
     mil = load_mil_model(model_dir)
     image = read_image(image_path)

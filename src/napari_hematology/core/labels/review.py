@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_hematology.core.annotations import AnnotationStore, consensus
+from napari_hematology.core.labels.store import AnnotationStore, consensus
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.progress import ProgressCallback, StopCallback
 
@@ -153,7 +153,7 @@ def retrain_project(
 
     Args:
         project: Project file.
-        config: :class:`napari_hematology.core.label_issues.IssueConfig`.
+        config: :class:`napari_hematology.core.labels.issues.IssueConfig`.
         progress: Called as ``progress(done, total, message)``.
         should_stop: Returns True to cancel; nothing is stored when cancelled.
 
@@ -161,7 +161,7 @@ def retrain_project(
         The new issues table (as from ``find_label_issues``, ``image`` = cell name).
 
     """
-    from napari_hematology.core.label_issues import find_label_issues
+    from napari_hematology.core.labels.issues import find_label_issues
 
     with AnnotationStore(project, create=False) as store:
         corrected = corrected_labels(store)

@@ -22,7 +22,7 @@ import pandas as pd
 from napari_hematology.core.errors import Cancelled, InputError
 from napari_hematology.core.io import list_images, read_image, write_labels, write_table
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
-from napari_hematology.core.segmentation import Segmentation, SegmentationConfig, segment_image
+from napari_hematology.core.cells.segmentation import Segmentation, SegmentationConfig, segment_image
 
 BLAST = "blast"
 DEFAULT_BLAST_THRESHOLD = 0.5
@@ -183,7 +183,7 @@ def analyze_image(
 
     Args:
         image: (Y, X, 3) array, numpy or dask; any size.
-        classifier: A loaded cell classifier (see :func:`napari_hematology.core.classify.load_classifier`).
+        classifier: A loaded cell classifier (see :func:`napari_hematology.core.cells.classifier.load_classifier`).
         config: Segmentation parameters.
         labels_out: Optional array to write the labels into (bounded memory for whole slides).
         name: Image name for messages.
@@ -212,7 +212,7 @@ def get_classifier(model_dir: str | Path | None = None):
         ModelFileError: The folder cannot be loaded.
 
     """
-    from napari_hematology.core.classify import SHIPPED_MODEL_DIR
+    from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
     from napari_hematology.core.registry import WEIGHTS_FILE
 
     weights = Path(model_dir or SHIPPED_MODEL_DIR) / WEIGHTS_FILE
@@ -222,7 +222,7 @@ def get_classifier(model_dir: str | Path | None = None):
 
 @lru_cache(maxsize=4)
 def _load_classifier(model_dir: str | None, stamp: float):
-    from napari_hematology.core.classify import load_classifier
+    from napari_hematology.core.cells.classifier import load_classifier
 
     return load_classifier(model_dir)
 

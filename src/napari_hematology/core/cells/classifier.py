@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.cell_crops import CONTEXT, CROP_SIZE, normalise_crop
+from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE, normalise_crop
 from napari_hematology.core.errors import InputError, ModelFileError
 from napari_hematology.core.io import list_images, read_image, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, tracked
@@ -27,7 +27,7 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback, chec
 MODEL_NAME = "cell_classifier"
 CELL_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "blast")
 BLAST = "blast"
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "cell_classifier"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[2] / "weights" / "cell_classifier"
 MAX_CROP_SIDE = 2048
 READ_THREADS = 2
 BATCH_SIZE = 256

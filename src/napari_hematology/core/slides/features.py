@@ -6,7 +6,7 @@ spec string so a model can record which one it was trained on:
 - ``cell_classifier``: the frozen embedding of the shipped blast / white-cell classifier;
 - ``cell_classifier:MODEL_DIR``: the embedding of another cell-classifier model folder;
 - ``descriptors``: the label-free colour, nucleus-shape and texture descriptors of
-  :mod:`napari_hematology.core.cell_features` (no weights, nothing learned; fast).
+  :mod:`napari_hematology.core.cells.descriptors` (no weights, nothing learned; fast).
 
 Features of crops read from files are cached per file (path, modification time and size) in one ``.npz``
 per encoder, so re-training a bag model does not re-encode the cells.
@@ -70,7 +70,7 @@ def blast_scorer(model_dir: str | None = None) -> Encoder:
 def load_cell_classifier(model_dir: str | None = None):
     """Load the shared cell classifier (blast detection), or say clearly that it is unavailable."""
     try:
-        from napari_hematology.core.classify import load_classifier
+        from napari_hematology.core.cells.classifier import load_classifier
     except ImportError as error:
         raise InputError(
             f"The cell classifier is not available in this installation ({error}); use the "
@@ -228,7 +228,7 @@ def encode_crops(
 
 
 def descriptor_features(crops: Sequence[np.ndarray]) -> np.ndarray:
-    """Describe crops with the label-free descriptors of :mod:`napari_hematology.core.cell_features`.
+    """Describe crops with the label-free descriptors of :mod:`napari_hematology.core.cells.descriptors`.
 
     Crops are resized to the descriptors' crop size first.
 
@@ -241,7 +241,7 @@ def descriptor_features(crops: Sequence[np.ndarray]) -> np.ndarray:
     """
     from skimage.transform import resize
 
-    from napari_hematology.core.cell_features import CROP_SIZE, describe_crop
+    from napari_hematology.core.cells.descriptors import CROP_SIZE, describe_crop
 
     rows = [
         describe_crop(

@@ -9,11 +9,11 @@ Data (under the shared data root):
 
 Blasts only come from ALL-IDB2, so a network could learn "ALL-IDB2 look" instead of "blast". ALL-IDB2
 normal cells are in training too (same lab, not blast), and every crop is normalised to its nucleus and
-white-balanced (:mod:`napari_hematology.core.cell_crops`). Colour augmentation is deliberately mild:
+white-balanced (:mod:`napari_hematology.core.cells.crops`). Colour augmentation is deliberately mild:
 after white balance, the remaining colour differences are mostly the cell's own (chromatin, cytoplasm,
 granules), and the stronger stain jitter of earlier versions (hue +-0.35 rad, saturation 0.6-1.5,
 gamma 0.7-1.4) erased them. Reducing it to the ranges in :func:`augment`, adding colour statistics to the
-network (:mod:`napari_hematology.core.colour_statistics`) and training 100 epochs instead of 60 raised
+network (:mod:`napari_hematology.models.colour_statistics`) and training 100 epochs instead of 60 raised
 ALL-IDB2 cross-validated accuracy from 0.725 to the figure in ``benchmarks/results/classifier.json``.
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.cell_crops import CONTEXT, CROP_SIZE
-from napari_hematology.core.classify import (
+from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE
+from napari_hematology.core.cells.classifier import (
     BLAST,
     CELL_CLASSES,
     MODEL_NAME,
@@ -36,7 +36,7 @@ from napari_hematology.core.classify import (
 )
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import read_table
-from napari_hematology.core.models.cell_classifier import DEFAULT_BACKBONE
+from napari_hematology.models.cell_classifier import DEFAULT_BACKBONE
 from napari_hematology.core.progress import ProgressCallback, StopCallback
 
 NORMAL = "normal"

@@ -461,7 +461,7 @@ def find_label_issues(
         InputError: Missing columns or labels, unreadable crops, a class with a single cell.
 
     """
-    from napari_hematology.core.cell_features import read_crops
+    from napari_hematology.core.cells.descriptors import read_crops
     from napari_hematology.core.io import read_table
 
     config = config or IssueConfig()

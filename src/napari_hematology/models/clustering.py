@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from napari_hematology.core.models.mlp import build_mlp
+from napari_hematology.models.mlp import build_mlp
 from napari_hematology.core.registry import register_model
 
 DEFAULT_HIDDEN = (64, 32)
