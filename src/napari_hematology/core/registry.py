@@ -1,20 +1,17 @@
-"""One model registry for images, expression and signal data.
+"""Create, save and load registry models for images, expression and signal data.
 
-Architectures register a builder under a name (``@register_model("cell_classifier")``); ``create_model``
+The architectures and their builder table live in the leaf package :mod:`napari_hematology.models`
+(``@register_model("cell_classifier")`` there); this module only reaches down into it. ``create_model``
 builds one from a name and keyword config; ``save_model`` writes ``model.safetensors`` plus
 ``config.json`` (name, config and free-form metadata such as class names); ``load_model`` rebuilds the
 architecture from the JSON and loads the weights without unpickling anything.
 
-Every module in :mod:`napari_hematology.models` is imported on first use, so a new architecture is
-added by dropping a file there.
+The models package (and torch with it) is imported on first use, not when this module is imported.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,45 +21,12 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
-_BUILDERS: dict[str, Callable[..., Any]] = {}
-_discovered = False
-
-
-def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a model builder under ``name``.
-
-    Args:
-        name: Registry name; must be unique.
-
-    Returns:
-        A decorator that registers the builder (a class or function returning a ``torch.nn.Module``).
-
-    """
-
-    def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _BUILDERS and _BUILDERS[name] is not builder:
-            raise ValueError(f"A model named {name!r} is already registered.")
-        _BUILDERS[name] = builder
-        return builder
-
-    return decorator
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    import napari_hematology.models as models
-
-    for module in pkgutil.iter_modules(models.__path__):
-        importlib.import_module(f"{models.__name__}.{module.name}")
-    _discovered = True
-
 
 def list_models() -> list[str]:
     """Names of all registered architectures."""
-    _discover()
-    return sorted(_BUILDERS)
+    from napari_hematology import models
+
+    return models.list_models()
 
 
 def create_model(name: str, **config: Any):
@@ -76,16 +40,15 @@ def create_model(name: str, **config: Any):
         The ``torch.nn.Module``, with ``registry_name`` and ``registry_config`` attributes set.
 
     Raises:
-        InputError: No model has that name.
+        InputError: No model has that name (nor the member model it names, for a co-teaching pair).
 
     """
-    _discover()
-    if name not in _BUILDERS:
-        raise InputError(f"Unknown model {name!r}. Known models: {', '.join(sorted(_BUILDERS))}.")
-    model = _BUILDERS[name](**config)
-    model.registry_name = name
-    model.registry_config = dict(config)
-    return model
+    from napari_hematology import models
+
+    try:
+        return models.build_model(name, **config)
+    except models.UnknownModelError as error:
+        raise InputError(str(error)) from error
 
 
 def save_model(model, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from napari_hematology.models._registry import register_model
 from napari_hematology.models.colour_statistics import STATISTICS_SIZE, colour_statistics
-from napari_hematology.core.registry import register_model
 
 DEFAULT_BACKBONE = "mobilenetv3_small_100"
 

@@ -1,10 +1,10 @@
 """Deep clustering of per-cell signal vectors: IDEC and VaDE.
 
-Both share a fully connected autoencoder (built from the registry's ``mlp``) and differ in the cluster
-model living in the latent space. Each cluster may own several prototypes (IDEC centres or VaDE mixture
-components, listed in the ``membership`` buffer), so that clusters of very different sizes and
-non-spherical shapes, common in cytometry, are modelled as unions of small spherical pieces (as FlowSOM
-does with its metaclusters); with one prototype per cluster they are the original methods:
+Both share a fully connected autoencoder (two :class:`~napari_hematology.models.mlp.MLP`) and differ in
+the cluster model living in the latent space. Each cluster may own several prototypes (IDEC centres or
+VaDE mixture components, listed in the ``membership`` buffer), so that clusters of very different sizes
+and non-spherical shapes, common in cytometry, are modelled as unions of small spherical pieces (as
+FlowSOM does with its metaclusters); with one prototype per cluster they are the original methods:
 
 - ``idec`` (Guo et al. 2017): cluster centres with a Student's t soft assignment, trained with a
   self-training KL loss plus the reconstruction loss that keeps the latent space faithful.
@@ -19,128 +19,118 @@ from __future__ import annotations
 
 import math
 
-from napari_hematology.models.mlp import build_mlp
-from napari_hematology.core.registry import register_model
+import torch
+from torch import nn
+
+from napari_hematology.models._registry import register_model
+from napari_hematology.models.mlp import MLP
 
 DEFAULT_HIDDEN = (64, 32)
 
 
-def _encoder_decoder(in_features: int, latent_dim: int, hidden, encoder_out: int):
-    from torch import nn
+class PrototypeClustering(nn.Module):
+    """An autoencoder whose latent prototypes are grouped into clusters by ``membership``.
 
-    hidden = tuple(hidden)
-    encoder = build_mlp(in_features, encoder_out, hidden=hidden, dropout=0.0)
-    decoder = build_mlp(latent_dim, in_features, hidden=tuple(reversed(hidden)), dropout=0.0)
-    return nn.ModuleDict({"encoder": encoder, "decoder": decoder})
+    Subclasses give the latent cluster model through ``prototype_assign``.
+    """
 
+    def __init__(self, in_features: int, clusters: int, prototypes: int, latent_dim: int,
+                 hidden: tuple[int, ...] | list[int], encoder_out: int) -> None:
+        super().__init__()
+        if prototypes < clusters:
+            raise ValueError(f"Need at least one prototype per cluster ({prototypes} < {clusters}).")
+        self.clusters = clusters
+        hidden = tuple(hidden)
+        self.net = nn.ModuleDict({
+            "encoder": MLP(in_features, encoder_out, hidden, dropout=0.0),
+            "decoder": MLP(latent_dim, in_features, tuple(reversed(hidden)), dropout=0.0),
+        })
+        self.register_buffer("membership", torch.arange(prototypes) % clusters)
 
-def _make_base_class():
-    import torch
-    from torch import nn
+    def prototype_assign(self, z: torch.Tensor) -> torch.Tensor:
+        """Probability of each prototype for each latent point, ``(n, prototypes)``."""
+        raise NotImplementedError
 
-    class PrototypeClustering(nn.Module):
-        """An autoencoder whose latent prototypes are grouped into clusters by ``membership``."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent coordinates of ``x``."""
+        return self.net["encoder"](x)
 
-        def __init__(self, in_features, clusters, prototypes, latent_dim, hidden, encoder_out):
-            super().__init__()
-            if prototypes < clusters:
-                raise ValueError(f"Need at least one prototype per cluster ({prototypes} < {clusters}).")
-            self.clusters = clusters
-            self.net = _encoder_decoder(in_features, latent_dim, hidden, encoder_out)
-            self.register_buffer("membership", torch.arange(prototypes) % clusters)
+    def reconstruct(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode latent coordinates back to the input space."""
+        return self.net["decoder"](z)
 
-        def embed(self, x):
-            """Latent coordinates of ``x``."""
-            return self.net["encoder"](x)
+    def group(self, prototype_probabilities: torch.Tensor) -> torch.Tensor:
+        """Sum prototype probabilities ``(n, prototypes)`` into cluster probabilities."""
+        one_hot = nn.functional.one_hot(self.membership, self.clusters).to(prototype_probabilities)
+        return prototype_probabilities @ one_hot
 
-        def reconstruct(self, z):
-            """Decode latent coordinates back to the input space."""
-            return self.net["decoder"](z)
+    def soft_assign(self, z: torch.Tensor) -> torch.Tensor:
+        """Soft cluster assignment of latent points."""
+        return self.group(self.prototype_assign(z))
 
-        def group(self, prototype_probabilities):
-            """Sum prototype probabilities ``(n, prototypes)`` into cluster probabilities."""
-            one_hot = nn.functional.one_hot(self.membership, self.clusters).to(prototype_probabilities)
-            return prototype_probabilities @ one_hot
-
-        def soft_assign(self, z):
-            """Soft cluster assignment of latent points."""
-            return self.group(self.prototype_assign(z))
-
-        def forward(self, x):
-            """Soft cluster assignment ``(n, clusters)``."""
-            return self.soft_assign(self.embed(x))
-
-    return PrototypeClustering
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Soft cluster assignment ``(n, clusters)``."""
+        return self.soft_assign(self.embed(x))
 
 
-def _make_idec_class():
-    import torch
-    from torch import nn
+class IDEC(PrototypeClustering):
+    """Autoencoder plus cluster centres with a Student's t soft assignment."""
 
-    class IDEC(_make_base_class()):
-        """Autoencoder plus cluster centres with a Student's t soft assignment."""
+    def __init__(self, in_features: int, clusters: int, prototypes: int, latent_dim: int,
+                 hidden: tuple[int, ...] | list[int], alpha: float) -> None:
+        super().__init__(in_features, clusters, prototypes, latent_dim, hidden, latent_dim)
+        self.centers = nn.Parameter(torch.zeros(prototypes, latent_dim))
+        self.alpha = alpha
 
-        def __init__(self, in_features, clusters, prototypes, latent_dim, hidden, alpha):
-            super().__init__(in_features, clusters, prototypes, latent_dim, hidden, latent_dim)
-            self.centers = nn.Parameter(torch.zeros(prototypes, latent_dim))
-            self.alpha = alpha
+    def prototype_assign(self, z: torch.Tensor) -> torch.Tensor:
+        """Student's t similarity of each latent point to each centre, normalised per row."""
+        distance = torch.cdist(z, self.centers).pow(2)
+        q = (1.0 + distance / self.alpha).pow(-(self.alpha + 1.0) / 2.0)
+        return q / q.sum(dim=1, keepdim=True)
 
-        def prototype_assign(self, z):
-            """Student's t similarity of each latent point to each centre, normalised per row."""
-            distance = torch.cdist(z, self.centers).pow(2)
-            q = (1.0 + distance / self.alpha).pow(-(self.alpha + 1.0) / 2.0)
-            return q / q.sum(dim=1, keepdim=True)
+    def soft_assign(self, z: torch.Tensor) -> torch.Tensor:
+        """Student's t assignment to each cluster's nearest centre.
 
-        def soft_assign(self, z):
-            """Student's t assignment to each cluster's nearest centre.
-
-            Summing the heavy-tailed kernel over all centres of a cluster would let a cluster with many
-            centres outweigh the one nearby centre of a small population; each cluster is represented by
-            its nearest centre instead, so the hard assignment is the nearest centre's cluster.
-            """
-            similarity = self.prototype_assign(z)
-            nearest = similarity.new_zeros(len(z), self.clusters).scatter_reduce(
-                1, self.membership.expand_as(similarity), similarity, reduce="amax", include_self=False
-            )
-            return nearest / nearest.sum(dim=1, keepdim=True)
-
-    return IDEC
+        Summing the heavy-tailed kernel over all centres of a cluster would let a cluster with many
+        centres outweigh the one nearby centre of a small population; each cluster is represented by
+        its nearest centre instead, so the hard assignment is the nearest centre's cluster.
+        """
+        similarity = self.prototype_assign(z)
+        nearest = similarity.new_zeros(len(z), self.clusters).scatter_reduce(
+            1, self.membership.expand_as(similarity), similarity, reduce="amax", include_self=False
+        )
+        return nearest / nearest.sum(dim=1, keepdim=True)
 
 
-def _make_vade_class():
-    import torch
-    from torch import nn
+class VaDE(PrototypeClustering):
+    """Variational autoencoder with a learnable Gaussian-mixture prior (diagonal covariances)."""
 
-    class VaDE(_make_base_class()):
-        """Variational autoencoder with a learnable Gaussian-mixture prior (diagonal covariances)."""
+    def __init__(self, in_features: int, clusters: int, prototypes: int, latent_dim: int,
+                 hidden: tuple[int, ...] | list[int]) -> None:
+        super().__init__(in_features, clusters, prototypes, latent_dim, hidden, 2 * latent_dim)
+        self.prior_logits = nn.Parameter(torch.zeros(prototypes))
+        self.prior_means = nn.Parameter(torch.zeros(prototypes, latent_dim))
+        self.prior_logvars = nn.Parameter(torch.zeros(prototypes, latent_dim))
 
-        def __init__(self, in_features, clusters, prototypes, latent_dim, hidden):
-            super().__init__(in_features, clusters, prototypes, latent_dim, hidden, 2 * latent_dim)
-            self.prior_logits = nn.Parameter(torch.zeros(prototypes))
-            self.prior_means = nn.Parameter(torch.zeros(prototypes, latent_dim))
-            self.prior_logvars = nn.Parameter(torch.zeros(prototypes, latent_dim))
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of the latent code."""
+        mean, logvar = self.net["encoder"](x).chunk(2, dim=1)
+        return mean, logvar.clamp(-12.0, 8.0)
 
-        def encode(self, x):
-            """Posterior mean and log-variance of the latent code."""
-            mean, logvar = self.net["encoder"](x).chunk(2, dim=1)
-            return mean, logvar.clamp(-12.0, 8.0)
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent coordinates (posterior means) of ``x``."""
+        return self.encode(x)[0]
 
-        def embed(self, x):
-            """Latent coordinates (posterior means) of ``x``."""
-            return self.encode(x)[0]
+    def component_log_likelihood(self, z: torch.Tensor) -> torch.Tensor:
+        """``log pi_k + log N(z | mu_k, sigma_k)`` for every row of ``z`` and component ``k``."""
+        diff = z.unsqueeze(1) - self.prior_means.unsqueeze(0)
+        logvars = self.prior_logvars.unsqueeze(0)
+        log_normal = -0.5 * ((diff.pow(2) / logvars.exp()) + logvars + math.log(2 * math.pi)).sum(dim=2)
+        return torch.log_softmax(self.prior_logits, dim=0) + log_normal
 
-        def component_log_likelihood(self, z):
-            """``log pi_k + log N(z | mu_k, sigma_k)`` for every row of ``z`` and component ``k``."""
-            diff = z.unsqueeze(1) - self.prior_means.unsqueeze(0)
-            logvars = self.prior_logvars.unsqueeze(0)
-            log_normal = -0.5 * ((diff.pow(2) / logvars.exp()) + logvars + math.log(2 * math.pi)).sum(dim=2)
-            return torch.log_softmax(self.prior_logits, dim=0) + log_normal
-
-        def prototype_assign(self, z):
-            """Posterior responsibility of each mixture component."""
-            return torch.softmax(self.component_log_likelihood(z), dim=1)
-
-    return VaDE
+    def prototype_assign(self, z: torch.Tensor) -> torch.Tensor:
+        """Posterior responsibility of each mixture component."""
+        return torch.softmax(self.component_log_likelihood(z), dim=1)
 
 
 @register_model("idec")
@@ -151,7 +141,7 @@ def build_idec(
     latent_dim: int = 8,
     hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN,
     alpha: float = 1.0,
-):
+) -> IDEC:
     """Build an IDEC model (Improved Deep Embedded Clustering).
 
     Args:
@@ -163,10 +153,10 @@ def build_idec(
         alpha: Degrees of freedom of the Student's t kernel.
 
     Returns:
-        The ``torch.nn.Module``; ``model(x)`` gives soft assignments, ``model.embed(x)`` latents.
+        The module; ``model(x)`` gives soft assignments, ``model.embed(x)`` latents.
 
     """
-    return _make_idec_class()(in_features, clusters, prototypes or clusters, latent_dim, hidden, alpha)
+    return IDEC(in_features, clusters, prototypes or clusters, latent_dim, hidden, alpha)
 
 
 @register_model("vade")
@@ -176,7 +166,7 @@ def build_vade(
     prototypes: int | None = None,
     latent_dim: int = 8,
     hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN,
-):
+) -> VaDE:
     """Build a VaDE model (Variational Deep Embedding with a Gaussian-mixture prior).
 
     Args:
@@ -187,7 +177,7 @@ def build_vade(
         hidden: Encoder hidden widths (the decoder mirrors them).
 
     Returns:
-        The ``torch.nn.Module``; ``model(x)`` gives soft assignments, ``model.embed(x)`` latents.
+        The module; ``model(x)`` gives soft assignments, ``model.embed(x)`` latents.
 
     """
-    return _make_vade_class()(in_features, clusters, prototypes or clusters, latent_dim, hidden)
+    return VaDE(in_features, clusters, prototypes or clusters, latent_dim, hidden)

@@ -19,8 +19,10 @@ import copy
 import torch
 from torch import nn
 
-from napari_hematology.core.expression.choices import ENCODERS, GENE_INPUT_HEADS, HEAD_INPUTS, HEADS
-from napari_hematology.core.registry import register_model
+from napari_hematology.models._registry import register_model
+
+HEAD_INPUTS = ("latent", "genes")
+GENE_INPUT_HEADS = ("linear", "ffn")
 
 
 def _mlp(widths: list[int], dropout: float = 0.0, final_activation: bool = False):
@@ -34,32 +36,60 @@ def _mlp(widths: list[int], dropout: float = 0.0, final_activation: bool = False
     return nn.Sequential(*layers)
 
 
-def _pretext_modules(method: str, n_genes: int, hidden: list[int], latent: int, projection: int):
+def _autoencoder_pretext(n_genes: int, hidden: list[int], latent: int, projection: int):
+    return nn.ModuleDict({"decoder": _mlp([latent, *reversed(hidden), n_genes])})
+
+
+def _vime_pretext(n_genes: int, hidden: list[int], latent: int, projection: int):
     decoder_widths = [latent, *reversed(hidden), n_genes]
-    if method == "ae":
-        return nn.ModuleDict({"decoder": _mlp(decoder_widths)})
-    if method == "vime":
-        return nn.ModuleDict({"decoder": _mlp(decoder_widths), "mask": _mlp(decoder_widths)})
-    projector = _mlp([latent, latent, projection])
-    if method == "scarf":
-        return nn.ModuleDict({"projector": projector})
+    return nn.ModuleDict({"decoder": _mlp(decoder_widths), "mask": _mlp(decoder_widths)})
+
+
+def _scarf_pretext(n_genes: int, hidden: list[int], latent: int, projection: int):
+    return nn.ModuleDict({"projector": _mlp([latent, latent, projection])})
+
+
+def _byol_pretext(n_genes: int, hidden: list[int], latent: int, projection: int):
     return nn.ModuleDict(
-        {"projector": projector, "predictor": _mlp([projection, latent, projection])}
+        {"projector": _mlp([latent, latent, projection]), "predictor": _mlp([projection, latent, projection])}
     )
 
 
-def _build_head(head: str, latent: int, n_classes: int, head_hidden: int, dropout: float,
-                token_size: int):
-    """The head, behind a parameter-free standardisation of the frozen latent (as in linear probing)."""
+_PRETEXT_BUILDERS = {"ae": _autoencoder_pretext, "vime": _vime_pretext, "scarf": _scarf_pretext,
+                     "byol": _byol_pretext}
+ENCODERS = tuple(_PRETEXT_BUILDERS)
+
+
+def _ffn_classifier(width: int, n_classes: int, head_hidden: int, dropout: float, token_size: int):
+    return _mlp([width, head_hidden, head_hidden, n_classes], dropout=dropout)
+
+
+def _transformer_classifier(width: int, n_classes: int, head_hidden: int, dropout: float, token_size: int):
+    return LatentTokenTransformer(width, n_classes, token_size, dropout)
+
+
+def _gcn_classifier(width: int, n_classes: int, head_hidden: int, dropout: float, token_size: int):
+    return GraphConvolutionHead(width, n_classes, head_hidden, dropout)
+
+
+def _linear_classifier(width: int, n_classes: int, head_hidden: int, dropout: float, token_size: int):
+    return nn.Linear(width, n_classes)
+
+
+_HEAD_BUILDERS = {"ffn": _ffn_classifier, "transformer": _transformer_classifier, "gcn": _gcn_classifier,
+                  "linear": _linear_classifier}
+HEADS = tuple(_HEAD_BUILDERS)
+
+
+def _build_head(head: str, width: int, n_classes: int, head_hidden: int, dropout: float, token_size: int):
+    """The head, behind a parameter-free standardisation of its input (as in linear probing).
+
+    The ``gcn`` head standardises its input itself.
+    """
+    classifier = _HEAD_BUILDERS[head](width, n_classes, head_hidden, dropout, token_size)
     if head == "gcn":
-        return GraphConvolutionHead(latent, n_classes, head_hidden, dropout)
-    if head == "linear":
-        classifier = nn.Linear(latent, n_classes)
-    elif head == "ffn":
-        classifier = _mlp([latent, head_hidden, head_hidden, n_classes], dropout=dropout)
-    else:
-        classifier = LatentTokenTransformer(latent, n_classes, token_size, dropout)
-    return nn.Sequential(nn.BatchNorm1d(latent, affine=False), classifier)
+        return classifier
+    return nn.Sequential(nn.BatchNorm1d(width, affine=False), classifier)
 
 
 class LatentTokenTransformer(nn.Module):
@@ -127,7 +157,7 @@ class ExpressionNetwork(nn.Module):
         self.head_kind = head
         self.head_input = head_input
         self.encoder = _mlp([n_genes, *hidden, latent], dropout=dropout)
-        self.pretext = _pretext_modules(encoder, n_genes, hidden, latent, projection)
+        self.pretext = _PRETEXT_BUILDERS[encoder](n_genes, hidden, latent, projection)
         if encoder == "byol":
             self.target = copy.deepcopy(
                 _target_network(self.encoder, self.pretext["projector"])

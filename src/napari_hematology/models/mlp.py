@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from napari_hematology.core.registry import register_model
+from torch import nn
+
+from napari_hematology.models._layer_stack import LayerStack
+from napari_hematology.models._registry import register_model
+
+
+class MLP(LayerStack):
+    """(linear, GELU, dropout) per hidden width, then a linear output layer."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: tuple[int, ...] | list[int],
+                 dropout: float) -> None:
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.GELU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, out_features))
+        super().__init__(*layers)
 
 
 @register_model("mlp")
 def build_mlp(in_features: int, out_features: int, hidden: tuple[int, ...] | list[int] = (128,),
-              dropout: float = 0.1):
+              dropout: float = 0.1) -> MLP:
     """Build a multi-layer perceptron.
 
     Args:
@@ -17,15 +34,7 @@ def build_mlp(in_features: int, out_features: int, hidden: tuple[int, ...] | lis
         dropout: Dropout after each hidden layer.
 
     Returns:
-        A ``torch.nn.Sequential``.
+        An :class:`MLP` (a ``torch.nn.Sequential``).
 
     """
-    from torch import nn
-
-    layers: list[nn.Module] = []
-    width = in_features
-    for size in hidden:
-        layers += [nn.Linear(width, size), nn.GELU(), nn.Dropout(dropout)]
-        width = size
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
+    return MLP(in_features, out_features, hidden, dropout)
