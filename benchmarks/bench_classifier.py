@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from napari_hematology.core.cells.classes import BLAST, CELL_CLASSES
+from napari_hematology.core.cells.classifier import classify_images
 from napari_hematology.core.cells.recipe import (
     NORMAL,
     ClassifierRecipe,
@@ -32,7 +34,6 @@ from napari_hematology.core.cells.recipe import (
     list_training_crops,
     load_cell_set,
 )
-from napari_hematology.core.cells.classifier import BLAST, CELL_CLASSES, classify_images
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "classifier.json"
@@ -113,14 +114,16 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.train_threads)
-    recipe = ClassifierRecipe(threads=args.train_threads)
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("backbone", args.backbone)) if v}
-    recipe = replace(recipe, **overrides)
+    recipe = ClassifierRecipe()
+    if args.backbone:
+        recipe.backbone = args.backbone
+    if args.epochs:
+        recipe.train = replace(recipe.train, epochs=args.epochs)
     kept = json.loads(args.out.read_text()) if args.out.is_file() else {}
     result = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
         "recipe": asdict(recipe),
-        "shipped_recipe": replace(recipe, threads=None) == ClassifierRecipe(),
+        "shipped_recipe": recipe == ClassifierRecipe(),
     }
     if not args.skip_cv:
         started = time.perf_counter()

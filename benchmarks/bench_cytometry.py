@@ -112,7 +112,7 @@ def accuracy_benchmark(values: np.ndarray, labels: np.ndarray, seeds: int) -> di
         for seed in range(seeds):
             started = time.perf_counter()
             clusterer = fit_clusterer(
-                values, FF_MARKERS, ClusterConfig(method=method, clusters=clusters, seed=seed)
+                values, FF_MARKERS, ClusterConfig.from_settings(method=method, clusters=clusters, seed=seed)
             )
             predicted = clusterer.assign(values).argmax(axis=1)
             runs.append({**matched_f1(labels, predicted), "seconds": time.perf_counter() - started})
@@ -165,7 +165,7 @@ def remix(values, labels, populations, samples, events, rng):
     return np.concatenate(rows), np.asarray(truth), np.asarray(ids), fractions
 
 
-def soft_label_benchmark(values, labels, threads) -> dict:
+def soft_label_benchmark(values, labels) -> dict:
     populations = sorted(set(labels) - {UNLABELED})
     rng = np.random.default_rng(0)
     train_x, train_truth, train_ids, train_fractions = remix(values, labels, populations, 16, 3000, rng)
@@ -177,7 +177,7 @@ def soft_label_benchmark(values, labels, threads) -> dict:
         "events_per_sample": 3000,
     }
     for method in ("idec", "vade"):
-        config = ClusterConfig(method=method, clusters=len(populations), threads=threads)
+        config = ClusterConfig(method=method, clusters=len(populations))
         clusterer = fit_clusterer(
             train_x,
             FF_MARKERS,
@@ -237,7 +237,6 @@ def speed_benchmark(data: Path, files: int, threads: int) -> dict:
             channels=FF_MARKERS,
             transform="none",
             compensate=False,
-            settings={"threads": threads},
         )
         started = time.perf_counter()
         result = run_pipeline(paths[:1], config)
@@ -287,7 +286,7 @@ def _marker(sample, channel: str) -> str:
     return sample.markers[index] or sample.names[index]
 
 
-def unlabelled_benchmark(data: Path, threads: int) -> dict:
+def unlabelled_benchmark(data: Path) -> dict:
     folder = data / "cytometry"
     runs = {
         "cytonorm (mass cytometry, YAML two-stage: IDEC then VaDE)": (
@@ -300,7 +299,7 @@ def unlabelled_benchmark(data: Path, threads: int) -> dict:
                 {
                     "transform": "arcsinh",
                     "cofactor": 150,
-                    "stages": [{"name": "cluster", "method": "idec", "clusters": 6, "threads": threads}],
+                    "stages": [{"name": "cluster", "method": "idec", "clusters": 6}],
                 }
             ),
         ),
@@ -310,7 +309,7 @@ def unlabelled_benchmark(data: Path, threads: int) -> dict:
                 {
                     "transform": "arcsinh",
                     "cofactor": 150,
-                    "stages": [{"name": "cluster", "method": "vade", "clusters": 6, "threads": threads}],
+                    "stages": [{"name": "cluster", "method": "vade", "clusters": 6}],
                 }
             ),
         ),
@@ -351,9 +350,9 @@ def main() -> int:
     }
     sections = {
         "accuracy_ff_fcs": lambda: accuracy_benchmark(values, labels, args.seeds),
-        "soft_labels_remixed_ff_fcs": lambda: soft_label_benchmark(values, labels, args.threads),
+        "soft_labels_remixed_ff_fcs": lambda: soft_label_benchmark(values, labels),
         "speed": lambda: speed_benchmark(args.data, args.speed_files, args.threads),
-        "unlabelled_files": lambda: unlabelled_benchmark(args.data, args.threads),
+        "unlabelled_files": lambda: unlabelled_benchmark(args.data),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for name, section in sections.items():

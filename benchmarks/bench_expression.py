@@ -41,10 +41,7 @@ PROGENITORS = {"6Ery", "7MEP", "9GMP", "10GMP"}
 
 
 def config(encoder, head, values="counts", epochs=10, n_top_genes=2000, seed=0):
-    cfg = ExpressionConfig.from_options(encoder, head, values, n_top_genes, epochs, seed)
-    for training in cfg.trainings():
-        training.threads = 1
-    return cfg
+    return ExpressionConfig.from_options(encoder, head, values, n_top_genes, epochs, seed)
 
 
 def macro_f1(truth, predicted):
@@ -230,7 +227,7 @@ def throughput(n_cells=50_000, n_genes=20_000, density=0.03, steps=40):
     batch = 128
     subset = np.arange(steps * batch)
     history = train(network, subset, autoencoder_loss,
-                    TrainConfig(epochs=1, batch_size=batch, device="cpu", threads=2),
+                    TrainConfig(epochs=1, batch_size=batch, device="cpu"),
                     collate_fn=RowCollator(data, prep))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {

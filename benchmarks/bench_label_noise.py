@@ -102,15 +102,20 @@ def precision_at_recall(flipped: np.ndarray, scores: np.ndarray, recall: float =
     return float(hits[reach] / (reach + 1))
 
 
-def detection(crops, labels, pairs, seed, config) -> dict:
+def with_training(config, **changes):
+    """A copy of an IssueConfig whose training settings take ``changes``."""
     from dataclasses import replace
 
+    return replace(config, train=replace(config.train, **changes))
+
+
+def detection(crops, labels, pairs, seed, config) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from napari_hematology.core.labels.issues import find_label_issues_in_crops
 
     noisy, flipped = inject_noise(labels, pairs, np.random.default_rng(seed))
-    issues = find_label_issues_in_crops(crops, list(noisy), replace(config, seed=seed))
+    issues = find_label_issues_in_crops(crops, list(noisy), with_training(config, seed=seed))
     scores, flagged = issues["issue_score"].to_numpy(), issues["is_issue"].to_numpy()
     fixed = issues["suggested"].to_numpy()[flipped] == labels[flipped]
     return {
@@ -143,8 +148,8 @@ def accuracies(crops, labels, pairs, seed, config, epochs: int, options: set[str
 
     from napari_hematology.core.labels.issues import find_label_issues_in_crops, pretrain_crop_encoder
 
-    config = replace(config, seed=seed)
-    trained = replace(config, epochs=epochs)
+    config = with_training(config, seed=seed)
+    trained = with_training(config, epochs=epochs)
     rows = np.arange(len(labels))
     train_rows, test_rows = train_test_split(rows, test_size=0.3, stratify=labels, random_state=seed)
     clean = labels[train_rows]
@@ -204,7 +209,7 @@ def _dataset(name: str):
     from napari_hematology.core.labels.issues import IssueConfig
 
     torch.set_num_threads(1)
-    config = IssueConfig(device="cpu")
+    config = with_training(IssueConfig(), device="cpu")
     paths, labels = load_cells(name)
     return read_crops(paths, config.crop_size), labels, config
 

@@ -29,6 +29,7 @@ from napari_hematology.core.cytometry import (
     write_outputs,
 )
 from napari_hematology.core.errors import Cancelled, InputError
+from napari_hematology.core.training import TrainConfig, train
 
 NAMES = ["FSC-A", "FL1-A", "FL2-A", "FL3-A"]
 MARKERS = ["", "CD45", "CD61", "CD71"]
@@ -41,6 +42,11 @@ CENTRES = {
     "doublet": (6.0, 6.0, 6.0, 6.0),
 }
 FAST = {"pretrain_epochs": 4, "epochs": 4, "batch_size": 128}
+
+
+def fast_config(method: str = "idec", clusters: int = 3) -> ClusterConfig:
+    """A clustering config that trains briefly (the FAST settings)."""
+    return ClusterConfig.from_settings(method=method, clusters=clusters, **FAST)
 
 
 def make_events(counts: dict[str, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +150,7 @@ def test_nan_and_constant_channels_are_named(tmp_path):
 def test_each_method_alone_recovers_separated_populations(method):
     raw, truth = make_events({"plt": 300, "pure": 600, "clump": 100})
     values = transform(raw[:, 1:], "arcsinh", 150.0)
-    clusterer = fit_clusterer(values, MARKERS[1:], ClusterConfig(method=method, clusters=3, **FAST))
+    clusterer = fit_clusterer(values, MARKERS[1:], fast_config(method))
     probabilities = clusterer.assign(values)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
     assert adjusted_rand_score(truth, probabilities.argmax(axis=1)) > 0.9
@@ -155,7 +161,7 @@ def test_small_population_keeps_its_cluster_beside_a_large_one():
     raw, truth = make_events({"pure": 1500, "plt": 500, "retic": 50})
     values = transform(raw[:, 1:], "arcsinh", 150.0)
     for method in ("idec", "vade"):
-        clusterer = fit_clusterer(values, MARKERS[1:], ClusterConfig(method=method, clusters=3, **FAST))
+        clusterer = fit_clusterer(values, MARKERS[1:], fast_config(method))
         predicted = clusterer.assign(values).argmax(axis=1)
         assert adjusted_rand_score(truth, predicted) > 0.9, method
 
@@ -166,7 +172,7 @@ def test_tiny_far_group_joins_a_cluster_instead_of_taking_one():
     values = transform(raw[:, 1:], "arcsinh", 150.0)
     real = truth != "doublet"
     for method in ("idec", "vade"):
-        clusterer = fit_clusterer(values, MARKERS[1:], ClusterConfig(method=method, clusters=3, **FAST))
+        clusterer = fit_clusterer(values, MARKERS[1:], fast_config(method))
         predicted = clusterer.assign(values).argmax(axis=1)
         assert adjusted_rand_score(truth[real], predicted[real]) > 0.9, method
 
@@ -175,16 +181,16 @@ def test_cut_with_min_size_absorbs_small_groups_into_the_nearest():
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import pdist, squareform
 
-    from napari_hematology.core.cytometry.deep import _cut_with_min_size
+    from napari_hematology.core.cytometry.initialisation import cut_with_min_size
 
     positions = np.array([[0.0], [0.1], [5.0], [5.1], [10.0], [30.0]])
     sizes = np.array([100, 100, 100, 100, 100, 1])
     distances = pdist(positions)
     tree = linkage(distances, method="complete")
-    groups = _cut_with_min_size(tree, squareform(distances), sizes, 3, 0.01)
+    groups = cut_with_min_size(tree, squareform(distances), sizes, 3, 0.01)
     assert len(set(groups[:5])) == 3 and groups[0] == groups[1] and groups[2] == groups[3]
     assert groups[5] == groups[4]  # the 1-event cell joins its nearest big group
-    plain = _cut_with_min_size(tree, squareform(distances), sizes, 3, 0.0)
+    plain = cut_with_min_size(tree, squareform(distances), sizes, 3, 0.0)
     assert plain[5] != plain[4] and plain[2] == plain[4]  # without the rule it takes a cluster of its own
 
 
@@ -211,7 +217,7 @@ def test_sample_proportions_count_assigned_events_and_skip_unseen():
 def test_cancel_stops_training():
     values = np.random.default_rng(0).normal(size=(200, 3))
     with pytest.raises(Cancelled):
-        fit_clusterer(values, ["a", "b", "c"], ClusterConfig(clusters=2, **FAST), should_stop=lambda: True)
+        fit_clusterer(values, ["a", "b", "c"], fast_config(clusters=2), should_stop=lambda: True)
 
 
 STAGES_YAML = """
@@ -297,6 +303,35 @@ def test_stage_config_errors(tmp_path):
         (tmp_path / f"s{number}.yaml").write_text(text)
         with pytest.raises(InputError, match=message):
             load_pipeline_config(tmp_path / f"s{number}.yaml")
+
+
+def test_flat_stage_settings_fill_the_training_settings(tmp_path):
+    (tmp_path / "stages.yaml").write_text(
+        "seed: 3\nstages: [{name: a, clusters: 2, epochs: 7, batch_size: 32, latent_dim: 4}]\n"
+    )
+    config = load_pipeline_config(tmp_path / "stages.yaml")
+    cluster = config.stages[0].cluster_config(config.seed)
+    assert (cluster.train.epochs, cluster.train.batch_size, cluster.train.seed) == (7, 32, 3)
+    assert cluster.latent_dim == 4
+    assert ClusterConfig().train == TrainConfig(
+        epochs=15, batch_size=256, learning_rate=2e-3, weight_decay=0.0, seed=0
+    )
+
+
+def test_clustering_is_fine_tuned_in_one_training_run(monkeypatch):
+    from napari_hematology.core.cytometry import fitting
+
+    runs = []
+
+    def counted_train(*args, **kwargs):
+        runs.append(kwargs.get("on_epoch_end"))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(fitting, "train", counted_train)
+    raw, _ = make_events({"plt": 100, "pure": 200})
+    fit_clusterer(transform(raw[:, 1:], "arcsinh", 150.0), MARKERS[1:], fast_config(clusters=2))
+    assert len(runs) == 2  # pretraining, then every clustering epoch
+    assert runs[0] is None and runs[1] is not None
 
 
 def test_saved_pipeline_reapplies_identically(tmp_path, two_files):

@@ -23,7 +23,15 @@ from napari_hematology.core.labels.issues import (
 )
 from napari_hematology.core.registry import create_model
 
-FAST = IssueConfig(folds=3, epochs=15, device="cpu")
+
+def cpu_config(epochs: int = 30, **fields) -> IssueConfig:
+    """Issue settings that train on the CPU for ``epochs`` epochs per fold."""
+    config = IssueConfig(**fields)
+    config.train = replace(config.train, epochs=epochs, device="cpu")
+    return config
+
+
+FAST = cpu_config(folds=3, epochs=15)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +77,7 @@ def test_separable_crops_find_planted_flips():
     crops, truth = _coloured_crops(rng, {"a": (150, 60, 160), "b": (200, 90, 90), "c": (90, 90, 200)}, 30)
     given = truth.copy()
     given[[1, 40, 70]] = ["b", "c", "a"]
-    config = IssueConfig(folds=3, epochs=15, crop_size=24, device="cpu")
+    config = cpu_config(folds=3, epochs=15, crop_size=24)
     issues = find_label_issues_in_crops(crops, list(given), config)
     assert set(issues.nlargest(3, "issue_score").index) == {1, 40, 70}
     assert list(issues.loc[[1, 40, 70], "suggested"]) == ["a", "b", "c"]
@@ -77,10 +85,10 @@ def test_separable_crops_find_planted_flips():
 
 def test_pretrained_encoder_is_where_every_coteaching_member_starts():
     crops, truth = _coloured_crops(np.random.default_rng(1), {"a": (150, 60, 160), "b": (90, 90, 200)}, 8)
-    config = IssueConfig(crop_size=24, device="cpu", pretrain_epochs=2, epochs=1, loss="coteaching")
+    config = cpu_config(crop_size=24, pretrain_epochs=2, epochs=1, loss="coteaching")
     encoder = pretrain_crop_encoder(crops, config)
     assert set(encoder) == set(create_model("crop_cnn", out_features=2)[:-1].state_dict())
-    frozen = replace(config, learning_rate=0.0)
+    frozen = replace(config, train=replace(config.train, learning_rate=0.0))
     model, _ = fit_classifier(crops, encode_labels(list(truth))[0], 2, frozen, pretrained=encoder)
     for member in model.members:
         assert member[0].weight.detach().equal(encoder["0.weight"])
@@ -90,7 +98,7 @@ def test_pretrained_encoder_is_where_every_coteaching_member_starts():
 def test_pretraining_runs_once_before_the_folds_and_reports_progress():
     crops, truth = _coloured_crops(np.random.default_rng(2), {"a": (150, 60, 160), "b": (90, 90, 200)}, 9)
     messages = []
-    config = IssueConfig(folds=3, epochs=2, crop_size=24, device="cpu", pretrain_epochs=2)
+    config = cpu_config(folds=3, epochs=2, crop_size=24, pretrain_epochs=2)
     codes = encode_labels(list(truth))[0]
     probabilities = out_of_fold_probabilities(
         crops, codes, 2, config, progress=lambda done, total, text="": messages.append(text)
@@ -103,7 +111,7 @@ def test_pretraining_runs_once_before_the_folds_and_reports_progress():
 def test_pretraining_needs_epochs():
     crops, _ = _coloured_crops(np.random.default_rng(3), {"a": (150, 60, 160)}, 4)
     with pytest.raises(InputError, match="pretrain_epochs"):
-        pretrain_crop_encoder(crops, IssueConfig(device="cpu"))
+        pretrain_crop_encoder(crops, cpu_config())
 
 
 def test_real_crops_rank_flipped_labels_high(idb_cells):
@@ -165,8 +173,13 @@ def test_one_class_is_refused():
 
 
 def test_project_review_and_retrain_use_the_corrections(tmp_path, idb_cells):
+    from napari_hematology.core.labels.review import (
+        corrected_labels,
+        retrain_project,
+        review_queue,
+        store_issues,
+    )
     from napari_hematology.core.labels.store import AnnotationStore
-    from napari_hematology.core.labels.review import corrected_labels, retrain_project, review_queue, store_issues
 
     project = tmp_path / "project.sqlite"
     store_issues(project, find_label_issues(idb_cells[["image", "label"]], FAST), base=tmp_path)

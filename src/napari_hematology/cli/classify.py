@@ -60,7 +60,8 @@ def run_train(args: argparse.Namespace) -> int:
                  if value is not None}
     if overrides.get("epochs", 1) < 1:
         raise InputError("--epochs must be at least 1.")
-    recipe = replace(ClassifierRecipe(), **overrides)
+    recipe = ClassifierRecipe()
+    recipe.train = replace(recipe.train, **overrides)
     folder = retrain_classifier(args.data, args.out, recipe, progress=TextProgress())
     print(f"Cell classifier written to {folder}; use it with --model {folder}")
     return 0

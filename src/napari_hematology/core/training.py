@@ -1,14 +1,17 @@
 """The one training loop shared by image, expression, signal and bag (MIL) models.
 
-A model family supplies a ``loss_fn(model, batch, epoch) -> scalar tensor``; the loop owns seeding,
-device choice, batching, the optimiser and learning-rate schedule, progress, cancellation and history.
+A model family supplies a ``loss_fn(model, batch, epoch) -> scalar tensor``; the loop owns device choice,
+batching, the optimiser and learning-rate schedule, progress, cancellation, early stopping and history.
+It changes no global state of the caller: shuffling has its own seeded generator, and the randomness
+inside the loop (dropout, augmentation) draws from torch's global generator seeded for the call and
+restored to the caller's state afterwards (:func:`seeded`). Thread counts are the caller's business.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,7 @@ import numpy as np
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+TRAINING_LOSS = "loss"
 
 
 @dataclass
@@ -24,13 +28,17 @@ class TrainConfig:
     """How to train.
 
     Attributes:
-        epochs: Passes over the data.
+        epochs: Most passes over the data.
         batch_size: Samples per optimisation step.
-        learning_rate: AdamW learning rate (cosine-decayed to 5% over the run).
+        learning_rate: AdamW learning rate (cosine-decayed to 5% over ``epochs``).
         weight_decay: AdamW weight decay.
-        seed: Seed for python, numpy and torch.
+        seed: Seed of the shuffling and of torch's random numbers inside the loop.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        threads: Torch CPU threads; None keeps torch's default.
+        patience: Stop once the monitored value has not improved for this many epochs; 0 never stops
+            early.
+        monitor: The value early stopping watches: ``loss`` (the epoch's mean training loss) or the name
+            of a metric returned by ``validate``.
+        higher_is_better: Whether a larger monitored value is an improvement.
 
     """
 
@@ -40,7 +48,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
-    threads: int | None = None
+    patience: int = 0
+    monitor: str = TRAINING_LOSS
+    higher_is_better: bool = False
 
 
 @dataclass
@@ -54,6 +64,7 @@ class TrainHistory:
 
 LossFn = Callable[[Any, Any, int], Any]
 ValidateFn = Callable[[Any], dict[str, float]]
+EpochHook = Callable[[int, Any, TrainHistory], bool | None]
 
 
 def select_device(name: str = "auto"):
@@ -89,13 +100,26 @@ def select_device(name: str = "auto"):
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch random generators."""
+@contextmanager
+def seeded(seed: int, device=None) -> Iterator[None]:
+    """Seed torch's global random generator (CPU, and ``device``'s) inside the block only.
+
+    Args:
+        seed: The seed.
+        device: An accelerator ``torch.device`` whose generator is seeded too; None or CPU seeds the CPU
+            generator alone.
+
+    On leaving the block the generators are back in the caller's state.
+    """
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    device = torch.device(device or "cpu")
+    accelerators = [] if device.type == "cpu" else [device]
+    with torch.random.fork_rng(devices=accelerators, device_type=device.type):
+        torch.default_generator.manual_seed(seed)
+        if accelerators:
+            torch.get_device_module(device.type).manual_seed(seed)
+        yield
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, collate_fn=None):
@@ -131,10 +155,11 @@ def train(
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
     validate: ValidateFn | None = None,
+    on_epoch_end: EpochHook | None = None,
     collate_fn: Callable | None = None,
     parameters=None,
 ) -> TrainHistory:
-    """Train ``model`` in place.
+    """Train ``model`` in place with AdamW and one cosine learning-rate schedule over ``config.epochs``.
 
     Args:
         model: A ``torch.nn.Module``.
@@ -145,56 +170,86 @@ def train(
         progress: Called as ``progress(step, total_steps, message)``.
         should_stop: Returns True to cancel; checked before every step (raises ``Cancelled``).
         validate: Called with the model (in eval mode) after every epoch; its metrics go to the history.
+        on_epoch_end: Called as ``on_epoch_end(epoch, model, history)`` after every epoch (after
+            ``validate``); returning True ends training there.
         collate_fn: Batch collation for datasets of variable-size items.
         parameters: Parameters to optimise; defaults to all trainable parameters of ``model``.
 
     Returns:
-        The training history. The model is left in eval mode on the chosen device.
+        The training history, one entry per epoch run. The model is left in eval mode on the chosen
+        device.
+
+    Raises:
+        ValueError: Early stopping watches a validation metric but no ``validate`` is given.
 
     """
     import torch
 
     config = config or TrainConfig()
-    seed_everything(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    if config.patience and config.monitor != TRAINING_LOSS and validate is None:
+        raise ValueError(f"Early stopping on {config.monitor!r} needs a validate function.")
     device = select_device(config.device)
     model.to(device)
     loader = make_loader(dataset, config.batch_size, True, config.seed, collate_fn)
     trainable = [p for p in (parameters or model.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = max(1, config.epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=total_steps, eta_min=config.learning_rate * 0.05
     )
     history = TrainHistory()
     started = time.perf_counter()
-    step = 0
-    for epoch in range(config.epochs):
-        model.train()
-        epoch_loss, batches = 0.0, 0
-        for batch in loader:
-            check_cancel(should_stop)
-            loss = loss_fn(model, move_to(batch, device), epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            epoch_loss += float(loss.detach())
-            batches += 1
-            step += 1
-            if progress is not None:
-                progress(step, total_steps, f"epoch {epoch + 1}/{config.epochs}")
-        history.loss.append(epoch_loss / max(batches, 1))
-        if validate is not None:
-            model.eval()
-            with torch.no_grad():
-                history.validation.append(validate(model))
+    with seeded(config.seed, device):
+        for epoch in range(config.epochs):
+            model.train()
+            losses = []
+            for batch in loader:
+                check_cancel(should_stop)
+                loss = loss_fn(model, move_to(batch, device), epoch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                if progress is not None:
+                    step = epoch * len(loader) + len(losses)
+                    progress(step, total_steps, f"epoch {epoch + 1}/{config.epochs}")
+            history.loss.append(sum(losses) / max(len(losses), 1))
+            if _end_epoch(epoch, model, history, config, validate, on_epoch_end):
+                break
     model.eval()
     history.seconds = time.perf_counter() - started
     return history
+
+
+def _end_epoch(
+    epoch: int,
+    model,
+    history: TrainHistory,
+    config: TrainConfig,
+    validate: ValidateFn | None,
+    on_epoch_end: EpochHook | None,
+) -> bool:
+    """Validate, call the hook and check early stopping; True when training should end."""
+    import torch
+
+    if validate is not None:
+        model.eval()
+        with torch.no_grad():
+            history.validation.append(validate(model))
+    if on_epoch_end is not None and on_epoch_end(epoch, model, history):
+        return True
+    return bool(config.patience) and _epochs_without_improvement(history, config) >= config.patience
+
+
+def _epochs_without_improvement(history: TrainHistory, config: TrainConfig) -> int:
+    """Epochs since the monitored value last improved on its best so far."""
+    if config.monitor == TRAINING_LOSS:
+        values = np.asarray(history.loss)
+    else:
+        values = np.asarray([metrics[config.monitor] for metrics in history.validation])
+    best = int(np.argmax(values) if config.higher_is_better else np.argmin(values))
+    return len(values) - 1 - best
 
 
 def predict(

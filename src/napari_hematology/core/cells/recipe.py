@@ -19,28 +19,29 @@ ALL-IDB2 cross-validated accuracy from 0.725 to the figure in ``benchmarks/resul
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from napari_hematology.core.cells.classes import BLAST, CELL_CLASSES
+from napari_hematology.core.cells.classifier import MODEL_NAME, CellClassifier, read_prepared_crops
 from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE
-from napari_hematology.core.cells.classifier import (
-    BLAST,
-    CELL_CLASSES,
-    MODEL_NAME,
-    CellClassifier,
-    read_prepared_crops,
-)
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import read_table
-from napari_hematology.models.cell_classifier import DEFAULT_BACKBONE
 from napari_hematology.core.progress import ProgressCallback, StopCallback
+from napari_hematology.core.training import TrainConfig
+from napari_hematology.models.cell_classifier import DEFAULT_BACKBONE
 
 NORMAL = "normal"
 WBC_SEG_TYPES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
+
+
+def default_recipe_training() -> TrainConfig:
+    """Training-loop settings of the shipped weights."""
+    return TrainConfig(epochs=100, batch_size=64, learning_rate=3e-3, weight_decay=0.05)
 
 
 @dataclass
@@ -51,28 +52,18 @@ class ClassifierRecipe:
         backbone: timm architecture.
         crop_size: Side of the normalised crops.
         context: Crop side relative to the nucleus size.
-        epochs: Passes over the training crops.
-        batch_size: Crops per step.
-        learning_rate: Peak AdamW learning rate.
-        weight_decay: AdamW weight decay.
         noisy_weight: Loss weight of crops whose labels were not expert-checked (wbc_seg).
         max_blur: Strongest defocus augmentation (0: none, 1: a full 3x3 box blur).
-        seed: Random seed.
-        threads: Torch CPU threads (None: torch default).
+        train: Settings of the shared training loop; its seed also seeds the weights and the folds.
 
     """
 
     backbone: str = DEFAULT_BACKBONE
     crop_size: int = CROP_SIZE
     context: float = CONTEXT
-    epochs: int = 100
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    weight_decay: float = 0.05
     noisy_weight: float = 0.5
     max_blur: float = 0.0
-    seed: int = 0
-    threads: int | None = None
+    train: TrainConfig = field(default_factory=default_recipe_training)
 
 
 @dataclass
@@ -140,8 +131,7 @@ def list_training_crops(data_root: str | Path) -> pd.DataFrame:
             _bccd_rows(cells / "bccd_crops"),
             _wbc_seg_rows(cells / "wbc_seg"),
         ],
-        ignore_index=True,
-    )
+        ignore_index=True)
 
 
 def _all_idb2_rows(folder: Path) -> pd.DataFrame:
@@ -209,8 +199,7 @@ def load_cell_set(
         sources=table["source"].to_numpy(dtype=object),
         groups=table["group"].to_numpy(dtype=object),
         files=table["file"].to_numpy(dtype=object),
-        noisy=table["noisy"].to_numpy(dtype=bool),
-    )
+        noisy=table["noisy"].to_numpy(dtype=bool))
 
 
 def sample_weights(cells: CellSet, noisy_weight: float) -> np.ndarray:
@@ -313,19 +302,18 @@ def train_classifier(
     import torch
 
     from napari_hematology.core.registry import create_model
-    from napari_hematology.core.training import TrainConfig, train
+    from napari_hematology.core.training import seeded, train
 
     recipe = recipe or ClassifierRecipe()
     if len(cells) == 0:
         raise InputError("No training crops; check the --data folder.")
     classes = list(CELL_CLASSES)
-    torch.manual_seed(recipe.seed)
-    model = create_model(MODEL_NAME, num_classes=len(classes), backbone=recipe.backbone)
+    with seeded(recipe.train.seed):
+        model = create_model(MODEL_NAME, num_classes=len(classes), backbone=recipe.backbone)
     dataset = (
         torch.from_numpy(cells.crops).permute(0, 3, 1, 2).contiguous(),
         torch.from_numpy(cells.allowed(classes)),
-        torch.from_numpy(sample_weights(cells, recipe.noisy_weight)),
-    )
+        torch.from_numpy(sample_weights(cells, recipe.noisy_weight)))
 
     def loss_fn(net, batch, epoch):
         images, allowed, weights = batch
@@ -333,11 +321,7 @@ def train_classifier(
             net(augment(images.float(), max_blur=recipe.max_blur)), allowed, weights
         )
 
-    config = TrainConfig(
-        epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
-        weight_decay=recipe.weight_decay, seed=recipe.seed, device="cpu", threads=recipe.threads,
-    )
-    history = train(model, dataset, loss_fn, config, progress=progress, should_stop=should_stop)
+    history = train(model, dataset, loss_fn, recipe.train, progress=progress, should_stop=should_stop)
     metadata: dict[str, Any] = {
         "classes": classes,
         "crop_size": recipe.crop_size,
@@ -406,7 +390,8 @@ def cross_validate(
 ) -> pd.DataFrame:
     """Out-of-fold predictions of the training recipe, folds stratified by source and label.
 
-    Every source is split into ``folds`` parts (crops of one smear image stay together); each model is
+    Every source is split into ``folds`` parts (BCCD crops of one smear image stay together; ALL-IDB2 and
+    wbc_seg crops are their own groups, their files name no smear or patient); each model is
     trained on all other parts with ``recipe`` and predicts the held-out part.
 
     Args:
@@ -424,7 +409,7 @@ def cross_validate(
 
     recipe = recipe or ClassifierRecipe()
     strata = pd.Series(cells.sources.astype(str)) + "/" + pd.Series(cells.labels.astype(str))
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=recipe.seed)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=recipe.train.seed)
     parts = []
     for fold, (train_index, test_index) in enumerate(splitter.split(cells.crops, strata, cells.groups)):
         classifier = train_classifier(cells.subset(train_index), recipe, progress, should_stop)

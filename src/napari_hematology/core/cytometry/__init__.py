@@ -4,7 +4,8 @@ FCS reading, transforms, IDEC/VaDE deep clustering, staged pipelines and soft la
 reference proportions.
 """
 
-from napari_hematology.core.cytometry.deep import ClusterConfig, Clusterer, fit_clusterer, load_clusterer
+from napari_hematology.core.cytometry.cluster_config import ClusterConfig
+from napari_hematology.core.cytometry.clusterer import Clusterer, load_clusterer
 from napari_hematology.core.cytometry.fcs import (
     TRANSFORMS,
     FcsSample,
@@ -15,6 +16,7 @@ from napari_hematology.core.cytometry.fcs import (
     read_fcs,
     transform,
 )
+from napari_hematology.core.cytometry.fitting import fit_clusterer
 from napari_hematology.core.cytometry.stages import (
     PipelineConfig,
     PipelineResult,

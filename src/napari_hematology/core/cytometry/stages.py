@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_hematology.core.cytometry.deep import ClusterConfig, Clusterer, fit_clusterer, load_clusterer
+from napari_hematology.core.cytometry.cluster_config import ClusterConfig
+from napari_hematology.core.cytometry.clusterer import Clusterer, load_clusterer
 from napari_hematology.core.cytometry.fcs import (
     FcsSample,
     channel_indices,
@@ -23,6 +24,7 @@ from napari_hematology.core.cytometry.fcs import (
     read_fcs,
     transform,
 )
+from napari_hematology.core.cytometry.fitting import fit_clusterer
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, tracked
 
@@ -31,7 +33,7 @@ SUM_TOLERANCE = 0.02
 CONFIG_FILE = "stages.yaml"
 STAGE_KEYS = {"name", "method", "clusters", "populations", "parent", "parent_population", "channels"}
 PIPELINE_KEYS = {"stages", "channels", "transform", "cofactor", "compensate", "pooled", "seed"}
-SETTING_KEYS = {f.name for f in dataclasses.fields(ClusterConfig)} - {"method", "clusters", "seed"}
+SETTING_KEYS = ClusterConfig.setting_names() - {"method", "clusters", "seed"}
 
 
 @dataclass
@@ -66,7 +68,9 @@ class StageConfig:
 
     def cluster_config(self, seed: int) -> ClusterConfig:
         """Return the model and training settings of this stage."""
-        return ClusterConfig(method=self.method, clusters=self.clusters, seed=seed, **self.settings)
+        return ClusterConfig.from_settings(
+            method=self.method, clusters=self.clusters, seed=seed, **self.settings
+        )
 
 
 @dataclass

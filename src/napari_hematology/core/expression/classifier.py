@@ -40,27 +40,25 @@ from napari_hematology.core.expression.preprocessing import (
 )
 from napari_hematology.core.expression.selfsupervised import PRETEXT_LOSSES
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
-from napari_hematology.core.training import TrainConfig, train
+from napari_hematology.core.training import TrainConfig, seeded, train
 
 MODEL_NAME = "expression_model"
 
 
 def _default_pretraining() -> TrainConfig:
-    return TrainConfig(epochs=15, batch_size=128, learning_rate=1e-3, device="cpu")
+    return TrainConfig(epochs=15, batch_size=128, learning_rate=1e-3)
 
 
 def _default_head_training() -> TrainConfig:
-    return TrainConfig(epochs=60, batch_size=64, learning_rate=5e-3, weight_decay=1e-3, device="cpu")
+    return TrainConfig(epochs=60, batch_size=64, learning_rate=5e-3, weight_decay=1e-3)
 
 
 def _default_gene_head_training() -> TrainConfig:
-    return TrainConfig(epochs=1000, batch_size=1_000_000, learning_rate=3e-2, weight_decay=0.0,
-                       device="cpu")
+    return TrainConfig(epochs=1000, batch_size=1_000_000, learning_rate=3e-2, weight_decay=0.0)
 
 
 def _default_graph_training() -> TrainConfig:
-    return TrainConfig(epochs=200, batch_size=1_000_000, learning_rate=1e-2, weight_decay=5e-4,
-                       device="cpu")
+    return TrainConfig(epochs=200, batch_size=1_000_000, learning_rate=1e-2, weight_decay=5e-4)
 
 
 @dataclass
@@ -229,18 +227,17 @@ def fit_expression_model(
     check_values(data, config.preprocess.values)
     preprocessor = fit_preprocessing(
         data, config.preprocess, labels, progress=_phase(progress, "preprocessing"),
-        should_stop=should_stop,
-    )
-    network = create_model(
-        MODEL_NAME,
-        n_genes=len(preprocessor.genes),
-        n_classes=len(classes),
-        encoder=config.encoder,
-        head=config.head,
-        hidden=list(config.hidden),
-        latent=config.latent,
-        head_input=config.head_input,
-    )
+        should_stop=should_stop)
+    with seeded(config.pretraining.seed):
+        network = create_model(
+            MODEL_NAME,
+            n_genes=len(preprocessor.genes),
+            n_classes=len(classes),
+            encoder=config.encoder,
+            head=config.head,
+            hidden=list(config.hidden),
+            latent=config.latent,
+            head_input=config.head_input)
     history = {"pretraining_loss": pretrain_encoder(network, data, preprocessor, config.pretraining,
                                                     progress=progress, should_stop=should_stop)}
     model = ExpressionClassifier(network, preprocessor, classes, label_key, config.knn)
@@ -269,8 +266,7 @@ def pretrain_encoder(network, data: ExpressionData, preprocessor: Preprocessor, 
         progress=_phase(progress, f"pretraining ({network.method})"),
         should_stop=should_stop,
         collate_fn=RowCollator(data, preprocessor),
-        parameters=parameters,
-    )
+        parameters=parameters)
     return history.loss
 
 
@@ -440,5 +436,4 @@ def load_expression_model(directory: str | Path) -> ExpressionClassifier:
         classes=list(metadata["classes"]),
         label_key=metadata.get("label_key", ""),
         knn=int(metadata.get("knn", 15)),
-        history=metadata.get("history", {}),
-    )
+        history=metadata.get("history", {}))

@@ -10,13 +10,14 @@ suggested class and an issue score (1 - label quality).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
+from napari_hematology.core.training import TrainConfig
 
 ISSUE_COLUMNS = ["image", "given", "suggested", "issue_score", "is_issue"]
 CELL_COLUMNS = ["image", "label"]
@@ -32,6 +33,11 @@ VIEW_SHIFT = 4
 VIEW_NOISE = 0.1
 
 
+def default_issue_training() -> TrainConfig:
+    """Training-loop settings of each fold (``auto`` uses a GPU when there is one)."""
+    return TrainConfig(epochs=30, batch_size=32, learning_rate=3e-3, weight_decay=1e-3, device="auto")
+
+
 @dataclass
 class IssueConfig:
     """How out-of-fold probabilities are made.
@@ -40,30 +46,22 @@ class IssueConfig:
         folds: Cross-validation folds (reduced to the size of the smallest class if needed).
         loss: Training loss name (see :func:`napari_hematology.core.losses.make_loss`); the default,
             generalized cross-entropy, fits wrong labels least.
-        epochs: Most training epochs per fold; large sets stop after ``MAX_STEPS`` optimisation steps
-            (at least ``MIN_EPOCHS`` epochs).
-        batch_size: Crops per optimisation step.
-        learning_rate: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        seed: Seed of the fold split and of training.
         crop_size: Side crops are resized to.
-        device: Training device (``auto`` uses a GPU when there is one).
         pretrain_epochs: Epochs of self-supervised contrastive pretraining of the CNN on the crops
             themselves, labels unused, before any training (0 = none). A network that has first learnt
             what the cells look like fits wrong labels less.
+        train: Settings of the shared training loop for each fold. ``epochs`` is the most per fold:
+            large sets stop after ``MAX_STEPS`` optimisation steps (at least ``MIN_EPOCHS`` epochs);
+            ``seed`` also seeds the fold split and the initial weights. Pretraining uses the same
+            settings with ``pretrain_epochs`` and its own batch size.
 
     """
 
     folds: int = 5
     loss: str = "gce"
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-3
-    seed: int = 0
     crop_size: int = 48
-    device: str = "auto"
     pretrain_epochs: int = 0
+    train: TrainConfig = field(default_factory=default_issue_training)
 
 
 @dataclass
@@ -181,22 +179,14 @@ def _contrastive_loss(model, batch, epoch: int):
     return info_nce(model(first), model(second), PRETRAIN_TEMPERATURE)
 
 
-def _train_config(config: IssueConfig, wanted_epochs: int, cells: int, batch_size: int):
-    """Shared-loop settings from ``config`` for ``wanted_epochs``, fewer on large sets.
+def _train_config(config: IssueConfig, wanted_epochs: int, cells: int, batch_size: int) -> TrainConfig:
+    """``config.train`` for ``wanted_epochs`` of ``batch_size``, fewer on large sets.
 
     Large sets stop after about ``MAX_STEPS`` optimisation steps (at least ``MIN_EPOCHS`` epochs).
     """
-    from napari_hematology.core.training import TrainConfig
-
     steps_per_epoch = -(-cells // batch_size)
-    return TrainConfig(
-        epochs=min(wanted_epochs, max(MIN_EPOCHS, MAX_STEPS // steps_per_epoch)),
-        batch_size=batch_size,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        device=config.device,
-    )
+    epochs = min(wanted_epochs, max(MIN_EPOCHS, MAX_STEPS // steps_per_epoch))
+    return replace(config.train, epochs=epochs, batch_size=batch_size)
 
 
 def pretrain_crop_encoder(
@@ -210,7 +200,8 @@ def pretrain_crop_encoder(
 
     Args:
         crops: (cells, size, size, 3) uint8 crops; their labels are not needed.
-        config: Uses ``pretrain_epochs`` (must be > 0), learning rate, weight decay, seed and device.
+        config: Uses ``pretrain_epochs`` (must be > 0) and the training settings but their epochs and
+            batch size.
         progress: Called as ``progress(step, total, message)``.
         should_stop: Returns True to cancel.
 
@@ -219,11 +210,12 @@ def pretrain_crop_encoder(
 
     """
     from napari_hematology.core.registry import create_model
-    from napari_hematology.core.training import train
+    from napari_hematology.core.training import seeded, train
 
     if config.pretrain_epochs <= 0:
         raise InputError(f"pretrain_epochs must be positive to pretrain, got {config.pretrain_epochs}.")
-    model = create_model("crop_cnn", out_features=PROJECTION_WIDTH)
+    with seeded(config.train.seed):
+        model = create_model("crop_cnn", out_features=PROJECTION_WIDTH)
     train_config = _train_config(config, config.pretrain_epochs, len(crops), PRETRAIN_BATCH)
     images = Standardizer.fit(crops)(crops)
     train(model, (images,), _contrastive_loss, train_config, progress=progress, should_stop=should_stop)
@@ -260,17 +252,20 @@ def fit_classifier(
 
     from napari_hematology.core.losses import make_loss
     from napari_hematology.core.registry import create_model
-    from napari_hematology.core.training import train
+    from napari_hematology.core.training import seeded, train
 
     standardize = Standardizer.fit(crops)
-    if config.loss == "coteaching":
-        model = create_model("coteaching_pair", member="crop_cnn", member_config={"out_features": n_classes})
-    else:
-        model = create_model("crop_cnn", out_features=n_classes)
+    with seeded(config.train.seed):
+        if config.loss == "coteaching":
+            model = create_model(
+                "coteaching_pair", member="crop_cnn", member_config={"out_features": n_classes}
+            )
+        else:
+            model = create_model("crop_cnn", out_features=n_classes)
     if pretrained is not None:
         for member in getattr(model, "members", [model]):
             member[:-1].load_state_dict(pretrained)
-    train_config = _train_config(config, config.epochs, len(codes), config.batch_size)
+    train_config = _train_config(config, config.train.epochs, len(codes), config.train.batch_size)
     dataset = (standardize(crops), torch.from_numpy(codes.astype(np.int64)))
     loss = _augmented(make_loss(config.loss))
     train(model, dataset, loss, train_config, progress=progress, should_stop=should_stop)
@@ -321,7 +316,7 @@ def out_of_fold_probabilities(
 
     config = config or IssueConfig()
     folds = max(2, min(config.folds, int(np.bincount(codes).min())))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.train.seed)
     probabilities = np.zeros((len(codes), n_classes), dtype=np.float32)
     # Pretraining sees no labels, so one encoder pretrained on every crop serves all folds.
     pretrained = (

@@ -1,0 +1,210 @@
+"""Fitting IDEC or VaDE to per-cell signal vectors, optionally matching per-sample reference proportions.
+
+Training follows the published recipes, through the shared :func:`~napari_hematology.core.training.train`
+loop: an autoencoder is pretrained on reconstruction, the prototypes of the cluster model are placed on a
+consensus over-clustering of the events (:mod:`~napari_hematology.core.cytometry.initialisation`), then
+everything is fine-tuned with the method's clustering objective in one training run, whose epoch hook
+refreshes the assignments and stops once the partition has settled. With reference fractions (one row
+per sample, one column per cluster) the prototypes are regrouped to follow them and a
+learning-from-label-proportions term pulls each sample's mean soft assignment towards its reference, so
+the clusters become the named populations and every cell gets a soft label.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from napari_hematology.core.cytometry.cluster_config import ClusterConfig
+from napari_hematology.core.cytometry.cluster_losses import (
+    SelfTrainingTarget,
+    clustering_loss,
+    reconstruction_loss,
+)
+from napari_hematology.core.cytometry.clusterer import Clusterer
+from napari_hematology.core.cytometry.initialisation import initialise_clusters, membership_from_reference
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
+from napari_hematology.core.training import TrainHistory, predict, seeded, train
+
+MIN_EVENTS_PER_CLUSTER = 5
+MAX_PROTOTYPES = 100
+
+
+def fit_clusterer(
+    values: np.ndarray,
+    channels: list[str],
+    config: ClusterConfig,
+    *,
+    sample_ids: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+    populations: list[str] | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> Clusterer:
+    """Fit IDEC or VaDE to transformed events.
+
+    Args:
+        values: Transformed events ``(events, channels)``.
+        channels: Channel names (for messages and the saved model).
+        config: Model and training settings.
+        sample_ids: Sample index of every event (needed with ``reference``).
+        reference: Reference fractions ``(samples, clusters)``; rows sum to 1, NaN rows are unknown.
+        populations: Cluster names; default ``0..clusters-1``. Without a reference, clusters are numbered
+            by size, largest first.
+        progress: Called as ``progress(step, total, message)``.
+        should_stop: Returns True to cancel.
+
+    Returns:
+        The fitted clusterer (its model on the CPU).
+
+    Raises:
+        InputError: Too few events, NaN or constant channels, inconsistent reference.
+
+    """
+    import torch
+
+    from napari_hematology.core.registry import create_model
+
+    config.check()
+    started = time.perf_counter()
+    mean, std = _check_values(values, channels, config.clusters)
+    populations = list(populations or [str(k) for k in range(config.clusters)])
+    rng = np.random.default_rng(config.train.seed)
+    keep = np.sort(rng.permutation(len(values))[: config.max_train_events])
+    x = torch.as_tensor(((values[keep] - mean) / std).astype(np.float32))
+    with seeded(config.train.seed):
+        model = create_model(
+            config.method,
+            in_features=x.shape[1],
+            clusters=config.clusters,
+            prototypes=_prototype_count(config, len(x)),
+            latent_dim=config.latent_dim,
+            hidden=list(config.hidden),
+        )
+    batches = -(-len(x) // config.train.batch_size)
+    pretrain_epochs = max(config.pretrain_epochs, -(-config.min_pretrain_steps // batches))
+    steps = _Phases(progress, batches, [pretrain_epochs, config.train.epochs])
+    pretraining = replace(config.train, epochs=pretrain_epochs)
+    train(model, (x,), reconstruction_loss, pretraining, progress=steps.phase(0, "pretraining"),
+          should_stop=should_stop)
+    model.cpu()
+    check_cancel(should_stop)
+    cells = initialise_clusters(model, x, config)
+    batch_reference = None
+    if reference is not None:
+        ids = np.asarray(sample_ids)[keep]
+        membership_from_reference(model, cells, ids, reference)
+        batch_reference = torch.as_tensor(np.nan_to_num(reference, nan=-1.0), dtype=torch.float32)
+        dataset = (x, torch.arange(len(x)), torch.as_tensor(ids, dtype=torch.long))
+    else:
+        dataset = (x, torch.arange(len(x)))
+    initial_clusters = model.membership.numpy()[cells]
+    _fine_tune(model, x, dataset, config, batch_reference, initial_clusters, steps.phase(1, "clustering"),
+               should_stop)
+    model.cpu()
+    if reference is None:
+        _number_by_size(model, x)
+    extra = {
+        "method": config.method,
+        "train_seconds": time.perf_counter() - started,
+        "cluster_config": asdict(config),
+    }
+    return Clusterer(model, list(channels), mean, std, populations, extra)
+
+
+def _check_values(values: np.ndarray, channels: list[str], clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    if values.ndim != 2 or values.shape[1] != len(channels):
+        raise InputError(f"Expected events x {len(channels)} channels, got shape {values.shape}.")
+    if len(values) < clusters * MIN_EVENTS_PER_CLUSTER:
+        raise InputError(
+            f"Only {len(values)} events to split into {clusters} clusters; use fewer clusters or more events."
+        )
+    bad = [c for c, ok in zip(channels, np.isfinite(values).all(axis=0), strict=False) if not ok]
+    if bad:
+        raise InputError(
+            f"Channel(s) {', '.join(bad)} hold NaN or infinite values; drop them with --channels."
+        )
+    std = values.std(axis=0)
+    constant = [c for c, s in zip(channels, std, strict=False) if s < 1e-9]
+    if constant:
+        raise InputError(
+            f"Channel(s) {', '.join(constant)} are constant (every event has the same value) and carry no "
+            "information; leave them out with --channels."
+        )
+    # One scale for all channels: transformed channels are already comparable, and z-scoring each one
+    # would blow a noise-only channel up to the weight of the channels that separate populations.
+    return values.mean(axis=0), np.full(len(channels), float(np.sqrt((std**2).mean())))
+
+
+def _prototype_count(config: ClusterConfig, events: int) -> int:
+    wanted = min(config.clusters * config.prototypes_per_cluster, MAX_PROTOTYPES)
+    return max(config.clusters, min(wanted, events // MIN_EVENTS_PER_CLUSTER))
+
+
+class _Phases:
+    """Maps the progress of the two training phases onto one bar."""
+
+    def __init__(self, progress: ProgressCallback | None, batches: int, epochs: list[int]):
+        self.progress = progress
+        self.sizes = [count * batches for count in epochs]
+
+    def phase(self, index: int, message: str) -> ProgressCallback | None:
+        if self.progress is None:
+            return None
+        offset, total = sum(self.sizes[:index]), sum(self.sizes)
+        return lambda done, _total, text="": self.progress(offset + done, total, f"{message} {text}")
+
+
+def _fine_tune(
+    model, x, dataset, config: ClusterConfig, reference, initial_clusters: np.ndarray, progress, should_stop
+) -> None:
+    """Clustering epochs, in one training run, until the partition has settled (:class:`_Settling`)."""
+    target = SelfTrainingTarget(initial_clusters, config.clusters) if config.method == "idec" else None
+    train(
+        model,
+        dataset,
+        clustering_loss(config, target, reference),
+        config.train,
+        progress=progress,
+        should_stop=should_stop,
+        on_epoch_end=_Settling(x, initial_clusters, config.stable_fraction, target),
+    )
+
+
+class _Settling:
+    """Epoch hook of the clustering phase: reassign every event, refresh IDEC's target, stop once settled.
+
+    DEC's and IDEC's convergence rule (fewer than ``stable_fraction`` of the events change cluster in an
+    epoch), and also stop once more events change than in the epoch before: the partition then no longer
+    settles but drifts, as the reconstruction term reshapes the latent space and erodes small clusters.
+    """
+
+    def __init__(self, x, labels: np.ndarray, stable_fraction: float, target: SelfTrainingTarget | None):
+        self.x = x
+        self.labels = labels
+        self.stable_fraction = stable_fraction
+        self.target = target
+        self.changed = 1.0
+
+    def __call__(self, epoch: int, model, history: TrainHistory) -> bool:
+        q = predict(model, self.x, batch_size=8192)
+        if self.target is not None:
+            self.target.refresh(q)
+        labels = q.argmax(axis=1)
+        changed = float(np.mean(labels != self.labels))
+        settled = changed < self.stable_fraction or changed > self.changed
+        self.labels, self.changed = labels, changed
+        return settled
+
+
+def _number_by_size(model, x) -> None:
+    """Renumber clusters by size, largest first, so that unsupervised runs name clusters repeatably."""
+    import torch
+
+    sizes = np.bincount(predict(model, x, batch_size=8192).argmax(axis=1), minlength=model.clusters)
+    new_index = np.empty(model.clusters, dtype=np.int64)
+    new_index[np.argsort(-sizes, kind="stable")] = np.arange(model.clusters)
+    model.membership.copy_(torch.as_tensor(new_index)[model.membership])

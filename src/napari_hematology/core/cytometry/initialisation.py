@@ -1,0 +1,187 @@
+"""Initial clusters of IDEC and VaDE: prototypes placed on a consensus over-clustering of the events.
+
+The events are over-clustered with k-means (one cell per prototype); the cells are grouped into clusters
+by the vote of several over-clusterings, with small far-off groups (doublets, debris) joining a real
+cluster instead of taking one; with reference fractions the prototypes are then regrouped to follow them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_hematology.core.cytometry.cluster_config import ClusterConfig
+from napari_hematology.core.training import predict
+
+CONSENSUS_EVENTS = 5000
+MAX_REGROUP_PASSES = 20
+EPSILON = 1e-8
+
+
+def initialise_clusters(model, x, config: ClusterConfig) -> np.ndarray:
+    """Place the prototypes on a consensus over-clustering of the events; return each event's prototype.
+
+    The events are over-clustered with k-means (one cell per prototype) and the cells are grouped into
+    clusters by consensus (:func:`_consensus_membership`). Each prototype then starts at the mean latent
+    code of its cell.
+    """
+    import torch
+    from sklearn.cluster import KMeans
+
+    prototypes = len(model.membership)
+    values = x.numpy()
+    kmeans = KMeans(prototypes, n_init=1, random_state=config.train.seed).fit(values)
+    cells = kmeans.labels_
+    membership = _consensus_membership(values, cells, kmeans, config)
+    model.membership.copy_(torch.as_tensor(membership, dtype=torch.long))
+    latent = predict(model, x, batch_size=8192, forward=lambda net, b: net.embed(b))
+    counts = np.bincount(cells, minlength=prototypes)
+    centers = np.stack([latent[cells == k].mean(axis=0) for k in range(prototypes)])
+    if config.method == "idec":
+        model.centers.data = torch.as_tensor(centers, dtype=torch.float32)
+        return cells
+    # Start every component with the pooled within-cell variance: the initial responsibilities then
+    # follow the k-means cells instead of being captured by the widest component.
+    pooled_variance = ((latent - centers[cells]) ** 2).mean(axis=0) + 1e-6
+    model.prior_logits.data = torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+    model.prior_means.data = torch.as_tensor(centers, dtype=torch.float32)
+    logvars = np.tile(np.log(pooled_variance), (prototypes, 1))
+    model.prior_logvars.data = torch.as_tensor(logvars, dtype=torch.float32)
+    return cells
+
+
+def _consensus_membership(values: np.ndarray, cells: np.ndarray, kmeans, config: ClusterConfig) -> np.ndarray:
+    """Group the k-means cells into clusters by consensus over several over-clusterings.
+
+    One over-clustering (k-means cells merged by complete linkage of their centres, the FlowSOM recipe)
+    depends much on the k-means seed, most for small populations. ``init_restarts`` of them (the given
+    one plus k-means restarts fitted on a subsample) vote on how often the events of two cells end up
+    together; the cells are then grouped by average linkage of that co-association, as FlowSOM's
+    consensus metaclustering does. Both linkages are cut so that every cluster holds at least
+    ``min_cluster_fraction`` of the events (:func:`cut_with_min_size`).
+    """
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.cluster import KMeans
+
+    prototypes, clusters = kmeans.n_clusters, config.clusters
+    rng = np.random.default_rng(config.train.seed)
+    together = np.zeros((prototypes, prototypes))
+    for restart in range(config.init_restarts):
+        if restart:
+            subset = rng.choice(len(values), min(len(values), CONSENSUS_EVENTS), replace=False)
+            kmeans = KMeans(prototypes, n_init=1, random_state=int(rng.integers(2**31 - 1))).fit(
+                values[subset]
+            )
+        assigned = kmeans.predict(values)
+        distances = pdist(kmeans.cluster_centers_)
+        merged = cut_with_min_size(
+            linkage(distances, method="complete"),
+            squareform(distances),
+            np.bincount(assigned, minlength=prototypes),
+            clusters,
+            config.min_cluster_fraction,
+        )
+        shares = np.zeros((prototypes, clusters))
+        np.add.at(shares, (cells, merged[assigned]), 1.0)
+        shares /= np.maximum(shares.sum(axis=1, keepdims=True), 1.0)
+        together += shares @ shares.T
+    distance = 1.0 - together / config.init_restarts
+    np.fill_diagonal(distance, 0.0)
+    return cut_with_min_size(
+        linkage(squareform(distance, checks=False), method="average"),
+        distance,
+        np.bincount(cells, minlength=prototypes),
+        clusters,
+        config.min_cluster_fraction,
+    )
+
+
+def cut_with_min_size(
+    tree: np.ndarray, distance: np.ndarray, sizes: np.ndarray, clusters: int, min_fraction: float
+) -> np.ndarray:
+    """Cut a linkage tree of cells into ``clusters`` groups that each hold ``min_fraction`` of the events.
+
+    Cutting into exactly ``clusters`` groups spends clusters on small far-off groups (doublets, debris)
+    and merges real populations instead. The tree is cut ever finer until ``clusters`` groups are big
+    enough; the smaller groups then join the big group they are closest to (mean distance).
+
+    Args:
+        tree: Scipy linkage matrix over the cells.
+        distance: (cells, cells) distances the tree was built from.
+        sizes: Events per cell.
+        clusters: Number of groups wanted.
+        min_fraction: Smallest share of the events a group may hold.
+
+    Returns:
+        The group (0..clusters-1) of every cell.
+
+    """
+    from scipy.cluster.hierarchy import fcluster
+
+    minimum = min_fraction * sizes.sum()
+    for count in range(clusters, len(sizes) + 1):
+        groups = fcluster(tree, count, criterion="maxclust") - 1
+        group_sizes = np.bincount(groups, weights=sizes)
+        big = np.flatnonzero(group_sizes >= minimum)
+        if len(big) >= clusters:
+            break
+    else:
+        groups = fcluster(tree, clusters, criterion="maxclust") - 1
+        group_sizes = np.bincount(groups, weights=sizes)
+        big = np.arange(len(group_sizes))
+    big = big[np.argsort(-group_sizes[big], kind="stable")][:clusters]
+    mean_distance = np.stack([distance[:, groups == group].mean(axis=1) for group in big], axis=1)
+    membership = mean_distance.argmin(axis=1)
+    for index, group in enumerate(big):
+        membership[groups == group] = index
+    return membership
+
+
+def membership_from_reference(
+    model, cells: np.ndarray, sample_ids: np.ndarray, reference: np.ndarray
+) -> None:
+    """Regroup the prototypes so that each sample's share of events per cluster follows its reference.
+
+    The unsupervised clusters are first matched one-to-one to the populations (Hungarian, on how well
+    each cluster's per-sample shares follow each population's fractions). Then single prototypes move
+    to another population while that lowers the squared error between the samples' shares and their
+    reference fractions: a cell of the over-clustering made of one population's events holds, in every
+    sample, a share proportional to that population's fraction, so the reference tells apart
+    populations that the unsupervised grouping merged. Every population keeps at least one prototype.
+    """
+    import torch
+    from scipy.optimize import linear_sum_assignment
+
+    known = [s for s in np.unique(sample_ids) if np.isfinite(reference[s]).all()]
+    if not known:
+        return
+    prototypes, populations = len(model.membership), reference.shape[1]
+    shares = np.stack(
+        [np.bincount(cells[sample_ids == s], minlength=prototypes) / np.sum(sample_ids == s) for s in known]
+    )
+    target = reference[known]
+    membership = model.membership.numpy().copy()
+    observed = shares @ np.eye(populations)[membership]
+    _, matched = linear_sum_assignment(np.abs(observed[:, :, None] - target[:, None, :]).sum(axis=0))
+    membership = matched[membership]
+    residual = shares @ np.eye(populations)[membership] - target
+    for _ in range(MAX_REGROUP_PASSES):
+        moved = False
+        for prototype in np.argsort(-shares.sum(axis=0)):
+            current = membership[prototype]
+            if np.sum(membership == current) == 1:
+                continue
+            column = shares[:, prototype : prototype + 1]
+            # Change of the squared error when the prototype leaves `current` for each population.
+            change = ((residual + column) ** 2 - residual**2).sum(axis=0)
+            change += ((residual[:, current] - column[:, 0]) ** 2 - residual[:, current] ** 2).sum()
+            change[current] = 0.0
+            best = int(change.argmin())
+            if change[best] < -EPSILON:
+                residual[:, current] -= column[:, 0]
+                residual[:, best] += column[:, 0]
+                membership[prototype] = best
+                moved = True
+        if not moved:
+            break
+    model.membership.copy_(torch.as_tensor(membership, dtype=torch.long))
