@@ -27,18 +27,19 @@ import numpy as np
 import pandas as pd
 
 from napari_hematology.core.errors import HematologyError
-from napari_hematology.core.slides.mil import (
-    DEFAULT_CLASSES,
-    Bags,
-    MilConfig,
+from napari_hematology.core.slides.bags import DEFAULT_CLASSES, Bags, MilConfig
+from napari_hematology.core.slides.features import CELL_CLASSIFIER, encode_files, resolve_encoder
+from napari_hematology.core.slides.fitting import (
+    CrossValidation,
     bag_metrics,
+    bag_outputs,
     cross_validate,
+    fit_temperature,
     grouped_folds,
-    load_mil_model,
-    predict_bags,
+    softmax,
     train_mil,
 )
-from napari_hematology.core.slides.features import CELL_CLASSIFIER, encode_files, resolve_encoder
+from napari_hematology.core.slides.prediction import load_mil_model, predict_bags
 from napari_hematology.core.training import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,6 +124,7 @@ def real_crop_bags(
     probabilities = predictions[[f"prob_{c}" for c in mil.classes]].to_numpy()
     targets = np.array([mil.classes.index(label) for label in test.labels])
     metrics = bag_metrics(targets, probabilities, mil.classes)
+    uncalibrated = softmax(bag_outputs(mil.model, test.features)[0])
     within, pooled_scores, pooled_truth = [], [], []
     for name, keys, label in zip(test.names, test_keys, test.labels, strict=True):
         if label != "blasts":
@@ -144,6 +146,7 @@ def real_crop_bags(
         "test_accuracy": metrics["accuracy"],
         "test_macro_f1": metrics["macro_f1"],
         "test_nll_calibrated": metrics["nll"],
+        "test_nll_uncalibrated": bag_metrics(targets, uncalibrated, mil.classes)["nll"],
         "attention_instance_auroc_mean_within_bag": float(np.mean(within)),
         "attention_instance_auroc_pooled": float(roc_auc_score(pooled_truth, pooled_scores)),
         "cross_validation_on_train_bags": mil.metadata["cross_validation"],
@@ -193,9 +196,20 @@ def scemila_table(data: Path, seed: int, cells_per_bag: int = 300) -> dict:
         "cell_features": "one-hot cell type",
         "folds": int(fold.max()) + 1,
         "attention_mil": mil_cv.metrics,
+        "attention_mil_nll_temperature_fitted_on_other_folds": nll_cross_fitted_temperature(mil_cv, targets),
         "logistic_regression_on_fractions": bag_metrics(targets, baseline, classes),
         "attention_mil_seconds_5_folds": mil_seconds,
     }
+
+
+def nll_cross_fitted_temperature(validation: CrossValidation, targets: np.ndarray) -> float:
+    """Out-of-fold NLL where each fold's temperature is fitted on the other folds' logits only."""
+    probabilities = np.zeros_like(validation.logits)
+    for k in np.unique(validation.fold):
+        held_out = validation.fold == k
+        temperature = fit_temperature(validation.logits[~held_out], targets[~held_out])
+        probabilities[held_out] = softmax(validation.logits[held_out], temperature)
+    return bag_metrics(targets, probabilities, DEFAULT_CLASSES)["nll"]
 
 
 def bag_of_500_times(data: Path, encoder_spec: str, seed: int) -> dict:

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.io import read_image
 from napari_hematology.core.cells.segmentation import SegmentationConfig, segment_field
+from napari_hematology.core.io import read_image
 
 DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 BCCD = DATA / "smear_fields" / "bccd"
@@ -195,7 +195,7 @@ def _central_cell(labels: np.ndarray) -> int:
 
 def time_analyze(field: Path) -> float:
     """Seconds for ``analyze_paths`` on one field, end to end (classifier loading included)."""
-    from napari_hematology.core.cells.analysis import analyze_paths
+    from napari_hematology.core.cells.batch import analyze_paths
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()

@@ -8,15 +8,18 @@ import pytest
 from PIL import Image
 
 from napari_hematology.cli import main
-from napari_hematology.core.cells.crops import normalise_crop
+from napari_hematology.core.cells.classes import CELL_CLASSES
 from napari_hematology.core.cells.classifier import (
-    CELL_CLASSES,
     SHIPPED_MODEL_DIR,
     classify_images,
     load_classifier,
+    read_prepared_crops,
 )
-from napari_hematology.core.errors import Cancelled, InputError, ModelFileError
+from napari_hematology.core.cells.crops import MAX_CROP_SIDE, normalise_crop, read_crop
+from napari_hematology.core.cells.descriptors import read_crops
 from napari_hematology.core.cells.samples import sample_cells
+from napari_hematology.core.errors import Cancelled, InputError, ModelFileError
+from napari_hematology.core.slides.features import DESCRIPTORS, encode_files, resolve_encoder
 
 PROBABILITY_COLUMNS = [f"prob_{name}" for name in CELL_CLASSES]
 
@@ -69,11 +72,15 @@ def test_predict_and_embed_accept_no_crops(classifier):
     assert classifier.embed([]).shape[0] == 0
 
 
-def test_embed_gives_float32_features(classifier):
-    features = classifier.embed([synthetic_cell(), synthetic_cell(200, radius=30)])
-    assert features.dtype == np.float32
-    assert features.shape[0] == 2 and features.shape[1] >= 16
-    assert np.isfinite(features).all()
+def test_embedding_is_what_the_class_layer_reads(classifier):
+    import torch
+
+    crops = [np.asarray(Image.open(path)) for path in sample_cells()]
+    features = classifier.embed(crops)
+    assert features.dtype == np.float32 and features.shape == (len(crops), classifier.model.embedding_size)
+    with torch.no_grad():
+        probabilities = classifier.model.classifier(torch.from_numpy(features)).softmax(1).numpy()
+    np.testing.assert_allclose(probabilities, classifier.predict(crops)[PROBABILITY_COLUMNS], atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -241,3 +248,45 @@ def test_augment_keeps_shape_and_range():
     assert augmented.shape == images.shape
     assert float(augmented.min()) >= 0 and float(augmented.max()) <= 255
     assert not torch.allclose(augmented, images)
+
+
+# ------------------------------------------------------------------------------------- reading crop files
+
+CROP_READERS = {
+    "read_crop": read_crop,
+    "classifier": lambda path: read_prepared_crops([path]),
+    "descriptors": lambda path: read_crops([path]),
+    "bag features": lambda path: encode_files([path], resolve_encoder(DESCRIPTORS), cache_dir=""),
+}
+
+
+def write_bad_crop(folder, kind: str):
+    path = folder / f"{kind}_crop.png"
+    if kind == "corrupt":
+        path.write_bytes(b"\x89PNG not really")
+    elif kind == "grayscale":
+        Image.fromarray(np.full((40, 40), 120, np.uint8)).save(path)
+    else:
+        Image.fromarray(np.full((20, MAX_CROP_SIDE + 1, 3), 120, np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("reader", CROP_READERS)
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("corrupt", "cannot be read"), ("grayscale", "grayscale"), ("huge", "too large for a single-cell crop")],
+)
+def test_every_crop_reader_refuses_bad_files_naming_them(tmp_path, reader, kind, message):
+    path = write_bad_crop(tmp_path, kind)
+    with pytest.raises(InputError, match=message) as error:
+        CROP_READERS[reader](path)
+    assert path.name in str(error.value)
+
+
+def test_crop_readers_keep_their_sizes_and_normalisation(tmp_path):
+    rgb = synthetic_cell(90)
+    path = tmp_path / "cell.png"
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(path)
+    np.testing.assert_array_equal(read_crop(path), rgb)
+    assert read_crops([path], 48).shape == (1, 48, 48, 3)
+    np.testing.assert_array_equal(read_prepared_crops([path])[0], normalise_crop(rgb))

@@ -11,20 +11,11 @@ import pytest
 
 from napari_hematology.cli import main
 from napari_hematology.core.errors import InputError, ModelFileError
-from napari_hematology.core.slides.mil import (
-    Bags,
-    MilConfig,
-    fit_temperature,
-    load_mil_model,
-    predict_bags,
-    predict_cells,
-    read_bags_table,
-    softmax,
-    train_from_table,
-    train_mil,
-)
-from napari_hematology.core.slides.features import Encoder, encode_files
 from napari_hematology.core.registry import create_model, save_model
+from napari_hematology.core.slides.bags import Bags, MilConfig, read_bags_table
+from napari_hematology.core.slides.features import Encoder, encode_files
+from napari_hematology.core.slides.fitting import fit_temperature, softmax, train_from_table, train_mil
+from napari_hematology.core.slides.prediction import load_mil_model, predict_bags, predict_cells
 from napari_hematology.core.training import TrainConfig
 
 
@@ -33,7 +24,7 @@ def quick_config(**overrides) -> MilConfig:
         encoder="descriptors",
         folds=2,
         cache_dir="",
-        train=TrainConfig(epochs=15, batch_size=4, learning_rate=3e-3, device="cpu", threads=1),
+        train=TrainConfig(epochs=15, batch_size=4, learning_rate=3e-3, device="cpu"),
     )
     settings.update(overrides)
     return MilConfig(**settings)
@@ -65,10 +56,8 @@ def synthetic_bags(n_bags: int = 24, cells: int = 12, seed: int = 0) -> tuple[Ba
 @pytest.fixture(scope="module")
 def trained_synthetic():
     bags, keys = synthetic_bags(n_bags=48)
-    # module-scoped: set up before the one-thread autouse fixture, hence threads=1 here
     return train_mil(
-        bags,
-        quick_config(train=TrainConfig(epochs=20, batch_size=4, learning_rate=3e-3, device="cpu", threads=1)),
+        bags, quick_config(train=TrainConfig(epochs=20, batch_size=4, learning_rate=3e-3, device="cpu"))
     ), keys
 
 
@@ -332,12 +321,12 @@ def test_cli_conflicting_labels_in_a_bag(idb_table, tmp_path, capsys):
 
 def use_darkness_encoder(monkeypatch) -> None:
     """Encode a crop by how dark its green channel is (feature 0, the synthetic bags' key feature)."""
-    import napari_hematology.core.slides.mil as mil_module
+    import napari_hematology.core.slides.prediction as prediction_module
 
     def darkness(crops):
         return np.array([[(255 - c[..., 1].mean()) / 40, 0, 0, 0, 0, 0] for c in crops], np.float32)
 
-    monkeypatch.setattr(mil_module, "resolve_encoder", lambda spec: Encoder(spec, darkness))
+    monkeypatch.setattr(prediction_module, "resolve_encoder", lambda spec: Encoder(spec, darkness))
 
 
 def test_predict_cells_in_an_image(trained_synthetic, monkeypatch):
@@ -364,39 +353,48 @@ def test_predict_cells_without_cells(trained_synthetic):
         predict_cells(image, np.ones((30, 30), np.int32), mil, name="field.png")
 
 
-def test_cli_predict_slide_writes_outputs(
-    trained_synthetic, sample_field_path, tmp_path, monkeypatch, capsys
-):
-    import napari_hematology.core.cells.segmentation as segmentation
+@pytest.mark.slow
+def test_cli_predict_slide_segments_encodes_and_predicts_unseen_fields(tmp_path, capsys):
+    """Train on bags of the bundled cell crops (rotated, mirrored), then run the real segmentation, encoder
+    and model on two bundled fields whose cells are not among those crops (BCCD labels: 00010 a
+    neutrophil and an eosinophil, 00040 a monocyte)."""
+    import tifffile
+    from PIL import Image
 
-    mil, _ = trained_synthetic
-    mil.save(tmp_path / "model")
-    use_darkness_encoder(monkeypatch)
+    from napari_hematology.core.cells.samples import SAMPLE_DIR, sample_cells
 
-    def three_cells(image, name="image", progress=None, should_stop=None):
-        labels = np.zeros(image.shape[:2], np.int32)
-        for index, x in enumerate((100, 300, 500), start=1):
-            labels[200:260, x : x + 60] = index
-        return segmentation.Segmentation(labels, labels > 0, pd.DataFrame())
+    granulocytes = {"neutrophil", "eosinophil", "basophil"}
+    images = {"granulocyte": [], "mononuclear": []}
+    for path in sample_cells():
+        crop = np.asarray(Image.open(path))
+        group = "granulocyte" if path.name.split("_")[0] in granulocytes else "mononuclear"
+        for index, variant in enumerate(np.rot90(c, k) for c in (crop, crop[:, ::-1]) for k in range(4)):
+            images[group].append(f"{path.stem}_{index}.png")
+            Image.fromarray(np.ascontiguousarray(variant)).save(tmp_path / images[group][-1])
+    rng = np.random.default_rng(0)
+    rows = [
+        (f"{group}{bag}", image, group)
+        for group, names in images.items()
+        for bag in range(12)
+        for image in rng.choice(names, 2, replace=False)
+    ]
+    train = ["mil", "train", "--bags", str(write_table(tmp_path / "bags.csv", rows)), "--out",
+             str(tmp_path / "model"), "--encoder", "descriptors", "--min-cells", "1", "--folds", "0",
+             "--epochs", "30", "--cache", ""]
+    assert main(train) == 0
 
-    monkeypatch.setattr(segmentation, "segment_image", three_cells)
-    assert (
-        main(
-            [
-                "predict-slide",
-                str(sample_field_path),
-                "--model",
-                str(tmp_path / "model"),
-                "--out",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 0
-    )
-    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
-    assert list(cells["label"]) == [1, 2, 3]
-    assert cells["attention"].sum() == pytest.approx(1.0, abs=1e-5)
-    prediction = pd.read_csv(tmp_path / "out" / "prediction.csv")
-    assert list(prediction.columns) == ["image", "predicted", "prob_control", "prob_mutated"]
-    assert (tmp_path / "out" / "labels.tif").is_file()
-    assert sample_field_path.name in capsys.readouterr().out
+    for field, expected in (("BloodImage_00010.jpg", "granulocyte"), ("BloodImage_00040.jpg", "mononuclear")):
+        out = tmp_path / field
+        assert main(["predict-slide", str(SAMPLE_DIR / "fields" / field), "--model", str(tmp_path / "model"),
+                     "--out", str(out)]) == 0
+        labels = tifffile.imread(out / "labels.tif")
+        cells = pd.read_csv(out / "cells.csv")
+        assert set(cells["label"]) == set(np.unique(labels)) - {0} and len(cells) >= 1
+        centres = labels[cells["centroid_y"].round().astype(int), cells["centroid_x"].round().astype(int)]
+        np.testing.assert_array_equal(centres, cells["label"])
+        assert cells["attention"].sum() == pytest.approx(1.0, abs=1e-5)
+        prediction = pd.read_csv(out / "prediction.csv")
+        assert list(prediction.columns) == ["image", "predicted", "prob_granulocyte", "prob_mononuclear"]
+        assert prediction[["prob_granulocyte", "prob_mononuclear"]].sum(axis=1).iloc[0] == pytest.approx(1.0)
+        assert prediction["predicted"].iloc[0] == expected, field
+        assert f"{field}: {expected}" in capsys.readouterr().out

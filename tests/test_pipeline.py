@@ -12,16 +12,10 @@ import tifffile
 from blast_helpers import CLASSES, FakeClassifier, background_only
 
 from napari_hematology.cli import main
+from napari_hematology.core.cells.analysis import analyze_image, call_classes, cut_crops, summarize
+from napari_hematology.core.cells.batch import analyze_paths, unique_stems
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import read_labels
-from napari_hematology.core.cells.analysis import (
-    analyze_image,
-    analyze_paths,
-    call_classes,
-    cut_crops,
-    summarize,
-    unique_stems,
-)
 
 CONTRACT = [
     "cell_id",

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from blast_helpers import background_only
 
-from napari_hematology.core.errors import Cancelled, InputError
 from napari_hematology.core.cells.segmentation import (
     CELL_COLUMNS,
     SegmentationConfig,
@@ -15,6 +14,7 @@ from napari_hematology.core.cells.segmentation import (
     segment_image,
     tile_windows,
 )
+from napari_hematology.core.errors import Cancelled, InputError
 
 
 def test_sample_field_gives_consistent_labels_and_table(sample_field):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_hematology.core.slides.mil import Bags, MilConfig, train_mil
+from napari_hematology.core.slides.bags import Bags, MilConfig
 from napari_hematology.core.slides.features import descriptor_features
+from napari_hematology.core.slides.fitting import train_mil
 from napari_hematology.core.training import TrainConfig
 
 pytestmark = pytest.mark.gui
@@ -23,7 +24,7 @@ def descriptor_model(tmp_path_factory):
         cells=[list(range(5))] * 8,
         labels=["NPM1", "control"] * 4,
     )
-    config = MilConfig(encoder="descriptors", folds=0, train=TrainConfig(epochs=2, device="cpu", threads=1))
+    config = MilConfig(encoder="descriptors", folds=0, train=TrainConfig(epochs=2, device="cpu"))
     folder = tmp_path_factory.mktemp("mil") / "model"
     train_mil(bags, config).save(folder)
     return folder
@@ -83,7 +84,7 @@ def test_bad_input_is_reported_not_raised(make_napari_viewer, qtbot, sample_fiel
 
 
 def test_train_from_the_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    from napari_hematology.core.slides.mil import MilModel
+    from napari_hematology.core.slides.fitting import MilModel
     from napari_hematology.widgets.slide import SlidePredictionWidget
 
     calls = {}
@@ -92,7 +93,7 @@ def test_train_from_the_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch)
         calls.update(table=table, out=out, config=config)
         return MilModel(None, ("NPM1", "control"), config.encoder, {"cross_validation": {"macro_f1": 0.5}})
 
-    monkeypatch.setattr("napari_hematology.core.slides.mil.train_from_table", fake_train)
+    monkeypatch.setattr("napari_hematology.core.slides.fitting.train_from_table", fake_train)
     widget = SlidePredictionWidget(make_napari_viewer())
     widget.table_edit.setText(str(tmp_path / "BAGS.csv"))
     widget.out_edit.setText(str(tmp_path / "model"))

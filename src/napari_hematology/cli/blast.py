@@ -62,7 +62,7 @@ def _config(scale: float):
 
 def run_segment(args: argparse.Namespace) -> int:
     """Write labels and cell tables for each image; returns the exit code."""
-    from napari_hematology.core.cells.analysis import analyze_paths
+    from napari_hematology.core.cells.batch import analyze_paths
 
     summary = analyze_paths(
         args.images,
@@ -79,7 +79,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Analyse images and print the overall summary; returns the exit code."""
-    from napari_hematology.core.cells.analysis import analyze_paths
+    from napari_hematology.core.cells.batch import analyze_paths
 
     summary = analyze_paths(
         args.images,

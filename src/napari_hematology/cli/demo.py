@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from napari_hematology.core.progress import TextProgress
 from napari_hematology.core.cells.samples import sample_fields
+from napari_hematology.core.progress import TextProgress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
     if not args.headless and display_available():
         return _open_napari()
-    from napari_hematology.core.cells.analysis import analyze_paths
+    from napari_hematology.core.cells.batch import analyze_paths
 
     summary = analyze_paths(sample_fields(), args.out, progress=TextProgress())
     total = summary["total"]

@@ -29,17 +29,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hematology.core.errors import HematologyError, InputError
 from napari_hematology.core.cells.analysis import (
-    DEFAULT_BLAST_THRESHOLD,
     ImageAnalysis,
     analyze_image,
     call_classes,
-    class_colours,
     cut_crops,
     get_classifier,
     summarize,
 )
+from napari_hematology.core.cells.classes import DEFAULT_BLAST_THRESHOLD
+from napari_hematology.core.cells.report import class_colours
+from napari_hematology.core.errors import HematologyError, InputError
 from napari_hematology.widgets._runner import TaskRunner, report_error, shortcut_button
 
 LAYER_SUFFIX = " cells"

@@ -3,7 +3,7 @@
 Predict: pick the image and its cell labels (from blast detection) and a bag model; the dock shows the
 class probabilities as bars, the cells are coloured by attention, and a gallery of the highest-attention
 cells jumps the viewer to a cell when clicked. Train: a table of cell crops with slide labels (BAGS.csv)
-trains a new bag model. All the work is done by :mod:`napari_hematology.core.slides.mil`.
+trains a new bag model. All the work is done by :mod:`napari_hematology.core.slides`.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class SlidePredictionWidget(QWidget):
 
     def predict(self) -> None:
         """Predict the class of the chosen image from its labelled cells."""
-        from napari_hematology.core.slides.mil import predict_cells
+        from napari_hematology.core.slides.prediction import predict_cells
 
         image = self._layer(self.image_combo, Image)
         labels = self._layer(self.labels_combo, Labels)
@@ -208,7 +208,8 @@ class SlidePredictionWidget(QWidget):
 
     def train(self) -> None:
         """Train a bag model from the slides table."""
-        from napari_hematology.core.slides.mil import MilConfig, train_from_table
+        from napari_hematology.core.slides.bags import MilConfig
+        from napari_hematology.core.slides.fitting import train_from_table
 
         table, out = self.table_edit.text().strip(), self.out_edit.text().strip()
         if not table or not out:

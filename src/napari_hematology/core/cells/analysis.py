@@ -1,15 +1,12 @@
-"""The blast-detection pipeline: segment white cells, classify them, and report counts and blast %.
+"""The blast-detection pipeline for one image: segment white cells, classify them, count them.
 
-``analyze_paths`` is the entry point of the ``analyze`` command, the ``demo`` command and the widget's
-batch use; ``analyze_image`` does one in-memory or lazily read image; ``call_classes`` and
-``summarize`` re-label and count cells for a blast-probability threshold without recomputing anything.
+``analyze_image`` does one in-memory or lazily read image and ``analyze_file`` one file with its outputs;
+``call_classes`` and ``summarize`` re-label and count cells for a blast-probability threshold without
+recomputing anything. Many files at once: :mod:`napari_hematology.core.cells.batch`.
 """
 
 from __future__ import annotations
 
-import html
-import json
-import logging
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,27 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.errors import Cancelled, InputError
-from napari_hematology.core.io import list_images, read_image, write_labels, write_table
-from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
+from napari_hematology.core.cells.classes import BLAST, DEFAULT_BLAST_THRESHOLD
+from napari_hematology.core.cells.report import write_overlay
 from napari_hematology.core.cells.segmentation import Segmentation, SegmentationConfig, segment_image
+from napari_hematology.core.io import read_image, write_labels, write_table
+from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
 
-BLAST = "blast"
-DEFAULT_BLAST_THRESHOLD = 0.5
 CROP_CONTEXT = 1.3
 MIN_CROP_SIDE = 32
-OVERLAY_MAX_SIDE = 1024
 LABEL_TILE = 1024
-SCHEDULER_TIMEOUT_S = 10
-CLASS_COLOURS = {
-    "neutrophil": (66, 135, 245),
-    "lymphocyte": (46, 204, 113),
-    "monocyte": (241, 196, 15),
-    "eosinophil": (230, 126, 34),
-    "basophil": (155, 89, 182),
-    "blast": (231, 76, 60),
-}
-OTHER_COLOUR = (200, 200, 200)
 
 
 @dataclass
@@ -183,7 +168,8 @@ def analyze_image(
 
     Args:
         image: (Y, X, 3) array, numpy or dask; any size.
-        classifier: A loaded cell classifier (see :func:`napari_hematology.core.cells.classifier.load_classifier`).
+        classifier: A loaded cell classifier
+            (see :func:`napari_hematology.core.cells.classifier.load_classifier`).
         config: Segmentation parameters.
         labels_out: Optional array to write the labels into (bounded memory for whole slides).
         name: Image name for messages.
@@ -331,232 +317,3 @@ def _write_labels_tiled(path: Path, labels) -> None:
     )
 
 
-def class_colours(classes: list[str]) -> dict[str, tuple[int, int, int]]:
-    """RGB colour of each class (the same in the overlays and in napari)."""
-    return {name: CLASS_COLOURS.get(name, OTHER_COLOUR) for name in classes}
-
-
-def write_overlay(path: Path, image, labels, cells: pd.DataFrame) -> Path:
-    """Write a PNG of the image (downsampled to at most 1024 pixels) with cell outlines coloured by class.
-
-    Args:
-        path: Destination PNG.
-        image: The image (numpy or dask).
-        labels: Its cell labels.
-        cells: Cell table with ``cell_id`` and ``label``.
-
-    Returns:
-        The written path.
-
-    """
-    import imageio.v3 as iio
-    from skimage.segmentation import find_boundaries
-
-    from napari_hematology.core.io import to_rgb8
-
-    step = max(1, int(np.ceil(max(image.shape[:2]) / OVERLAY_MAX_SIDE)))
-    picture, _ = to_rgb8(np.asarray(image[::step, ::step]), path.stem)
-    small = np.asarray(labels[::step, ::step])
-    outlines = find_boundaries(small, mode="thick")
-    colour_of = np.zeros((int(small.max()) + 1, 3), dtype=np.uint8)
-    for cell in cells.itertuples():
-        if int(cell.cell_id) < len(colour_of):
-            colour_of[int(cell.cell_id)] = CLASS_COLOURS.get(str(cell.label), OTHER_COLOUR)
-    picture = picture.copy()
-    picture[outlines] = colour_of[small[outlines]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, picture)
-    return path
-
-
-def unique_stems(paths: list[Path]) -> list[str]:
-    """Output prefixes for the images: their stems, numbered where two images share one."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
-    return stems
-
-
-def analyze_paths(
-    paths,
-    out_dir: str | Path,
-    *,
-    model_dir: str | Path | None = None,
-    scheduler: str | None = None,
-    classifier=None,
-    config: SegmentationConfig | None = None,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
-) -> dict[str, Any]:
-    """Analyse smear images (files and/or folders) and write per-image results, a summary and a report.
-
-    Writes ``<stem>_labels.tif``, ``<stem>_cells.csv``, ``<stem>_overlay.png`` per image, then
-    ``summary.json`` and ``report.html`` in ``out_dir``.
-
-    Args:
-        paths: Image files and/or folders.
-        out_dir: Output folder (created).
-        model_dir: Classifier folder; None uses the shipped weights.
-        scheduler: None: several images go to a light local Dask cluster (one image runs here);
-            ``"synchronous"``: everything runs in this process; otherwise the address of an existing Dask
-            scheduler (``tcp://host:8786``).
-        classifier: An already loaded classifier (only used in this process, not on Dask workers).
-        config: Segmentation parameters (e.g. ``SegmentationConfig().scaled(0.5)`` for lower magnification).
-        progress: Progress callback (one step per image).
-        should_stop: Cancellation callback.
-
-    Returns:
-        The summary written to ``summary.json``.
-
-    Raises:
-        InputError: A path is missing or holds no images, or an image cannot be analysed.
-        ModelFileError: The classifier folder cannot be loaded.
-        Cancelled: ``should_stop`` asked to stop.
-
-    """
-    files = list_images(paths)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stems = unique_stems(files)
-    jobs = [
-        dict(path=path, out_dir=out_dir, stem=stem, model_dir=model_dir, config=config)
-        for path, stem in zip(files, stems, strict=True)
-    ]
-    if scheduler == "synchronous" or (scheduler is None and len(files) == 1):
-        classifier = classifier or get_classifier(model_dir)
-        results = _run_here(jobs, classifier, progress, should_stop)
-    else:
-        results = _run_on_dask(jobs, scheduler, progress, should_stop)
-    summary = _combine(results, model_dir)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_report(out_dir / "report.html", summary)
-    return summary
-
-
-def _run_here(jobs, classifier, progress, should_stop) -> list[dict[str, Any]]:
-    report = progress or no_progress
-    results = []
-    for done, job in enumerate(jobs):
-        check_cancel(should_stop)
-        report(done, len(jobs), f"analysing {job['path'].name}")
-        # a single image (e.g. a whole slide) reports its own progress, tile by tile
-        image_progress = progress if len(jobs) == 1 else None
-        results.append(
-            analyze_file(**job, classifier=classifier, progress=image_progress, should_stop=should_stop)
-        )
-    report(len(jobs), len(jobs), "analysed")
-    return results
-
-
-def _dask_job(job: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(1)
-    return analyze_file(**job)
-
-
-def _run_on_dask(jobs, scheduler, progress, should_stop) -> list[dict[str, Any]]:
-    from dask.distributed import LocalCluster, as_completed
-
-    report = progress or no_progress
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=min(2, len(jobs)),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-    client = cluster.get_client() if cluster is not None else _connect(scheduler)
-    try:
-        futures = [client.submit(_dask_job, job, pure=False) for job in jobs]
-        order = {future.key: index for index, future in enumerate(futures)}
-        results: list[dict[str, Any] | None] = [None] * len(jobs)
-        report(0, len(jobs), "analysing")
-        for done, future in enumerate(as_completed(futures), start=1):
-            if should_stop is not None and should_stop():
-                client.cancel(futures)
-                raise Cancelled("Cancelled by the user.")
-            results[order[future.key]] = future.result()
-            report(done, len(jobs), "analysing")
-        return results
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
-def _connect(address: str):
-    from dask.distributed import Client
-
-    try:
-        return Client(address, timeout=SCHEDULER_TIMEOUT_S)
-    except (OSError, ValueError, TypeError) as error:
-        raise InputError(
-            f"Cannot reach the Dask scheduler at {address!r} ({error}). Check the address "
-            "(tcp://host:8786) and that the scheduler is running, or leave out --scheduler to work "
-            "on this computer."
-        ) from error
-
-
-def _combine(results: list[dict[str, Any]], model_dir) -> dict[str, Any]:
-    classes = results[0]["classes"] if results else []
-    counts = {name: sum(r["counts"].get(name, 0) for r in results) for name in classes}
-    total = sum(r["cells"] for r in results)
-    return {
-        "model": str(model_dir) if model_dir is not None else "shipped default",
-        "blast_threshold": DEFAULT_BLAST_THRESHOLD,
-        "total": {
-            "images": len(results),
-            "cells": total,
-            "counts": counts,
-            "blast_percent": round(100 * counts.get(BLAST, 0) / total, 2) if total else None,
-        },
-        "images": [{key: value for key, value in r.items() if key != "classes"} for r in results],
-    }
-
-
-def write_report(path: Path, summary: dict[str, Any]) -> Path:
-    """Write a self-contained HTML report: totals, one row and one overlay picture per image."""
-    total = summary["total"]
-    classes = list(total["counts"])
-
-    def percent(value) -> str:
-        return "n/a (no white cells)" if value is None else f"{value:.1f}%"
-
-    legend = " ".join(
-        f'<span style="color:rgb{CLASS_COLOURS.get(name, OTHER_COLOUR)}">&#9632; {html.escape(name)}</span>'
-        for name in classes
-    )
-    header = "".join(f"<th>{html.escape(name)}</th>" for name in classes)
-    rows = "".join(
-        f"<tr><td>{html.escape(Path(item['image']).name)}</td><td>{item['cells']}</td>"
-        + "".join(f"<td>{item['counts'].get(name, 0)}</td>" for name in classes)
-        + f"<td>{percent(item['blast_percent'])}</td></tr>"
-        for item in summary["images"]
-    )
-    pictures = "".join(
-        f'<figure><img src="{html.escape(item["overlay"])}" style="max-width:100%">'
-        f"<figcaption>{html.escape(Path(item['image']).name)}: {item['cells']} white cells, "
-        f"blasts {percent(item['blast_percent'])}</figcaption></figure>"
-        for item in summary["images"]
-    )
-    page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Blast detection report</title></head>
-<body style="font-family:sans-serif">
-<h1>Blast detection report</h1>
-<p>{total["images"]} image(s), {total["cells"]} white cells, blasts {percent(total["blast_percent"])}
-(blast-probability threshold {summary["blast_threshold"]}; model: {html.escape(summary["model"])}).
-A blast percentage of 20% or more suggests acute leukaemia (WHO); confirm by review.</p>
-<table border="1" cellpadding="4" style="border-collapse:collapse">
-<tr><th>image</th><th>cells</th>{header}<th>blast %</th></tr>{rows}</table>
-<p>Outline colours: {legend}</p>
-{pictures}
-</body></html>
-"""
-    path.write_text(page)
-    return path

@@ -19,16 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE, normalise_crop
-from napari_hematology.core.errors import InputError, ModelFileError
-from napari_hematology.core.io import list_images, read_image, to_rgb8
+from napari_hematology.core.cells.classes import BLAST
+from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE, crop_to_rgb8, normalise_crop, read_crop
+from napari_hematology.core.errors import ModelFileError
+from napari_hematology.core.io import list_images
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, tracked
 
 MODEL_NAME = "cell_classifier"
-CELL_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "blast")
-BLAST = "blast"
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[2] / "weights" / "cell_classifier"
-MAX_CROP_SIDE = 2048
 READ_THREADS = 2
 BATCH_SIZE = 256
 
@@ -49,14 +47,7 @@ def prepare_crop(crop: Any, name: str, size: int = CROP_SIZE, context: float = C
         InputError: The crop is grayscale, too small, blank, or so large that it is a smear field.
 
     """
-    shape = getattr(crop, "shape", ())
-    if len(shape) >= 2 and max(shape[:2]) > MAX_CROP_SIDE:
-        raise InputError(
-            f"{name} is {shape[1]}x{shape[0]} pixels, too large for a single-cell crop (at most "
-            f"{MAX_CROP_SIDE}). For a smear field or slide use 'napari-hematology analyze'."
-        )
-    rgb, _ = to_rgb8(np.asarray(crop), name=name)
-    return normalise_crop(rgb, size=size, context=context)
+    return normalise_crop(crop_to_rgb8(crop, name), size=size, context=context)
 
 
 @dataclass
@@ -261,7 +252,7 @@ def iter_prepared_crops(
     """
 
     def read_one(path: Path) -> np.ndarray:
-        return prepare_crop(read_image(path).data, path.name, size, context)
+        return normalise_crop(read_crop(path), size=size, context=context)
 
     pool = ThreadPoolExecutor(READ_THREADS)
     try:

@@ -5,19 +5,66 @@ different stains and illumination. :func:`normalise_crop` white-balances the cro
 finds the stained nucleus nearest the centre, and cuts a square around it whose side is a fixed multiple
 of the nucleus size, resized to ``size`` pixels. The cell therefore always appears at the same scale and
 position; neighbouring red cells stay visible and keep the cell's relative size readable.
+
+:func:`read_crop` is the one way crop files are read (by the classifier, the descriptors and the bag
+models): any colour format to RGB uint8, with messages that name the file.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.io import read_image, to_rgb8
+
+MAX_CROP_SIDE = 2048
 CROP_SIZE = 64
 CONTEXT = 1.8
 LOCATE_SIZE = 64
 WHITE_PERCENTILE = 97.0
 REDUCING_GAP = 1.5  # PIL downscales by whole factors first when shrinking more than this: much faster
+
+
+def crop_to_rgb8(crop: Any, name: str) -> np.ndarray:
+    """Check one single-cell crop and convert it to 8-bit RGB at its own size.
+
+    Args:
+        crop: Image array (Y, X, 3), (Y, X, 4), 16-bit or float; numpy or dask (only read once its size
+            has been checked).
+        name: Name used in messages (file name or crop index).
+
+    Returns:
+        A (Y, X, 3) uint8 array.
+
+    Raises:
+        InputError: The crop is grayscale, too small, blank, or so large that it is a smear field.
+
+    """
+    shape = getattr(crop, "shape", ())
+    if len(shape) >= 2 and max(shape[:2]) > MAX_CROP_SIDE:
+        raise InputError(
+            f"{name} is {shape[1]}x{shape[0]} pixels, too large for a single-cell crop (at most "
+            f"{MAX_CROP_SIDE}). For a smear field or slide use 'napari-hematology analyze'."
+        )
+    rgb, _ = to_rgb8(np.asarray(crop), name=name)
+    return rgb
+
+
+def read_crop(path: str | Path) -> np.ndarray:
+    """Read a single-cell crop file as 8-bit RGB at its own size.
+
+    Raises:
+        InputError: The file is missing, unreadable or corrupt, not a colour image, or too large for a
+            crop; the message names it.
+
+    """
+    path = Path(path)
+    return crop_to_rgb8(read_image(path).data, path.name)
 
 
 def white_gain(rgb: np.ndarray) -> np.ndarray:

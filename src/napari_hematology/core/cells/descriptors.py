@@ -11,29 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_hematology.core.cells.crops import read_crop
 from napari_hematology.core.errors import InputError
-from napari_hematology.core.io import read_image, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, tracked
 
-CROP_SIZE = 64
+DESCRIPTOR_SIZE = 64  # side crops are resized to before they are described
 HISTOGRAM_BINS = 8
 CHROMA_BINS = 6
 LBP_POINTS = 8
 
 
-def read_crop(path: str | Path, size: int = CROP_SIZE) -> np.ndarray:
-    """Read a single-cell crop as a ``size`` x ``size`` RGB uint8 array.
-
-    Raises:
-        InputError: The file is missing, unreadable or not a colour image (the message names it).
-
-    """
+def resize_crop(rgb: np.ndarray, size: int = DESCRIPTOR_SIZE) -> np.ndarray:
+    """Resize a whole RGB uint8 crop to ``size`` x ``size`` (anti-aliased), keeping uint8."""
     from skimage.transform import resize
 
-    image = read_image(path, lazy=False)
-    rgb, _ = to_rgb8(np.asarray(image.data), name=Path(path).name)
-    scaled = resize(rgb, (size, size), anti_aliasing=True, preserve_range=True)
-    return scaled.astype(np.uint8)
+    return resize(rgb, (size, size), anti_aliasing=True, preserve_range=True).astype(np.uint8)
 
 
 def _nucleus_mask(rgb: np.ndarray) -> np.ndarray:
@@ -108,7 +100,7 @@ def describe_crop(rgb: np.ndarray) -> np.ndarray:
 
 def read_crops(
     paths: Sequence[str | Path],
-    size: int = CROP_SIZE,
+    size: int = DESCRIPTOR_SIZE,
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
@@ -131,5 +123,8 @@ def read_crops(
     if not len(paths):
         raise InputError("No cell crops given.")
     return np.stack(
-        [read_crop(path, size) for path in tracked(paths, len(paths), progress, should_stop, "reading cells")]
+        [
+            resize_crop(read_crop(path), size)
+            for path in tracked(paths, len(paths), progress, should_stop, "reading cells")
+        ]
     )

@@ -8,6 +8,7 @@ import numpy as np
 
 from napari_hematology.core.cytometry.stages import PipelineResult, StageResult, hard_labels, sample_values
 from napari_hematology.core.io import write_table
+from napari_hematology.core.projection import principal_components
 
 PROPORTIONS_FILE = "proportions.csv"
 CELLS_SUFFIX = "_clusters.csv"
@@ -143,8 +144,5 @@ def scatter_coordinates(
     clusterer = stage.clusterers[0] if len(stage.clusterers) == 1 else stage.clusterers[file_index]
     values = sample_values(sample, clusterer.channels, result.config)[seen]
     if len(values):
-        latent = clusterer.embed(values)
-        centred = latent - latent.mean(axis=0)
-        _, _, axes = np.linalg.svd(centred, full_matrices=False)
-        coordinates[seen] = centred @ axes[:2].T
+        coordinates[seen] = principal_components(clusterer.embed(values))
     return coordinates, ["latent 1", "latent 2"]

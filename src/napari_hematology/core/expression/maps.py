@@ -16,6 +16,7 @@ from napari_hematology.core.expression.classifier import (
 )
 from napari_hematology.core.expression.data import ExpressionData, labels_of
 from napari_hematology.core.progress import ProgressCallback, StopCallback
+from napari_hematology.core.projection import principal_components
 
 
 @dataclass
@@ -32,17 +33,6 @@ class LatentMap:
     coordinates: np.ndarray
     features: pd.DataFrame
     confusion: pd.DataFrame | None
-
-
-def principal_components(latent: np.ndarray, n_components: int = 2) -> np.ndarray:
-    """Project rows onto their first principal components (zeros where there are too few cells)."""
-    centred = latent - latent.mean(axis=0)
-    if len(latent) < 2:
-        return np.zeros((len(latent), n_components), dtype=np.float32)
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
-    projected = centred @ components[:n_components].T
-    padding = n_components - projected.shape[1]
-    return np.pad(projected, ((0, 0), (0, padding))).astype(np.float32)
 
 
 def confusion_table(true: np.ndarray, predicted: np.ndarray, classes: list[str]) -> pd.DataFrame:

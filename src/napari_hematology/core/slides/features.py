@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_hematology.core.cells.crops import read_crop
 from napari_hematology.core.errors import InputError, ModelFileError
-from napari_hematology.core.io import read_image, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
 
 CELL_CLASSIFIER = "cell_classifier"
@@ -82,13 +82,6 @@ def load_cell_classifier(model_dir: str | None = None):
         raise ModelFileError(
             f"{error} (Or use the {DESCRIPTORS} encoder, which needs no weights.)"
         ) from error
-
-
-def read_crop(path: str | Path) -> np.ndarray:
-    """Read one cell crop as RGB uint8 (raises InputError naming the file)."""
-    path = Path(path)
-    rgb, _ = to_rgb8(np.asarray(read_image(path, lazy=False).data), name=path.name)
-    return rgb
 
 
 def default_cache_dir() -> Path:
@@ -230,7 +223,7 @@ def encode_crops(
 def descriptor_features(crops: Sequence[np.ndarray]) -> np.ndarray:
     """Describe crops with the label-free descriptors of :mod:`napari_hematology.core.cells.descriptors`.
 
-    Crops are resized to the descriptors' crop size first.
+    Crops are resized to the descriptors' size first.
 
     Args:
         crops: RGB uint8 crops, one cell roughly centred in each.
@@ -239,14 +232,6 @@ def descriptor_features(crops: Sequence[np.ndarray]) -> np.ndarray:
         ``(n, d)`` float32 features.
 
     """
-    from skimage.transform import resize
+    from napari_hematology.core.cells.descriptors import describe_crop, resize_crop
 
-    from napari_hematology.core.cells.descriptors import CROP_SIZE, describe_crop
-
-    rows = [
-        describe_crop(
-            resize(crop, (CROP_SIZE, CROP_SIZE), anti_aliasing=True, preserve_range=True).astype(np.uint8)
-        )
-        for crop in crops
-    ]
-    return np.stack(rows).astype(np.float32)
+    return np.stack([describe_crop(resize_crop(crop)) for crop in crops]).astype(np.float32)
