@@ -11,14 +11,10 @@ import sys
 import pandas as pd
 import pytest
 
-from napari_hematology.core.labels.store import (
-    AnnotationStore,
-    agreement,
-    consensus,
-    export_labels,
-    import_labels,
-)
 from napari_hematology.core.errors import InputError
+from napari_hematology.core.labels.agreement import agreement, consensus
+from napari_hematology.core.labels.exchange import export_labels, import_labels
+from napari_hematology.core.labels.store import AnnotationStore
 
 
 def _digest(path) -> str:

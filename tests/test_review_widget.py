@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_hematology.core.labels.store import AnnotationStore
 from napari_hematology.core.labels.review import review_queue, store_issues
+from napari_hematology.core.labels.store import AnnotationStore
 
 
 def _crop(path, colour) -> str:
@@ -42,29 +42,30 @@ def widget(make_napari_viewer, qtbot, tmp_path, issues):
     issues.to_csv(tmp_path / "issues.csv", index=False)
     review = ReviewLabelsWidget(make_napari_viewer())
     qtbot.addWidget(review)
-    review.open_project(tmp_path / "project.sqlite")
-    review.load_issues(tmp_path / "issues.csv")
-    review.annotator.setText("dr_a")
-    review.refresh()
+    review.project_bar.open_project(tmp_path / "project.sqlite")
+    review.project_bar.load_issues(tmp_path / "issues.csv")
+    review.project_bar.annotator.setText("dr_a")
+    review.review_queue.refresh()
     return review
 
 
 @pytest.mark.gui
 def test_keys_label_accept_undo_and_move(widget, qtbot):
-    assert widget.current_cell() == "cell0.png"  # highest issue score first
-    assert widget.counter.text() == "0 / 4 reviewed"
-    assert "Suggested: normal" in widget.cell_label.text()
-    assert widget.crop_view.pixmap() is not None and not widget.crop_view.pixmap().isNull()
-    qtbot.keyClick(widget.crop_view, Qt.Key_1)  # class 1 = blast (keep the given label)
-    assert widget.current_cell() == "cell3.png"
-    qtbot.keyClick(widget.crop_view, Qt.Key_Return)  # accept suggestion: blast
-    assert widget.counter.text() == "2 / 4 reviewed"
-    qtbot.keyClick(widget.crop_view, Qt.Key_Backspace)
-    assert widget.current_cell() == "cell3.png"
-    assert widget.counter.text() == "1 / 4 reviewed"
-    qtbot.keyClick(widget.crop_view, Qt.Key_Left)
-    assert widget.current_cell() == "cell0.png"
-    with AnnotationStore(widget.project) as store:
+    queue, shown = widget.review_queue, widget.review_queue.cell_view
+    assert queue.current_cell() == "cell0.png"  # highest issue score first
+    assert shown.counter.text() == "0 / 4 reviewed"
+    assert "Suggested: normal" in shown.cell_label.text()
+    assert shown.crop_view.pixmap() is not None and not shown.crop_view.pixmap().isNull()
+    qtbot.keyClick(shown.crop_view, Qt.Key_1)  # class 1 = blast (keep the given label)
+    assert queue.current_cell() == "cell3.png"
+    qtbot.keyClick(shown.crop_view, Qt.Key_Return)  # accept suggestion: blast
+    assert shown.counter.text() == "2 / 4 reviewed"
+    qtbot.keyClick(shown.crop_view, Qt.Key_Backspace)
+    assert queue.current_cell() == "cell3.png"
+    assert shown.counter.text() == "1 / 4 reviewed"
+    qtbot.keyClick(shown.crop_view, Qt.Key_Left)
+    assert queue.current_cell() == "cell0.png"
+    with AnnotationStore(widget.project_bar.project) as store:
         mine = store.current_labels(["dr_a"])
         history = store.history()
     assert mine.set_index("cell")["label"].to_dict() == {"cell0.png": "blast"}
@@ -73,15 +74,16 @@ def test_keys_label_accept_undo_and_move(widget, qtbot):
 
 @pytest.mark.gui
 def test_filters_and_missing_annotator(widget, qtbot):
-    widget.min_score.setValue(0.7)
-    assert widget.counter.text() == "0 / 2 reviewed"
-    widget.min_score.setValue(0.0)
-    widget.order.setCurrentText("uncertainty")
-    assert widget.current_cell() in {"cell0.png", "cell1.png", "cell2.png", "cell3.png"}
-    assert widget.queue["cell"].iloc[0] == "cell2.png"
-    widget.annotator.setText("")
-    qtbot.keyClick(widget.crop_view, Qt.Key_2)
-    with AnnotationStore(widget.project) as store:
+    queue, filters = widget.review_queue, widget.filters
+    filters.min_score.setValue(0.7)
+    assert queue.cell_view.counter.text() == "0 / 2 reviewed"
+    filters.min_score.setValue(0.0)
+    filters.order.setCurrentText("uncertainty")
+    assert queue.current_cell() in {"cell0.png", "cell1.png", "cell2.png", "cell3.png"}
+    assert queue.queue["cell"].iloc[0] == "cell2.png"
+    widget.project_bar.annotator.setText("")
+    qtbot.keyClick(queue.cell_view.crop_view, Qt.Key_2)
+    with AnnotationStore(widget.project_bar.project) as store:
         assert store.annotators(source="human") == []
 
 
@@ -93,10 +95,10 @@ def test_bad_project_file_is_reported_not_raised(make_napari_viewer, qtbot, tmp_
     broken.write_bytes(b"garbage" * 50)
     review = ReviewLabelsWidget(make_napari_viewer())
     qtbot.addWidget(review)
-    review.open_project(broken)
-    assert review.project is None
+    review.project_bar.open_project(broken)
+    assert review.project_bar.project is None
     assert broken.read_bytes() == b"garbage" * 50
-    qtbot.keyClick(review.crop_view, Qt.Key_1)  # no project: ignored, no crash
+    qtbot.keyClick(review.review_queue.cell_view.crop_view, Qt.Key_1)  # no project: ignored, no crash
 
 
 @pytest.mark.gui
@@ -107,15 +109,15 @@ def test_retrain_runs_in_background_and_refreshes(widget, qtbot, monkeypatch, is
         store_issues(
             project,
             issues.assign(suggested="blast", issue_score=[0.1, 0.2, 0.3, 0.95]),
-            base=widget.project.parent,
+            base=widget.project_bar.project.parent,
         )
         return issues
 
     monkeypatch.setattr(review_module, "retrain_project", fake_retrain)
     widget.retrain()
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=20000)
-    assert widget.queue["cell"].iloc[0] == "cell3.png"
-    with AnnotationStore(widget.project) as store:
+    assert widget.review_queue.queue["cell"].iloc[0] == "cell3.png"
+    with AnnotationStore(widget.project_bar.project) as store:
         assert review_queue(store, "dr_a")["suggested"].eq("blast").all()
 
 
@@ -129,8 +131,24 @@ def test_find_issues_trains_in_the_background(make_napari_viewer, qtbot, tmp_pat
     pd.DataFrame({"image": names, "label": labels}).to_csv(tmp_path / "cells.csv", index=False)
     review = ReviewLabelsWidget(make_napari_viewer())
     qtbot.addWidget(review)
-    review.open_project(tmp_path / "project.sqlite")
-    review.find_issues(tmp_path / "cells.csv")
+    review.project_bar.open_project(tmp_path / "project.sqlite")
+    review.project_bar.find_issues(tmp_path / "cells.csv")
     qtbot.waitUntil(lambda: not review.runner.busy, timeout=60000)
-    assert review.counter.text() == "0 / 8 reviewed"
+    assert review.review_queue.cell_view.counter.text() == "0 / 8 reviewed"
     assert review.runner.status.text() == "Done."
+
+
+@pytest.mark.gui
+def test_enter_in_annotator_field_only_sets_the_name(widget, qtbot):
+    annotator, queue = widget.project_bar.annotator, widget.review_queue
+    with AnnotationStore(widget.project_bar.project) as store:
+        events_before = store.event_count()
+    annotator.clear()
+    qtbot.keyClicks(annotator, "dr_b")
+    qtbot.keyClick(annotator, Qt.Key_Return)
+    with AnnotationStore(widget.project_bar.project) as store:
+        assert store.event_count() == events_before
+    assert queue.current_cell() == "cell0.png"
+    qtbot.keyClick(queue.cell_view.crop_view, Qt.Key_Return)  # decisions now go under the new name
+    with AnnotationStore(widget.project_bar.project) as store:
+        assert store.current_labels(["dr_b"]).set_index("cell")["label"].to_dict() == {"cell0.png": "normal"}

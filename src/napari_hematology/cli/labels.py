@@ -35,7 +35,7 @@ def _register_label_issues(subparsers) -> None:
     parser.add_argument("--cells", required=True, type=Path, help="CSV with columns image,label.")
     parser.add_argument("--out", required=True, type=Path, help="ISSUES.csv to write.")
     parser.add_argument("--folds", type=int, default=defaults.folds, help="Cross-validation folds.")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="Training epochs per fold.")
+    parser.add_argument("--epochs", type=int, default=defaults.train.epochs, help="Training epochs per fold.")
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="Training loss of each fold.")
     parser.add_argument(
         "--pretrain-epochs",
@@ -43,7 +43,7 @@ def _register_label_issues(subparsers) -> None:
         default=defaults.pretrain_epochs,
         help="Epochs of self-supervised pretraining on the crops before the folds (0 = none).",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.train.seed)
     parser.add_argument(
         "--project", type=Path, help="Also store given labels and suggestions in this project."
     )
@@ -51,17 +51,14 @@ def _register_label_issues(subparsers) -> None:
 
 
 def _run_label_issues(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from napari_hematology.core.io import write_table
     from napari_hematology.core.labels.issues import IssueConfig, find_label_issues
     from napari_hematology.core.labels.review import store_issues
 
-    config = IssueConfig(
-        folds=args.folds,
-        epochs=args.epochs,
-        loss=args.loss,
-        seed=args.seed,
-        pretrain_epochs=args.pretrain_epochs,
-    )
+    config = IssueConfig(folds=args.folds, loss=args.loss, pretrain_epochs=args.pretrain_epochs)
+    config.train = replace(config.train, epochs=args.epochs, seed=args.seed)
     issues = find_label_issues(args.cells, config, progress=TextProgress())
     write_table(args.out, issues)
     if args.project is not None:
@@ -88,8 +85,9 @@ def _register_import(actions) -> None:
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    from napari_hematology.core.labels.store import AnnotationStore, import_labels
     from napari_hematology.core.io import read_table
+    from napari_hematology.core.labels.exchange import import_labels
+    from napari_hematology.core.labels.store import AnnotationStore
 
     table = read_table(args.csv)
     with AnnotationStore(args.project) as store:
@@ -118,8 +116,9 @@ def _register_export(actions) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from napari_hematology.core.labels.store import AnnotationStore, export_labels
     from napari_hematology.core.io import write_table
+    from napari_hematology.core.labels.exchange import export_labels
+    from napari_hematology.core.labels.store import AnnotationStore
 
     with AnnotationStore(args.project, create=False) as store:
         table = export_labels(store, history=args.history)
@@ -145,9 +144,10 @@ def _register_agreement(actions) -> None:
 
 
 def _run_agreement(args: argparse.Namespace) -> int:
-    from napari_hematology.core.labels.store import AnnotationStore, agreement
     from napari_hematology.core.errors import InputError
     from napari_hematology.core.io import write_table
+    from napari_hematology.core.labels.agreement import agreement
+    from napari_hematology.core.labels.store import AnnotationStore
 
     with AnnotationStore(args.project, create=False) as store:
         labels = store.current_labels()

@@ -1,1 +1,1 @@
-"""labels"""
+"""Label review: the annotation store, CSV exchange, agreement, label-issue detection and the review queue."""

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_hematology.core.labels.store import AnnotationStore, consensus
 from napari_hematology.core.errors import InputError
+from napari_hematology.core.labels.agreement import consensus
+from napari_hematology.core.labels.store import AnnotationStore
 from napari_hematology.core.progress import ProgressCallback, StopCallback
 
 GIVEN = "given"
