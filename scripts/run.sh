@@ -15,7 +15,11 @@ setup_python() {
         "$PYTHON" -m venv "$VENV"
     fi
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e ".[testing]"
+    if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+        echo "Installing napari-hematology downloads about 6 GB (torch with its CUDA libraries); on a machine" \
+            "without a GPU, first run: $VENV/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    fi
+    "$VENV/bin/python" -m pip install -e ".[testing]"
 }
 
 setup_display() {

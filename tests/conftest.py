@@ -1,5 +1,5 @@
 """Shared fixtures. Real data comes from ``../shared/data`` (or $NAPARI_HEMATOLOGY_DATA); tests that need
-it skip cleanly when it is absent."""
+it skip when it is absent, except in CI (``CI=true``), where they fail."""
 
 from __future__ import annotations
 
@@ -24,12 +24,20 @@ def pytest_configure(config):
     prepare_torch()
 
 
+def require_shared_data(root: Path) -> Path:
+    """Return ``root`` if it is a folder; otherwise skip the test, or fail it when ``CI=true``."""
+    if root.is_dir():
+        return root
+    message = f"real data not found at {root} (set NAPARI_HEMATOLOGY_DATA to its folder)"
+    if os.environ.get("CI", "").lower() in {"true", "1"}:
+        pytest.fail(f"{message}; CI runs every real-data test, so a missing folder is an error")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Root of the real public data; skips the test when it is not there."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """Root of the real public data (see :func:`require_shared_data`)."""
+    return require_shared_data(SHARED_DATA)
 
 
 @pytest.fixture(scope="session")

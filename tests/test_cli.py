@@ -1,3 +1,5 @@
+import argparse
+import re
 import subprocess
 import sys
 
@@ -22,15 +24,78 @@ def test_version(capsys):
 
 def test_no_command_prints_help_and_exits_2(capsys):
     assert main([]) == 2
-    assert "usage" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    for command in ("segment", "analyze", "classify", "demo", "expression", "mil", "predict-slide"):
+        assert f"\n    {command} " in listing, command
 
 
-def test_every_subcommand_has_help():
-    parser = build_parser()
-    subcommands = parser._subparsers._group_actions[0].choices
-    assert "demo" in subcommands
-    for name, subparser in subcommands.items():
-        assert subparser.format_help().startswith("usage"), name
+def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """Yield ``(command words, help line, parser)`` for every subcommand, nested ones included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, subparser in action.choices.items():
+                yield (*prefix, name), helps[name], subparser
+                yield from subcommands(subparser, (*prefix, name))
+
+
+def test_every_subcommand_is_described_and_runs_something():
+    found = list(subcommands(build_parser()))
+    assert {words for words, _, _ in found} >= {("segment",), ("mil", "train"), ("expression", "fit")}
+    for words, help_line, subparser in found:
+        assert help_line and help_line.strip(), words
+        has_children = any(isinstance(a, argparse._SubParsersAction) for a in subparser._actions)
+        assert has_children or callable(subparser.get_default("func")), words
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        (["segment"], ["images", "--out", "--model", "--scale"]),
+        (["analyze"], ["images", "--out", "--scheduler"]),
+        (["classify"], ["IMAGE", "--out", "--model"]),
+        (["demo"], ["--out", "--headless"]),
+        (["predict-slide"], ["image", "--model", "--out"]),
+        (["mil", "train"], ["--bags", "--out", "--encoder", "--blasts-only", "--min-cells", "--cache"]),
+        (["mil", "predict"], ["--model", "--bags", "--out", "--classes"]),
+        (["expression", "fit"], ["--data", "--label-key", "--encoder", "--head", "--select-genes"]),
+        (["cytometry", "cluster"], ["FCS", "--clusters", "--method", "--channels", "--transform"]),
+        (["labels", "import"], ["--project", "--csv", "--annotator"]),
+        (["label-issues"], ["--cells", "--folds", "--loss"]),
+    ],
+    ids=" ".join,
+)
+def test_subcommand_help_lists_its_flags(capsys, command, flags):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith(f"usage: napari-hematology {' '.join(command)} ")
+    for flag in flags:
+        assert re.search(rf"(^|\s|\[){re.escape(flag)}(\s|\]|$)", help_text), flag
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["segmnet", "a.jpg"], "napari-hematology: error: argument COMMAND: invalid choice: 'segmnet'"),
+        (["segment", "a.jpg", "--out", "o", "--bogus"],
+         "napari-hematology: error: unrecognized arguments: --bogus"),
+        (["predict-slide", "a.jpg"],
+         "napari-hematology predict-slide: error: the following arguments are required: --model, --out"),
+        (["mil"], "napari-hematology mil: error: the following arguments are required: SUBCOMMAND"),
+        (["mil", "train", "--bags", "b.csv", "--out", "m", "--epochs", "ten"],
+         "napari-hematology mil train: error: argument --epochs: invalid int value: 'ten'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_usage_and_a_one_line_error(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("usage: napari-hematology")
+    assert lines[-1].startswith(message)
+    assert sum(": error:" in line for line in lines) == 1
 
 
 def test_console_script_runs_as_module():

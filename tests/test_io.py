@@ -15,11 +15,13 @@ from napari_hematology.core.io import (
 )
 
 
-def test_read_sample_jpeg_is_rgb(sample_field_path):
+def test_read_sample_jpeg_gives_the_decoded_rgb_pixels(sample_field_path):
+    from PIL import Image
+
     image = read_image(sample_field_path)
-    assert image.data.shape == (480, 640, 3)
-    assert image.data.dtype == np.uint8
-    assert not image.is_multiscale
+    assert image.data.dtype == np.uint8 and not image.is_multiscale
+    with Image.open(sample_field_path) as decoded:
+        np.testing.assert_array_equal(image.data, np.asarray(decoded.convert("RGB")))
 
 
 def test_small_tiff_is_read_eagerly(tmp_path, sample_field):

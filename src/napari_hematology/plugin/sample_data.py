@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from napari_hematology.core.io import read_image
 from napari_hematology.core.cells.samples import sample_cells, sample_fields
+from napari_hematology.core.io import read_image
 
 
 def smear_field() -> list[tuple]:
