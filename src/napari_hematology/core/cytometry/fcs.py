@@ -1,7 +1,18 @@
-"""Reading FCS 2.0/3.0/3.1 files, picking channels by name, compensation and signal transforms."""
+"""Reading FCS 2.0/3.0/3.1 files, picking channels by name, compensation and signal transforms.
+
+Files are parsed by flowio. What real instruments write and flowio refuses by default is read with
+flowio's own options, and each such repair is noted on the sample: DATA offsets that disagree between
+HEADER and TEXT (the TEXT ones are used), a DATA end offset one byte off, a HEADER with blank DATA offsets
+(writers of large files leave them blank), several data sets in one file (each becomes a sample), and
+integers of 24 bits (Cytek xP5), which flowio leaves undecoded and which are decoded here. Integer values
+are masked to their ``$PnR`` range as the standard asks (Beckman ``.lmd``), and integer channels stored as
+log channel numbers (``$PnE`` with decades) are converted to linear values, as flowCore and FlowKit do.
+"""
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,23 +21,32 @@ import numpy as np
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import list_files
 
-FCS_SUFFIXES = (".fcs",)
+FCS_SUFFIXES = (".fcs", ".lmd")
 TRANSFORMS = ("arcsinh", "logicle", "none")
 SPILL_KEYWORDS = ("spill", "spillover", "$spillover", "$spill", "comp")
 NON_SIGNAL_CHANNELS = ("time", "event_length")
+HEADER_BYTES = 58
+HEADER_DATA_OFFSETS = slice(26, 42)
+BLANK_OFFSETS_NOTE = (
+    "The HEADER leaves the DATA offsets blank (as writers of large files do); TEXT's were used."
+)
 
 
 @dataclass
 class FcsSample:
-    """One FCS file in memory.
+    """One data set of an FCS file in memory.
 
     Attributes:
         path: Where it was read from.
-        events: Raw event values, shape ``(events, channels)``, float64.
-        names: ``$PnN`` channel names (detector names).
+        events: Event values, shape ``(events, channels)``, float64: as stored, except that integers are
+            masked to their ``$PnR`` range and log channel numbers are made linear.
+        names: ``$PnN`` channel names (detector names), made unique.
         markers: ``$PnS`` labels (stain or marker names; empty strings where absent).
         spill: The spillover matrix carried by the file, with the channel names it applies to, or None.
-        notes: Conversions made on the way that the user should know about.
+        notes: Conversions and repairs made on the way that the user should know about.
+        keywords: The TEXT keywords as flowio gives them (lower case, without ``$``).
+        data_set: Which data set of the file this is (0 for the first).
+        data_sets: How many data sets the file holds.
 
     """
 
@@ -36,20 +56,31 @@ class FcsSample:
     markers: list[str]
     spill: tuple[list[str], np.ndarray] | None = None
     notes: list[str] = field(default_factory=list)
+    keywords: dict[str, str] = field(default_factory=dict)
+    data_set: int = 0
+    data_sets: int = 1
 
     @property
     def name(self) -> str:
-        """The file name."""
-        return self.path.name
+        """The file name, with the data set when the file holds several."""
+        if self.data_sets == 1:
+            return self.path.name
+        return f"{self.path.name} (data set {self.data_set + 1} of {self.data_sets})"
 
     @property
     def stem(self) -> str:
-        """The file name without its suffix."""
-        return self.path.stem
+        """The file name without its suffix, with ``_setN`` when the file holds several data sets."""
+        if self.data_sets == 1:
+            return self.path.stem
+        return f"{self.path.stem}_set{self.data_set + 1}"
 
     def display_names(self) -> list[str]:
         """``marker (detector)`` where a marker is known, else the detector name."""
         return [f"{m} ({n})" if m and m != n else n for n, m in zip(self.names, self.markers, strict=False)]
+
+    def parameter_keyword(self, index: int, letter: str) -> str:
+        """The ``$Pn<letter>`` keyword of the channel at column ``index`` ('' when absent)."""
+        return str(self.keywords.get(f"p{index + 1}{letter.lower()}", "")).strip()
 
 
 def list_fcs(paths: list[str | Path] | str | Path) -> list[Path]:
@@ -63,60 +94,270 @@ def list_fcs(paths: list[str | Path] | str | Path) -> list[Path]:
 
 
 def read_fcs(path: str | Path) -> FcsSample:
-    """Read an FCS 2.0, 3.0 or 3.1 file with flowio.
+    """Read the first data set of an FCS 2.0, 3.0 or 3.1 file.
 
     Args:
-        path: The ``.fcs`` file.
+        path: The ``.fcs`` (or Beckman ``.lmd``) file.
 
     Returns:
-        The events with channel names, marker labels and spillover matrix (if the file has one).
+        The events with channel names, marker labels and spillover matrix (if the file has one). When
+        the file holds several data sets, a note says so; :func:`read_fcs_data_sets` reads them all.
 
     Raises:
-        InputError: Missing, corrupt or truncated file, or a file without events.
+        InputError: Missing file, not an FCS file, a file whose DATA segment is missing, or no events.
 
     """
-    import flowio
+    samples = read_fcs_data_sets(path)
+    if len(samples) > 1:
+        samples[0].notes.append(
+            f"The file holds {len(samples)} data sets; only the first ({len(samples[0].events)} events) is "
+            "used here."
+        )
+    return samples[0]
+
+
+def read_fcs_data_sets(path: str | Path) -> list[FcsSample]:
+    """Read every data set of an FCS file, each as its own sample (Guava Muse files hold several).
+
+    Args:
+        path: The ``.fcs`` (or Beckman ``.lmd``) file.
+
+    Returns:
+        One sample per data set, in file order; samples of a multi-data-set file are named
+        ``<file> (data set k of n)`` with stem ``<stem>_setk``.
+
+    Raises:
+        InputError: Missing file, not an FCS file, a file whose DATA segment is missing, or no events.
+
+    """
+    from flowio.exceptions import FCSParsingError
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file.")
+    raw = path.read_bytes()
+    _check_header(raw, path.name)
     try:
-        data = flowio.FlowData(str(path))
-        events = np.asarray(data.as_array(preprocess=False), dtype=np.float64)
-    except Exception as error:  # flowio raises many exception types for broken files
+        data_sets = _read_data_sets(raw)
+    except FCSParsingError as error:
+        if "greater than file size" in str(error):
+            raise InputError(f"{path.name}: cannot be read as FCS: {_missing_data(raw)}") from error
+        raise InputError(f"{path.name}: cannot be read as FCS ({error}).") from error
+    except (ValueError, KeyError, IndexError, OSError, NotImplementedError) as error:
+        raise InputError(f"{path.name}: cannot be read as FCS ({type(error).__name__}: {error}).") from error
+    return [
+        _sample(path, data, events, notes, index, len(data_sets))
+        for index, (data, events, notes) in enumerate(data_sets)
+    ]
+
+
+def _check_header(raw: bytes, file_name: str) -> None:
+    if len(raw) < HEADER_BYTES or not raw.startswith(b"FCS"):
         raise InputError(
-            f"{path.name}: cannot be read as FCS ({type(error).__name__}: {error}). The file is corrupt, "
-            "truncated or not an FCS file; export it again from the cytometer software."
-        ) from error
+            f"{file_name}: cannot be read as FCS: it is {len(raw):,} bytes long and does not start with an "
+            "FCS header (FCS2.0, FCS3.0 or FCS3.1)."
+        )
+
+
+def _missing_data(raw: bytes) -> str:
+    end = raw[HEADER_DATA_OFFSETS].split()[-1:]
+    where = (
+        f"should end at byte {int(end[0]):,}" if end and end[0].isdigit() else "lies past the end of the file"
+    )
+    return (
+        f"its DATA segment {where}, but the file has only {len(raw):,} bytes: it holds the HEADER and TEXT "
+        "without the events (a header-only or truncated file)."
+    )
+
+
+def _read_data_sets(raw: bytes) -> list[tuple[object, np.ndarray, list[str]]]:
+    """Parse each data set (following ``$NEXTDATA``) into (flowio data, events, notes)."""
+    data_sets, offset = [], 0
+    while True:
+        raw, blank_offsets = _fill_blank_data_offsets(raw, offset)
+        notes = [BLANK_OFFSETS_NOTE] if blank_offsets else []
+        data = _flow_data(raw, offset, notes, ignore_offset_discrepancy=blank_offsets)
+        data_sets.append((data, _events(raw, offset, data, notes), notes))
+        next_data = int(str(data.text.get("nextdata", "0")).strip() or 0)
+        if next_data <= 0 or offset + next_data >= len(raw):
+            return data_sets
+        offset += next_data
+
+
+def _fill_blank_data_offsets(raw: bytes, offset: int) -> tuple[bytes, bool]:
+    """Write zeros into blank HEADER DATA offsets, which flowio cannot parse; zeros defer to TEXT."""
+    start, stop = offset + HEADER_DATA_OFFSETS.start, offset + HEADER_DATA_OFFSETS.stop
+    if raw[start:stop].strip():
+        return raw, False
+    return raw[:start] + b"       0       0" + raw[stop:], True
+
+
+def _flow_data(raw: bytes, offset: int, notes: list[str], **options):
+    """Parse one data set with flowio, allowing the offset slips that real writers make (noted)."""
+    import flowio
+    from flowio.exceptions import DataOffsetDiscrepancyError, FCSParsingError
+
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return flowio.FlowData(io.BytesIO(raw), nextdata_offset=offset, **options)
+        except DataOffsetDiscrepancyError as error:
+            if options.get("ignore_offset_discrepancy"):
+                raise
+            options["ignore_offset_discrepancy"] = True
+            detail = str(error).split(" has a ", 1)[-1]
+            notes.append(f"HEADER and TEXT disagree ({detail}); the TEXT offsets were used.")
+        except FCSParsingError as error:
+            if "off by 1" not in str(error) or options.get("ignore_offset_error"):
+                raise
+            options["ignore_offset_error"] = True
+            notes.append(
+                "The DATA end offset is one byte past the data (a common writer slip); read without it."
+            )
+
+
+def _events(raw: bytes, offset: int, data, notes: list[str]) -> np.ndarray:
+    if data.events is None:  # flowio leaves integers other than 8, 16 or 32 bits undecoded
+        values = _decode_integers(raw, offset, data, notes)
+    else:
+        values = np.asarray(data.as_array(preprocess=False), dtype=np.float64)
+    if str(data.data_type).upper() == "I":
+        _linearise_log_channels(values, data, notes)
+    return values
+
+
+def _decode_integers(raw: bytes, offset: int, data, notes: list[str]) -> np.ndarray:
+    """Decode whole-byte integers of any width, masked to the next power of two of ``$PnR``."""
+    widths = [int(data.text[f"p{i}b"]) for i in range(1, data.channel_count + 1)]
+    listed = "/".join(str(width) for width in sorted(set(widths)))
+    if any(width % 8 for width in widths):
+        raise ValueError(f"integers of {listed} bits are not whole bytes")
+    notes.append(f"Integers of {listed} bits, which flowio does not decode, were decoded here.")
+    sizes = [width // 8 for width in widths]
+    text_start = int(str(data.text.get("begindata", "0")).strip() or 0)
+    start = offset + (text_start or data.header["data_start"])
+    count = data.event_count
+    block = np.frombuffer(raw, np.uint8, count=count * sum(sizes), offset=start).reshape(count, -1)
+    little_endian = str(data.text.get("byteord", "")).startswith("1")
+    columns, position = [], 0
+    for size in sizes:
+        part = block[:, position : position + size].astype(np.uint64)
+        position += size
+        value = np.zeros(count, np.uint64)
+        for byte in (part[:, ::-1] if little_endian else part).T:
+            value = (value << np.uint64(8)) | byte
+        columns.append(value)
+    masks = np.array([_next_power_of_two(int(r)) - 1 for r in data.pnr_values], dtype=np.uint64)
+    return (np.column_stack(columns) & masks).astype(np.float64)
+
+
+def _next_power_of_two(value: int) -> int:
+    return 1 << max(value - 1, 0).bit_length()
+
+
+def _linearise_log_channels(values: np.ndarray, data, notes: list[str]) -> None:
+    logged = []
+    for number, channel in sorted(data.channels.items()):
+        decades, zero = channel["pne"]
+        if decades > 0:
+            values[:, number - 1] = 10 ** (decades * values[:, number - 1] / channel["pnr"]) * zero
+            logged.append(str(channel["pnn"]).strip())
+    if logged:
+        notes.append(f"{_listed(logged)}: stored as log channel numbers ($PnE); converted to linear.")
+
+
+def _listed(names: list[str], most: int = 6) -> str:
+    return ", ".join(names) if len(names) <= most else f"{len(names)} channels ({', '.join(names[:3])}, ...)"
+
+
+def _sample(path: Path, data, events: np.ndarray, notes: list[str], index: int, total: int) -> FcsSample:
+    sample = FcsSample(
+        path=path,
+        events=events,
+        names=_unique_names([str(n).strip() for n in data.pnn_labels], notes),
+        markers=[str(m or "").strip() for m in data.pns_labels],
+        notes=notes,
+        keywords={str(k): str(v) for k, v in data.text.items()},
+        data_set=index,
+        data_sets=total,
+    )
     if events.ndim != 2 or events.shape[0] == 0:
-        raise InputError(f"{path.name}: the file holds no events.")
-    names = [str(n).strip() for n in data.pnn_labels]
-    markers = [str(m or "").strip() for m in data.pns_labels]
-    sample = FcsSample(path=path, events=events, names=names, markers=markers)
-    sample.spill = _parse_spill(data.text, names, path.name)
+        raise InputError(f"{sample.name}: the file holds no events.")
+    sample.spill = _parse_spill(data.text, sample.names, notes)
     return sample
 
 
-def _parse_spill(text: dict, names: list[str], file_name: str) -> tuple[list[str], np.ndarray] | None:
-    raw = next((text[key] for key in SPILL_KEYWORDS if key in text and str(text[key]).strip()), None)
-    if raw is None:
+def _unique_names(names: list[str], notes: list[str]) -> list[str]:
+    counts: dict[str, int] = {}
+    unique = []
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+        unique.append(name if counts[name] == 1 else f"{name} ({counts[name]})")
+    repeated = [name for name, count in counts.items() if count > 1]
+    if repeated:
+        notes.append(
+            f"Channel name(s) {', '.join(repeated)} appear more than once ($PnN); the repeats were renamed "
+            "'<name> (2)', '<name> (3)', ..."
+        )
+    return unique
+
+
+def _parse_spill(text: dict, names: list[str], notes: list[str]) -> tuple[list[str], np.ndarray] | None:
+    """The spillover matrix, or None with a note when it is absent, empty or unusable."""
+    key = next((key for key in SPILL_KEYWORDS if key in text and str(text[key]).strip()), None)
+    if key is None:
         return None
-    fields = [f.strip() for f in str(raw).split(",")]
+    fields = [f.strip() for f in str(text[key]).split(",")]
     try:
         size = int(fields[0])
         channels = fields[1 : size + 1]
-        matrix = np.asarray(fields[size + 1 : size + 1 + size * size], dtype=np.float64)
-        matrix = matrix.reshape(size, size)
+        matrix = np.asarray(fields[size + 1 : size + 1 + size * size], dtype=np.float64).reshape(size, size)
     except (ValueError, IndexError) as error:
-        raise InputError(f"{file_name}: the spillover matrix ($SPILLOVER) is malformed ({error}).") from error
+        notes.append(f"The spillover matrix (${key.upper()}) is malformed ({error}); it is not used.")
+        return None
     if size == 0:
         return None
     unknown = [c for c in channels if c not in names]
     if unknown:
-        raise InputError(
-            f"{file_name}: the spillover matrix names channel(s) {', '.join(unknown)} that the file lacks."
+        notes.append(
+            f"The spillover matrix (${key.upper()}) names channel(s) {', '.join(unknown)} that the file "
+            "lacks; it is not used."
         )
+        return None
     return channels, matrix
+
+
+def usable_channels(samples: list[FcsSample], channels: list[str]) -> tuple[list[str], list[str]]:
+    """Leave out channels on which every event has the same value (a flag, a dead detector).
+
+    Args:
+        samples: The batch.
+        channels: Chosen channels (``$PnN`` or ``$PnS`` names).
+
+    Returns:
+        The channels that vary in at least one sample, in the given order, and one warning per channel
+        left out.
+
+    Raises:
+        InputError: A channel is missing, or every chosen channel is constant.
+
+    """
+    usable, left_out = [], []
+    for channel in channels:
+        columns = [(sample, channel_indices(sample, [channel])[0]) for sample in samples]
+        values = np.concatenate([sample.events[:, column] for sample, column in columns])
+        if values.size and np.ptp(values) == 0:
+            sample, column = columns[0]
+            left_out.append(
+                f"{sample.display_names()[column]}: every event has the value {values[0]:g} (a flag or a "
+                "dead detector); left out of clustering."
+            )
+        else:
+            usable.append(channel)
+    if not usable:
+        raise InputError(f"Every chosen channel is constant ({', '.join(channels)}); nothing to cluster.")
+    return usable, left_out
 
 
 def compensate(sample: FcsSample) -> np.ndarray:
