@@ -1,4 +1,5 @@
-"""The Blast detection widget: run on the sample field, summary, threshold re-colouring, cell clicks."""
+"""The Blast detection widget: run on the sample field, summary, threshold re-colouring, outlines and
+legend, cell clicks and a cell panel that follows the threshold and new runs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import pytest
 import timm  # noqa: F401  (load torch's LLVM-based triton before Qt's GL: they clash under Xvfb/Mesa)
 from blast_helpers import FakeClassifier, background_only
 
+from napari_hematology.core.cells.classes import BLAST, CLASS_COLOURS
 from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
-from napari_hematology.widgets.blast import BlastDetectionWidget
+from napari_hematology.widgets._keys import RUN, key_text
+from napari_hematology.widgets._legend import hex_colour
+from napari_hematology.widgets.blast import NO_CELL_SHOWN, OUTLINE_PIXELS, BlastDetectionWidget, _summary_text
 
 pytestmark = pytest.mark.gui
 
@@ -32,8 +36,8 @@ def test_run_threshold_and_click(make_napari_viewer, qtbot, sample_field, fake_c
     viewer = make_napari_viewer()
     viewer.add_image(sample_field, name="field", rgb=True)
     widget = BlastDetectionWidget(viewer)
-    assert widget.image_box.currentText() == "field"
-    assert "Ctrl+R" in widget.run_button.text()
+    assert widget.form.image.value == "field"
+    assert key_text(RUN) in widget.run_button.text()
     _run(widget, qtbot)
     layer = viewer.layers["field cells"]
     features = layer.features
@@ -41,20 +45,77 @@ def test_run_threshold_and_click(make_napari_viewer, qtbot, sample_field, fake_c
         features.columns
     )
     assert set(np.unique(layer.data)) == {0, *features["cell_id"]}
-    assert "white cells" in widget.summary.text()
+    assert widget.summary.text().startswith(f"{len(features)} white cell")
 
-    widget.threshold.setValue(0.05)  # every cell is a blast now, without recomputing
+    widget.form.threshold.value = 0.05  # every cell is a blast now, without recomputing
     assert fake_classifier.calls == 1
     assert (layer.features["label"] == "blast").all()
     assert "Blasts: 100.0%" in widget.summary.text()
     cell = features.iloc[0]
     colour = layer.colormap.map(np.array([cell["cell_id"]]))[0]
-    np.testing.assert_allclose(colour[:3], np.array([231, 76, 60]) / 255, atol=0.01)
+    np.testing.assert_allclose(colour[:3], np.array(CLASS_COLOURS[BLAST]) / 255, atol=0.01)
 
     event = SimpleNamespace(position=(cell["centroid_y"], cell["centroid_x"]))
     widget._on_click(layer, event)
     assert widget.cell_info.text().startswith(f"Cell {cell['cell_id']}: blast")
     assert not widget.crop_view.pixmap().isNull()
+
+
+def test_cells_are_class_outlines_with_a_legend_and_a_filled_toggle(
+    make_napari_viewer, qtbot, sample_field, fake_classifier
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(sample_field, name="field", rgb=True)
+    widget = BlastDetectionWidget(viewer)
+    _run(widget, qtbot)
+    layer = viewer.layers["field cells"]
+    assert layer.contour == OUTLINE_PIXELS and layer.opacity == 1.0
+    expected = {name: hex_colour(CLASS_COLOURS[name]) for name in fake_classifier.classes}
+    assert widget.legend.colours == expected
+    widget.form.filled.value = True
+    assert layer.contour == 0 and layer.opacity < 1.0
+    widget.form.filled.value = False
+    assert layer.contour == OUTLINE_PIXELS
+
+
+def test_cell_panel_follows_the_threshold_and_new_runs(
+    make_napari_viewer, qtbot, sample_field, fake_classifier
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(sample_field, name="field", rgb=True)
+    viewer.add_image(background_only(), name="empty", rgb=True)
+    widget = BlastDetectionWidget(viewer)
+    widget.form.image.value = "field"
+    widget.form.threshold.value = 0.95  # no cell is a blast
+    _run(widget, qtbot)
+    cell_id = int(widget.analysis.cells["cell_id"].iloc[0])
+    widget.show_cell(cell_id)
+    assert not widget.cell_info.text().startswith(f"Cell {cell_id}: blast")
+    widget.form.threshold.value = 0.05  # now it is
+    assert widget.cell_info.text().startswith(f"Cell {cell_id}: blast")
+
+    widget.form.image.value = "empty"
+    _run(widget, qtbot)
+    assert widget.cell_info.text() == NO_CELL_SHOWN
+    assert widget.crop_view.pixmap() is None or widget.crop_view.pixmap().isNull()
+
+
+def test_summary_counts_one_cell_in_the_singular():
+    summary = {"cells": 1, "counts": {"blast": 1, "monocyte": 0}, "blast_percent": 100.0}
+    assert _summary_text(summary).startswith("1 white cell: blast 1.")
+    assert _summary_text({**summary, "cells": 2}).startswith("2 white cells:")
+
+
+def test_long_layer_names_are_not_cut(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = BlastDetectionWidget(viewer)
+    widget.show()
+    qtbot.waitExposed(widget)
+    name = "patient_0042_bone_marrow_aspirate_field_17_2024-05-01"
+    viewer.add_image(background_only(), name=name, rgb=True)  # a layer opened after the dock
+    combo = widget.form.image.native
+    assert combo.currentText() == name
+    qtbot.waitUntil(lambda: combo.width() > combo.fontMetrics().horizontalAdvance(name), timeout=2000)
 
 
 def test_image_without_cells_and_non_rgb_layers(make_napari_viewer, qtbot, fake_classifier):
@@ -66,7 +127,7 @@ def test_image_without_cells_and_non_rgb_layers(make_napari_viewer, qtbot, fake_
     assert not viewer.layers["empty cells"].data.any()
 
     viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")
-    widget.image_box.setCurrentText("gray")
+    widget.form.image.value = "gray"
     widget.run()  # refused with a message, nothing started
     assert not widget.runner.busy and "gray cells" not in viewer.layers
 
@@ -79,7 +140,7 @@ def test_bad_model_folder_is_shown_as_a_message(
     viewer = make_napari_viewer()
     viewer.add_image(sample_field, name="field", rgb=True)
     widget = BlastDetectionWidget(viewer)
-    widget.model_edit.setText(str(tmp_path))
+    widget.form.model.value = tmp_path
     _run(widget, qtbot)
     assert "field cells" not in viewer.layers
     assert len(messages) == 1 and "not a napari-hematology model folder" in messages[0]

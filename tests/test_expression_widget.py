@@ -1,10 +1,16 @@
-"""The Expression widget: load, train in the background, show the latent map and confusion matrix."""
+"""The Expression widget: load, train in the background, show the latent map (palette colours, legend,
+modest points) and the confusion matrix of held-out cells with whole headers."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from napari_hematology.core.expression.maps import LatentMap
+from napari_hematology.widgets._palette import category_colours
 
 
 def write_cells_csv(path, n_cells: int = 90) -> None:
@@ -44,8 +50,11 @@ def test_train_shows_points_with_features_and_confusion(widget, qtbot, tmp_path)
     assert layer.data.shape == (90, 2)
     assert {"label", "predicted", "confidence"} <= set(layer.features.columns)
     assert widget.confusion.rowCount() == 3 and widget.confusion.columnCount() == 3
-    diagonal = sum(int(widget.confusion.item(i, i).text()) for i in range(3))
-    assert diagonal > 80
+    held_out = int((layer.features["split"] == "held out").sum())
+    assert held_out == 18  # 20% of each class of 30
+    counts = [[int(widget.confusion.item(i, j).text()) for j in range(3)] for i in range(3)]
+    assert np.sum(counts) == held_out and np.trace(counts) >= 16
+    assert "18 held-out cells" in widget.scored_on.text()
 
     widget.save_button.setEnabled(True)
     from napari_hematology.core.expression import save_expression_model
@@ -72,3 +81,40 @@ def test_bad_input_is_reported_not_raised(widget, tmp_path, monkeypatch):
     widget.apply_model(tmp_path)
     assert "not a napari-hematology model folder" in str(shown[-1])
     assert len(widget.viewer.layers) == 0
+
+
+def fake_map(classes: list[str], n_cells: int = 200) -> LatentMap:
+    rng = np.random.default_rng(0)
+    labels = np.asarray(classes)[np.arange(n_cells) % len(classes)]
+    features = pd.DataFrame({"cell": [f"c{i}" for i in range(n_cells)], "label": labels, "predicted": labels})
+    confusion = pd.crosstab(pd.Series(labels, name="true"), pd.Series(labels, name="predicted"))
+    return LatentMap(rng.normal(0, 3, (n_cells, 2)), features, confusion, "40 held-out cells")
+
+
+@pytest.mark.gui
+def test_map_colours_legend_point_size_and_whole_confusion_table(widget, qtbot):
+    classes = [f"CD{14 + i}+ Monocyte type {i}" for i in range(10)]
+    view = fake_map(classes)
+    widget.data = SimpleNamespace(name="cells", notes=[])
+    widget.model = SimpleNamespace(classes=classes)
+    widget.viewer.window._qt_window.show()
+    widget._show_map(view)
+    layer = widget.viewer.layers["cells latent map"]
+    assert len({tuple(colour) for colour in np.round(layer.face_color, 3)}) == 10
+    assert widget.legend.colours == category_colours(classes)
+    extent = np.ptp(view.coordinates, axis=0).max()
+    assert np.all(layer.size <= 0.02 * extent)
+    table = widget.confusion
+    qtbot.waitUntil(lambda: table.isVisible(), timeout=2000)
+    header = table.horizontalHeader()
+    for column, name in enumerate(classes):
+        assert header.sectionSize(column) >= header.fontMetrics().horizontalAdvance(name)
+    assert header.length() <= table.viewport().width()  # every column shows, without scrolling the table
+
+
+@pytest.mark.gui
+def test_train_without_data_says_one_thing(widget, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_hematology.widgets.expression.show_info", shown.append)
+    widget.train()
+    assert shown == ["Load an expression file first (Open…)."]

@@ -1,4 +1,4 @@
-"""The Review labels widget: keys, undo, progress, filters, retrain in the background."""
+"""The Review labels widget: keys, undo, progress, filters, retrain in the background, messages."""
 
 from __future__ import annotations
 
@@ -152,3 +152,19 @@ def test_enter_in_annotator_field_only_sets_the_name(widget, qtbot):
     qtbot.keyClick(queue.cell_view.crop_view, Qt.Key_Return)  # decisions now go under the new name
     with AnnotationStore(widget.project_bar.project) as store:
         assert store.current_labels(["dr_b"]).set_index("cell")["label"].to_dict() == {"cell0.png": "normal"}
+
+
+@pytest.mark.gui
+def test_keys_without_a_project_ask_to_open_one(make_napari_viewer, qtbot, monkeypatch):
+    from napari_hematology.widgets.review import ReviewLabelsWidget
+
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", shown.append)
+    review = ReviewLabelsWidget(make_napari_viewer())
+    qtbot.addWidget(review)
+    review.project_bar.annotator.setText("dr_a")
+    qtbot.keyClick(review.review_queue.cell_view.crop_view, Qt.Key_Backspace)
+    assert len(shown) == 1 and shown[0].startswith("Open or create a project first")
+    review.project_bar.annotator.clear()
+    qtbot.keyClick(review.review_queue.cell_view.crop_view, Qt.Key_Backspace)
+    assert len(shown) == 2 and "Type your name" not in shown[-1]

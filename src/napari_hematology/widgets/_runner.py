@@ -1,6 +1,7 @@
 """Run core functions in a background thread with a progress bar, a Cancel button and clear errors.
 
-Every widget of the plugin uses :class:`TaskRunner`, so long work looks and cancels the same everywhere:
+Every widget of the plugin uses :class:`TaskRunner`, so long work looks and cancels the same everywhere
+(Cancel's key, Escape, acts once the dock calls :func:`~napari_hematology.widgets._keys.bind_button_keys`):
 
     runner = TaskRunner()
     layout.addWidget(runner)
@@ -18,7 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
+
+from napari_hematology.widgets._keys import CANCEL, shortcut_button
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +65,6 @@ def prepare_torch() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def shortcut_button(text: str, shortcut: str | None, slot: Callable[[], Any]) -> QPushButton:
-    """Make a push button that calls ``slot`` on click or on ``shortcut`` (shown in ``text``)."""
-    button = QPushButton(text)
-    if shortcut:
-        button.setShortcut(shortcut)
-    button.clicked.connect(slot)
-    return button
-
-
 class TaskRunner(QWidget):
     """A progress bar with a Cancel button that runs one core function at a time in a thread."""
 
@@ -85,10 +79,8 @@ class TaskRunner(QWidget):
         self.bar = QProgressBar()
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
-        self.cancel_button = QPushButton("Cancel (Esc)")
-        self.cancel_button.setShortcut("Esc")
+        self.cancel_button = shortcut_button("Cancel", CANCEL, self.cancel)
         self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
         row = QHBoxLayout()
         row.addWidget(self.bar)
         row.addWidget(self.cancel_button)
@@ -107,6 +99,7 @@ class TaskRunner(QWidget):
         function: Callable[..., Any],
         *args: Any,
         on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
         on_finished: Callable[[], None] | None = None,
         **kwargs: Any,
     ):
@@ -116,6 +109,8 @@ class TaskRunner(QWidget):
             function: Core function taking ``progress`` and ``should_stop`` keyword arguments.
             *args: Positional arguments for it.
             on_done: Called in the GUI thread with the function's result when it succeeds.
+            on_error: Called in the GUI thread with the exception (after it is shown) when it fails or is
+                cancelled.
             on_finished: Called in the GUI thread after success, error or cancel.
             **kwargs: Keyword arguments for it.
 
@@ -136,6 +131,8 @@ class TaskRunner(QWidget):
         if on_done is not None:
             worker.returned.connect(on_done)
         worker.errored.connect(report_error)
+        if on_error is not None:
+            worker.errored.connect(on_error)
         worker.finished.connect(self._on_finished)
         if on_finished is not None:
             worker.finished.connect(on_finished)

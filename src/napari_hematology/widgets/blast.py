@@ -1,8 +1,9 @@
 """The "Blast detection" widget: segment and classify the white cells of an image layer.
 
-Results appear as a Labels layer coloured by class with a ``features`` table; the widget shows the cell
-counts and blast percentage, and the crop and probabilities of the cell last clicked. Changing the blast
-threshold re-colours and re-counts the cells without recomputing anything.
+Results appear as a Labels layer with a ``features`` table, each cell outlined in its class colour (filled
+on request) with a legend of the classes; the widget shows the cell counts and blast percentage, and the
+crop and probabilities of the cell last clicked. Changing the blast threshold re-colours and re-counts the
+cells, and updates the cell shown, without recomputing anything. The settings are a magicgui form.
 """
 
 from __future__ import annotations
@@ -12,22 +13,11 @@ from pathlib import Path
 import napari
 import numpy as np
 import pandas as pd
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QWidget
 
 from napari_hematology.core.cells.analysis import (
     ImageAnalysis,
@@ -40,11 +30,46 @@ from napari_hematology.core.cells.analysis import (
 from napari_hematology.core.cells.classes import DEFAULT_BLAST_THRESHOLD
 from napari_hematology.core.cells.report import class_colours
 from napari_hematology.core.errors import HematologyError, InputError
-from napari_hematology.widgets._runner import TaskRunner, report_error, shortcut_button
+from napari_hematology.widgets._keys import RUN, bind_button_keys, shortcut_button
+from napari_hematology.widgets._layout import fit_names, scrolling_layout
+from napari_hematology.widgets._legend import Legend, hex_colour
+from napari_hematology.widgets._runner import TaskRunner, report_error
 
 LAYER_SUFFIX = " cells"
 MAX_PIXELS = 100_000_000
 CROP_VIEW_SIDE = 128
+OUTLINE_PIXELS = 2
+FILLED_OPACITY = 0.5
+NO_CELL_SHOWN = "Click a cell to see its crop and probabilities."
+
+
+def parameter_form() -> Container:
+    """The magicgui form of the run's settings: image, field, model, threshold and how cells are drawn."""
+    image = ComboBox(name="image", label="Image", choices=())
+    fit_names(image.native)
+    return Container(
+        widgets=[
+            image,
+            CheckBox(name="visible_only", text="Visible field only (for large slides)"),
+            FileEdit(
+                name="model",
+                label="Model",
+                mode="d",
+                nullable=True,
+                tooltip="Classifier model folder; leave empty for the shipped default model.",
+            ),
+            FloatSpinBox(
+                name="threshold", label="Blast threshold", value=DEFAULT_BLAST_THRESHOLD, min=0.0, max=1.0,
+                step=0.05,
+            ),
+            CheckBox(
+                name="filled",
+                text="Filled cells",
+                tooltip="Fill the cells at half opacity; by default they are outlined in their class colour, "
+                "so nucleus and granules stay visible.",
+            ),
+        ]
+    )
 
 
 class BlastDetectionWidget(QWidget):
@@ -56,50 +81,36 @@ class BlastDetectionWidget(QWidget):
         self.analysis: ImageAnalysis | None = None
         self.analysed_image = None
         self.result_layer: napari.layers.Labels | None = None
+        self.shown_cell: int | None = None
 
-        self.image_box = QComboBox()
-        self.visible_only = QCheckBox("Visible field only (for large slides)")
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("shipped default model")
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._choose_model)
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_edit)
-        model_row.addWidget(browse)
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.0, 1.0)
-        self.threshold.setSingleStep(0.05)
-        self.threshold.setValue(DEFAULT_BLAST_THRESHOLD)
-        self.threshold.valueChanged.connect(self.recolour)
-        self.run_button = shortcut_button("Run (Ctrl+R)", "Ctrl+R", self.run)
+        self.form = parameter_form()
+        self.form.threshold.changed.connect(self.recolour)
+        self.form.filled.changed.connect(self._draw_cells)
+        self.form.image.changed.connect(self._suggest_visible_only)
+        self.run_button = shortcut_button("Run", RUN, self.run)
         self.runner = TaskRunner()
         self.summary = QLabel("No result yet.")
         self.summary.setWordWrap(True)
+        self.legend = Legend("Classes")
+        self.legend.hide()
         self.crop_view = QLabel()
         self.crop_view.setFixedSize(CROP_VIEW_SIDE, CROP_VIEW_SIDE)
-        self.cell_info = QLabel("Click a cell to see its crop and probabilities.")
+        self.cell_info = QLabel(NO_CELL_SHOWN)
         self.cell_info.setWordWrap(True)
         self.cell_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
-        form = QFormLayout()
-        form.addRow("Image", self.image_box)
-        form.addRow("", self.visible_only)
-        form.addRow("Model", model_row)
-        form.addRow("Blast threshold", self.threshold)
         cell_row = QHBoxLayout()
         cell_row.addWidget(self.crop_view)
         cell_row.addWidget(self.cell_info)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.run_button)
-        layout.addWidget(self.runner)
-        layout.addWidget(self.summary)
+        layout = scrolling_layout(self)
+        for widget in (self.form.native, self.run_button, self.runner, self.summary, self.legend):
+            layout.addWidget(widget)
         layout.addLayout(cell_row)
         layout.addStretch()
+        bind_button_keys(self)
 
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self.image_box.currentIndexChanged.connect(self._suggest_visible_only)
         self._refresh_layers()
 
     # --- input -----------------------------------------------------------------------------------------
@@ -107,31 +118,18 @@ class BlastDetectionWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
 
     def _refresh_layers(self, event=None) -> None:
-        current = self.image_box.currentText()
-        self.image_box.blockSignals(True)
-        self.image_box.clear()
-        self.image_box.addItems([layer.name for layer in self._image_layers()])
-        if current:
-            self.image_box.setCurrentText(current)
-        self.image_box.blockSignals(False)
-        self._suggest_visible_only()
+        self.form.image.choices = tuple(layer.name for layer in self._image_layers())
 
     def _selected_layer(self) -> napari.layers.Image | None:
-        name = self.image_box.currentText()
+        name = self.form.image.value
         return next((layer for layer in self._image_layers() if layer.name == name), None)
 
-    def _suggest_visible_only(self, index: int = 0) -> None:
+    def _suggest_visible_only(self, *args) -> None:
         layer = self._selected_layer()
-        self.visible_only.setChecked(bool(layer is not None and layer.multiscale))
-
-    def _choose_model(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Classifier model folder")
-        if folder:
-            self.model_edit.setText(folder)
+        self.form.visible_only.value = bool(layer is not None and layer.multiscale)
 
     def _model_dir(self) -> Path | None:
-        text = self.model_edit.text().strip()
-        return Path(text) if text else None
+        return self.form.model.value
 
     def _input_region(self, layer: napari.layers.Image) -> tuple[object, tuple[int, int]]:
         """Return the pixels to analyse (level 0) and their offset in the layer's data coordinates."""
@@ -142,7 +140,7 @@ class BlastDetectionWidget(QWidget):
                 "stained smear."
             )
         rows, cols = slice(0, data.shape[0]), slice(0, data.shape[1])
-        if self.visible_only.isChecked():
+        if self.form.visible_only.value:
             rows, cols = _visible_window(layer, data.shape[:2])
         if (rows.stop - rows.start) * (cols.stop - cols.start) > MAX_PIXELS:
             raise InputError(
@@ -169,29 +167,37 @@ class BlastDetectionWidget(QWidget):
             analyze_image,
             region,
             classifier,
-            blast_threshold=self.threshold.value(),
+            blast_threshold=self.form.threshold.value,
             on_done=lambda analysis: self._show_result(analysis, region, layer, offset),
         )
 
     def _show_result(self, analysis: ImageAnalysis, image, source, offset: tuple[int, int]) -> None:
         self.analysis, self.analysed_image = analysis, image
+        self.shown_cell = None
         name = f"{source.name}{LAYER_SUFFIX}"
         scale = np.asarray(source.scale)[-2:]
         translate = np.asarray(source.translate)[-2:] + np.asarray(offset) * scale
         labels = np.asarray(analysis.labels)
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        self.result_layer = self.viewer.add_labels(
-            labels, name=name, scale=scale, translate=translate, opacity=0.6
-        )
+        self.result_layer = self.viewer.add_labels(labels, name=name, scale=scale, translate=translate)
         self.result_layer.mouse_drag_callbacks.append(self._on_click)
+        self._draw_cells()
         self.recolour()
         if analysis.cells.empty:
             show_info("No white cells found in this image.")
 
     # --- results ---------------------------------------------------------------------------------------
+    def _draw_cells(self, *args) -> None:
+        """Draw the cells as class-coloured outlines, or filled when the form says so."""
+        if self.result_layer is None:
+            return
+        filled = self.form.filled.value
+        self.result_layer.contour = 0 if filled else OUTLINE_PIXELS
+        self.result_layer.opacity = FILLED_OPACITY if filled else 1.0
+
     def recolour(self, *args) -> None:
-        """Re-call classes for the current threshold, re-colour the layer and update the summary."""
+        """Re-call classes for the current threshold, re-colour the layer, the legend, summary and cell."""
         if self.analysis is None or self.result_layer is None:
             return
         from napari.utils.colormaps import DirectLabelColormap
@@ -199,7 +205,7 @@ class BlastDetectionWidget(QWidget):
         cells = self.analysis.cells
         classes = self.analysis.classes
         if not cells.empty:
-            cells["label"] = call_classes(cells, classes, self.threshold.value())
+            cells["label"] = call_classes(cells, classes, self.form.threshold.value)
         colours = class_colours(classes)
         mapping = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
         for cell in cells.itertuples():
@@ -207,6 +213,8 @@ class BlastDetectionWidget(QWidget):
         self.result_layer.colormap = DirectLabelColormap(color_dict=mapping)
         self.result_layer.features = cells.assign(index=cells["cell_id"]) if not cells.empty else cells
         self.summary.setText(_summary_text(summarize(cells.get("label", pd.Series(dtype=object)), classes)))
+        self.legend.set_colours({name: hex_colour(colours[name]) for name in classes})
+        self._show_cell_panel()
 
     def _on_click(self, layer, event) -> None:
         value = layer.get_value(event.position, world=True)
@@ -214,11 +222,17 @@ class BlastDetectionWidget(QWidget):
             self.show_cell(int(value))
 
     def show_cell(self, cell_id: int) -> None:
-        """Show the crop, class and probabilities of one cell."""
-        if self.analysis is None:
-            return
-        rows = self.analysis.cells[self.analysis.cells["cell_id"] == cell_id]
+        """Show the crop, class and probabilities of one cell (kept up to date until another is shown)."""
+        self.shown_cell = cell_id
+        self._show_cell_panel()
+
+    def _show_cell_panel(self) -> None:
+        rows = pd.DataFrame()
+        if self.analysis is not None and self.shown_cell is not None:
+            rows = self.analysis.cells[self.analysis.cells["cell_id"] == self.shown_cell]
         if rows.empty:
+            self.crop_view.clear()
+            self.cell_info.setText(NO_CELL_SHOWN)
             return
         (crop,) = cut_crops(self.analysed_image, rows)
         self.crop_view.setPixmap(_pixmap(crop, CROP_VIEW_SIDE))
@@ -227,7 +241,7 @@ class BlastDetectionWidget(QWidget):
             ((name, float(cell[f"prob_{name}"])) for name in self.analysis.classes), key=lambda item: -item[1]
         )
         lines = [
-            f"Cell {cell_id}: {cell['label']}",
+            f"Cell {self.shown_cell}: {cell['label']}",
             f"N/C ratio {cell['nc_ratio']:.2f}, area {cell['area']} px",
         ]
         lines += [f"{name}: {value:.2f}" for name, value in probabilities]
@@ -251,7 +265,9 @@ def _summary_text(summary: dict) -> str:
     if not summary["cells"]:
         return "No white cells found."
     counts = ", ".join(f"{name} {count}" for name, count in summary["counts"].items() if count)
-    return f"{summary['cells']} white cells: {counts}.\nBlasts: {summary['blast_percent']:.1f}%"
+    cells = summary["cells"]
+    noun = "white cell" if cells == 1 else "white cells"
+    return f"{cells} {noun}: {counts}.\nBlasts: {summary['blast_percent']:.1f}%"
 
 
 def _pixmap(crop: np.ndarray, side: int) -> QPixmap:

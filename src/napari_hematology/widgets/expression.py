@@ -1,30 +1,43 @@
-"""The Expression widget: train an expression classifier and show its latent map and confusion matrix."""
+"""The Expression widget: train an expression classifier and show its latent map and confusion matrix.
+
+The map is a Points layer coloured with the plugin's categorical palette (one colour per class, the same
+for the labels and the predictions) with a legend; the confusion matrix counts held-out cells after Train.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import napari
+import numpy as np
 from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
+    QLabel,
     QLineEdit,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.core.expression.choices import ENCODERS, HEAD_CHOICES, SMALL_COHORT_CELLS, VALUE_KINDS
-from napari_hematology.widgets._runner import TaskRunner, report_error, shortcut_button
+from napari_hematology.widgets._keys import APPLY_MODEL, OPEN, RUN, SAVE, bind_button_keys, shortcut_button
+from napari_hematology.widgets._layout import fit_names, scrolling_layout
+from napari_hematology.widgets._legend import Legend
+from napari_hematology.widgets._palette import category_colours
+from napari_hematology.widgets._runner import TaskRunner, report_error
 
 FILE_FILTER = "Expression data (*.h5ad *.csv *.tsv *.h5)"
-POINT_SIZE = 0.4
+# point diameter as a share of the map's larger side: about 100 points side by side
+POINT_FRACTION = 0.01
+UNLABELLED = "unlabelled"
 
 
 class ExpressionWidget(QWidget):
@@ -37,9 +50,9 @@ class ExpressionWidget(QWidget):
         self.model = None
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText(".h5ad, .csv, .tsv or 10x .h5 file")
-        self.browse_button = shortcut_button("Open… (Ctrl+O)", "Ctrl+O", self._browse)
+        self.browse_button = shortcut_button("Open…", OPEN, self._browse)
         self.path_edit.returnPressed.connect(self.load_data)
-        self.label_combo = QComboBox()
+        self.label_combo = fit_names(QComboBox())
         self.encoder_combo = _combo(ENCODERS)
         self.head_combo = _combo(HEAD_CHOICES)
         self.head_combo.setToolTip(f"auto: linear with fewer than {SMALL_COHORT_CELLS} labelled cells, "
@@ -48,12 +61,17 @@ class ExpressionWidget(QWidget):
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(0, 500)
         self.epochs_spin.setValue(15)
-        self.train_button = shortcut_button("Train (Ctrl+T)", "Ctrl+T", self.train)
-        self.save_button = shortcut_button("Save model… (Ctrl+S)", "Ctrl+S", self._save_model)
-        self.apply_button = shortcut_button("Apply saved model… (Ctrl+M)", "Ctrl+M", self._apply_saved_model)
-        self.confusion = QTableWidget()
+        self.train_button = shortcut_button("Train", RUN, self.train)
+        self.save_button = shortcut_button("Save model…", SAVE, self._save_model)
+        self.apply_button = shortcut_button("Apply saved model…", APPLY_MODEL, self._apply_saved_model)
+        self.legend = Legend()
+        self.legend.hide()
+        self.scored_on = QLabel("")
+        self.scored_on.setWordWrap(True)
+        self.confusion = _confusion_table()
         self.runner = TaskRunner(self)
         self._build_layout()
+        bind_button_keys(self)
 
     def _build_layout(self) -> None:
         file_row = QHBoxLayout()
@@ -65,15 +83,13 @@ class ExpressionWidget(QWidget):
         form.addRow("Encoder (pretext)", self.encoder_combo)
         form.addRow("Head", self.head_combo)
         form.addRow("Pretraining epochs", self.epochs_spin)
-        buttons = QHBoxLayout()
-        for button in (self.train_button, self.save_button, self.apply_button):
-            buttons.addWidget(button)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(file_row)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.runner)
-        layout.addWidget(self.confusion)
+        for widget in (self.train_button, self.save_button, self.apply_button, self.runner, self.legend,
+                       self.scored_on, self.confusion):
+            layout.addWidget(widget)
+        layout.addStretch()
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open expression data", "", FILE_FILTER)
@@ -101,7 +117,9 @@ class ExpressionWidget(QWidget):
         from napari_hematology.core.expression import ExpressionConfig
         from napari_hematology.core.expression.maps import fit_and_map
 
-        if not self._has_data() or not self.label_combo.currentText():
+        if not self._has_data():
+            return
+        if not self.label_combo.currentText():
             show_info("Pick a label column first (the file needs an annotation column).")
             return
         try:
@@ -158,22 +176,32 @@ class ExpressionWidget(QWidget):
     def _show_map(self, view) -> None:
         name = f"{self.data.name} latent map"
         color_by = "label" if "label" in view.features.columns else "predicted"
+        values = view.features[color_by].replace("", UNLABELLED)
+        present = set(values)
+        colours = category_colours(list(dict.fromkeys([*self.model.classes, *sorted(present)])))
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
+        extent = float(np.ptp(view.coordinates, axis=0).max()) or 1.0
         self.viewer.add_points(
-            view.coordinates[:, ::-1], features=view.features, face_color=color_by,
-            size=POINT_SIZE * float(view.coordinates.std() or 1.0), name=name,
+            view.coordinates[:, ::-1], features=view.features, face_color=[colours[v] for v in values],
+            border_width=0, size=POINT_FRACTION * extent, name=name,
         )
-        self._show_confusion(view.confusion)
+        self.legend.title = f"{name}, colour = {color_by}:"
+        self.legend.set_colours({value: colours[value] for value in colours if value in present})
+        self._show_confusion(view)
         for note in self.data.notes:
             show_info(note)
 
-    def _show_confusion(self, confusion) -> None:
+    def _show_confusion(self, view) -> None:
+        confusion = view.confusion
         if confusion is None:
+            self.scored_on.setText("")
             self.confusion.clear()
             self.confusion.setRowCount(0)
             self.confusion.setColumnCount(0)
+            self.confusion.setMinimumSize(0, 0)
             return
+        self.scored_on.setText(f"Confusion matrix (rows true, columns predicted) of {view.scored_on}.")
         self.confusion.setRowCount(confusion.shape[0])
         self.confusion.setColumnCount(confusion.shape[1])
         self.confusion.setVerticalHeaderLabels([f"true {name}" for name in confusion.index])
@@ -181,6 +209,28 @@ class ExpressionWidget(QWidget):
         for row, values in enumerate(confusion.to_numpy()):
             for column, count in enumerate(values):
                 self.confusion.setItem(row, column, QTableWidgetItem(str(int(count))))
+        _fit_table(self.confusion)
+
+
+def _confusion_table() -> QTableWidget:
+    """A table never smaller than its contents (whole headers, every column): the dock scrolls instead."""
+    table = QTableWidget()
+    for header in (table.horizontalHeader(), table.verticalHeader()):
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    return table
+
+
+def _fit_table(table: QTableWidget) -> None:
+    """Make ``table`` at least as large as all its cells and headers (Qt updates its own hint too late)."""
+    table.resizeColumnsToContents()
+    table.resizeRowsToContents()
+    frame = 2 * table.frameWidth()
+    table.setMinimumSize(
+        table.verticalHeader().sizeHint().width() + table.horizontalHeader().length() + frame,
+        table.horizontalHeader().sizeHint().height() + table.verticalHeader().length() + frame,
+    )
 
 
 def _combo(items: tuple[str, ...]) -> QComboBox:

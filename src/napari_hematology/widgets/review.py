@@ -6,9 +6,11 @@ on show (keys in :mod:`napari_hematology.widgets.review_queue`), and retraining 
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
-from napari_hematology.widgets._runner import TaskRunner, shortcut_button
+from napari_hematology.widgets._keys import TRAIN, bind_button_keys, shortcut_button
+from napari_hematology.widgets._layout import scrolling_layout
+from napari_hematology.widgets._runner import TaskRunner
 from napari_hematology.widgets.review_project import ProjectBar
 from napari_hematology.widgets.review_queue import QueueFilters, ReviewQueue
 
@@ -23,13 +25,14 @@ class ReviewLabelsWidget(QWidget):
         self.project_bar = ProjectBar(self.runner)
         self.filters = QueueFilters()
         self.review_queue = ReviewQueue(napari_viewer, self.project_bar, self.filters)
-        self.retrain_button = shortcut_button("Retrain (Ctrl+R)", "Ctrl+R", self.retrain)
+        self.retrain_button = shortcut_button("Retrain", TRAIN, self.retrain)
         self.project_bar.changed.connect(self.review_queue.refresh)
         self.filters.changed.connect(self.review_queue.refresh)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         for widget in (self.project_bar, self.filters, self.review_queue, self.retrain_button, self.runner):
             layout.addWidget(widget)
         layout.addStretch()
+        bind_button_keys(self)
 
     def retrain(self) -> None:
         """Re-run cross-validated detection on the corrected labels in the background; then refresh."""

@@ -17,7 +17,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hematology.core.errors import HematologyError
-from napari_hematology.widgets._runner import TaskRunner, report_error, shortcut_button
+from napari_hematology.widgets._keys import OPEN, key_text, shortcut_button
+from napari_hematology.widgets._runner import TaskRunner, report_error
 
 
 class ProjectBar(QWidget):
@@ -33,7 +34,7 @@ class ProjectBar(QWidget):
         self.runner = runner
         self.project: Path | None = None
         self.project_label = QLabel("No project open.")
-        self.open_button = shortcut_button("Open project… (Ctrl+O)", "Ctrl+O", self._choose_project)
+        self.open_button = shortcut_button("Open project…", OPEN, self._choose_project)
         self.issues_button = QPushButton("Load issues CSV…")
         self.issues_button.clicked.connect(self._choose_issues)
         self.find_button = QPushButton("Find issues in cells CSV…")
@@ -103,7 +104,7 @@ class ProjectBar(QWidget):
         from napari.utils.notifications import show_info
 
         if self.project is None:
-            show_info("Open or create a project first (Ctrl+O).")
+            show_info(f"Open or create a project first (Open project…, {key_text(OPEN)}).")
             return False
         return True
 

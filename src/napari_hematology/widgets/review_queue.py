@@ -165,8 +165,10 @@ class ReviewQueue(QWidget):
         """Undo this annotator's latest decision and go back to that cell."""
         from napari.utils.notifications import show_info
 
+        if not self.project_bar.require_project():
+            return
         annotator = self.project_bar.annotator_or_warn()
-        if annotator is None or self.project_bar.project is None:
+        if annotator is None:
             return
         with self.project_bar.open_store() as store:
             cell = store.undo(annotator)

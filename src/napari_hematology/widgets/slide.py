@@ -1,21 +1,22 @@
 """The "Slide prediction" dock widget: slide-level class (e.g. genetic subtype) from the cells of an image.
 
 Predict: pick the image and its cell labels (from blast detection) and a bag model; the dock shows the
-class probabilities as bars, the cells are coloured by attention, and a gallery of the highest-attention
-cells jumps the viewer to a cell when clicked. Train: a table of cell crops with slide labels (BAGS.csv)
-trains a new bag model. All the work is done by :mod:`napari_hematology.core.slides`.
+class probabilities as bars, a separate attention layer fills each cell by its weight (with a colour bar),
+and a gallery of the highest-attention cells jumps the viewer to a cell when clicked. Train: a table of
+cell crops with slide labels (BAGS.csv) and a magicgui form of settings train a new bag model. All the
+work is done by :mod:`napari_hematology.core.slides`.
 """
 
 from __future__ import annotations
 
 import napari
 import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -31,11 +32,35 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hematology.widgets._runner import TaskRunner, shortcut_button
+from napari_hematology.core.slides.bags import MilConfig
+from napari_hematology.widgets._keys import RUN, TRAIN, bind_button_keys, shortcut_button
+from napari_hematology.widgets._layout import fit_names, scrolling_layout
+from napari_hematology.widgets._runner import TaskRunner
 
 GALLERY_SIZE = 12
-THUMBNAIL = 72
+THUMBNAIL = 112
 ENCODERS = ("cell_classifier", "descriptors")
+ATTENTION_SUFFIX = " attention"
+ATTENTION_OPACITY = 0.8
+# below this fraction of the highest weight a cell's fill fades out, so the image shows between the cells
+ATTENTION_FLOOR = 1e-3
+
+
+def train_form() -> Container:
+    """The magicgui form of the training settings (a :class:`MilConfig` and where the data and model are)."""
+    return Container(
+        widgets=[
+            FileEdit(name="table", label="Slides table", mode="r", filter="*.csv", nullable=True,
+                     tooltip="BAGS.csv: bag, image, label"),
+            FileEdit(name="out", label="Save model to", mode="d", nullable=True),
+            ComboBox(name="encoder", label="Cell encoder", choices=ENCODERS),
+            CheckBox(name="blasts_only", text="Only predicted blasts"),
+            CheckBox(name="branch_per_class", text="One attention branch per class"),
+            SpinBox(name="min_cells", label="Minimum bag size (cells)", value=MilConfig.min_cells, min=1,
+                    max=100_000, tooltip="Fewest cells a slide may have. The model keeps this minimum for "
+                    "prediction: lower it and retrain to predict slides with fewer cells."),
+        ]
+    )
 
 
 class SlidePredictionWidget(QWidget):
@@ -45,31 +70,28 @@ class SlidePredictionWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.runner = TaskRunner()
-        self.image_combo = QComboBox()
-        self.labels_combo = QComboBox()
+        self.image_combo = fit_names(QComboBox())
+        self.labels_combo = fit_names(QComboBox())
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("bag model folder (from 'mil train')")
-        self.predict_button = shortcut_button("Predict (Ctrl+R)", "Ctrl+R", self.predict)
+        self.predict_button = shortcut_button("Predict", RUN, self.predict)
         self.result_label = QLabel("")
         self.bars = QFormLayout()
+        self.layers_note = QLabel("")
+        self.layers_note.setWordWrap(True)
         self.gallery = QListWidget()
         self.gallery.setViewMode(QListWidget.ViewMode.IconMode)
         self.gallery.setIconSize(QSize(THUMBNAIL, THUMBNAIL))
         self.gallery.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.gallery.itemClicked.connect(self.jump_to_cell)
-        self.table_edit = QLineEdit()
-        self.table_edit.setPlaceholderText("BAGS.csv: bag, image, label")
-        self.out_edit = QLineEdit()
-        self.out_edit.setPlaceholderText("folder for the new model")
-        self.encoder_combo = QComboBox()
-        self.encoder_combo.addItems(ENCODERS)
-        self.blasts_only = QCheckBox("Only predicted blasts")
-        self.branch_per_class = QCheckBox("One attention branch per class")
-        self.train_button = shortcut_button("Train (Ctrl+T)", "Ctrl+T", self.train)
-        layout = QVBoxLayout(self)
+        self.form = train_form()
+        self.train_button = shortcut_button("Train", TRAIN, self.train)
+        layout = scrolling_layout(self)
         layout.addWidget(self._predict_box())
         layout.addWidget(self._train_box())
         layout.addWidget(self.runner)
+        bind_button_keys(self)
+        self._image_layer: Image | None = None
         self._labels_layer: Labels | None = None
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -84,19 +106,16 @@ class SlidePredictionWidget(QWidget):
         form.addRow(self.predict_button)
         form.addRow(self.result_label)
         form.addRow(self.bars)
+        form.addRow(self.layers_note)
         form.addRow(QLabel("Highest-attention cells (click to go there)"))
         form.addRow(self.gallery)
         return box
 
     def _train_box(self) -> QGroupBox:
         box = QGroupBox("Train")
-        form = QFormLayout(box)
-        form.addRow("Slides table", _with_browse(self.table_edit, self._choose_table))
-        form.addRow("Save model to", _with_browse(self.out_edit, self._choose_out))
-        form.addRow("Cell encoder", self.encoder_combo)
-        form.addRow(self.blasts_only)
-        form.addRow(self.branch_per_class)
-        form.addRow(self.train_button)
+        layout = QVBoxLayout(box)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.train_button)
         return box
 
     def _refresh_layers(self, event=None) -> None:
@@ -112,20 +131,10 @@ class SlidePredictionWidget(QWidget):
         if folder:
             self.model_edit.setText(folder)
 
-    def _choose_table(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Slides table", filter="CSV (*.csv)")
-        if path:
-            self.table_edit.setText(path)
-
-    def _choose_out(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Save the model to")
-        if folder:
-            self.out_edit.setText(folder)
-
     # ------------------------------------------------------------------------------------- predict
 
     def predict(self) -> None:
-        """Predict the class of the chosen image from its labelled cells."""
+        """Predict the class of the chosen image from its labelled cells (clearing the last prediction)."""
         from napari_hematology.core.slides.prediction import predict_cells
 
         image = self._layer(self.image_combo, Image)
@@ -136,7 +145,8 @@ class SlidePredictionWidget(QWidget):
         if not self.model_edit.text().strip():
             show_error("Choose a bag model folder (train one below, or with 'napari-hematology mil train').")
             return
-        self._labels_layer = labels
+        self._clear_prediction()
+        self._image_layer, self._labels_layer = image, labels
         self.runner.start(
             predict_cells,
             _full_resolution(image),
@@ -144,18 +154,30 @@ class SlidePredictionWidget(QWidget):
             self.model_edit.text().strip(),
             name=image.name,
             on_done=self._show_prediction,
+            on_error=lambda error: self.result_label.setText(f"No prediction for {image.name}."),
         )
 
     def _layer(self, combo: QComboBox, kind: type):
         matches = [layer for layer in self.viewer.layers if layer.name == combo.currentText()]
         return matches[0] if matches and isinstance(matches[0], kind) else None
 
+    def _clear_prediction(self) -> None:
+        self.result_label.setText("")
+        self._show_bars({})
+        self.layers_note.setText("")
+        self.gallery.clear()
+
     def _show_prediction(self, result) -> None:
         labels = self._labels_layer
         self.result_label.setText(f"Predicted: <b>{result.predicted}</b>")
         self._show_bars(result.probabilities)
         labels.features = result.cells
-        self._show_attention(labels, result.cells)
+        attention = self._show_attention(labels, result.cells)
+        self.layers_note.setText(
+            f"Layers: '{labels.name}' marks the cells (by class when it comes from Blast detection); "
+            f"'{attention.name}' fills each cell by its weight in this prediction, 1 = the average cell "
+            "(colour bar on the canvas; cells left out have no fill)."
+        )
         self._fill_gallery(result.cells)
         show_info(f"Slide predicted as {result.predicted} ({result.probabilities[result.predicted]:.0%}).")
 
@@ -169,29 +191,45 @@ class SlidePredictionWidget(QWidget):
             bar.setFormat(f"{probability:.1%}")
             self.bars.addRow(name, bar)
 
-    def _show_attention(self, labels: Labels, cells) -> None:
+    def _show_attention(self, labels: Labels, cells) -> Image:
+        """Add the attention as its own layer over the image and under the cells, with a colour bar."""
         data = np.asarray(_full_resolution(labels))
         scores = cells.dropna(subset=["attention"])
         lookup = np.zeros(int(data.max()) + 1, dtype=np.float32)
         lookup[scores["label"].to_numpy()] = scores["attention"].to_numpy() * len(scores)
-        name = f"{labels.name} attention"
+        name = f"{labels.name}{ATTENTION_SUFFIX}"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        self.viewer.add_image(
+        layer = self.viewer.add_image(
             lookup[data],
             name=name,
-            colormap="magma",
-            opacity=0.6,
-            blending="additive",
+            colormap=_attention_colormap(),
+            opacity=ATTENTION_OPACITY,
+            blending="translucent",
             contrast_limits=(0.0, max(float(lookup.max()), 1e-6)),
+            scale=labels.scale,
+            translate=labels.translate,
         )
+        layer.colorbar.visible = True
+        layers = self.viewer.layers
+        layers.move(layers.index(layer), layers.index(labels))  # under the cells' class outlines
+        return layer
 
     def _fill_gallery(self, cells) -> None:
+        """Show the highest-attention cells whole (their box plus a margin), as in the bag model's input."""
+        from napari_hematology.core.io import to_rgb8
+        from napari_hematology.core.slides.prediction import cell_crops
+
         self.gallery.clear()
-        image = np.asarray(_full_resolution(self._layer(self.image_combo, Image)))
         top = cells.dropna(subset=["attention"]).nlargest(GALLERY_SIZE, "attention")
+        if top.empty:
+            return
+        labels = np.asarray(_full_resolution(self._labels_layer))
+        image, _ = to_rgb8(np.asarray(_full_resolution(self._image_layer)), name=self._image_layer.name)
+        table, crops = cell_crops(image, np.where(np.isin(labels, top["label"]), labels, 0))
+        crop_of = dict(zip(table["label"], crops, strict=True))
         for row in top.itertuples():
-            item = QListWidgetItem(_thumbnail(image, row.centroid_y, row.centroid_x), f"{row.attention:.2f}")
+            item = QListWidgetItem(_thumbnail(crop_of[row.label]), f"{row.attention:.2f}")
             item.setData(Qt.ItemDataRole.UserRole, (int(row.label), row.centroid_y, row.centroid_x))
             self.gallery.addItem(item)
 
@@ -207,23 +245,23 @@ class SlidePredictionWidget(QWidget):
     # --------------------------------------------------------------------------------------- train
 
     def train(self) -> None:
-        """Train a bag model from the slides table."""
-        from napari_hematology.core.slides.bags import MilConfig
+        """Train a bag model from the slides table with the form's settings."""
         from napari_hematology.core.slides.fitting import train_from_table
 
-        table, out = self.table_edit.text().strip(), self.out_edit.text().strip()
-        if not table or not out:
+        table, out = self.form.table.value, self.form.out.value
+        if table is None or out is None:
             show_error("Choose the slides table (BAGS.csv) and a folder for the model.")
             return
         config = MilConfig(
-            encoder=self.encoder_combo.currentText(),
-            blasts_only=self.blasts_only.isChecked(),
-            branch_per_class=self.branch_per_class.isChecked(),
+            encoder=self.form.encoder.value,
+            blasts_only=self.form.blasts_only.value,
+            branch_per_class=self.form.branch_per_class.value,
+            min_cells=self.form.min_cells.value,
         )
         self.runner.start(train_from_table, table, out, config, on_done=lambda mil: self._trained(mil, out))
 
-    def _trained(self, mil, out: str) -> None:
-        self.model_edit.setText(out)
+    def _trained(self, mil, out) -> None:
+        self.model_edit.setText(str(out))
         metrics = mil.metadata.get("cross_validation") or {}
         score = f"; cross-validated macro-F1 {metrics['macro_f1']:.2f}" if "macro_f1" in metrics else ""
         show_info(f"Trained a bag model for {', '.join(mil.classes)}{score}. Saved to {out}.")
@@ -245,12 +283,22 @@ def _full_resolution(layer):
     return layer.data[0] if layer.multiscale else layer.data
 
 
-def _thumbnail(image: np.ndarray, y: float, x: float) -> QIcon:
-    half = THUMBNAIL // 2
-    top, left = max(int(y) - half, 0), max(int(x) - half, 0)
-    patch = np.ascontiguousarray(
-        np.asarray(image[top : top + THUMBNAIL, left : left + THUMBNAIL, :3], dtype=np.uint8)
+def _attention_colormap():
+    """magma, transparent at zero: cells without weight and the space between cells show the image."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    steps = np.linspace(0.0, 1.0, 256)
+    colours = np.vstack([[0.0, 0.0, 0.0, 0.0], ensure_colormap("magma").map(steps)])
+    controls = np.concatenate([[0.0], ATTENTION_FLOOR + (1 - ATTENTION_FLOOR) * steps])
+    return Colormap(colours, controls=controls, name="magma, clear at 0")
+
+
+def _thumbnail(crop: np.ndarray) -> QIcon:
+    """A crop scaled to the gallery's icon size (small cells are enlarged, large ones shrunk)."""
+    rgb = np.ascontiguousarray(crop[..., :3])
+    height, width = rgb.shape[:2]
+    qimage = QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
+    pixmap = QPixmap.fromImage(qimage).scaled(
+        THUMBNAIL, THUMBNAIL, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
     )
-    height, width = patch.shape[:2]
-    qimage = QImage(patch.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
-    return QIcon(QPixmap.fromImage(qimage))
+    return QIcon(pixmap)
