@@ -5,14 +5,18 @@ Measures, on ``../shared/data`` (the BCCD ``test`` split is held back and never 
 - detection F1 at IoU >= 0.5 against the BCCD WBC boxes, per split (``train`` was used for tuning);
 - mean Dice of nucleus and whole-cell masks against BCCD ``wbc_masks`` (nucleus >= 200, cell >= 64);
 - mean Dice on ``single_cells/wbc_seg`` (nucleus 255, cytoplasm 128) and ``single_cells/all_idb2`` (two other
-  labs) for the cell nearest the centre, with the magnification set by ``SegmentationConfig.scaled``;
+  labs) for the cell nearest the centre, with the pixel size set from a known scale relative to BCCD;
+- the red-cell ruler's constants (``--calibrate``, BCCD ``train`` only) and, on BCCD ``val`` resized to
+  0.5x, 1x and 2x with the pixel size measured on the red cells (no ``--scale``), detection F1 and the
+  estimator's error against the known resize factor (``--scales``);
 - segmentation speed in megapixels per second (single thread, BCCD fields);
 - end-to-end time of ``analyze`` on one 640x480 field;
 - peak memory (max RSS of a subprocess) and time of the whole pipeline (segmentation, classification,
   label TIFF, table, overlay) on a 20,000 x 20,000 tiled TIFF built from BCCD fields.
 
 Run: ``.venv/bin/python benchmarks/bench_segmentation.py`` (about 5 minutes on 2 cores); writes
-``benchmarks/results/segmentation.json``. ``--quick`` evaluates fewer images and skips the big slide.
+``benchmarks/results/segmentation.json``. ``--quick`` evaluates fewer images and skips the big slide;
+``--calibrate``, ``--scales`` and ``--slide-only`` re-measure one part and keep the others.
 """
 
 from __future__ import annotations
@@ -31,7 +35,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.cells.segmentation import SegmentationConfig, segment_field
+from napari_hematology.core.cells.magnification import (
+    RED_CELL_DIAMETER_UM,
+    find_pixel_size,
+    red_cell_diameter,
+)
+from napari_hematology.core.cells.segmentation import (
+    SegmentationConfig,
+    resize_nearest,
+    resize_rgb,
+    segment_field,
+)
 from napari_hematology.core.io import read_image
 
 DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -41,6 +55,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "segmentation.json"
 SLIDE_SIDE = 20_000
 # Magnification of each single-cell set relative to BCCD: mean white-cell diameter in its masks / in BCCD's.
 SINGLE_CELL_SCALE = {"wbc_seg/dataset1": 0.45, "wbc_seg/dataset2": 1.2, "all_idb2": 0.8}
+SCALES = (0.5, 1.0, 2.0)
 
 
 def wbc_boxes(xml_path: Path) -> list[tuple[int, int, int, int]]:
@@ -88,29 +103,55 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
-def evaluate_bccd(split: str, config: SegmentationConfig, limit: int | None = None) -> dict:
-    """Detection F1 and mask Dice on one BCCD split."""
+def bccd_rows(split: str, limit: int | None = None):
+    """Rows of the BCCD index for one split (every k-th row when ``limit`` is given)."""
     index = pd.read_csv(BCCD / "index.csv")
     index = index[index["split"] == split]
-    if limit:
-        index = index.iloc[:: max(1, len(index) // limit)]
+    return index.iloc[:: max(1, len(index) // limit)] if limit else index
+
+
+def evaluate_bccd(
+    split: str,
+    config: SegmentationConfig,
+    limit: int | None = None,
+    resize: float = 1.0,
+    measure_pixel_size: bool = False,
+) -> dict:
+    """Detection F1 and mask Dice on one BCCD split.
+
+    Args:
+        split: ``train`` or ``val``.
+        config: Segmentation settings.
+        limit: Evaluate about this many fields.
+        resize: Resize each field (and its annotations) by this factor first, as another magnification.
+        measure_pixel_size: Measure each field's pixel size on its red cells (as ``segment`` does without
+            ``--scale``) instead of giving segmentation the known one; also report the estimator's error.
+
+    """
+    index = bccd_rows(split, limit)
     hits = n_pred = n_true = 0
-    nucleus_dice, cell_dice = [], []
+    nucleus_dice, cell_dice, ratios = [], [], []
     pixels, seconds = 0, 0.0
+    true_pixel_size = config.pixel_size_um / resize
     for row in index.itertuples():
         rgb = read_image(BCCD / row.image).data
+        if resize != 1.0:
+            rgb = resize_rgb(rgb, resize)
         start = time.perf_counter()
-        result = segment_field(rgb, config)
+        pixel_size = find_pixel_size(rgb).um_per_px if measure_pixel_size else None
+        result = segment_field(rgb, config, pixel_size_um=pixel_size)
         seconds += time.perf_counter() - start
         pixels += rgb.shape[0] * rgb.shape[1]
+        if pixel_size is not None:
+            ratios.append(pixel_size / true_pixel_size)
         cells = result.cells
         predicted = list(zip(cells.bbox_y0, cells.bbox_x0, cells.bbox_y1, cells.bbox_x1, strict=True))
-        truth = wbc_boxes(BCCD / row.boxes)
+        truth = [tuple(round(v * resize) for v in box) for box in wbc_boxes(BCCD / row.boxes)]
         hits += match_boxes(predicted, truth)
         n_pred += len(predicted)
         n_true += len(truth)
         mask = np.asarray(read_image(BCCD / row.wbc_mask).data)
-        mask = mask[..., 0] if mask.ndim == 3 else mask
+        mask = resize_nearest(mask[..., 0] if mask.ndim == 3 else mask, rgb.shape[:2])
         if (mask >= 64).any():
             nucleus_dice.append(dice(result.nuclei, mask >= 200))
             cell_dice.append(dice(result.labels > 0, mask >= 64))
@@ -118,6 +159,8 @@ def evaluate_bccd(split: str, config: SegmentationConfig, limit: int | None = No
     recall = hits / max(n_true, 1)
     return {
         "split": split,
+        "resize": resize,
+        **({"pixel_size_estimate": estimator_error(ratios)} if ratios else {}),
         "images": len(index),
         "wbc_boxes": n_true,
         "detected": n_pred,
@@ -127,6 +170,74 @@ def evaluate_bccd(split: str, config: SegmentationConfig, limit: int | None = No
         "nucleus_dice": round(float(np.mean(nucleus_dice)), 4),
         "cell_dice": round(float(np.mean(cell_dice)), 4),
         "megapixels_per_second": round(pixels / 1e6 / seconds, 2),
+    }
+
+
+def estimator_error(ratios: list[float]) -> dict:
+    """Summary of estimated / true pixel size over fields."""
+    ratios = np.asarray(ratios)
+    errors = np.abs(ratios - 1)
+    return {
+        "median_ratio_estimated_to_true": round(float(np.median(ratios)), 4),
+        "ratio_p5_p95": [round(float(v), 4) for v in np.percentile(ratios, [5, 95])],
+        "median_abs_error": round(float(np.median(errors)), 4),
+        "fields_within_10_percent": round(float((errors <= 0.10).mean()), 4),
+        "fields_within_25_percent": round(float((errors <= 0.25).mean()), 4),
+    }
+
+
+def red_cell_boxes(xml_path: Path, shape: tuple[int, int]) -> list[float]:
+    """Side (square root of the area) of each annotated red-cell box that does not touch the border."""
+    sides = []
+    for item in ET.parse(xml_path).findall("object"):
+        if item.findtext("name") != "RBC":
+            continue
+        box = item.find("bndbox")
+        x0, y0, x1, y1 = (float(box.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax"))
+        if min(x0, y0) > 2 and x1 < shape[1] - 2 and y1 < shape[0] - 2:
+            sides.append(float(np.sqrt((x1 - x0) * (y1 - y0))))
+    return sides
+
+
+def calibrate_ruler() -> dict:
+    """The red-cell ruler's constants, from the BCCD ``train`` split only.
+
+    ``RULER_CALIBRATION`` is the median over fields of (median annotated red-cell box side) / (ruler
+    diameter); the reference pixel size is 7.5 um over the median calibrated ruler diameter.
+    """
+    raw, ratios = [], []
+    for row in bccd_rows("train").itertuples():
+        rgb = read_image(BCCD / row.image).data
+        diameter = red_cell_diameter(rgb, calibration=1.0)
+        sides = red_cell_boxes(BCCD / row.boxes, rgb.shape[:2])
+        if diameter is None:
+            continue
+        raw.append(diameter)
+        if sides:
+            ratios.append(np.median(sides) / diameter)
+    calibration = float(np.median(ratios))
+    return {
+        "split": "train",
+        "fields_measured": len(raw),
+        "ruler_diameter_px_median": round(float(np.median(raw)), 2),
+        "ruler_calibration": round(calibration, 4),
+        "reference_pixel_size_um": round(RED_CELL_DIAMETER_UM / (calibration * float(np.median(raw))), 5),
+    }
+
+
+def scales_figures(config: SegmentationConfig, limit: int | None = None) -> dict:
+    """BCCD ``val`` resized to 0.5x, 1x and 2x, segmented without ``--scale``.
+
+    ``measured``: the pixel size is measured on the red cells (what ``segment`` does now);
+    ``assumed_reference``: the image is taken to be at BCCD's pixel size (what ``segment`` did before).
+    """
+    return {
+        "measured": [
+            evaluate_bccd("val", config, limit, resize=resize, measure_pixel_size=True) for resize in SCALES
+        ],
+        "assumed_reference": [
+            evaluate_bccd("val", config, limit, resize=resize) for resize in SCALES if resize != 1.0
+        ],
     }
 
 
@@ -159,7 +270,11 @@ def truth_masks(mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_single_cells(
-    name: str, pairs: list[tuple[Path, Path]], config: SegmentationConfig, limit: int | None = None
+    name: str,
+    pairs: list[tuple[Path, Path]],
+    config: SegmentationConfig,
+    pixel_size_um: float,
+    limit: int | None = None,
 ) -> dict:
     """Dice of nucleus and whole cell for the cell nearest the centre of each single-cell image."""
     if limit:
@@ -168,7 +283,7 @@ def evaluate_single_cells(
     for image_path, mask_path in pairs:
         rgb = np.asarray(read_image(image_path).data)[..., :3]
         true_nucleus, true_cell = truth_masks(mask_path)
-        result = segment_field(rgb, config)
+        result = segment_field(rgb, config, pixel_size_um=pixel_size_um)
         cell = _central_cell(result.labels)
         missed += cell == 0
         predicted_cell = result.labels == cell if cell else np.zeros(true_cell.shape, bool)
@@ -254,12 +369,29 @@ def measure_slide() -> dict:
     return figures
 
 
+def update_results(key: str, value) -> None:
+    """Replace one entry of the results file, keeping the others."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results[key] = value
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(value, indent=2))
+
+
 def main() -> None:
     """Run every measurement and write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images, no whole-slide run")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--slide-only", action="store_true", help="re-measure only the whole slide, keep the other results"
+    )
+    only.add_argument(
+        "--scales", action="store_true",
+        help="only BCCD val at 0.5x, 1x and 2x with the pixel size measured on the red cells",
+    )
+    only.add_argument(
+        "--calibrate", action="store_true", help="only the red-cell ruler's constants (BCCD train)"
     )
     parser.add_argument("--slide-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -267,23 +399,30 @@ def main() -> None:
         slide_child(args.slide_child)
         return
     if args.slide_only:
-        results = json.loads(RESULTS.read_text())
-        results["slide_20000x20000"] = measure_slide()
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-        print(json.dumps(results["slide_20000x20000"], indent=2))
+        update_results("slide_20000x20000", measure_slide())
         return
     import torch
 
     torch.set_num_threads(1)
     limit = 20 if args.quick else None
     config = SegmentationConfig()
+    if args.calibrate:
+        update_results("ruler_calibration", calibrate_ruler())
+        return
+    if args.scales:
+        update_results("bccd_val_other_magnifications", scales_figures(config, limit))
+        return
     results = {
         "config": config.__dict__,
+        "ruler_calibration": calibrate_ruler(),
         "bccd": [evaluate_bccd(split, config, limit) for split in ("train", "val")],
+        "bccd_val_other_magnifications": scales_figures(config, limit),
         "single_cells": [
             {
                 "scale": SINGLE_CELL_SCALE[name],
-                **evaluate_single_cells(name, pairs, config.scaled(SINGLE_CELL_SCALE[name]), limit),
+                **evaluate_single_cells(
+                    name, pairs, config, config.pixel_size_um / SINGLE_CELL_SCALE[name], limit
+                ),
             }
             for name, pairs in single_cell_sets().items()
         ],

@@ -58,6 +58,8 @@ def test_image_without_white_cells_gives_empty_results(tmp_path):
         "cells": 0,
         "counts": dict.fromkeys(CLASSES, 0),
         "blast_percent": None,
+        "blast_ci95_percent": None,
+        "warnings": ["No white cells found: there is no differential."],
     }
     assert "no white cells" in (tmp_path / "out" / "report.html").read_text()
 
@@ -175,3 +177,91 @@ def test_tiled_analysis_writes_labels_tile_by_tile(sample_field_path, tmp_path):
 def test_scale_option_is_checked(sample_field_path, tmp_path, capsys):
     assert main(["segment", str(sample_field_path), "--out", str(tmp_path), "--scale", "0"]) == 2
     assert "Scale factor" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- magnification and unreadable files
+
+
+def truncated_copy(source, target):
+    """Write the first third of ``source`` to ``target``: a JPEG cut short, as by a failed transfer."""
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) // 3])
+    return target
+
+
+def test_one_unreadable_field_is_skipped_and_named(sample_field_path, tmp_path):
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(sample_field_path.read_bytes())
+    truncated_copy(sample_field_path, folder / "b.jpg")
+    summary = analyze_paths([folder], tmp_path / "out", scheduler="synchronous", classifier=FakeClassifier())
+    assert [item["cells_table"] for item in summary["images"]] == ["a_cells.csv"]
+    (skipped,) = summary["skipped"]
+    assert skipped["image"].endswith("b.jpg") and "cannot be read" in skipped["reason"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["skipped"] == [skipped]
+
+
+def test_segment_cli_exits_3_and_names_the_skipped_file(sample_field_path, tmp_path, capsys):
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    (folder / "good.jpg").write_bytes(sample_field_path.read_bytes())
+    iio.imwrite(folder / "gray.png", np.full((64, 64), 100, np.uint8))
+    code = main(["segment", str(folder), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert code == 3
+    captured = capsys.readouterr()
+    assert "good.jpg" in captured.out and "red cells" in captured.out
+    assert "skipped" in captured.err and "gray.png" in captured.err and "grayscale" in captured.err
+    assert "1 of 2 file(s) skipped" in captured.err
+    assert (tmp_path / "out" / "good_cells.csv").is_file()
+
+
+def test_pixel_size_is_found_and_reported(sample_field_path, tmp_path):
+    summary = analyze_paths(
+        [sample_field_path], tmp_path, scheduler="synchronous", classifier=FakeClassifier()
+    )
+    (item,) = summary["images"]
+    assert item["pixel_size_source"] == "red-cell ruler"
+    assert 0.05 < item["pixel_size_um"] < 0.1 and "red cells" in item["pixel_size_note"]
+    given = analyze_paths(
+        [sample_field_path], tmp_path, scheduler="synchronous", classifier=FakeClassifier(), pixel_size_um=0.1
+    )
+    assert (given["images"][0]["pixel_size_source"], given["images"][0]["pixel_size_um"]) == ("user", 0.1)
+
+
+def test_half_magnification_field_is_analysed_without_a_scale(sample_field):
+    from napari_hematology.core.cells.segmentation import resize_rgb
+
+    classifier = FakeClassifier()
+    full = analyze_image(sample_field, classifier)
+    half = analyze_image(resize_rgb(sample_field, 0.5), classifier)
+    assert half.pixel_size.source == "red-cell ruler"
+    assert half.pixel_size.um_per_px == pytest.approx(2 * full.pixel_size.um_per_px, rel=0.25)
+    assert len(half.cells) == len(full.cells) >= 1
+    assert half.cells.attrs["pixel_size_um"] == half.pixel_size.um_per_px
+    assert half.cells.attrs["pixel_size_source"] == "red-cell ruler"
+
+
+def test_field_without_red_cells_falls_back_with_a_warning(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    iio.imwrite(tmp_path / "bare.png", np.clip(rng.normal(220, 3, (300, 400, 3)), 0, 255).astype(np.uint8))
+    assert main(["segment", str(tmp_path / "bare.png"), "--out", str(tmp_path / "out")]) == 0
+    warning = capsys.readouterr().err
+    assert "Warning: bare.png: no red cells to measure" in warning and "default pixel size" in warning
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["images"][0]["pixel_size_source"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--pixel-size", "12"], "not plausible"), (["--pixel-size", "0.001"], "not plausible")],
+)
+def test_absurd_pixel_size_is_a_clear_error(sample_field_path, tmp_path, capsys, option, message):
+    assert main(["segment", str(sample_field_path), "--out", str(tmp_path), *option]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_pixel_size_and_scale_cannot_be_combined(sample_field_path, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", str(sample_field_path), "--out", str(tmp_path), "--scale", "2",
+              "--pixel-size", "0.1"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -34,8 +34,25 @@ def test_sample_data_opens_in_viewer_and_screenshot(make_napari_viewer):
     screenshot = viewer.screenshot(canvas_only=True, flash=False)
     assert screenshot.ndim == 3 and screenshot.shape[-1] == 4
     assert screenshot[..., :3].std() > 5  # the smear is drawn, not a blank canvas
+
+
+def test_single_cells_sample_is_a_named_grid_without_overlap(make_napari_viewer):
+    from napari_hematology.core.cells.samples import sample_cells
+    from napari_hematology.core.io import read_image
+
+    viewer = make_napari_viewer()
     viewer.open_sample("napari-hematology", "single_cells")
-    assert len(viewer.layers) == 6
+    grid, frames = viewer.layers
+    assert grid.rgb and frames.nshapes == len(sample_cells()) == 5
+    assert list(frames.features["cell_type"]) == [path.stem.split("_")[0] for path in sample_cells()]
+    boxes = [(corners.min(axis=0).astype(int), corners.max(axis=0).astype(int)) for corners in frames.data]
+    for (low, high), path in zip(boxes, sample_cells(), strict=True):
+        crop = np.asarray(read_image(path).data)[..., :3]
+        np.testing.assert_array_equal(grid.data[low[0] : high[0], low[1] : high[1]], crop)
+    covered = np.zeros(grid.data.shape[:2], int)
+    for low, high in boxes:
+        covered[low[0] : high[0], low[1] : high[1]] += 1
+    assert covered.max() == 1  # no crop lies on another
 
 
 def test_viewer_opens_pyramidal_tiff_as_multiscale(make_napari_viewer, tmp_path, sample_field):

@@ -6,15 +6,44 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from napari_hematology.core.progress import TextProgress
 
+EXIT_SKIPPED = 3
+DEVICES = ("auto", "cpu", "cuda", "mps")
 MODEL_HELP = "classifier folder from train-classifier (default: the shipped weights)"
-SCALE_HELP = (
-    "cell size relative to the BCCD fields the defaults were tuned on (100x objective, 640x480 camera, "
-    "white cells about 150 pixels wide): 0.5 if cells are half as wide (default 1)"
+PIXEL_SIZE_HELP = (
+    "pixel size in micrometres per pixel (default: read from the file, else measured on the red cells, "
+    "else 0.072, that of the BCCD fields)"
 )
+SCALE_HELP = (
+    "instead of --pixel-size: cell size relative to the BCCD fields (100x objective, 640x480 camera, "
+    "red cells about 100 pixels wide), e.g. 0.5 if cells are half as wide"
+)
+DEVICE_HELP = "where the classifier runs: auto (CUDA, then MPS, then CPU; default), cpu, cuda or mps"
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device auto|cpu|cuda|mps``."""
+    parser.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+
+
+def report_skipped(skipped: list[dict[str, str]], total: int) -> int:
+    """Print each skipped file with its reason and how many were skipped; returns the exit code."""
+    for item in skipped:
+        print(f"skipped {item['image']}: {' '.join(item['reason'].split())}", file=sys.stderr)
+    if not skipped:
+        return 0
+    print(f"{len(skipped)} of {total} file(s) skipped; the others were written.", file=sys.stderr)
+    return EXIT_SKIPPED
+
+
+def _add_magnification_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--pixel-size", type=float, default=None, metavar="UM", help=PIXEL_SIZE_HELP)
+    group.add_argument("--scale", type=float, default=None, metavar="FACTOR", help=SCALE_HELP)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     segment.add_argument("images", nargs="+", metavar="IMAGE", help="smear images or folders")
     segment.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     segment.add_argument("--model", type=Path, default=None, metavar="DIR", help=MODEL_HELP)
-    segment.add_argument("--scale", type=float, default=1.0, metavar="FACTOR", help=SCALE_HELP)
+    _add_magnification_options(segment)
+    add_device_option(segment)
     segment.set_defaults(func=run_segment)
 
     analyze = subparsers.add_parser(
@@ -43,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="smear images or folders")
     analyze.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     analyze.add_argument("--model", type=Path, default=None, metavar="DIR", help=MODEL_HELP)
-    analyze.add_argument("--scale", type=float, default=1.0, metavar="FACTOR", help=SCALE_HELP)
+    _add_magnification_options(analyze)
+    add_device_option(analyze)
     analyze.add_argument(
         "--scheduler",
         default=None,
@@ -54,43 +85,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     analyze.set_defaults(func=run_analyze)
 
 
-def _config(scale: float):
-    from napari_hematology.core.cells.segmentation import SegmentationConfig
+def _pixel_size(args: argparse.Namespace) -> float | None:
+    """The user's pixel size from ``--pixel-size`` or ``--scale``; None to find it per image."""
+    from napari_hematology.core.cells.magnification import check_pixel_size, pixel_size_from_scale
 
-    return SegmentationConfig().scaled(scale)
+    if args.scale is not None:
+        return pixel_size_from_scale(args.scale)
+    if args.pixel_size is not None:
+        return check_pixel_size(args.pixel_size, "--pixel-size")
+    return None
+
+
+def _analyze(args: argparse.Namespace, scheduler: str | None) -> dict:
+    from napari_hematology.core.cells.batch import analyze_paths
+
+    return analyze_paths(
+        args.images,
+        args.out,
+        model_dir=args.model,
+        scheduler=scheduler,
+        pixel_size_um=_pixel_size(args),
+        device=args.device,
+        progress=TextProgress(),
+    )
+
+
+def _print_pixel_size(item: dict) -> None:
+    """Say what pixel size an image was analysed at and how it was found; a fallback is a warning."""
+    if item["pixel_size_source"] == "default":
+        print(f"Warning: {item['pixel_size_note']}", file=sys.stderr)
+    else:
+        print(item["pixel_size_note"])
 
 
 def run_segment(args: argparse.Namespace) -> int:
     """Write labels and cell tables for each image; returns the exit code."""
-    from napari_hematology.core.cells.batch import analyze_paths
-
-    summary = analyze_paths(
-        args.images,
-        args.out,
-        model_dir=args.model,
-        scheduler="synchronous",
-        config=_config(args.scale),
-        progress=TextProgress(),
-    )
+    summary = _analyze(args, "synchronous")
     for item in summary["images"]:
+        _print_pixel_size(item)
         print(f"{Path(item['image']).name}: {item['cells']} white cells -> {args.out / item['cells_table']}")
-    return 0
+    return report_skipped(summary["skipped"], len(summary["images"]) + len(summary["skipped"]))
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Analyse images and print the overall summary; returns the exit code."""
-    from napari_hematology.core.cells.batch import analyze_paths
+    from napari_hematology.core.cells.report import describe_blasts
 
-    summary = analyze_paths(
-        args.images,
-        args.out,
-        model_dir=args.model,
-        scheduler=args.scheduler,
-        config=_config(args.scale),
-        progress=TextProgress(),
-    )
+    summary = _analyze(args, args.scheduler)
+    for item in summary["images"]:
+        _print_pixel_size(item)
     total = summary["total"]
-    blast = "n/a" if total["blast_percent"] is None else f"{total['blast_percent']:.1f}%"
-    print(f"{total['images']} image(s), {total['cells']} white cells, blasts {blast}.")
+    print(f"{total['images']} image(s): {describe_blasts(total)}.")
+    for warning in total["warnings"]:
+        print(f"Warning: {warning}")
     print(f"Report: {args.out / 'report.html'}")
-    return 0
+    return report_skipped(summary["skipped"], len(summary["images"]) + len(summary["skipped"]))

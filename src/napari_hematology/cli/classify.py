@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_hematology.cli.blast import add_device_option, report_skipped
 from napari_hematology.core.progress import TextProgress
 
 
@@ -14,7 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "classify",
         help="classify single white-cell crops (type and blast probability) into a CSV",
         description="Classify single white-cell crops (one cell roughly centred per image, any size, "
-        "RGB). Writes one row per image: image, label, blast_probability and prob_<class> per class.",
+        "RGB). Writes one row per image: image, label, blast_probability, prob_<class> per class and "
+        "atypical_score (0-1: how unsure the model is; a crop without a visible cell is 'other' with 1). "
+        "Files that cannot be read are skipped and named; the exit code is then 3.",
     )
     classify.add_argument("images", nargs="+", metavar="IMAGE", help="crop files or folders of crops")
     classify.add_argument("--out", required=True, type=Path, metavar="FILE.csv", help="output CSV")
@@ -22,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model", type=Path, default=None, metavar="DIR",
         help="model folder from train-classifier (default: the shipped weights)",
     )
+    add_device_option(classify)
     classify.set_defaults(func=run_classify)
 
     train = subparsers.add_parser(
@@ -42,11 +46,14 @@ def run_classify(args: argparse.Namespace) -> int:
     from napari_hematology.core.cells.classifier import classify_images
     from napari_hematology.core.io import write_table
 
-    table = classify_images(args.images, model_dir=args.model, progress=TextProgress())
+    table = classify_images(
+        args.images, model_dir=args.model, progress=TextProgress(), device=args.device
+    )
     write_table(args.out, table)
     counts = ", ".join(f"{name} {count}" for name, count in table["label"].value_counts().items())
     print(f"{len(table)} crops classified ({counts}); written to {args.out}")
-    return 0
+    skipped = table.attrs["skipped"]
+    return report_skipped(skipped, len(table) + len(skipped))
 
 
 def run_train(args: argparse.Namespace) -> int:

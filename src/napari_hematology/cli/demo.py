@@ -38,12 +38,26 @@ def run_demo(args: argparse.Namespace) -> int:
     from napari_hematology.core.cells.batch import analyze_paths
 
     summary = analyze_paths(sample_fields(), args.out, progress=TextProgress())
-    total = summary["total"]
-    counts = ", ".join(f"{name} {count}" for name, count in total["counts"].items() if count)
-    print(f"Analysed {total['images']} sample fields: {total['cells']} white cells ({counts}), "
-          f"blasts {total['blast_percent']:.1f}%.")
-    print(f"Results in {args.out.resolve()}; open {args.out / 'report.html'} for the overlays.")
+    print("\n".join(demo_lines(summary, args.out.resolve())))
     return 0
+
+
+def demo_lines(summary: dict, out: Path) -> list[str]:
+    """What the demo analysed, what it found and where the results are, as lines of text."""
+    from napari_hematology.core.cells.report import describe_blasts, describe_counts
+
+    total = summary["total"]
+    return [
+        f"Analysed the {total['images']} bundled sample fields (BCCD, normal peripheral blood, so no blasts "
+        "are expected; no public smear with blasts allows redistribution, so none is bundled):",
+        *(f"  {Path(item['image']).name}: {describe_counts(item)}" for item in summary["images"]),
+        f"Total: {describe_counts(total)}; {describe_blasts(total)}.",
+        *(f"Warning: {warning}" for warning in total["warnings"]),
+        "Look at:",
+        f"  {out / 'report.html'}  (the cells of each class, outlined fields)",
+        f"  {out}/*_cells.csv  (one row per cell: class, probabilities, shape)",
+        f"  {out / 'summary.json'}  (counts, blast percentages with 95% intervals)",
+    ]
 
 
 def _open_napari() -> int:

@@ -16,14 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.cells.classes import BLAST, DEFAULT_BLAST_THRESHOLD
+from napari_hematology.core.cells.classes import BLAST, DEFAULT_BLAST_THRESHOLD, OTHER
+from napari_hematology.core.cells.classifier import ATYPICAL_SCORE
+from napari_hematology.core.cells.magnification import PixelSize, find_pixel_size
 from napari_hematology.core.cells.report import write_overlay
 from napari_hematology.core.cells.segmentation import Segmentation, SegmentationConfig, segment_image
-from napari_hematology.core.io import read_image, write_labels, write_table
+from napari_hematology.core.io import MIN_SIDE, read_image, write_labels, write_table
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
 
 CROP_CONTEXT = 1.3
-MIN_CROP_SIDE = 32
+MIN_CROP_SIDE = 32  # pixels at the segmentation's reference pixel size
 LABEL_TILE = 1024
 
 
@@ -33,25 +35,31 @@ class ImageAnalysis:
 
     Attributes:
         labels: Cell label image (numpy, or a chunked array for whole slides).
-        cells: Per-cell table: segmentation features, ``label``, ``blast_probability``, ``prob_<class>``.
+        cells: Per-cell table: segmentation features, ``label``, ``blast_probability``, ``prob_<class>``,
+            ``atypical_score``; ``cells.attrs`` holds ``pixel_size_um`` and ``pixel_size_source``.
         classes: Class names of the classifier.
+        pixel_size: The pixel size the image was segmented at, and how it was found.
 
     """
 
     labels: Any
     cells: pd.DataFrame
     classes: list[str]
+    pixel_size: PixelSize
 
 
-def cut_crops(image, cells: pd.DataFrame, context: float = CROP_CONTEXT) -> list[np.ndarray]:
+def cut_crops(
+    image, cells: pd.DataFrame, context: float = CROP_CONTEXT, min_side: float = MIN_CROP_SIDE
+) -> list[np.ndarray]:
     """Cut one square crop per cell, centred on the cell, ``context`` times its larger box side.
 
-    Crops are at least ``MIN_CROP_SIDE`` pixels wide (less only where the image border clips them).
+    Crops are at least ``min_side`` pixels wide (less only where the image border clips them).
 
     Args:
         image: (Y, X, 3) array, numpy or dask.
         cells: Table with centroid and bounding-box columns.
         context: Crop side relative to the cell's box.
+        min_side: Smallest crop side in the image's pixels (see :func:`min_crop_side`).
 
     Returns:
         Crops (clipped at the image border), in table order.
@@ -60,7 +68,7 @@ def cut_crops(image, cells: pd.DataFrame, context: float = CROP_CONTEXT) -> list
     height, width = image.shape[:2]
     crops = []
     for cell in cells.itertuples():
-        side = max(MIN_CROP_SIDE, context * max(cell.bbox_y1 - cell.bbox_y0, cell.bbox_x1 - cell.bbox_x0))
+        side = max(min_side, context * max(cell.bbox_y1 - cell.bbox_y0, cell.bbox_x1 - cell.bbox_x0))
         half = side / 2
         y0, y1 = int(max(0, cell.centroid_y - half)), int(min(height, cell.centroid_y + half + 1))
         x0, x1 = int(max(0, cell.centroid_x - half)), int(min(width, cell.centroid_x + half + 1))
@@ -72,13 +80,21 @@ def cut_crops(image, cells: pd.DataFrame, context: float = CROP_CONTEXT) -> list
     return [np.asarray(crop) for crop in crops]
 
 
+def min_crop_side(config: SegmentationConfig, pixel_size_um: float) -> float:
+    """``MIN_CROP_SIDE`` in pixels of an image of ``pixel_size_um``: the same physical width everywhere.
+
+    Never below the smallest image the readers accept (``core.io.MIN_SIDE``).
+    """
+    return max(float(MIN_SIDE), MIN_CROP_SIDE / config.zoom(pixel_size_um))
+
+
 def call_classes(
     cells: pd.DataFrame, classes: list[str], blast_threshold: float = DEFAULT_BLAST_THRESHOLD
 ) -> pd.Series:
     """Call each cell's class for a blast-probability threshold.
 
     A cell is a ``blast`` when its blast probability reaches the threshold, otherwise its most probable
-    other class.
+    other class; a cell without probabilities (no visible cell in its crop) is ``other``.
 
     Args:
         cells: Table with ``blast_probability`` and ``prob_<class>`` columns.
@@ -94,7 +110,9 @@ def call_classes(
         return pd.Series([], dtype=object, index=cells.index)
     best_other = cells[[f"prob_{name}" for name in others]].to_numpy().argmax(axis=1)
     labels = np.asarray(others, dtype=object)[best_other]
-    labels[cells["blast_probability"].to_numpy() >= blast_threshold] = BLAST
+    blast_probability = cells["blast_probability"].to_numpy(dtype=float)
+    labels[blast_probability >= blast_threshold] = BLAST
+    labels[np.isnan(blast_probability)] = OTHER
     return pd.Series(labels, index=cells.index, dtype=object)
 
 
@@ -103,13 +121,14 @@ def summarize(labels: pd.Series, classes: list[str]) -> dict[str, Any]:
 
     Args:
         labels: Class name of each cell.
-        classes: Class names, reported even when absent.
+        classes: Class names, reported even when absent; ``other`` is added when a cell has it.
 
     Returns:
         ``{"cells": n, "counts": {class: n}, "blast_percent": float or None}`` (None without cells).
 
     """
-    counts = {name: int((labels == name).sum()) for name in classes}
+    names = [*classes, OTHER] if OTHER not in classes and (labels == OTHER).any() else classes
+    counts = {name: int((labels == name).sum()) for name in names}
     total = int(len(labels))
     blast = counts.get(BLAST, 0)
     return {
@@ -126,6 +145,8 @@ def classify_cells(
     blast_threshold: float = DEFAULT_BLAST_THRESHOLD,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    *,
+    crop_min_side: float = MIN_CROP_SIDE,
 ) -> pd.DataFrame:
     """Classify every segmented cell and join the class columns to its features.
 
@@ -136,6 +157,7 @@ def classify_cells(
         blast_threshold: Blast-probability threshold for the ``label`` column.
         progress: Progress callback.
         should_stop: Cancellation callback.
+        crop_min_side: Smallest crop side in the image's pixels (see :func:`min_crop_side`).
 
     Returns:
         The cell table with ``label``, ``blast_probability`` and ``prob_<class>`` columns added.
@@ -144,8 +166,8 @@ def classify_cells(
     cells = segmentation.cells.reset_index(drop=True)
     if cells.empty:
         columns = ["label", "blast_probability"] + [f"prob_{name}" for name in classifier.classes]
-        return cells.reindex(columns=list(cells.columns) + columns)
-    crops = cut_crops(image, cells)
+        return cells.reindex(columns=[*cells.columns, *columns, ATYPICAL_SCORE])
+    crops = cut_crops(image, cells, min_side=crop_min_side)
     check_cancel(should_stop)
     predictions = classifier.predict(crops, progress=progress, should_stop=should_stop).reset_index(drop=True)
     table = pd.concat([cells, predictions], axis=1)
@@ -158,6 +180,7 @@ def analyze_image(
     classifier,
     config: SegmentationConfig | None = None,
     *,
+    pixel_size: PixelSize | None = None,
     labels_out=None,
     name: str = "image",
     blast_threshold: float = DEFAULT_BLAST_THRESHOLD,
@@ -167,10 +190,12 @@ def analyze_image(
     """Segment and classify the white cells of one image.
 
     Args:
-        image: (Y, X, 3) array, numpy or dask; any size.
+        image: (Y, X, 3) array, numpy or dask; any size and magnification.
         classifier: A loaded cell classifier
             (see :func:`napari_hematology.core.cells.classifier.load_classifier`).
         config: Segmentation parameters.
+        pixel_size: The image's pixel size; None measures it on the red cells (see
+            :func:`~napari_hematology.core.cells.magnification.find_pixel_size`).
         labels_out: Optional array to write the labels into (bounded memory for whole slides).
         name: Image name for messages.
         blast_threshold: Blast-probability threshold for the ``label`` column.
@@ -178,24 +203,45 @@ def analyze_image(
         should_stop: Cancellation callback.
 
     Returns:
-        Labels, the classified cell table and the class names.
+        Labels, the classified cell table, the class names and the pixel size used.
 
     """
+    config = config or SegmentationConfig()
+    pixel_size = pixel_size or find_pixel_size(image, reference_um=config.pixel_size_um, name=name)
     segmentation = segment_image(
-        image, config, labels_out=labels_out, name=name, progress=progress, should_stop=should_stop
+        image,
+        config,
+        pixel_size_um=pixel_size.um_per_px,
+        labels_out=labels_out,
+        name=name,
+        progress=progress,
+        should_stop=should_stop,
     )
-    cells = classify_cells(image, segmentation, classifier, blast_threshold, progress, should_stop)
-    return ImageAnalysis(labels=segmentation.labels, cells=cells, classes=list(classifier.classes))
+    cells = classify_cells(
+        image,
+        segmentation,
+        classifier,
+        blast_threshold,
+        progress,
+        should_stop,
+        crop_min_side=min_crop_side(config, pixel_size.um_per_px),
+    )
+    cells.attrs.update(pixel_size_um=pixel_size.um_per_px, pixel_size_source=pixel_size.source)
+    return ImageAnalysis(
+        labels=segmentation.labels, cells=cells, classes=list(classifier.classes), pixel_size=pixel_size
+    )
 
 
-def get_classifier(model_dir: str | Path | None = None):
+def get_classifier(model_dir: str | Path | None = None, device: str = "auto"):
     """Load a cell classifier once per process (reloaded when its weights file changes).
 
     Args:
         model_dir: Classifier folder; None for the shipped weights.
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
 
     Raises:
         ModelFileError: The folder cannot be loaded.
+        InputError: The device is unknown or not available.
 
     """
     from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
@@ -203,14 +249,14 @@ def get_classifier(model_dir: str | Path | None = None):
 
     weights = Path(model_dir or SHIPPED_MODEL_DIR) / WEIGHTS_FILE
     stamp = weights.stat().st_mtime if weights.is_file() else 0.0
-    return _load_classifier(None if model_dir is None else str(model_dir), stamp)
+    return _load_classifier(None if model_dir is None else str(model_dir), stamp, device)
 
 
 @lru_cache(maxsize=4)
-def _load_classifier(model_dir: str | None, stamp: float):
+def _load_classifier(model_dir: str | None, stamp: float, device: str):
     from napari_hematology.core.cells.classifier import load_classifier
 
-    return load_classifier(model_dir)
+    return load_classifier(model_dir, device)
 
 
 def analyze_file(
@@ -221,6 +267,8 @@ def analyze_file(
     model_dir: str | Path | None = None,
     classifier=None,
     config: SegmentationConfig | None = None,
+    pixel_size_um: float | None = None,
+    device: str = "auto",
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
 ) -> dict[str, Any]:
@@ -233,20 +281,35 @@ def analyze_file(
         model_dir: Classifier folder (None = shipped weights); ignored when ``classifier`` is given.
         classifier: An already loaded classifier.
         config: Segmentation parameters.
+        pixel_size_um: The user's pixel size; None takes the file's, else measures it on the red cells.
+        device: Where the classifier runs when it is loaded here (``auto``, ``cpu``, ``cuda``, ``mps``).
         progress: Progress callback.
         should_stop: Cancellation callback.
 
     Returns:
-        The image's summary: file names, cell count, counts per class, blast %.
+        The image's summary: file names, pixel size and how it was found, cell count, counts per class,
+        blast %.
+
+    Raises:
+        InputError: The file cannot be read or analysed, or ``pixel_size_um`` is implausible.
 
     """
     path, out_dir = Path(path), Path(out_dir)
     stem = stem or path.stem
-    classifier = classifier or get_classifier(model_dir)
-    image = read_image(path).data
+    classifier = classifier or get_classifier(model_dir, device)
+    smear = read_image(path)
+    image = smear.data
     config = config or SegmentationConfig()
+    pixel_size = find_pixel_size(
+        image,
+        reference_um=config.pixel_size_um,
+        name=path.name,
+        user_um=pixel_size_um,
+        metadata_um=getattr(smear, "pixel_size_um", None),
+        metadata_source=getattr(smear, "pixel_size_source", None),
+    )
     labels_path = out_dir / f"{stem}_labels.tif"
-    tiled = image.shape[0] * image.shape[1] > config.tile_size**2
+    tiled = image.shape[0] * image.shape[1] > config.tile_side(pixel_size.um_per_px) ** 2
     overlay = out_dir / f"{stem}_overlay.png"
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{stem}_") as scratch:
@@ -255,6 +318,7 @@ def analyze_file(
             image,
             classifier,
             config,
+            pixel_size=pixel_size,
             labels_out=labels_out,
             name=path.name,
             progress=progress,
@@ -272,6 +336,9 @@ def analyze_file(
         "labels": labels_path.name,
         "cells_table": f"{stem}_cells.csv",
         "overlay": overlay.name,
+        "pixel_size_um": round(pixel_size.um_per_px, 5),
+        "pixel_size_source": pixel_size.source,
+        "pixel_size_note": pixel_size.note,
         "classes": analysis.classes,
         **summary,
     }

@@ -2,15 +2,20 @@
 
 The public API used by the command line, the widgets and the analysis pipeline::
 
-    classifier = load_classifier()             # shipped weights, or load_classifier("my_model/")
-    table = classifier.predict(crops)          # label, blast_probability, prob_<class>...
+    classifier = load_classifier()             # shipped weights, or load_classifier("my_model/", "cuda")
+    table = classifier.predict(crops)          # label, blast_probability, prob_<class>..., atypical_score
     features = classifier.embed(crops)         # (n, d) float32
-    table = classify_images(["cells/"])        # image, label, blast_probability, prob_<class>...
+    table = classify_images(["cells/"])        # image, label, ...; table.attrs["skipped"]: unread files
+
+``atypical_score`` (0..1) says how unlike the training cells a cell looks. This first version uses only
+what the model gives: one minus the top class probability, rescaled so that 0 is a certain call and 1 an
+even spread over the classes. A crop with no visible cell (no stained pixels) is labelled ``other`` with
+no class probabilities and an atypical score of 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +24,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.cells.classes import BLAST
-from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE, crop_to_rgb8, normalise_crop, read_crop
-from napari_hematology.core.errors import ModelFileError
+from napari_hematology.core.cells.classes import BLAST, OTHER
+from napari_hematology.core.cells.crops import (
+    CONTEXT,
+    CROP_SIZE,
+    crop_to_rgb8,
+    has_visible_cell,
+    normalise_crop,
+    read_crop,
+)
+from napari_hematology.core.errors import InputError, ModelFileError
 from napari_hematology.core.io import list_images
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, tracked
 
@@ -29,6 +41,7 @@ MODEL_NAME = "cell_classifier"
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[2] / "weights" / "cell_classifier"
 READ_THREADS = 2
 BATCH_SIZE = 256
+ATYPICAL_SCORE = "atypical_score"
 
 
 def prepare_crop(crop: Any, name: str, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
@@ -44,7 +57,8 @@ def prepare_crop(crop: Any, name: str, size: int = CROP_SIZE, context: float = C
         A (size, size, 3) uint8 crop.
 
     Raises:
-        InputError: The crop is grayscale, too small, blank, or so large that it is a smear field.
+        InputError: The crop is grayscale, too small, or so large that it is a smear field (a blank crop
+            is kept: it shows no cell and is classified ``other``).
 
     """
     return normalise_crop(crop_to_rgb8(crop, name), size=size, context=context)
@@ -103,12 +117,13 @@ class CellClassifier:
         """Classify crops already normalised by :meth:`prepare`.
 
         Returns:
-            One row per crop: ``label``, ``blast_probability`` and ``prob_<class>`` per class.
+            One row per crop: ``label``, ``blast_probability``, ``prob_<class>`` per class and
+            ``atypical_score``; crops without a visible cell are ``other``.
 
         """
         probabilities = self._run(prepared, _softmax, progress, should_stop)
         probabilities = probabilities.reshape(len(prepared), len(self.classes))
-        return probability_table(probabilities, self.classes)
+        return probability_table(probabilities, self.classes, has_visible_cell(prepared))
 
     def predict(
         self,
@@ -124,10 +139,11 @@ class CellClassifier:
             should_stop: Cancellation callback.
 
         Returns:
-            One row per crop: ``label``, ``blast_probability`` and ``prob_<class>`` per class.
+            One row per crop: ``label``, ``blast_probability``, ``prob_<class>`` per class and
+            ``atypical_score``; crops without a visible cell (blank ones included) are ``other``.
 
         Raises:
-            InputError: A crop cannot be used (grayscale, blank, too small or too large).
+            InputError: A crop cannot be used (grayscale, too small or too large).
 
         """
         return self.predict_prepared(self.prepare(crops, progress, should_stop), progress, should_stop)
@@ -165,19 +181,29 @@ def _softmax(model, batch):
     return model(batch).softmax(dim=1)
 
 
-def probability_table(probabilities: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+def probability_table(
+    probabilities: np.ndarray, classes: Sequence[str], visible: np.ndarray | None = None
+) -> pd.DataFrame:
     """Turn an (n, classes) probability matrix into the classifier's output table.
 
     Args:
         probabilities: Rows summing to 1.
         classes: Class names, in column order.
+        visible: Whether each crop shows a cell; rows without one become ``other`` with no
+            probabilities and an atypical score of 1. None: every crop shows one.
 
     Returns:
-        Columns ``label``, ``blast_probability`` and ``prob_<class>`` per class.
+        Columns ``label``, ``blast_probability``, ``prob_<class>`` per class and ``atypical_score``.
 
     """
-    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(classes))
+    probabilities = np.array(probabilities, dtype=np.float64).reshape(-1, len(classes))
     labels = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
+    atypical = atypical_score(probabilities)
+    if visible is not None:
+        hidden = ~np.asarray(visible, dtype=bool)
+        probabilities[hidden] = np.nan
+        labels[hidden] = OTHER
+        atypical[hidden] = 1.0
     table = pd.DataFrame(
         {
             "label": pd.Series(labels, dtype=object),
@@ -186,27 +212,53 @@ def probability_table(probabilities: np.ndarray, classes: Sequence[str]) -> pd.D
     )
     for index, name in enumerate(classes):
         table[f"prob_{name}"] = probabilities[:, index]
+    table[ATYPICAL_SCORE] = atypical
     return table
 
 
-def load_classifier(model_dir: str | Path | None = None) -> CellClassifier:
+def atypical_score(probabilities: np.ndarray) -> np.ndarray:
+    """How unsure the classifier is: 0 for a certain call, 1 for an even spread over the classes.
+
+    A first version of "how unlike the training cells": it needs nothing but the model's probabilities.
+
+    Args:
+        probabilities: (n, classes) rows summing to 1.
+
+    Returns:
+        (n,) scores in [0, 1].
+
+    """
+    classes = probabilities.shape[1]
+    if classes < 2:
+        return np.zeros(len(probabilities))
+    return np.clip((1.0 - probabilities.max(axis=1)) / (1.0 - 1.0 / classes), 0.0, 1.0)
+
+
+def load_classifier(model_dir: str | Path | None = None, device: str = "auto") -> CellClassifier:
     """Load a cell classifier.
 
     Args:
         model_dir: Folder written by ``napari-hematology train-classifier``; None loads the shipped
             default weights.
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
 
     Returns:
-        The classifier, on the CPU.
+        The classifier, on ``device``.
 
     Raises:
         ModelFileError: The folder is missing, corrupt, or holds another kind of model.
+        InputError: The device is unknown or not available on this machine.
 
     """
     from napari_hematology.core.registry import load_model
+    from napari_hematology.core.training import select_device
 
+    try:
+        torch_device = select_device(device)
+    except ValueError as error:
+        raise InputError(str(error)) from error
     directory = Path(model_dir) if model_dir is not None else SHIPPED_MODEL_DIR
-    model, metadata = load_model(directory, expected_name=MODEL_NAME)
+    model, metadata = load_model(directory, expected_name=MODEL_NAME, device=str(torch_device))
     classes = metadata.get("classes")
     if not classes or BLAST not in classes:
         raise ModelFileError(
@@ -229,6 +281,7 @@ def iter_prepared_crops(
     chunk: int = BATCH_SIZE,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    on_error: Callable[[Path, InputError], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """Read and normalise single-cell crop files on background threads, yielding them in chunks.
 
@@ -242,22 +295,34 @@ def iter_prepared_crops(
         chunk: Crops per yielded array.
         progress: Progress callback (per file).
         should_stop: Cancellation callback.
+        on_error: Called with each file that cannot be used and the reason, which is then left out;
+            None raises instead.
 
     Yields:
-        (k, size, size, 3) uint8 arrays, in the order of ``paths``.
+        (k, size, size, 3) uint8 arrays, in the order of ``paths`` (skipped files left out).
 
     Raises:
-        InputError: A file cannot be read or is not a usable colour crop; the message names it.
+        InputError: Without ``on_error``: a file cannot be read or is not a usable colour crop; the
+            message names it.
 
     """
 
-    def read_one(path: Path) -> np.ndarray:
-        return normalise_crop(read_crop(path), size=size, context=context)
+    def read_one(path: Path) -> np.ndarray | InputError:
+        try:
+            return normalise_crop(read_crop(path), size=size, context=context)
+        except InputError as error:
+            if on_error is None:
+                raise
+            return error
 
     pool = ThreadPoolExecutor(READ_THREADS)
     try:
         pending: list[np.ndarray] = []
-        for crop in tracked(pool.map(read_one, paths), len(paths), progress, should_stop, "reading crops"):
+        crops = tracked(pool.map(read_one, paths), len(paths), progress, should_stop, "reading crops")
+        for path, crop in zip(paths, crops, strict=True):
+            if isinstance(crop, InputError):
+                on_error(path, crop)
+                continue
             pending.append(crop)
             if len(pending) == chunk:
                 yield np.stack(pending)
@@ -302,32 +367,53 @@ def classify_images(
     model_dir: str | Path | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    device: str = "auto",
 ) -> pd.DataFrame:
-    """Classify single-cell crop files (folders are searched for images).
+    """Classify single-cell crop files (folders are searched for images); unusable files are skipped.
 
     Args:
         paths: Image files and/or folders.
         model_dir: Model folder; None uses the shipped weights.
         progress: Progress callback.
         should_stop: Cancellation callback.
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
 
     Returns:
-        One row per image: ``image``, ``label``, ``blast_probability`` and ``prob_<class>`` per class.
+        One row per usable image: ``image``, ``label``, ``blast_probability``, ``prob_<class>`` per class
+        and ``atypical_score``. ``table.attrs["skipped"]`` lists ``{"image", "reason"}`` for each file
+        that could not be used.
 
     Raises:
-        InputError: A path is missing, holds no images, or an image is unreadable or unusable.
+        InputError: A path is missing or holds no images, no file could be used, or the device is not
+            available.
         ModelFileError: The model folder cannot be loaded.
 
     """
     files = list_images(paths)
-    classifier = load_classifier(model_dir)
+    classifier = load_classifier(model_dir, device)
     check_cancel(should_stop)
+    skipped: list[dict[str, str]] = []
     chunks = iter_prepared_crops(
-        files, classifier.crop_size, classifier.context, progress=progress, should_stop=should_stop
+        files,
+        classifier.crop_size,
+        classifier.context,
+        progress=progress,
+        should_stop=should_stop,
+        on_error=lambda path, error: skipped.append({"image": str(path), "reason": str(error)}),
     )
-    table = pd.concat(
-        [classifier.predict_prepared(chunk, should_stop=should_stop) for chunk in chunks],
-        ignore_index=True,
-    )
-    table.insert(0, "image", [str(path) for path in files])
+    tables = [classifier.predict_prepared(chunk, should_stop=should_stop) for chunk in chunks]
+    if not tables:
+        raise InputError(nothing_read_message(skipped))
+    table = pd.concat(tables, ignore_index=True)
+    unread = {item["image"] for item in skipped}
+    table.insert(0, "image", [str(path) for path in files if str(path) not in unread])
+    table.attrs["skipped"] = skipped
     return table
+
+
+def nothing_read_message(skipped: list[dict[str, str]]) -> str:
+    """The error for a batch in which no file could be used: each file's reason, on one line."""
+    if len(skipped) == 1:
+        return skipped[0]["reason"]
+    reasons = " ".join(item["reason"] for item in skipped)
+    return f"None of the {len(skipped)} files could be used: {reasons}"

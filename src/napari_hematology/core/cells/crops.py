@@ -20,7 +20,7 @@ from PIL import Image
 from scipy import ndimage
 
 from napari_hematology.core.errors import InputError
-from napari_hematology.core.io import read_image, to_rgb8
+from napari_hematology.core.io import MIN_SIDE, read_image, to_rgb8
 
 MAX_CROP_SIDE = 2048
 CROP_SIZE = 64
@@ -28,6 +28,10 @@ CONTEXT = 1.8
 LOCATE_SIZE = 64
 WHITE_PERCENTILE = 97.0
 REDUCING_GAP = 1.5  # PIL downscales by whole factors first when shrinking more than this: much faster
+# A normalised crop shows a cell when at least this fraction of its pixels absorbs (optical density of its
+# darkest channel) more than VISIBLE_OD; background, glare and noise stay below.
+VISIBLE_OD = 0.25
+MIN_STAINED_FRACTION = 0.02
 
 
 def crop_to_rgb8(crop: Any, name: str) -> np.ndarray:
@@ -39,10 +43,10 @@ def crop_to_rgb8(crop: Any, name: str) -> np.ndarray:
         name: Name used in messages (file name or crop index).
 
     Returns:
-        A (Y, X, 3) uint8 array.
+        A (Y, X, 3) uint8 array; a blank (single-colour) crop becomes a white one: it shows no cell.
 
     Raises:
-        InputError: The crop is grayscale, too small, blank, or so large that it is a smear field.
+        InputError: The crop is grayscale, too small, or so large that it is a smear field.
 
     """
     shape = getattr(crop, "shape", ())
@@ -51,8 +55,38 @@ def crop_to_rgb8(crop: Any, name: str) -> np.ndarray:
             f"{name} is {shape[1]}x{shape[0]} pixels, too large for a single-cell crop (at most "
             f"{MAX_CROP_SIDE}). For a smear field or slide use 'napari-hematology analyze'."
         )
-    rgb, _ = to_rgb8(np.asarray(crop), name=name)
+    array = np.asarray(crop)
+    if _is_blank_colour_image(array):
+        return np.full((*array.shape[:2], 3), 255, dtype=np.uint8)
+    rgb, _ = to_rgb8(array, name=name)
     return rgb
+
+
+def _is_blank_colour_image(array: np.ndarray) -> bool:
+    """A channels-last colour image of usable size whose pixels all have one value."""
+    return (
+        array.ndim == 3
+        and array.shape[-1] in (3, 4)
+        and min(array.shape[:2]) >= MIN_SIDE
+        and array.min() == array.max()
+    )
+
+
+def has_visible_cell(crops: np.ndarray) -> np.ndarray:
+    """Whether each normalised (white-balanced) crop shows anything stained: a cell, not bare background.
+
+    Args:
+        crops: (n, size, size, 3) uint8 crops from :func:`normalise_crop`.
+
+    Returns:
+        (n,) booleans.
+
+    """
+    if len(crops) == 0:
+        return np.zeros(0, dtype=bool)
+    darkest = crops.min(axis=-1).reshape(len(crops), -1)
+    stained = darkest < 255.0 * np.exp(-VISIBLE_OD)
+    return stained.mean(axis=1) >= MIN_STAINED_FRACTION
 
 
 def read_crop(path: str | Path) -> np.ndarray:

@@ -11,7 +11,11 @@ The method is classical and stain-aware, so that it transfers between labs witho
 3. Each nucleus group seeds a watershed on the stained (non-background, non-red-cell) area within a bounded
    distance, which gives the whole cell and splits touching cells.
 
-Detection runs on an image downsampled by ``detect_scale`` and nuclei are refined at full resolution in
+Segmentation works at one physical scale: the lengths and areas of :class:`SegmentationConfig` hold at
+its ``pixel_size_um`` (that of the BCCD fields it was tuned on). An image of another pixel size is resized
+to that scale, segmented, and its labels mapped back to the image's own pixels.
+
+Detection runs on an image downsampled by ``detect_scale`` and nuclei are refined at reference resolution in
 each cell's box, which keeps the speed well above 10 megapixels per second. Large images (numpy or lazily
 read dask arrays) are processed in overlapping tiles; each cell is owned by the tile whose core holds its
 centroid, so memory stays bounded and no cell is cut or counted twice.
@@ -20,7 +24,8 @@ centroid, so memory stays bounded and no cell is cut or counted twice.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -44,11 +49,18 @@ CELL_COLUMNS = [
 ]
 WHITE_PERCENTILE = 99.0
 WHITE_SAMPLE_PIXELS = 2_000_000
+# Pixel size of the BCCD fields, measured by the red-cell ruler (core.cells.magnification) over the BCCD
+# train split: `python benchmarks/bench_segmentation.py --calibrate`.
+REFERENCE_PIXEL_SIZE_UM = 0.07225
+# Within this relative difference from the reference pixel size an image is segmented as it is.
+ZOOM_TOLERANCE = 0.05
 
 
 @dataclass
 class SegmentationConfig:
     """Parameters of white-cell segmentation; the defaults were tuned on the BCCD ``train`` split.
+
+    Lengths and areas are in pixels of ``pixel_size_um``; images of another pixel size are resized to it.
 
     Attributes:
         nucleus_threshold: Minimum ``OD_red - OD_blue`` of nucleus pixels.
@@ -61,6 +73,7 @@ class SegmentationConfig:
         detect_scale: Downsampling factor for detection.
         tile_size: Side of the tiles (pixels) that large images are cut into.
         tile_overlap: Overlap between tiles (pixels); must exceed the largest cell diameter.
+        pixel_size_um: Pixel size (micrometres) at which the settings above hold.
 
     """
 
@@ -73,6 +86,7 @@ class SegmentationConfig:
     detect_scale: int = 4
     tile_size: int = 2048
     tile_overlap: int = 256
+    pixel_size_um: float = REFERENCE_PIXEL_SIZE_UM
 
     def __post_init__(self) -> None:
         if self.detect_scale < 1 or self.tile_size < 64 or not 0 <= self.tile_overlap < self.tile_size // 2:
@@ -81,29 +95,24 @@ class SegmentationConfig:
                 "0 <= tile_overlap < tile_size / 2 are required."
             )
 
-    def scaled(self, factor: float) -> SegmentationConfig:
-        """Adapt the settings to images whose magnification differs from the BCCD fields by ``factor``.
+    def zoom(self, pixel_size_um: float | None) -> float:
+        """How much an image of ``pixel_size_um`` must be enlarged to reach this config's scale.
 
         Args:
-            factor: Cell diameter in these images relative to BCCD (0.5 = cells half as wide).
+            pixel_size_um: The image's pixel size; None means the config's own (zoom 1).
 
         Returns:
-            A new config with lengths and areas scaled.
-
-        Raises:
-            InputError: ``factor`` is not in (0.05, 20].
+            The resize factor, 1.0 when within :data:`ZOOM_TOLERANCE` of the config's pixel size.
 
         """
-        if not 0.05 < factor <= 20:
-            raise InputError(f"Scale factor {factor} is out of range; use a value between 0.05 and 20.")
-        return replace(
-            self,
-            min_nucleus_area=max(4, round(self.min_nucleus_area * factor**2)),
-            lobe_gap=max(1, round(self.lobe_gap * factor)),
-            cell_margin=max(1, round(self.cell_margin * factor)),
-            detect_scale=max(1, round(self.detect_scale * factor)),
-            tile_overlap=min(max(64, round(self.tile_overlap * factor)), self.tile_size // 2 - 1),
-        )
+        if pixel_size_um is None:
+            return 1.0
+        zoom = pixel_size_um / self.pixel_size_um
+        return 1.0 if abs(zoom - 1.0) <= ZOOM_TOLERANCE else zoom
+
+    def tile_side(self, pixel_size_um: float | None) -> int:
+        """Tile side in pixels of an image of ``pixel_size_um``: ``tile_size`` at this config's scale."""
+        return round(self.tile_size / self.zoom(pixel_size_um))
 
 
 @dataclass
@@ -139,14 +148,14 @@ def estimate_white(image) -> np.ndarray:
     return np.maximum(white.astype(np.float32), 32.0)
 
 
-def _od_tables(white: np.ndarray) -> np.ndarray:
+def od_tables(white: np.ndarray) -> np.ndarray:
     """Lookup tables (3, 256) from 8-bit intensity to optical density for each channel."""
     levels = np.arange(256, dtype=np.float32)[None, :]
     ratio = (levels + 1.0) / (white[:, None] + 1.0)
     return -np.log(np.clip(ratio, 1e-3, 1.0)).astype(np.float32)
 
 
-def _stain_maps(rgb: np.ndarray, tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def stain_maps(rgb: np.ndarray, tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nucleus score (``OD_red - OD_blue``) and total optical density of an RGB uint8 image."""
     red = tables[0][rgb[..., 0]]
     blue = tables[2][rgb[..., 2]]
@@ -155,7 +164,7 @@ def _stain_maps(rgb: np.ndarray, tables: np.ndarray) -> tuple[np.ndarray, np.nda
     return score, total
 
 
-def _downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
+def downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
     """Block-mean downsampling of an RGB uint8 image (edges cropped to a multiple of ``factor``)."""
     if factor == 1:
         return rgb
@@ -173,7 +182,7 @@ def _detect_cells(small: np.ndarray, tables: np.ndarray, config: SegmentationCon
     from skimage.segmentation import watershed
 
     scale = config.detect_scale
-    score, total = _stain_maps(small, tables)
+    score, total = stain_maps(small, tables)
     nuclei = ndimage.binary_opening(score > config.nucleus_threshold)
     groups = _close(nuclei, max(1, config.lobe_gap // scale)) | nuclei
     groups = ndimage.binary_fill_holes(groups)
@@ -216,31 +225,47 @@ def _upsample(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.nda
     return np.pad(big, pad, mode="edge")
 
 
-def _measure(
+def _refine_nuclei(
     rgb: np.ndarray, cells: np.ndarray, tables: np.ndarray, config: SegmentationConfig
-) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Refine nuclei at full resolution inside each cell and measure every cell.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine nuclei at full resolution inside each cell; drop cells whose nucleus is too small.
 
     Returns:
-        Relabelled cells (1..n), the nucleus mask and the cell table.
+        The kept cells (original label values) and the nucleus mask.
 
     """
     nuclei = np.zeros(cells.shape, dtype=bool)
+    kept = np.zeros_like(cells)
+    for index, window in enumerate(ndimage.find_objects(cells), start=1):
+        if window is None:
+            continue
+        cell = cells[window] == index
+        score, _ = stain_maps(rgb[window], tables)
+        nucleus = cell & (score > config.nucleus_threshold)
+        if nucleus.sum() < config.min_nucleus_area // 2:
+            continue
+        kept[window][cell] = index
+        nuclei[window] |= nucleus
+    return kept, nuclei
+
+
+def _measure(cells: np.ndarray, nuclei: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+    """Number the cells 1..n in scan order and measure each one.
+
+    Returns:
+        The relabelled cells and the cell table.
+
+    """
     relabelled = np.zeros_like(cells)
     rows = []
     for index, window in enumerate(ndimage.find_objects(cells), start=1):
         if window is None:
             continue
         cell = cells[window] == index
-        score, _ = _stain_maps(rgb[window], tables)
-        nucleus = cell & (score > config.nucleus_threshold)
-        nucleus_area = int(nucleus.sum())
-        if nucleus_area < config.min_nucleus_area // 2:
-            continue
         cell_id = len(rows) + 1
         relabelled[window][cell] = cell_id
-        nuclei[window] |= nucleus
         area = int(cell.sum())
+        nucleus_area = int((nuclei[window] & cell).sum())
         ys, xs = np.nonzero(cell)
         rows.append(
             {
@@ -256,11 +281,14 @@ def _measure(
                 "nc_ratio": nucleus_area / max(area - nucleus_area, 1),
             }
         )
-    return relabelled, nuclei, pd.DataFrame(rows, columns=CELL_COLUMNS)
+    return relabelled, pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
 def segment_field(
-    rgb: np.ndarray, config: SegmentationConfig | None = None, white: np.ndarray | None = None
+    rgb: np.ndarray,
+    config: SegmentationConfig | None = None,
+    white: np.ndarray | None = None,
+    pixel_size_um: float | None = None,
 ) -> Segmentation:
     """Segment white cells in one in-memory RGB field (or tile).
 
@@ -268,18 +296,41 @@ def segment_field(
         rgb: (Y, X, 3) uint8 image.
         config: Segmentation parameters; defaults if None.
         white: Background white point; estimated from ``rgb`` if None (pass the slide's value for tiles).
+        pixel_size_um: The field's pixel size; None when it is the config's own. Another pixel size is
+            resized to the config's scale for segmentation and the result mapped back to ``rgb``'s pixels.
 
     Returns:
-        Cell labels, nucleus mask and the per-cell table.
+        Cell labels, nucleus mask and the per-cell table, in ``rgb``'s pixels.
 
     """
     config = config or SegmentationConfig()
-    small = _downsample(rgb, config.detect_scale)
+    zoom = config.zoom(pixel_size_um)
+    work = rgb if zoom == 1.0 else resize_rgb(rgb, zoom)
+    small = downsample(work, config.detect_scale)
     white = estimate_white(small) if white is None else white
-    tables = _od_tables(np.asarray(white, dtype=np.float32))
-    cells = _upsample(_detect_cells(small, tables, config), config.detect_scale, rgb.shape[:2])
-    labels, nuclei, table = _measure(rgb, cells, tables, config)
-    return Segmentation(labels=labels, nuclei=nuclei, cells=table)
+    tables = od_tables(np.asarray(white, dtype=np.float32))
+    cells = _upsample(_detect_cells(small, tables, config), config.detect_scale, work.shape[:2])
+    cells, nuclei = _refine_nuclei(work, cells, tables, config)
+    if zoom != 1.0:
+        cells, nuclei = resize_nearest(cells, rgb.shape[:2]), resize_nearest(nuclei, rgb.shape[:2])
+    labels, table = _measure(cells, nuclei)
+    return Segmentation(labels=labels, nuclei=nuclei & (labels > 0), cells=table)
+
+
+def resize_rgb(rgb: np.ndarray, zoom: float) -> np.ndarray:
+    """Resize an RGB uint8 image by ``zoom`` (area-averaged when shrinking, bilinear when enlarging)."""
+    from PIL import Image
+
+    height, width = rgb.shape[:2]
+    size = (max(1, round(width * zoom)), max(1, round(height * zoom)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR, reducing_gap=2.0))
+
+
+def resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D array (labels or a mask) to ``shape``."""
+    rows = ((np.arange(shape[0]) + 0.5) * (array.shape[0] / shape[0])).astype(np.intp)
+    cols = ((np.arange(shape[1]) + 0.5) * (array.shape[1] / shape[1])).astype(np.intp)
+    return array[np.ix_(rows, cols)]
 
 
 def tile_windows(
@@ -309,6 +360,7 @@ def segment_image(
     image,
     config: SegmentationConfig | None = None,
     *,
+    pixel_size_um: float | None = None,
     labels_out: np.ndarray | None = None,
     name: str = "image",
     progress: ProgressCallback | None = None,
@@ -320,6 +372,9 @@ def segment_image(
         image: (Y, X, 3[+1]) array, numpy or dask (read lazily tile by tile); 16-bit or float images are
             rescaled, grayscale ones refused (see :func:`~napari_hematology.core.io.to_rgb8`).
         config: Segmentation parameters; defaults if None.
+        pixel_size_um: The image's pixel size (see
+            :func:`~napari_hematology.core.cells.magnification.find_pixel_size`); None when it is the
+            config's own. Tiles are sized so that they hold the same area at any pixel size.
         labels_out: Where to write the labels (e.g. a memory-mapped TIFF or zarr array of the image's
             height and width) so a whole slide never needs its labels in RAM; a new array if None.
         name: Image name for messages.
@@ -337,14 +392,18 @@ def segment_image(
     config = config or SegmentationConfig()
     _check_shape(image, name)
     height, width = image.shape[:2]
-    if height * width <= config.tile_size**2:
+    tile_size = config.tile_side(pixel_size_um)
+    if height * width <= tile_size**2:
         rgb, _ = to_rgb8(np.asarray(image), name)
-        result = segment_field(rgb, config)
+        result = segment_field(rgb, config, pixel_size_um=pixel_size_um)
         if labels_out is not None:
             labels_out[...] = result.labels
         (progress or no_progress)(1, 1, "segmenting")
         return result
-    return _segment_tiled(image, config, labels_out, name, progress, should_stop)
+    overlap = round(config.tile_overlap / config.zoom(pixel_size_um))
+    windows = list(tile_windows((height, width), tile_size, overlap))
+    segment_tile = partial(segment_field, config=config, pixel_size_um=pixel_size_um)
+    return _segment_tiled(image, windows, segment_tile, labels_out, name, progress, should_stop)
 
 
 def _check_shape(image, name: str) -> None:
@@ -354,12 +413,11 @@ def _check_shape(image, name: str) -> None:
         raise InputError(f"{name} has shape {image.shape}; expected a colour image (height, width, 3).")
 
 
-def _segment_tiled(image, config, labels_out, name, progress, should_stop) -> Segmentation:
+def _segment_tiled(image, windows, segment_tile, labels_out, name, progress, should_stop) -> Segmentation:
     height, width = image.shape[:2]
     keep_nuclei = labels_out is None
     labels = labels_out if labels_out is not None else np.zeros((height, width), dtype=np.int32)
     nuclei = np.zeros((height, width), dtype=bool) if keep_nuclei else np.zeros((0, 0), dtype=bool)
-    windows = list(tile_windows((height, width), config.tile_size, config.tile_overlap))
     report = progress or no_progress
     tables: list[pd.DataFrame] = []
     next_id = 1
@@ -370,7 +428,7 @@ def _segment_tiled(image, config, labels_out, name, progress, should_stop) -> Se
         if tile.min() == tile.max():
             continue  # blank margin of a slide
         tile, _ = to_rgb8(tile, f"{name} tile")
-        part = segment_field(tile, config)
+        part = segment_tile(tile)
         table = _owned_cells(part.cells, rows, cols, core_rows, core_cols)
         if table.empty:
             continue

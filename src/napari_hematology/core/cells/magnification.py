@@ -1,0 +1,254 @@
+"""The pixel size of a smear image: set by the user, recorded in the file, or measured on its red cells.
+
+Red cells are the ruler of every blood smear: their modal diameter is about 7.5 micrometres whatever the
+objective, camera or stain. :func:`red_cell_diameter` finds it in optical density (which removes the
+illumination): stained pixels are split from the background by Otsu's threshold, with white-cell nuclei
+(purple) left out; holes (the red cells' pale centres) are filled, and each connected object contributes
+the diameter of the largest disc inside it (the peak of its distance transform), so touching and
+overlapping red cells still measure one cell each. The mode of these diameters, weighted by object area
+so that specks and platelets count little, is the red-cell diameter. Large images are measured on a few
+windows; each window is first measured on a reduced copy and measured again finer when cells are small.
+
+:func:`find_pixel_size` takes the first of: the user's value, the file's metadata, the red-cell ruler,
+and the segmentation's reference pixel size (with a warning that says so).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from napari_hematology.core.cells.segmentation import (
+    SegmentationConfig,
+    downsample,
+    estimate_white,
+    od_tables,
+    stain_maps,
+)
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.io import to_rgb8
+
+RED_CELL_DIAMETER_UM = 7.5
+# Annotated red-cell size (BCCD box side) / ruler diameter (largest inscribed disc after thresholding),
+# median over the BCCD train split: `python benchmarks/bench_segmentation.py --calibrate`.
+RULER_CALIBRATION = 1.1447
+MIN_PIXEL_SIZE_UM = 0.02
+MAX_PIXEL_SIZE_UM = 5.0
+MIN_RED_CELLS = 3
+MIN_STAIN_OD = 0.1  # summed optical density below which a threshold only splits background noise
+MIN_RADIUS_PX = 2.0
+BORDER_FRACTION = 0.25
+NUCLEUS_MARGIN_PX = 2
+RULER_WINDOW = 1024
+COARSE_SIDE = 640
+FINE_DIAMETER_PX = 40.0
+LOG_BIN = 0.05
+MODE_HALF_WIDTH = 0.2  # log units around the mode that count as red cells
+
+USER, METADATA, RULER, DEFAULT = "user", "metadata", "red-cell ruler", "default"
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """The pixel size used for an image and how it was found.
+
+    Attributes:
+        um_per_px: Width of one pixel in micrometres.
+        source: ``"user"``, ``"metadata"``, ``"red-cell ruler"`` or ``"default"``.
+        note: One sentence for the user saying what was found and how.
+
+    """
+
+    um_per_px: float
+    source: str
+    note: str
+
+    @property
+    def is_fallback(self) -> bool:
+        """Whether nothing could be measured and the default was assumed (worth a warning)."""
+        return self.source == DEFAULT
+
+
+def check_pixel_size(um_per_px: float, origin: str) -> float:
+    """Refuse a pixel size no microscope gives.
+
+    Args:
+        um_per_px: The value, micrometres per pixel.
+        origin: Where it comes from, for the message (``"--pixel-size"``).
+
+    Returns:
+        The value as a float.
+
+    Raises:
+        InputError: The value is not between :data:`MIN_PIXEL_SIZE_UM` and :data:`MAX_PIXEL_SIZE_UM`.
+
+    """
+    value = float(um_per_px)
+    if not MIN_PIXEL_SIZE_UM <= value <= MAX_PIXEL_SIZE_UM:
+        raise InputError(
+            f"Pixel size {value:g} um/px ({origin}) is not plausible for a smear image: use a value "
+            f"between {MIN_PIXEL_SIZE_UM} and {MAX_PIXEL_SIZE_UM} um/px (a 100x objective gives about "
+            "0.05-0.1, a 20x one about 0.25-0.5), or leave it out to measure it on the red cells."
+        )
+    return value
+
+
+def pixel_size_from_scale(scale: float, reference_um: float = SegmentationConfig.pixel_size_um) -> float:
+    """Pixel size of images whose cells are ``scale`` times as wide as in the reference (BCCD) fields.
+
+    Raises:
+        InputError: ``scale`` is not positive, or gives an implausible pixel size.
+
+    """
+    if not scale > 0:
+        raise InputError(f"Scale factor {scale:g} is out of range; use a positive value (1 = BCCD fields).")
+    return check_pixel_size(reference_um / scale, f"--scale {scale:g}")
+
+
+def red_cell_diameter(image, calibration: float = RULER_CALIBRATION) -> float | None:
+    """Modal red-cell diameter of a smear image in pixels, or None when too few red cells are seen.
+
+    Args:
+        image: (Y, X, 3[+1]) array, numpy or dask; large images are measured on a few windows.
+        calibration: Factor from the ruler's inscribed-disc diameter to the red cell's full width.
+
+    Raises:
+        InputError: The image is not a usable colour image (grayscale, blank...).
+
+    """
+    windows = list(_windows(image))
+    factor = max(1, math.ceil(max(windows[0].shape[:2]) / COARSE_SIDE)) if windows else 1
+    diameter = _pooled_diameter(windows, factor)
+    if diameter is not None and diameter / factor < FINE_DIAMETER_PX and factor > 1:
+        diameter = _pooled_diameter(windows, max(1, int(diameter // FINE_DIAMETER_PX)))
+    return None if diameter is None else diameter * calibration
+
+
+def find_pixel_size(
+    image,
+    *,
+    reference_um: float = SegmentationConfig.pixel_size_um,
+    name: str = "image",
+    user_um: float | None = None,
+    metadata_um: float | None = None,
+    metadata_source: str | None = None,
+) -> PixelSize:
+    """Decide the pixel size of an image: the user's, else the file's, else the red cells', else the default.
+
+    Args:
+        image: (Y, X, 3[+1]) array, numpy or dask.
+        reference_um: The default, assumed when nothing else is known.
+        name: Image name for messages.
+        user_um: The user's value (``--pixel-size`` or ``--scale``).
+        metadata_um: The value recorded in the file, if any.
+        metadata_source: Which metadata held it (``"Aperio MPP"``...).
+
+    Returns:
+        The pixel size and how it was found.
+
+    Raises:
+        InputError: The user's value is implausible, or the image is not a usable colour image.
+
+    """
+    if user_um is not None:
+        value = check_pixel_size(user_um, "given")
+        return PixelSize(value, USER, f"{name}: pixel size {value:.4g} um/px, set by the user.")
+    notes = []
+    if metadata_um is not None:
+        origin = metadata_source or "file metadata"
+        if MIN_PIXEL_SIZE_UM <= metadata_um <= MAX_PIXEL_SIZE_UM:
+            return PixelSize(
+                metadata_um, METADATA, f"{name}: pixel size {metadata_um:.4g} um/px, from {origin}."
+            )
+        notes.append(f"the file's {origin} says {metadata_um:g} um/px, which is not plausible;")
+    diameter = red_cell_diameter(image)
+    if diameter is not None and MIN_PIXEL_SIZE_UM <= RED_CELL_DIAMETER_UM / diameter <= MAX_PIXEL_SIZE_UM:
+        value = RED_CELL_DIAMETER_UM / diameter
+        note = (
+            f"pixel size {value:.4g} um/px, measured on the red cells (modal diameter {diameter:.0f} px "
+            f"taken as {RED_CELL_DIAMETER_UM} um)."
+        )
+        return PixelSize(value, RULER, " ".join([f"{name}:", *notes, note]))
+    note = (
+        f"no red cells to measure; assuming the default pixel size {reference_um:.4g} um/px (the BCCD "
+        "fields the segmentation was tuned on, 100x objective). If cells look larger or smaller than "
+        "there, give --pixel-size or --scale."
+    )
+    return PixelSize(reference_um, DEFAULT, " ".join([f"{name}:", *notes, note]))
+
+
+def _windows(image):
+    """The image itself, or a few windows of a large one (centre and four quarter points), as RGB uint8."""
+    height, width = image.shape[:2]
+    if height * width <= 2 * RULER_WINDOW**2:
+        yield to_rgb8(np.asarray(image), "image")[0]
+        return
+    half = RULER_WINDOW // 2
+    for fy, fx in ((0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)):
+        y0 = min(max(0, round(height * fy) - half), max(0, height - RULER_WINDOW))
+        x0 = min(max(0, round(width * fx) - half), max(0, width - RULER_WINDOW))
+        window = np.asarray(image[y0 : y0 + RULER_WINDOW, x0 : x0 + RULER_WINDOW])
+        if window.min() != window.max():  # blank margins of a slide hold nothing to measure
+            yield to_rgb8(window, "window")[0]
+
+
+def _pooled_diameter(windows: list[np.ndarray], factor: int) -> float | None:
+    """Modal diameter (full-resolution pixels) over the objects of all windows reduced by ``factor``."""
+    samples = [_disc_diameters(downsample(window, factor)) for window in windows]
+    if not samples:
+        return None
+    diameters = np.concatenate([d for d, _ in samples])
+    weights = np.concatenate([w for _, w in samples])
+    modal = _weighted_mode(diameters, weights)
+    return None if modal is None else modal * factor
+
+
+def _disc_diameters(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Diameter of the largest inscribed disc of each stained, non-nucleus object, and its area."""
+    tables = od_tables(estimate_white(rgb))
+    score, total = stain_maps(rgb, tables)
+    nuclei = ndimage.binary_dilation(
+        score > SegmentationConfig.nucleus_threshold, iterations=NUCLEUS_MARGIN_PX
+    )
+    empty = np.zeros(0), np.zeros(0)
+    candidates = total[~nuclei]
+    if candidates.size == 0 or candidates.min() == candidates.max():
+        return empty
+    from skimage.filters import threshold_otsu
+
+    threshold = threshold_otsu(candidates)
+    if threshold < MIN_STAIN_OD:
+        return empty
+    cells = ndimage.binary_fill_holes(ndimage.binary_opening((total > threshold) & ~nuclei))
+    labels, count = ndimage.label(cells)
+    if count == 0:
+        return empty
+    distance = ndimage.distance_transform_edt(cells)
+    height, width = cells.shape
+    diameters, areas = [], []
+    for index, window in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[window] == index
+        local = np.where(inside, distance[window], 0.0)
+        y, x = np.unravel_index(int(np.argmax(local)), local.shape)
+        radius = float(local[y, x])
+        y, x = y + window[0].start, x + window[1].start
+        border = min(y, x, height - 1 - y, width - 1 - x)
+        if radius >= MIN_RADIUS_PX and border >= BORDER_FRACTION * radius:  # its centre is in the image
+            diameters.append(2 * radius)
+            areas.append(float(inside.sum()))
+    return np.asarray(diameters), np.asarray(areas)
+
+
+def _weighted_mode(diameters: np.ndarray, weights: np.ndarray) -> float | None:
+    """Area-weighted mode of the diameters (log scale), averaged over the objects near it."""
+    if len(diameters) < MIN_RED_CELLS:
+        return None
+    logs = np.log(diameters)
+    edges = np.arange(logs.min() - 3 * LOG_BIN, logs.max() + 4 * LOG_BIN, LOG_BIN)
+    histogram, _ = np.histogram(logs, edges, weights=weights)
+    peak = edges[int(np.argmax(ndimage.gaussian_filter1d(histogram, 2.0)))] + LOG_BIN / 2
+    near = np.abs(logs - peak) < MODE_HALF_WIDTH
+    return float(np.exp(np.average(logs[near], weights=weights[near])))
