@@ -11,7 +11,7 @@ from napari_hematology.widgets._keys import CANCEL, KEY_PROPERTY, RUN, key_text
 
 pytestmark = pytest.mark.gui
 
-DOCKS = ("Blast detection", "Slide prediction", "Review labels", "Expression", "Cytometry")
+DOCKS = ("Blast detection", "Slide prediction", "Review labels", "Expression", "Cytometry", "Whole slide")
 SCREEN = (1280, 800)
 
 

@@ -144,3 +144,15 @@ def test_list_images_expands_folders(tmp_path, sample_field_path):
         list_images(tmp_path / "empty")
     with pytest.raises(InputError, match="no such file"):
         list_images(tmp_path / "absent")
+
+
+def test_plain_images_say_their_format_and_have_no_pixel_size(sample_field_path):
+    image = read_image(sample_field_path)
+    assert (image.format_name, image.reader) == ("JPEG", "Pillow")
+    assert image.pixel_size_um is None and image.pixel_size_source is None
+
+
+def test_scanner_slides_are_listed_with_the_images(tmp_path, sample_field):
+    tifffile.imwrite(tmp_path / "scan.svs", sample_field, photometric="rgb")
+    (tmp_path / "scan.czi").write_bytes(b"\x00")
+    assert [p.name for p in list_images(tmp_path)] == ["scan.svs"]

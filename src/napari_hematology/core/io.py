@@ -1,4 +1,9 @@
-"""Reading smear images (small or whole-slide, lazily) and writing label images and cell tables."""
+"""Reading smear images (small or whole-slide, lazily) and writing label images and cell tables.
+
+This module is the one place that knows which files are images: plain pictures (JPEG, PNG, BMP) and every
+whole-slide format of :mod:`napari_hematology.core.slide_formats` (TIFF, OME-TIFF, SVS, NDPI, SCN, BIF,
+MRXS, DICOM...).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from napari_hematology.core.errors import InputError
+from napari_hematology.core.slide_formats import SLIDE_SUFFIXES, open_slide, refuse_unreadable
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".bmp")
-TIFF_SUFFIXES = (".tif", ".tiff")
-LAZY_THRESHOLD_BYTES = 256 * 2**20
+PLAIN_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
+IMAGE_SUFFIXES = SLIDE_SUFFIXES + tuple(PLAIN_FORMATS)
 MIN_SIDE = 16
 
 
@@ -21,15 +26,24 @@ class SmearImage:
 
     Attributes:
         levels: Image pyramid, full resolution first. Numpy arrays for small files, dask arrays for large
-            or pyramidal TIFFs (read lazily, tile by tile).
+            or pyramidal slides (read lazily, tile by tile).
         path: Where it was read from.
         notes: Conversions made on the way that the user should know about.
+        format_name: The file format, in words (``"Aperio SVS"``, ``"JPEG"``).
+        reader: The library that reads the pixels (``"tifffile"``, ``"openslide"``, ``"Pillow"``).
+        pixel_size_um: Width of a full-resolution pixel in micrometres; None when the file does not say.
+        pixel_size_source: Where ``pixel_size_um`` was read (``"Aperio MPP"``, ``"OME PhysicalSizeX"``,
+            ``"TIFF resolution tags"``, ``"openslide.mpp-x"``), None when it was not.
 
     """
 
     levels: list
     path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    format_name: str = ""
+    reader: str = ""
+    pixel_size_um: float | None = None
+    pixel_size_source: str | None = None
 
     @property
     def data(self):
@@ -81,19 +95,34 @@ def list_files(
 
 
 def list_images(paths: list[str | Path] | str | Path) -> list[Path]:
-    """Expand image files and folders into a sorted list of smear images (see :func:`list_files`)."""
-    return list_files(paths, IMAGE_SUFFIXES, "images")
+    """Expand image files and folders into a sorted list of smear images (see :func:`list_files`).
+
+    A DICOM slide is a folder of ``.dcm`` files (one per level); only the first of each folder is listed.
+    """
+    files = list_files(paths, IMAGE_SUFFIXES, "images")
+    dicom_folders: set[Path] = set()
+    kept = []
+    for path in files:
+        if path.suffix.lower() == ".dcm":
+            if path.parent in dicom_folders:
+                continue
+            dicom_folders.add(path.parent)
+        kept.append(path)
+    return kept
 
 
-def read_image(path: str | Path, lazy: bool | None = None) -> SmearImage:
-    """Open a smear image: TIFF/OME-TIFF (lazily if large or pyramidal), JPEG, PNG or BMP.
+def read_image(path: str | Path, lazy: bool | None = None, reader: str | None = None) -> SmearImage:
+    """Open a smear image: a whole slide of any known format (lazily, multiscale), or a JPEG, PNG or BMP.
 
     Args:
         path: Image file.
-        lazy: Force (True) or forbid (False) lazy dask reading of TIFFs; None decides by size.
+        lazy: Force (True) or forbid (False) lazy dask reading of plain TIFFs; None decides by size.
+            Pyramidal and OpenSlide slides are always lazy.
+        reader: Force ``"tifffile"`` or ``"openslide"`` for slides; None picks the reader by format.
 
     Returns:
-        The opened image, not yet checked for colour or bit depth (see :func:`to_rgb8`).
+        The opened image with its pixel size when the file records one; not yet checked for colour or
+        bit depth (see :func:`to_rgb8`).
 
     Raises:
         InputError: The file is missing, of an unsupported format, corrupt or truncated.
@@ -102,14 +131,16 @@ def read_image(path: str | Path, lazy: bool | None = None) -> SmearImage:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file.")
+    refuse_unreadable(path)
     if not is_image_path(path):
         raise InputError(
             f"{path.name}: unsupported format '{path.suffix}'. Use one of {', '.join(IMAGE_SUFFIXES)}."
         )
     try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            return _read_tiff(path, lazy)
-        return SmearImage(levels=[_read_plain(path)], path=path)
+        if path.suffix.lower() in SLIDE_SUFFIXES:
+            return _read_slide(path, lazy, reader)
+        plain = PLAIN_FORMATS[path.suffix.lower()]
+        return SmearImage(levels=[_read_plain(path)], path=path, format_name=plain, reader="Pillow")
     except InputError:
         raise
     except Exception as error:  # every decoder has its own exception types
@@ -120,6 +151,20 @@ def read_image(path: str | Path, lazy: bool | None = None) -> SmearImage:
         ) from error
 
 
+def _read_slide(path: Path, lazy: bool | None, reader: str | None) -> SmearImage:
+    slide = open_slide(path, lazy, reader)
+    notes = [] if slide.pixel_size_um else [f"{path.name}: the file records no pixel size."]
+    return SmearImage(
+        levels=slide.levels,
+        path=path,
+        notes=notes,
+        format_name=slide.format_name,
+        reader=slide.reader,
+        pixel_size_um=slide.pixel_size_um,
+        pixel_size_source=slide.pixel_size_source,
+    )
+
+
 def _read_plain(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -127,29 +172,6 @@ def _read_plain(path: Path) -> np.ndarray:
         if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
             image = image.convert("RGBA" if "transparency" in image.info or image.mode == "PA" else "RGB")
         return np.asarray(image)
-
-
-def _read_tiff(path: Path, lazy: bool | None) -> SmearImage:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
-        if lazy is None:
-            lazy = len(series.levels) > 1 or nbytes > LAZY_THRESHOLD_BYTES
-        if not lazy:
-            return SmearImage(levels=[series.asarray()], path=path)
-    import dask.array as da
-    import zarr
-
-    store = tifffile.imread(path, aszarr=True)
-    group = zarr.open(store, mode="r")
-    if isinstance(group, zarr.Array):
-        levels = [da.from_zarr(group)]
-    else:
-        arrays = [da.from_zarr(group[key]) for key in group.array_keys()]
-        levels = sorted(arrays, key=lambda a: -a.shape[0])
-    return SmearImage(levels=levels, path=path)
 
 
 def to_rgb8(image: np.ndarray, name: str = "image") -> tuple[np.ndarray, list[str]]:

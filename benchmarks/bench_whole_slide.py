@@ -1,0 +1,336 @@
+"""Benchmark of the Whole slide dock on a 20,000 x 20,000 slide, of the GeoJSON round trip and of readers.
+
+- ``gui``: a 20,000 x 20,000 pyramidal OME-TIFF built in /tmp by tiling the bundled BCCD fields (pixel size
+  set to the segmentation's reference, so the fields are segmented as they are) is opened in napari under
+  Xvfb, the dock's *Analyse whole slide* is pressed (reading area found automatically, shipped
+  classifier) and the run goes to the end while a 16 ms timer pans the camera a little at every tick, as
+  a user looking around would. Reported: the time until the first cells are on the canvas, the frame
+  time (interval between timer ticks, each of which moves the camera and repaints) before and during the
+  analysis, the whole run's time and the process's peak memory (RSS sampled every 50 ms, and max RSS).
+- ``geojson``: the cells found are exported as QuPath GeoJSON and imported back: same cells and classes.
+- ``readers``: on an 8,192 x 8,192 JPEG SVS, open time and the time to read one 2,048 x 2,048 region for
+  this package's readers (tifffile, OpenSlide) and, when they are importable, napari-tiff, napari-wsi and
+  napari-lazy-openslide (install them apart: ``pip install --no-deps --target DIR ...`` and put DIR on
+  PYTHONPATH), with what each gives napari (levels, pixel size).
+
+Run: ``xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python benchmarks/bench_whole_slide.py``
+(a few minutes on 2 cores); writes ``benchmarks/results/whole_slide.json``. ``--part gui|readers`` runs one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+RESULTS = Path(__file__).resolve().parent / "results" / "whole_slide.json"
+SIDE = 20_000
+TILE = 512
+LEVELS = 5
+TICK_MS = 16
+READER_SIDE = 8192
+
+
+def bundled_fields() -> np.ndarray:
+    from napari_hematology.core.cells.samples import sample_fields
+    from napari_hematology.core.io import read_image
+
+    return np.stack([np.asarray(read_image(path).data)[..., :3] for path in sample_fields()])
+
+
+def mosaic_tile(fields: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Pixels (ys x xs) of the endless mosaic of fields, each row of fields shifted by three."""
+    count, height, width = fields.shape[:3]
+    which = ((ys // height)[:, None] * 3 + (xs // width)[None, :]) % count
+    return fields[which, (ys % height)[:, None], (xs % width)[None, :]]
+
+
+def write_mosaic_slide(path: Path, side: int, pixel_size_um: float, levels: int = LEVELS) -> Path:
+    """A pyramidal OME-TIFF of the mosaic, tile by tile (never whole in memory)."""
+    fields = bundled_fields()
+
+    def tiles(level: int):
+        step = 2**level
+        size = -(-side // step)
+        for y in range(0, size, TILE):
+            for x in range(0, size, TILE):
+                ys = np.minimum(np.arange(y, y + TILE), size - 1) * step
+                xs = np.minimum(np.arange(x, x + TILE), size - 1) * step
+                yield mosaic_tile(fields, ys, xs)
+
+    metadata = {"axes": "YXS", "PhysicalSizeX": pixel_size_um, "PhysicalSizeY": pixel_size_um}
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        options = {"tile": (TILE, TILE), "photometric": "rgb", "dtype": np.uint8}
+        tif.write(tiles(0), shape=(side, side, 3), subifds=levels - 1, metadata=metadata, **options)
+        for level in range(1, levels):
+            size = -(-side // 2**level)
+            tif.write(tiles(level), shape=(size, size, 3), subfiletype=1, **options)
+    return path
+
+
+class PeakMemory:
+    """Samples the process's resident memory in a thread; ``peak`` in bytes."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(self._interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def frame_statistics(intervals: list[float]) -> dict:
+    values = np.asarray(intervals) * 1000
+    if values.size == 0:
+        return {}
+    return {
+        "ticks": int(values.size),
+        "median_ms": round(float(np.median(values)), 1),
+        "p95_ms": round(float(np.percentile(values, 95)), 1),
+        "max_ms": round(float(values.max()), 1),
+        "share_over_100ms": round(float((values > 100).mean()), 4),
+    }
+
+
+def measure_gui(slide: Path, out_dir: Path) -> dict:
+    """Open the slide in napari, analyse it with the dock, time the first cells and the frames."""
+    import napari
+    import torch
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_hematology.widgets.whole_slide import WholeSlideWidget
+
+    torch.set_num_threads(1)
+    with PeakMemory() as memory:
+        viewer = napari.Viewer(show=True)
+        viewer.window._qt_window.resize(1280, 900)
+        viewer.open(str(slide), plugin="napari-hematology")
+        widget = WholeSlideWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="Whole slide")
+        widget.form.out.value = out_dir
+        app = QApplication.instance()
+        ticks: list[float] = []
+        state = {"last": None, "step": 0}
+
+        def tick() -> None:
+            now = time.perf_counter()
+            if state["last"] is not None:
+                ticks.append(now - state["last"])
+            state["last"] = now
+            state["step"] += 1
+            centre = np.asarray(viewer.camera.center)
+            viewer.camera.center = tuple(centre + [0, 20.0 * np.sin(state["step"] / 10), 0][-len(centre) :])
+
+        timer = QTimer()
+        timer.setInterval(TICK_MS)
+        timer.timeout.connect(tick)
+        timer.start()
+        idle_end = time.perf_counter() + 3
+        while time.perf_counter() < idle_end:
+            app.processEvents()
+        idle = frame_statistics(ticks)
+        ticks.clear()
+        start = time.perf_counter()
+        widget.analyse()
+        first_cells = None
+        while widget.runner.busy or first_cells is None:
+            app.processEvents()
+            if first_cells is None and widget.cells_layer is not None and len(widget.cells_layer.data):
+                first_cells = time.perf_counter() - start
+            if not widget.runner.busy and first_cells is None:
+                break
+        app.processEvents()
+        elapsed = time.perf_counter() - start
+        timer.stop()
+        during = frame_statistics(ticks)
+        result = widget.result
+        cells = widget.cells.copy()
+        viewer.close()
+    return {
+        "slide": f"{SIDE} x {SIDE} pyramidal OME-TIFF, {LEVELS} levels, {TILE}-pixel tiles, BCCD mosaic",
+        "first_cells_visible_s": None if first_cells is None else round(first_cells, 2),
+        "whole_run_s": round(elapsed, 1),
+        "cells": int(len(cells)),
+        "tiles_read": None if result is None else result.summary["tiles_read"],
+        "region": None if result is None else result.summary["region"],
+        "frame_time_idle": idle,
+        "frame_time_during_analysis": during,
+        "peak_rss_gb_sampled": round(memory.peak / 2**30, 2),
+        "max_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "cells_table": None if result is None else str(result.outputs["cells"]),
+    }
+
+
+def geojson_round_trip(cells_csv: Path, out_dir: Path) -> dict:
+    """Export the run's cells as QuPath GeoJSON, import them back, compare."""
+    import pandas as pd
+
+    from napari_hematology.core.cells.geojson import (
+        cells_to_geojson,
+        geojson_to_cells,
+        read_geojson,
+        write_geojson,
+    )
+
+    cells = pd.read_csv(cells_csv)
+    start = time.perf_counter()
+    path = write_geojson(out_dir / "round_trip.geojson", cells_to_geojson(cells))
+    back = geojson_to_cells(read_geojson(path))
+    seconds = time.perf_counter() - start
+    same_classes = bool(len(back) == len(cells) and (back["label"] == cells["label"]).all())
+    position = ["centroid_y", "centroid_x"]
+    offset = np.abs(back[position].to_numpy() - cells[position].to_numpy())
+    return {
+        "cells": int(len(cells)),
+        "cells_back": int(len(back)),
+        "same_classes_in_order": same_classes,
+        "max_centroid_difference_px": float(offset.max()) if len(offset) else 0.0,
+        "file_mb": round(path.stat().st_size / 2**20, 2),
+        "seconds": round(seconds, 2),
+    }
+
+
+def write_reader_svs(path: Path) -> Path:
+    """An 8,192 x 8,192 Aperio-style SVS (JPEG tiles, 4x and 16x levels) of the mosaic."""
+    fields = bundled_fields()
+    description = (
+        f"Aperio Image Library v12.0.15\r\n{READER_SIDE}x{READER_SIDE} [0,0 {READER_SIDE}x{READER_SIDE}] "
+        "(256x256) JPEG/RGB Q=80|AppMag = 40|MPP = 0.2500"
+    )
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        common = {"photometric": "rgb", "metadata": None, "description": description}
+        for index, step in enumerate((1, 32, 4, 16)):
+            size = READER_SIDE // step
+            image = mosaic_tile(fields, np.arange(size) * step, np.arange(size) * step)
+            tiled = {} if index == 1 else {"tile": (256, 256), "compression": "jpeg"}
+            tif.write(image, **common, **tiled)
+    return path
+
+
+def _timed_region(levels) -> float:
+    """Seconds to read a 2,048 x 2,048 region of full resolution, after a first small read (warm-up)."""
+    np.asarray(levels[0][:64, :64])
+    start = time.perf_counter()
+    np.asarray(levels[0][2048:4096, 2048:4096])
+    return round(time.perf_counter() - start, 3)
+
+
+def compare_readers(svs: Path) -> dict:
+    """Open time, one-region read time and what each reader gives napari."""
+    from napari_hematology.core.io import read_image
+
+    for reader in ("tifffile", "openslide"):  # imports and library loading, not timed
+        np.asarray(read_image(svs, reader=reader).levels[-1][:64, :64])
+    results = {}
+    for reader in ("tifffile", "openslide"):
+        start = time.perf_counter()
+        image = read_image(svs, reader=reader)
+        opened = round(time.perf_counter() - start, 3)
+        results[f"napari-hematology ({reader})"] = {
+            "open_s": opened,
+            "region_2048_s": _timed_region(image.levels),
+            "levels": len(image.levels),
+            "pixel_size_um": image.pixel_size_um,
+            "mrxs_dicom": reader == "openslide",
+        }
+    results["napari-tiff"] = _napari_tiff(svs)
+    results["napari-wsi"] = _napari_wsi(svs)
+    results["napari-lazy-openslide"] = _napari_lazy_openslide(svs)
+    return results
+
+
+def _layer_summary(data, kwargs, opened: float) -> dict:
+    levels = data if isinstance(data, list) else [data]
+    return {
+        "open_s": opened,
+        "region_2048_s": _timed_region(levels),
+        "levels": len(levels),
+        "napari_scale": [float(v) for v in kwargs.get("scale", ())] or None,
+    }
+
+
+def _napari_tiff(svs: Path) -> dict:
+    try:
+        from napari_tiff.napari_tiff_reader import reader_function
+    except ImportError as error:
+        return {"available": False, "error": str(error)}
+    start = time.perf_counter()
+    data, kwargs, _ = reader_function(str(svs))[0]
+    return {"available": True, **_layer_summary(data, kwargs, round(time.perf_counter() - start, 3))}
+
+
+def _napari_wsi(svs: Path) -> dict:
+    try:
+        from napari_wsi.reader import wsi_reader_openslide
+    except ImportError as error:
+        return {"available": False, "error": str(error)}
+    start = time.perf_counter()
+    try:
+        layers = wsi_reader_openslide(str(svs))
+        layers = layers(str(svs)) if callable(layers) else layers
+        data, kwargs, _ = layers[0]
+    except Exception as error:  # report what the reader does without a napari viewer
+        return {"available": True, "error": f"{type(error).__name__}: {error}"}
+    return {"available": True, **_layer_summary(data, kwargs, round(time.perf_counter() - start, 3))}
+
+
+def _napari_lazy_openslide(svs: Path) -> dict:
+    try:
+        from napari_lazy_openslide import napari_get_reader
+    except ImportError as error:
+        return {"available": False, "error": f"{type(error).__name__}: {error}"}
+    start = time.perf_counter()
+    data, kwargs, _ = napari_get_reader(str(svs))(str(svs))[0]
+    return {"available": True, **_layer_summary(data, kwargs, round(time.perf_counter() - start, 3))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("all", "gui", "readers"), default="all")
+    args = parser.parse_args()
+    from napari_hematology.core.cells.segmentation import SegmentationConfig
+
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    with tempfile.TemporaryDirectory(prefix="whole_slide_", dir=os.environ.get("TMPDIR", "/tmp")) as scratch:
+        scratch = Path(scratch)
+        if args.part in ("all", "gui"):
+            start = time.perf_counter()
+            slide = write_mosaic_slide(scratch / "mosaic.ome.tif", SIDE, SegmentationConfig().pixel_size_um)
+            build = round(time.perf_counter() - start, 1)
+            results["gui"] = {**measure_gui(slide, scratch / "out"), "slide_build_s": build}
+            table = results["gui"].pop("cells_table")
+            results["geojson_round_trip"] = geojson_round_trip(Path(table), scratch) if table else None
+            slide.unlink()
+        if args.part in ("all", "readers"):
+            results["readers"] = compare_readers(write_reader_svs(scratch / "readers.svs"))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""``slide``: whole slides of any scanner format: info, reading area, tile-by-tile analysis, GeoJSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from napari_hematology.core.progress import TextProgress
+
+MODEL_HELP = "classifier folder from train-classifier (default: the shipped weights)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``slide`` command group."""
+    slide = subparsers.add_parser(
+        "slide",
+        help="whole slides (SVS, NDPI, MRXS, SCN, BIF, DICOM, OME-TIFF): info, reading area, analysis",
+        description="Work on whole slides as scanners write them. 'slide info' shows the format, levels "
+        "and pixel size; 'slide reading-area' finds the smear's monolayer; 'slide analyze' counts white "
+        "cells tile by tile (resumable) and writes QuPath GeoJSON; 'slide export-geojson' turns a cell "
+        "table into QuPath detections.",
+    )
+    commands = slide.add_subparsers(dest="slide_command", metavar="SUBCOMMAND", required=True)
+
+    info = commands.add_parser("info", help="format, reader, pyramid levels and pixel size of slides")
+    info.add_argument("slides", nargs="+", metavar="SLIDE")
+    info.set_defaults(func=run_info)
+
+    area = commands.add_parser(
+        "reading-area",
+        help="find the smear's monolayer and write it as QuPath annotations",
+        description="Find where red cells lie side by side (enough coverage, little overlap) and write the "
+        "area as GeoJSON polygons in slide pixels; QuPath opens them as annotations.",
+    )
+    area.add_argument("slide", metavar="SLIDE")
+    area.add_argument("--out", required=True, type=Path, metavar="FILE", help="GeoJSON file to write")
+    area.set_defaults(func=run_reading_area)
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="count and classify white cells over a whole slide, tile by tile",
+        description="Segment and classify the white cells of a slide tile by tile, in its reading area by "
+        "default. Writes DIR/<stem>_cells.csv, <stem>_cells.geojson (QuPath detections), "
+        "<stem>_summary.json and a checkpoint; an interrupted run continues with --resume.",
+    )
+    analyze.add_argument("slide", metavar="SLIDE")
+    analyze.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    where = analyze.add_mutually_exclusive_group()
+    where.add_argument(
+        "--region",
+        type=Path,
+        metavar="GEOJSON",
+        help="read only inside these polygons (e.g. annotations exported from QuPath)",
+    )
+    where.add_argument(
+        "--whole-slide", action="store_true", help="read every stained tile instead of the reading area"
+    )
+    analyze.add_argument(
+        "--cells",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N white cells (100/200-cell differential)",
+    )
+    analyze.add_argument("--resume", action="store_true", help="continue the unfinished run in DIR")
+    analyze.add_argument("--model", type=Path, default=None, metavar="DIR", help=MODEL_HELP)
+    analyze.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="micrometres per pixel, when the file's value is missing or wrong (default: the file's, else "
+        "measured on the red cells)",
+    )
+    analyze.set_defaults(func=run_analyze)
+
+    export = commands.add_parser(
+        "export-geojson",
+        help="turn a cell table (from segment or slide analyze) into QuPath GeoJSON detections",
+    )
+    export.add_argument("cells", type=Path, metavar="CELLS_CSV")
+    export.add_argument("--out", required=True, type=Path, metavar="FILE", help="GeoJSON file to write")
+    export.set_defaults(func=run_export)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print what each slide is; returns the exit code."""
+    from napari_hematology.core.io import read_image
+
+    for path in args.slides:
+        image = read_image(path)
+        levels = ", ".join("x".join(map(str, level.shape[1::-1])) for level in image.levels)
+        size = (
+            f"{image.pixel_size_um:.4g} µm/pixel ({image.pixel_size_source})"
+            if image.pixel_size_um
+            else "pixel size not recorded"
+        )
+        print(f"{Path(path).name}: {image.format_name} via {image.reader}; levels {levels}; {size}")
+    return 0
+
+
+def run_reading_area(args: argparse.Namespace) -> int:
+    """Find and write the reading area; returns the exit code."""
+    from napari_hematology.core.cells.geojson import polygons_to_geojson, write_geojson
+    from napari_hematology.core.cells.reading_area import find_reading_area
+    from napari_hematology.core.io import read_image
+
+    area = find_reading_area(read_image(args.slide), progress=TextProgress())
+    write_geojson(args.out, polygons_to_geojson(area.polygons))
+    for note in area.notes:
+        print(note)
+    blocks = f"{int(area.mask.sum())} blocks of {area.block_px:.0f} pixels"
+    print(f"{len(area.polygons)} region(s), {blocks} -> {args.out}")
+    return 0
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Analyse a slide and print its summary; returns the exit code."""
+    from napari_hematology.core.cells.geojson import geojson_to_polygons, read_geojson
+    from napari_hematology.core.cells.whole_slide import WholeSlideConfig, analyze_slide_file
+    from napari_hematology.core.errors import InputError
+
+    regions = None
+    if args.region is not None:
+        regions = geojson_to_polygons(read_geojson(args.region))
+        if not regions:
+            raise InputError(f"{args.region.name} holds no polygon to read in.")
+    config = WholeSlideConfig(max_white_cells=args.cells, pixel_size_um=args.pixel_size)
+    result = analyze_slide_file(
+        args.slide,
+        args.out,
+        model_dir=args.model,
+        regions=regions,
+        reading_area=not args.whole_slide,
+        config=config,
+        resume=args.resume,
+        progress=TextProgress(),
+    )
+    summary = result.summary
+    for note in summary["notes"]:
+        print(note)
+    blast = "n/a" if summary["blast_percent"] is None else f"{summary['blast_percent']:.1f}%"
+    print(f"{summary['cells']} white cells in {summary['region']}, blasts {blast}.")
+    print(json.dumps(summary["counts"]))
+    print(f"Cells: {result.outputs['cells']}  QuPath: {result.outputs['geojson']}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write a cell table as QuPath detections; returns the exit code."""
+    from napari_hematology.core.cells.geojson import cells_to_geojson, write_geojson
+    from napari_hematology.core.io import read_table
+
+    cells = read_table(args.cells, ["centroid_y", "centroid_x"])
+    write_geojson(args.out, cells_to_geojson(cells))
+    print(f"{len(cells)} cells -> {args.out}")
+    return 0

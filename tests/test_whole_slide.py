@@ -1,0 +1,150 @@
+"""Whole slides tile by tile: cells of one pass, cancel and resume, sampling, regions, reading area, CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from blast_helpers import FakeClassifier
+from slide_helpers import mosaic, synthetic_smear, write_ome_pyramid
+
+from napari_hematology.cli import main
+from napari_hematology.core.cells import whole_slide
+from napari_hematology.core.cells.geojson import geojson_to_cells, read_geojson
+from napari_hematology.core.cells.reading_area import find_reading_area
+from napari_hematology.core.cells.segmentation import SegmentationConfig, segment_field
+from napari_hematology.core.cells.whole_slide import WholeSlideConfig, analyze_slide
+from napari_hematology.core.errors import Cancelled, InputError
+from napari_hematology.core.io import SmearImage, read_image
+
+TILED = SegmentationConfig(tile_size=1024, tile_overlap=256)
+REFERENCE_UM = SegmentationConfig().pixel_size_um  # the bundled fields' pixel size: segmented as they are
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory):
+    return write_ome_pyramid(tmp_path_factory.mktemp("slide") / "smear.ome.tif", mosaic(1440, 1920), levels=3,
+                             pixel_size_um=REFERENCE_UM)
+
+
+@pytest.fixture(scope="module")
+def full_run(slide_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    updates = []
+    result = analyze_slide(read_image(slide_path), out, FakeClassifier(blast_above=200),
+                           config=WholeSlideConfig(TILED), on_tile=updates.append)
+    return result, updates
+
+
+def _stopping_after(tiles: int):
+    seen = []
+    return seen.append, lambda: len(seen) >= tiles
+
+
+def test_tiles_find_the_cells_of_one_pass_once_each(slide_path, full_run):
+    result, _ = full_run
+    single = segment_field(np.asarray(read_image(slide_path).data)).cells
+    assert len(result.cells) == len(single) > 10
+    found = result.cells[["centroid_y", "centroid_x"]].to_numpy()
+    for y, x in single[["centroid_y", "centroid_x"]].to_numpy():
+        assert np.hypot(*(found - [y, x]).T).min() < 3
+    gaps = np.hypot(*(found[:, None] - found[None]).transpose(2, 0, 1)) + np.eye(len(found)) * 1e9
+    assert gaps.min() > 20  # no cell counted twice
+    assert list(result.cells["cell_id"]) == list(range(1, len(found) + 1))
+
+
+def test_outputs_and_live_updates(full_run):
+    result, updates = full_run
+    assert [update.done for update in updates] == list(range(1, len(updates) + 1))
+    assert updates[-1].done == updates[-1].total == result.summary["tiles_read"]
+    assert sum(len(update.cells) for update in updates) == len(result.cells)
+    assert updates[-1].summary["cells"] == result.summary["cells"] == len(result.cells)
+    assert set(result.cells["label"]) <= {"blast", "neutrophil"} and result.summary["counts"]["blast"] > 0
+    saved = json.loads(result.outputs["summary"].read_text())
+    assert saved["pixel_size_um"] == pytest.approx(REFERENCE_UM) and saved["format"] == "OME-TIFF"
+    assert saved["pixel_size_source"] == "metadata" and "OME PhysicalSizeX" in saved["notes"][0]
+    detections = geojson_to_cells(read_geojson(result.outputs["geojson"]))
+    assert list(detections["label"]) == list(result.cells["label"])
+    assert not whole_slide.has_checkpoint(result.outputs["cells"].parent, "smear")
+
+
+def test_a_cancelled_run_keeps_its_cells_and_resumes_to_the_same_result(slide_path, full_run, tmp_path):
+    expected = full_run[0].cells
+    image = read_image(slide_path)
+    on_tile, stop = _stopping_after(3)
+    with pytest.raises(Cancelled):
+        analyze_slide(image, tmp_path, FakeClassifier(blast_above=200), config=WholeSlideConfig(TILED),
+                      on_tile=on_tile, should_stop=stop)
+    assert whole_slide.has_checkpoint(tmp_path, "smear")
+    kept = pd.read_csv(tmp_path / "smear_cells.csv")
+    assert 0 < len(kept) < len(expected)
+    replayed = []
+    resumed = analyze_slide(image, tmp_path, FakeClassifier(blast_above=200), config=WholeSlideConfig(TILED),
+                            resume=True, on_tile=replayed.append)
+    assert len(replayed[0].cells) == len(kept)  # the cells found before are shown first
+    columns = ["cell_id", "centroid_y", "centroid_x", "label"]
+    pd.testing.assert_frame_equal(resumed.cells[columns], expected[columns], check_dtype=False)
+
+
+def test_resuming_with_other_settings_is_refused(slide_path, tmp_path):
+    image = read_image(slide_path)
+    on_tile, stop = _stopping_after(1)
+    with pytest.raises(Cancelled):
+        analyze_slide(image, tmp_path, FakeClassifier(), config=WholeSlideConfig(TILED), on_tile=on_tile,
+                      should_stop=stop)
+    with pytest.raises(InputError, match="another slide, region or settings"):
+        analyze_slide(image, tmp_path, FakeClassifier(), config=WholeSlideConfig(TILED, max_white_cells=9),
+                      resume=True)
+
+
+def test_a_fixed_differential_stops_at_that_many_cells(slide_path, tmp_path):
+    result = analyze_slide(read_image(slide_path), tmp_path, FakeClassifier(),
+                           config=WholeSlideConfig(TILED, max_white_cells=5))
+    assert len(result.cells) == 5 and list(result.cells["cell_id"]) == [1, 2, 3, 4, 5]
+    assert result.summary["tiles_read"] < result.summary["tiles_planned"]
+
+
+def test_regions_limit_the_cells_counted(slide_path, full_run, tmp_path):
+    left = np.array([[0.0, 0.0], [0.0, 900.0], [1440.0, 900.0], [1440.0, 0.0]])
+    result = analyze_slide(read_image(slide_path), tmp_path, FakeClassifier(), regions=[left],
+                           config=WholeSlideConfig(TILED))
+    assert 0 < len(result.cells) < len(full_run[0].cells)
+    assert (result.cells["centroid_x"] < 900).all()
+    everything_left = full_run[0].cells["centroid_x"] < 900
+    assert len(result.cells) == int(everything_left.sum())
+
+
+def test_reading_area_is_the_monolayer_between_thick_part_and_feathered_edge():
+    smear = synthetic_smear(height=1200, width=3000)
+    area = find_reading_area(SmearImage([smear], pixel_size_um=1.0))
+    assert area.block_px == 100 and len(area.polygons) == 1
+    columns = area.mask.mean(axis=0)
+    assert (columns[:10] == 0).all() and (columns[20:] == 0).all()  # thick third, feathered third
+    assert columns[10:20].mean() > 0.8
+    xs = area.polygons[0][:, 1]
+    assert xs.min() == pytest.approx(1000, abs=100) and xs.max() == pytest.approx(2000, abs=100)
+
+
+def test_reading_area_without_pixel_size_says_how_it_measured():
+    area = find_reading_area(SmearImage([synthetic_smear(height=600, width=1500)]))
+    assert any("no pixel size" in note for note in area.notes)
+    assert area.mask[:, area.mask.shape[1] // 2].any()
+
+
+def test_cli_slide_info_analyze_and_export(slide_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(whole_slide, "get_classifier", lambda model_dir=None: FakeClassifier())
+    assert main(["slide", "info", str(slide_path)]) == 0
+    shown = capsys.readouterr().out
+    assert f"OME-TIFF via tifffile; levels 1920x1440, 960x720, 480x360; {REFERENCE_UM:.4g} µm/pixel" in shown
+    assert main(["slide", "analyze", str(slide_path), "--out", str(tmp_path), "--whole-slide",
+                 "--cells", "4"]) == 0
+    assert "4 white cells in whole slide" in capsys.readouterr().out
+    cells = pd.read_csv(tmp_path / "smear_cells.csv")
+    assert len(cells) == 4
+    assert main(["slide", "export-geojson", str(tmp_path / "smear_cells.csv"), "--out",
+                 str(tmp_path / "again.geojson")]) == 0
+    assert len(read_geojson(tmp_path / "again.geojson")["features"]) == 4
+    (tmp_path / "empty.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    assert main(["slide", "analyze", str(slide_path), "--out", str(tmp_path), "--region",
+                 str(tmp_path / "empty.geojson")]) == 2
+    assert "holds no polygon" in capsys.readouterr().err
