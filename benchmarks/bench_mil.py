@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from napari_hematology.core.calibration import fit_temperature, softmax
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.core.slides.bags import DEFAULT_CLASSES, Bags, MilConfig
 from napari_hematology.core.slides.features import CELL_CLASSIFIER, encode_files, resolve_encoder
@@ -34,9 +35,7 @@ from napari_hematology.core.slides.fitting import (
     bag_metrics,
     bag_outputs,
     cross_validate,
-    fit_temperature,
     grouped_folds,
-    softmax,
     train_mil,
 )
 from napari_hematology.core.slides.prediction import load_mil_model, predict_bags

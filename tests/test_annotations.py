@@ -262,3 +262,107 @@ def test_labels_commands_import_export_agreement(tmp_path, capsys):
     assert "basophil" in capsys.readouterr().err
     assert main(["labels", "export", "--project", str(tmp_path / "none.sqlite"), "--out", str(out)]) == 2
     assert _digest(project) == before
+
+
+def test_project_of_schema_1_opens_and_gains_the_detection_columns(tmp_path):
+    from napari_hematology.core.labels.store import APPLICATION_ID, SCHEMA_VERSION
+
+    path = tmp_path / "old.sqlite"
+    connection = sqlite3.connect(path)
+    connection.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);"
+        "CREATE TABLE classes (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);"
+        "CREATE TABLE cells (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, image_id INTEGER, x REAL,"
+        " y REAL, crop TEXT);"
+        "CREATE TABLE label_events (id INTEGER PRIMARY KEY AUTOINCREMENT, cell_id INTEGER NOT NULL,"
+        " annotator TEXT NOT NULL, class_id INTEGER, previous_class_id INTEGER, source TEXT NOT NULL,"
+        " created TEXT NOT NULL, undoes INTEGER, score REAL, confidence REAL);"
+        "CREATE VIEW current_labels AS SELECT e.* FROM label_events e JOIN (SELECT cell_id, annotator,"
+        " MAX(id) AS id FROM label_events GROUP BY cell_id, annotator) last ON e.id = last.id;"
+        "INSERT INTO cells (name, crop) VALUES ('old', 'old.png');"
+    )
+    connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    connection.execute("PRAGMA user_version = 1")
+    connection.commit()
+    connection.close()
+    with AnnotationStore(path) as store:
+        store.add_cells([{"name": "new", "probabilities": {"blast": 0.7}, "atypical_score": 0.2}])
+        cells = store.cells().set_index("cell")
+    assert cells.loc["old", "crop"] == "old.png" and cells.loc["old", "probabilities"] is None
+    assert cells.loc["new", "probabilities"] == {"blast": 0.7} and cells.loc["new", "atypical_score"] == 0.2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_undo_many_reverts_a_whole_decision_in_one_action(store):
+    store.set_labels([("c0", "blast"), ("c1", "blast"), ("c2", "monocyte")], "anna", "human")
+    assert store.undo_many("anna", 2) == ["c2", "c1"]
+    assert store.current_labels(["anna"]).set_index("cell")["label"].to_dict() == {"c0": "blast"}
+
+
+def _png(path, colour=(150, 60, 170)):
+    import numpy as np
+    from PIL import Image
+
+    image = np.full((24, 24, 3), 230, dtype=np.uint8)
+    image[6:18, 6:18] = colour
+    Image.fromarray(image).save(path)
+
+
+def test_crop_folders_import_through_the_mapping_and_unknown_names_are_reported(tmp_path):
+    from napari_hematology.core.labels.exchange import import_crop_folders, read_class_mapping
+    from napari_hematology.core.labels.review import corrected_labels
+
+    export = tmp_path / "export"
+    for folder, count in (("SEG", 2), ("LY", 1), ("Smudge", 1)):
+        (export / folder).mkdir(parents=True)
+        for index in range(count):
+            _png(export / folder / f"{index}.jpg")
+    pd.DataFrame({"exporter_name": ["SEG", "LY"], "model_class": ["neutrophil", "lymphocyte"]}).to_csv(
+        tmp_path / "map.csv", index=False
+    )
+    mapping = read_class_mapping(tmp_path / "map.csv")
+    with AnnotationStore(tmp_path / "p.sqlite") as store:
+        with pytest.raises(InputError, match="Smudge"):
+            import_crop_folders(store, export, mapping)
+        assert store.cells().empty
+        assert import_crop_folders(store, export, {**mapping, "Smudge": "other"}) == {
+            "lymphocyte": 1, "neutrophil": 2, "other": 1
+        }
+        labels = corrected_labels(store, require_reviewed=True)
+    assert sorted(labels["label"]) == ["lymphocyte", "neutrophil", "neutrophil", "other"]
+
+
+def test_detected_cells_go_to_review_with_crop_probabilities_and_model_label(tmp_path):
+    import numpy as np
+
+    from napari_hematology.core.labels.exchange import crops_folder, send_to_review
+    from napari_hematology.core.labels.review import corrected_labels
+
+    cells = pd.DataFrame(
+        {
+            "cell_id": [1, 2],
+            "centroid_x": [10.0, 40.0],
+            "centroid_y": [5.0, 25.0],
+            "label": ["blast", "lymphocyte"],
+            "prob_blast": [0.8, 0.1],
+            "prob_lymphocyte": [0.2, 0.9],
+            "atypical_score": [0.3, np.nan],
+        }
+    )
+    crops = [np.full((20, 20, 3), 100, dtype=np.uint8)] * 2
+    project = tmp_path / "review.sqlite"
+    assert send_to_review(project, "slides/a.svs", cells, crops, ["blast", "lymphocyte"]) == 2
+    with AnnotationStore(project) as store:
+        table = store.cells().set_index("cell")
+        labels = store.current_labels()
+        with pytest.raises(InputError, match="no reviewed cells"):
+            corrected_labels(store, require_reviewed=True)
+    first = table.loc["slides/a.svs#1"]
+    assert (first["image"], first["x"], first["y"]) == ("slides/a.svs", 10.0, 5.0)
+    assert first["probabilities"] == {"blast": 0.8, "lymphocyte": 0.2} and first["atypical_score"] == 0.3
+    assert pd.isna(table.loc["slides/a.svs#2", "atypical_score"])
+    assert len(list(crops_folder(project).glob("*.png"))) == 2
+    assert labels[["label", "source", "confidence"]].values.tolist() == [
+        ["blast", "model", 0.8], ["lymphocyte", "model", 0.9]
+    ]

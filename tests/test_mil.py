@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 
 from napari_hematology.cli import main
+from napari_hematology.core.calibration import fit_temperature, softmax
 from napari_hematology.core.errors import InputError, ModelFileError
 from napari_hematology.core.registry import create_model, save_model
 from napari_hematology.core.slides.bags import Bags, MilConfig, read_bags_table
 from napari_hematology.core.slides.features import Encoder, encode_files
-from napari_hematology.core.slides.fitting import fit_temperature, softmax, train_from_table, train_mil
+from napari_hematology.core.slides.fitting import train_from_table, train_mil
 from napari_hematology.core.slides.prediction import load_mil_model, predict_bags, predict_cells
 from napari_hematology.core.training import TrainConfig
 

@@ -82,6 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="address of a running Dask scheduler (tcp://host:8786), or 'synchronous' to stay in this "
         "process; default: a local cluster of at most 2 workers",
     )
+    analyze.add_argument(
+        "--project", type=Path, default=None, metavar="PROJECT.sqlite",
+        help="also put every detected cell into this review project (created if needed) for the Gallery",
+    )
     analyze.set_defaults(func=run_analyze)
 
 
@@ -139,4 +143,9 @@ def run_analyze(args: argparse.Namespace) -> int:
     for warning in total["warnings"]:
         print(f"Warning: {warning}")
     print(f"Report: {args.out / 'report.html'}")
+    if args.project is not None:
+        from napari_hematology.core.labels.exchange import send_analysis_to_review
+
+        cells = send_analysis_to_review(args.project, summary, args.out)
+        print(f"Cells sent to review: {args.project} ({cells} cells in it)")
     return report_skipped(summary["skipped"], len(summary["images"]) + len(summary["skipped"]))

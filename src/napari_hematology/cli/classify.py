@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from napari_hematology.cli.blast import add_device_option, report_skipped
@@ -30,14 +31,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = subparsers.add_parser(
         "train-classifier",
-        help="retrain the cell classifier (the recipe of the shipped weights)",
-        description="Train the cell classifier from the labelled single-cell crops of the shared data "
-        "folder (all_idb2, bccd_crops, wbc_seg) and save it as a model folder for --model.",
+        help="fine-tune the cell classifier on a lab's labelled crops (or retrain it on the shared data)",
+        description="Fine-tune a cell classifier on your own labelled crops: --cells CELLS.csv (columns "
+        "image,label; paths relative to the CSV; labels are class names of the base model) or --project "
+        "PROJECT.sqlite (the reviewers' consensus labels, else the imported ones). It starts from --base "
+        "(default: the shipped weights), fits a temperature on a held-out fifth when there are at least "
+        "100 cells, and writes a model folder for --model. Unreadable crops are skipped and named. "
+        "Alternatively --data retrains from scratch on the shared data folder (the recipe of the "
+        "shipped weights).",
     )
-    train.add_argument("--data", required=True, type=Path, metavar="DIR", help="shared data folder")
+    sources = train.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--cells", type=Path, metavar="CELLS.csv", help="labelled crops: image,label")
+    sources.add_argument("--project", type=Path, metavar="PROJECT.sqlite", help="a review project")
+    sources.add_argument("--data", type=Path, metavar="DIR", help="shared data folder (train from scratch)")
     train.add_argument("--out", required=True, type=Path, metavar="DIR", help="model folder to write")
-    train.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    train.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    train.add_argument(
+        "--base", type=Path, default=None, metavar="DIR", help="model folder to start from (default: shipped)"
+    )
+    train.add_argument(
+        "--add-classes", action="store_true", help="grow the model for labels the base model does not know"
+    )
+    train.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    train.add_argument("--seed", type=int, default=None, help="override the seed")
+    add_device_option(train)
     train.set_defaults(func=run_train)
 
 
@@ -57,18 +73,50 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Retrain the classifier and save it."""
+    """Fine-tune on a lab's labels (or retrain on the shared data) and save the model folder."""
     from dataclasses import replace
 
-    from napari_hematology.core.cells.recipe import ClassifierRecipe, retrain_classifier
     from napari_hematology.core.errors import InputError
 
     overrides = {key: value for key, value in (("epochs", args.epochs), ("seed", args.seed))
                  if value is not None}
     if overrides.get("epochs", 1) < 1:
         raise InputError("--epochs must be at least 1.")
-    recipe = ClassifierRecipe()
-    recipe.train = replace(recipe.train, **overrides)
-    folder = retrain_classifier(args.data, args.out, recipe, progress=TextProgress())
+    if args.data is not None:
+        from napari_hematology.core.cells.recipe import ClassifierRecipe, retrain_classifier
+
+        recipe = ClassifierRecipe()
+        recipe.train = replace(recipe.train, device=args.device, **overrides)
+        folder = retrain_classifier(args.data, args.out, recipe, progress=TextProgress())
+    else:
+        folder = _fine_tune(args, overrides)
     print(f"Cell classifier written to {folder}; use it with --model {folder}")
     return 0
+
+
+def _fine_tune(args: argparse.Namespace, overrides: dict) -> Path:
+    """Fine-tune from --cells or --project; prints the cells used and any skipped crops."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from napari_hematology.core.cells.finetune import FineTuneConfig, cells_from_csv, fine_tune_files
+
+    if args.cells is not None:
+        table = cells_from_csv(args.cells)
+    else:
+        from napari_hematology.core.labels.review import corrected_labels
+        from napari_hematology.core.labels.store import AnnotationStore
+
+        with AnnotationStore(args.project, create=False) as store:
+            table = corrected_labels(store, require_reviewed=True).rename(columns={"crop": "image"})
+    config = FineTuneConfig(add_classes=args.add_classes)
+    config.train = replace(config.train, device=args.device, **overrides)
+    folder, read = fine_tune_files(table, args.out, args.base, config, progress=TextProgress())
+    counts = pd.Series(read.cells.labels).value_counts()
+    described = ", ".join(f"{name} {count}" for name, count in counts.items())
+    print(f"Fine-tuned on {len(read.cells)} cells ({described}).")
+    if read.skipped:
+        print(read.skipped_message(), file=sys.stderr)
+    return folder
+

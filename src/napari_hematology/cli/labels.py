@@ -1,4 +1,4 @@
-"""``label-issues`` (find likely-wrong labels) and ``labels export|import|agreement`` (the project store)."""
+"""``label-issues`` (find likely-wrong labels) and ``labels export|import|import-folders|agreement``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     labels = subparsers.add_parser("labels", help="Import, export and compare labels of a project file.")
     actions = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
     _register_import(actions)
+    _register_import_folders(actions)
     _register_export(actions)
     _register_agreement(actions)
 
@@ -102,6 +103,34 @@ def _run_import(args: argparse.Namespace) -> int:
             name=args.csv.name,
         )
         print(f"{count} labels imported into {args.project} ({len(store.cells())} cells).")
+    return 0
+
+
+def _register_import_folders(actions) -> None:
+    parser = actions.add_parser(
+        "import-folders",
+        help="Import labelled crops exported one folder per class (creates the project if needed).",
+        description="FOLDER holds one sub-folder of crops per class, as digital-morphology systems export "
+        "them. MAP.csv has columns exporter_name,model_class and must name every class folder; folders "
+        "it does not name are listed and nothing is imported.",
+    )
+    parser.add_argument("folder", type=Path, metavar="FOLDER", help="folder of class folders")
+    parser.add_argument("--project", required=True, type=Path, help="Project file (.sqlite).")
+    parser.add_argument("--mapping", required=True, type=Path, metavar="MAP.csv", help="class-name mapping")
+    parser.add_argument("--annotator", default="exporter", help="Who labelled the crops.")
+    parser.set_defaults(func=_run_import_folders)
+
+
+def _run_import_folders(args: argparse.Namespace) -> int:
+    from napari_hematology.core.labels.exchange import import_crop_folders, read_class_mapping
+    from napari_hematology.core.labels.store import AnnotationStore
+
+    mapping = read_class_mapping(args.mapping)
+    with AnnotationStore(args.project) as store:
+        counts = import_crop_folders(store, args.folder, mapping, args.annotator)
+        total = len(store.cells())
+    described = ", ".join(f"{name} {count}" for name, count in counts.items())
+    print(f"{sum(counts.values())} crops imported into {args.project} ({described}); {total} cells in it.")
     return 0
 
 

@@ -17,7 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QWidget
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_hematology.core.cells.analysis import (
     ImageAnalysis,
@@ -80,6 +80,7 @@ class BlastDetectionWidget(QWidget):
         self.viewer = napari_viewer
         self.analysis: ImageAnalysis | None = None
         self.analysed_image = None
+        self.analysed_source: tuple[str, tuple[int, int]] | None = None
         self.result_layer: napari.layers.Labels | None = None
         self.shown_cell: int | None = None
 
@@ -93,6 +94,10 @@ class BlastDetectionWidget(QWidget):
         self.summary.setWordWrap(True)
         self.legend = Legend("Classes")
         self.legend.hide()
+        self.review_button = QPushButton("Send to review…")
+        self.review_button.setToolTip("Put every detected cell into a review project for the Gallery.")
+        self.review_button.setEnabled(False)
+        self.review_button.clicked.connect(self._choose_review_project)
         self.crop_view = QLabel()
         self.crop_view.setFixedSize(CROP_VIEW_SIDE, CROP_VIEW_SIDE)
         self.cell_info = QLabel(NO_CELL_SHOWN)
@@ -103,7 +108,9 @@ class BlastDetectionWidget(QWidget):
         cell_row.addWidget(self.crop_view)
         cell_row.addWidget(self.cell_info)
         layout = scrolling_layout(self)
-        for widget in (self.form.native, self.run_button, self.runner, self.summary, self.legend):
+        for widget in (
+            self.form.native, self.run_button, self.runner, self.summary, self.legend, self.review_button
+        ):
             layout.addWidget(widget)
         layout.addLayout(cell_row)
         layout.addStretch()
@@ -173,6 +180,8 @@ class BlastDetectionWidget(QWidget):
 
     def _show_result(self, analysis: ImageAnalysis, image, source, offset: tuple[int, int]) -> None:
         self.analysis, self.analysed_image = analysis, image
+        self.analysed_source = (source.source.path or source.name, offset)
+        self.review_button.setEnabled(not analysis.cells.empty)
         self.shown_cell = None
         name = f"{source.name}{LAYER_SUFFIX}"
         scale = np.asarray(source.scale)[-2:]
@@ -186,6 +195,32 @@ class BlastDetectionWidget(QWidget):
         self.recolour()
         if analysis.cells.empty:
             show_info("No white cells found in this image.")
+
+    # --- review --------------------------------------------------------------------------------------
+    def _choose_review_project(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Review project", "", "Projects (*.sqlite)", options=QFileDialog.DontConfirmOverwrite
+        )
+        if path:
+            self.send_to_review(path)
+
+    def send_to_review(self, project: str | Path) -> None:
+        """Put every detected cell (slide, centroid, crop, model call) into a review project."""
+        from napari_hematology.core.labels.exchange import send_to_review
+
+        if self.analysis is None or self.analysis.cells.empty:
+            show_info("Run blast detection first; there are no cells to send.")
+            return
+        slide, (row, col) = self.analysed_source
+        cells = self.analysis.cells
+        crops = cut_crops(self.analysed_image, cells)
+        placed = cells.assign(centroid_x=cells["centroid_x"] + col, centroid_y=cells["centroid_y"] + row)
+        try:
+            count = send_to_review(project, slide, placed, crops, self.analysis.classes)
+        except HematologyError as error:
+            report_error(error)
+            return
+        show_info(f"{len(cells)} cells sent to {Path(project).name} ({count} in it); open it in Gallery.")
 
     # --- results ---------------------------------------------------------------------------------------
     def _draw_cells(self, *args) -> None:

@@ -99,8 +99,8 @@ class CellView(QWidget):
         layer = self._slide_layer(row["image"])
         if layer is None:
             return
-        self.viewer.camera.center = (float(row["y"]), float(row["x"]))
-        self.viewer.camera.zoom = FOCUS_ZOOM
+        self.viewer.scene.camera.center = (float(row["y"]), float(row["x"]))
+        self.viewer.scene.camera.zoom = FOCUS_ZOOM
         if MARKER_LAYER in self.viewer.layers:
             self.viewer.layers[MARKER_LAYER].data = [[row["y"], row["x"]]]
         else:

@@ -1,11 +1,19 @@
-"""Label exchange with tables: import labels from a CSV table into a project, export them back."""
+"""Cells and labels into and out of a project: CSV tables, labelled crop folders, detected cells."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.labels.store import AnnotationStore
+
+CROP_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+MODEL_ANNOTATOR = "classifier"
+EXPORTER = "exporter"
 
 
 def import_labels(
@@ -112,3 +120,172 @@ def export_labels(store: AnnotationStore, history: bool = False):
 
     """
     return store.history() if history else store.current_labels()
+
+
+def read_class_mapping(path: str | Path) -> dict[str, str]:
+    """Read a mapping CSV ``exporter_name,model_class`` (one row per exporter class name).
+
+    Raises:
+        InputError: Columns missing, or an exporter name mapped twice.
+
+    """
+    from napari_hematology.core.io import read_table
+
+    table = read_table(path, required=("exporter_name", "model_class")).dropna()
+    names = table["exporter_name"].astype(str).str.strip()
+    twice = sorted(set(names[names.duplicated()]))
+    if twice:
+        raise InputError(f"{Path(path).name} maps {', '.join(twice)} more than once; keep one row each.")
+    return dict(zip(names, table["model_class"].astype(str).str.strip(), strict=True))
+
+
+def import_crop_folders(
+    store: AnnotationStore,
+    folder: str | Path,
+    mapping: dict[str, str],
+    annotator: str = EXPORTER,
+) -> dict[str, int]:
+    """Import labelled crops exported one folder per class (as digital-morphology systems do).
+
+    Every class folder's name must be in ``mapping``; nothing is imported otherwise, so no name is
+    guessed. Cells are named by their crop path and labelled ``import`` labels of ``annotator``.
+
+    Args:
+        store: The open project.
+        folder: Folder holding one sub-folder of crops per exporter class.
+        mapping: Exporter class name -> the model's class name.
+        annotator: Who labelled them (the exporting system or lab).
+
+    Returns:
+        Crops imported per model class.
+
+    Raises:
+        InputError: No class folders, or folder names missing from the mapping (all listed).
+
+    """
+    folder = Path(folder)
+    classes = sorted(path for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []
+    if not classes:
+        raise InputError(f"{folder} holds no class folders; it should have one folder of crops per class.")
+    unknown = [path.name for path in classes if path.name not in mapping]
+    if unknown:
+        raise InputError(
+            f"Class folder(s) not in the mapping file: {', '.join(unknown)}. Add a row "
+            "exporter_name,model_class for each (nothing was imported)."
+        )
+    crops = [
+        (crop, mapping[path.name])
+        for path in classes
+        for crop in sorted(path.iterdir())
+        if crop.suffix.lower() in CROP_SUFFIXES
+    ]
+    if not crops:
+        raise InputError(f"No crop images ({', '.join(CROP_SUFFIXES)}) in the class folders of {folder}.")
+    store.add_classes(sorted({label for _, label in crops}))
+    names = [str(crop.resolve()) for crop, _ in crops]
+    store.add_cells([{"name": name, "crop": name} for name in names])
+    store.set_labels([(name, label) for name, (_, label) in zip(names, crops, strict=True)], annotator)
+    counts: dict[str, int] = {}
+    for _, label in crops:
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def crops_folder(project: str | Path) -> Path:
+    """Where a project keeps the crops of detected cells: ``<project stem>_crops`` next to it."""
+    project = Path(project)
+    return project.with_name(f"{project.stem}_crops")
+
+
+def send_to_review(
+    project: str | Path,
+    slide: str | Path,
+    cells,
+    crops: Sequence[np.ndarray],
+    classes: Sequence[str],
+) -> int:
+    """Put detected cells of one slide into a review project, with the model's call for each.
+
+    Each crop is saved as a PNG in :func:`crops_folder`; each cell keeps its slide, centroid, crop,
+    class probabilities and atypical score, and the model's label is recorded as a ``model`` label of
+    annotator ``classifier`` with its probability as confidence.
+
+    Args:
+        project: Project file (created if missing).
+        slide: Path of the slide or field the cells lie in.
+        cells: Per-cell table of blast detection (``cell_id``, ``centroid_x``, ``centroid_y``,
+            ``label``, ``prob_<class>``, optionally ``atypical_score``).
+        crops: One RGB crop per cell, in table order.
+        classes: The classifier's class names.
+
+    Returns:
+        The number of cells in the project.
+
+    """
+    from PIL import Image
+
+    from napari_hematology.core.io import to_rgb8
+
+    slide = str(slide)
+    folder = crops_folder(project)
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = f"{Path(slide).stem}-{hashlib.sha1(slide.encode()).hexdigest()[:8]}"
+    records, labels, confidences = [], [], []
+    for cell, crop in zip(cells.to_dict("records"), crops, strict=True):
+        path = folder / f"{prefix}-{int(cell['cell_id'])}.png"
+        rgb = crop[..., :3] if crop.dtype == np.uint8 else to_rgb8(crop, path.name)[0]
+        Image.fromarray(np.ascontiguousarray(rgb)).save(path)
+        probabilities = {name: _number(cell.get(f"prob_{name}")) for name in classes}
+        name = f"{slide}#{int(cell['cell_id'])}"
+        records.append(
+            {
+                "name": name,
+                "image": slide,
+                "x": float(cell["centroid_x"]),
+                "y": float(cell["centroid_y"]),
+                "crop": str(path),
+                "probabilities": probabilities,
+                "atypical_score": _number(cell.get("atypical_score")),
+            }
+        )
+        labels.append((name, str(cell["label"])))
+        confidences.append(probabilities.get(str(cell["label"])))
+    with AnnotationStore(project) as store:
+        store.add_classes([*classes, *sorted({label for _, label in labels} - set(classes))])
+        count = store.add_cells(records)
+        if labels:
+            store.set_labels(labels, MODEL_ANNOTATOR, "model", confidences=confidences)
+    return count
+
+
+def send_analysis_to_review(project: str | Path, summary: dict, out_dir: str | Path) -> int:
+    """Put every cell of an ``analyze`` run into a review project (see :func:`send_to_review`).
+
+    Args:
+        project: Project file (created if missing).
+        summary: The run's summary (``images`` with ``image`` and ``cells_table``).
+        out_dir: The run's output folder, which holds the cell tables.
+
+    Returns:
+        The number of cells in the project.
+
+    """
+    import pandas as pd
+
+    from napari_hematology.core.cells.analysis import cut_crops
+    from napari_hematology.core.io import read_image
+
+    count = 0
+    for item in summary["images"]:
+        cells = pd.read_csv(Path(out_dir) / item["cells_table"]).dropna(subset=["label"])
+        if cells.empty:
+            continue
+        classes = [column.removeprefix("prob_") for column in cells.columns if column.startswith("prob_")]
+        crops = cut_crops(read_image(item["image"]).data, cells)
+        count = send_to_review(project, item["image"], cells, crops, classes)
+    return count
+
+
+def _number(value) -> float | None:
+    """A finite float, or None for a missing or NaN value."""
+    return None if value is None or not np.isfinite(value) else float(value)

@@ -128,19 +128,98 @@ def review_queue(
     return queue.reset_index()[QUEUE_COLUMNS]
 
 
-def corrected_labels(store: AnnotationStore):
-    """Return the best label of every cell: the reviewers' consensus if any, else the given label.
+def corrected_labels(store: AnnotationStore, require_reviewed: bool = False):
+    """Return the best label of every cell: the reviewers' consensus if any, else its imported label.
+
+    Imported labels are those of source ``import`` (the given labels of label issues, crop folders);
+    model suggestions never count.
+
+    Args:
+        store: The open project.
+        require_reviewed: Raise when no cell has a reviewer's or an imported label.
 
     Returns:
         A DataFrame ``cell, crop, label`` of the cells that have a label and a crop.
 
+    Raises:
+        InputError: ``require_reviewed`` and no cell has a usable label.
+
     """
     labels = store.current_labels()
     reviewed = consensus(labels).dropna(subset=["consensus"]).set_index("cell")["consensus"]
-    table = store.cells().set_index("cell").join(_labels_of(labels, GIVEN, "given"))
-    table["label"] = reviewed.reindex(table.index).fillna(table["given"])
-    table = table.dropna(subset=["label", "crop"])
-    return table.reset_index()[["cell", "crop", "label"]]
+    imported = consensus(labels, sources=("import",)).dropna(subset=["consensus"]).set_index("cell")
+    table = store.cells().set_index("cell")
+    table["label"] = reviewed.reindex(table.index).combine_first(imported["consensus"].reindex(table.index))
+    table = table.dropna(subset=["label", "crop"]).reset_index()[["cell", "crop", "label"]]
+    if require_reviewed and table.empty:
+        raise InputError(
+            f"{store.path.name} has no reviewed cells yet (no reviewer's or imported label on a cell with a "
+            "crop); review some cells in the Gallery or Review labels first."
+        )
+    return table
+
+
+def lab_model_folder(project: str | Path) -> Path:
+    """Where a project's fine-tuned classifier is saved: ``<project stem>_model`` next to it."""
+    project = Path(project)
+    return project.with_name(f"{project.stem}_model")
+
+
+def fine_tune_project(
+    project: str | Path,
+    base: str | Path | None = None,
+    config=None,
+    folds: int = 3,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> dict:
+    """Fine-tune the cell classifier on a project's corrected labels and save it next to the project.
+
+    Before/after accuracy is measured on reviewed cells each fine-tuned model did not train on
+    (``folds``-fold cross-validation); the saved model is then trained on all of them.
+
+    Args:
+        project: Project file.
+        base: Base model folder; None uses the shipped weights.
+        config: :class:`napari_hematology.core.cells.finetune.FineTuneConfig`.
+        folds: Cross-validation folds of the before/after comparison.
+        progress: Progress callback.
+        should_stop: Cancellation callback; nothing is saved when cancelled.
+
+    Returns:
+        ``{"model_dir", "cells", "before", "after", "folds", "skipped"}`` (balanced accuracies).
+
+    Raises:
+        InputError: No reviewed cells, or labels the base model does not know (without add_classes).
+
+    """
+    from napari_hematology.core.cells.classifier import load_classifier
+    from napari_hematology.core.cells.finetune import (
+        cross_validated_comparison,
+        fine_tune,
+        read_labelled_cells,
+    )
+    from napari_hematology.core.cells.recipe import save_classifier
+
+    with AnnotationStore(project, create=False) as store:
+        labelled = corrected_labels(store, require_reviewed=True)
+    classifier = load_classifier(base, "cpu")
+    read = read_labelled_cells(
+        labelled.rename(columns={"crop": "image"}), classifier, progress, should_stop
+    )
+    comparison = cross_validated_comparison(read.cells, classifier, config, folds, progress, should_stop)
+    lab = fine_tune(read.cells, classifier, config, progress, should_stop)
+    measured = {"cross_validated": {"before": comparison.before, "after": comparison.after}}
+    folder = save_classifier(lab, lab_model_folder(project), measured)
+    return {
+        "model_dir": folder,
+        "cells": comparison.cells,
+        "before": comparison.before,
+        "after": comparison.after,
+        "folds": comparison.folds,
+        "skipped": read.skipped_message(),
+    }
 
 
 def retrain_project(

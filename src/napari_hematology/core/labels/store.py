@@ -1,17 +1,20 @@
 """The annotation store: one SQLite file per project, with an append-only history of cell labels.
 
 Tables: ``images``, ``classes``, ``cells`` (an id such as the crop path, its image, optional position
-and crop) and ``label_events``: every label ever given, with annotator, UTC time, source (``model``,
+and crop, and for detected cells the model's class probabilities as JSON and its atypical score) and
+``label_events``: every label ever given, with annotator, UTC time, source (``model``,
 ``import`` or ``human``), previous label of that annotator, and for model suggestions an issue score and
 a confidence. Nothing is updated or deleted: undo appends an event that restores the previous label.
 
 Every action runs in its own ``BEGIN IMMEDIATE`` transaction in WAL mode with a busy timeout, so killing
 a process loses at most the action in flight and several processes can write to one project. A file
-from a newer schema, a foreign SQLite file or a corrupt file is refused before anything is written.
+from a newer schema, a foreign SQLite file or a corrupt file is refused before anything is written; a file
+of an older schema is brought up to date when opened (columns are only added).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import uuid
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from napari_hematology.core.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x4E48454D  # "NHEM"
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 60_000
@@ -38,7 +41,9 @@ CREATE TABLE cells (
     image_id INTEGER REFERENCES images(id),
     x REAL,
     y REAL,
-    crop TEXT
+    crop TEXT,
+    probabilities TEXT,
+    atypical_score REAL
 );
 CREATE TABLE label_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -59,6 +64,14 @@ CREATE VIEW current_labels AS
     JOIN (SELECT cell_id, annotator, MAX(id) AS id FROM label_events GROUP BY cell_id, annotator) last
       ON e.id = last.id;
 """
+# What each schema version adds to the one before it.
+MIGRATIONS = {
+    2: (
+        "ALTER TABLE cells ADD COLUMN probabilities TEXT",
+        "ALTER TABLE cells ADD COLUMN atypical_score REAL",
+    ),
+}
+CELL_COLUMNS = ["cell", "image", "x", "y", "crop", "probabilities", "atypical_score"]
 
 
 def _now() -> str:
@@ -150,6 +163,7 @@ class AnnotationStore:
         self._connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._connection.execute("PRAGMA foreign_keys = ON")
         self._connection.execute("PRAGMA synchronous = NORMAL")
+        self._migrate()
 
     def __enter__(self) -> AnnotationStore:
         return self
@@ -160,6 +174,18 @@ class AnnotationStore:
     def close(self) -> None:
         """Close the connection (everything is already committed)."""
         self._connection.close()
+
+    def _migrate(self) -> None:
+        """Bring a project of an older schema up to :data:`SCHEMA_VERSION` (one action)."""
+        if self._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION:
+            return
+        with self._action() as connection:
+            # read again inside the lock: another process may have migrated it meanwhile
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _action(self) -> Iterator[sqlite3.Connection]:
@@ -213,7 +239,8 @@ class AnnotationStore:
 
         Args:
             cells: Dicts with ``name`` (unique id, e.g. the crop path) and optional ``image`` (the slide
-                or field it lies in), ``x``, ``y`` (its centre in that image, pixels) and ``crop`` (path).
+                or field it lies in), ``x``, ``y`` (its centre in that image, pixels), ``crop`` (path),
+                ``probabilities`` (``{class: probability}`` of the model) and ``atypical_score``.
 
         Returns:
             The number of cells in the project.
@@ -229,21 +256,36 @@ class AnnotationStore:
                     image_id = connection.execute(
                         "SELECT id FROM images WHERE path = ?", (str(cell["image"]),)
                     ).fetchone()[0]
+                probabilities = cell.get("probabilities")
                 connection.execute(
-                    "INSERT OR IGNORE INTO cells (name, image_id, x, y, crop) VALUES (?, ?, ?, ?, ?)",
-                    (str(cell["name"]), image_id, cell.get("x"), cell.get("y"), cell.get("crop")),
+                    "INSERT OR IGNORE INTO cells (name, image_id, x, y, crop, probabilities, atypical_score) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        str(cell["name"]),
+                        image_id,
+                        cell.get("x"),
+                        cell.get("y"),
+                        cell.get("crop"),
+                        None if probabilities is None else json.dumps(probabilities),
+                        cell.get("atypical_score"),
+                    ),
                 )
         return self._query("SELECT COUNT(*) FROM cells")[0][0]
 
     def cells(self):
-        """All cells as a DataFrame: ``cell, image, x, y, crop``."""
+        """All cells as a DataFrame: ``cell, image, x, y, crop, probabilities, atypical_score``.
+
+        ``probabilities`` is the model's ``{class: probability}`` of a detected cell, else None.
+        """
         import pandas as pd
 
         rows = self._query(
-            "SELECT c.name, i.path, c.x, c.y, c.crop FROM cells c LEFT JOIN images i ON i.id = c.image_id "
-            "ORDER BY c.id"
+            "SELECT c.name, i.path, c.x, c.y, c.crop, c.probabilities, c.atypical_score FROM cells c "
+            "LEFT JOIN images i ON i.id = c.image_id ORDER BY c.id"
         )
-        return pd.DataFrame(rows, columns=["cell", "image", "x", "y", "crop"])
+        table = pd.DataFrame(rows, columns=CELL_COLUMNS)
+        table["probabilities"] = [None if text is None else json.loads(text) for text in table.probabilities]
+        return table
 
     def _cell_id(self, connection: sqlite3.Connection, name: str) -> int:
         row = connection.execute("SELECT id FROM cells WHERE name = ?", (str(name),)).fetchone()
@@ -330,24 +372,37 @@ class AnnotationStore:
             The cell whose label was restored, or None when there is nothing left to undo.
 
         """
+        restored = self.undo_many(annotator, 1)
+        return restored[0] if restored else None
+
+    def undo_many(self, annotator: str, count: int) -> list[str]:
+        """Undo the annotator's latest ``count`` labels (one action), newest first.
+
+        Returns:
+            The cells whose labels were restored (fewer than ``count`` when the history runs out).
+
+        """
+        restored = []
         with self._action() as connection:
-            row = connection.execute(
-                "SELECT e.id, e.cell_id, e.previous_class_id, e.source, c.name FROM label_events e "
-                "JOIN cells c ON c.id = e.cell_id WHERE e.annotator = ? AND e.undoes IS NULL "
-                "AND e.id NOT IN (SELECT undoes FROM label_events WHERE undoes IS NOT NULL) "
-                "ORDER BY e.id DESC LIMIT 1",
-                (annotator,),
-            ).fetchone()
-            if row is None:
-                return None
-            event_id, cell_id, previous, source, name = row
-            current = self._current_class_id(connection, cell_id, annotator)
-            connection.execute(
-                "INSERT INTO label_events (cell_id, annotator, class_id, previous_class_id, source, created, "
-                "undoes) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (cell_id, annotator, previous, current, source, _now(), event_id),
-            )
-        return name
+            for _ in range(count):
+                row = connection.execute(
+                    "SELECT e.id, e.cell_id, e.previous_class_id, e.source, c.name FROM label_events e "
+                    "JOIN cells c ON c.id = e.cell_id WHERE e.annotator = ? AND e.undoes IS NULL "
+                    "AND e.id NOT IN (SELECT undoes FROM label_events WHERE undoes IS NOT NULL) "
+                    "ORDER BY e.id DESC LIMIT 1",
+                    (annotator,),
+                ).fetchone()
+                if row is None:
+                    break
+                event_id, cell_id, previous, source, name = row
+                current = self._current_class_id(connection, cell_id, annotator)
+                connection.execute(
+                    "INSERT INTO label_events (cell_id, annotator, class_id, previous_class_id, source, "
+                    "created, undoes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (cell_id, annotator, previous, current, source, _now(), event_id),
+                )
+                restored.append(name)
+        return restored
 
     def annotators(self, source: str | None = None) -> list[str]:
         """Names of everyone (or every model) who labelled cells, optionally of one source."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_hematology.core.calibration import fit_temperature, negative_log_likelihood, softmax
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
 from napari_hematology.core.slides.bags import (
@@ -142,28 +143,6 @@ def bag_outputs(model, features: list[np.ndarray]) -> tuple[np.ndarray, list[np.
     return np.stack(logits), attention
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature``."""
-    scaled = logits / temperature
-    scaled = scaled - scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Find the temperature that minimises the negative log-likelihood of held-out logits.
-
-    It is kept within [0.5, 20]: when every held-out bag is right, the likelihood keeps growing as the
-    temperature falls, and sharpening beyond 2x would only make the model overconfident.
-    """
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t: float) -> float:
-        return _nll(softmax(logits, float(np.exp(log_t))), targets)
-
-    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.5), np.log(20.0)), method="bounded").x))
-
-
 def grouped_folds(targets: np.ndarray, groups: list[str], folds: int, seed: int = 0) -> np.ndarray:
     """Assign each bag a fold, stratified by class, never splitting a patient (group) across folds.
 
@@ -234,13 +213,9 @@ def cross_validate(
     temperature = fit_temperature(logits, targets)
     probabilities = softmax(logits, temperature)
     metrics = bag_metrics(targets, probabilities, classes)
-    metrics["nll_uncalibrated"] = _nll(softmax(logits), targets)
+    metrics["nll_uncalibrated"] = negative_log_likelihood(softmax(logits), targets)
     metrics["folds"] = n_folds
     return CrossValidation(fold, logits, probabilities, temperature, metrics)
-
-
-def _nll(probabilities: np.ndarray, targets: np.ndarray) -> float:
-    return -float(np.mean(np.log(probabilities[np.arange(len(targets)), targets] + 1e-12)))
 
 
 def bag_metrics(targets: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
@@ -254,7 +229,7 @@ def bag_metrics(targets: np.ndarray, probabilities: np.ndarray, classes: tuple[s
         "accuracy": float(np.mean(predicted == targets)),
         "macro_f1": float(np.mean(per_class)),
         "f1": {c: float(f) for c, f in zip(classes, per_class, strict=True)},
-        "nll": _nll(probabilities, targets),
+        "nll": negative_log_likelihood(probabilities, targets),
     }
     if len(np.unique(targets)) == len(classes):
         if len(classes) == 2:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from napari_hematology.core.calibration import softmax
 from napari_hematology.core.cells.classes import DEFAULT_BLAST_THRESHOLD
 from napari_hematology.core.errors import InputError, ModelFileError
 from napari_hematology.core.io import read_image, to_rgb8, write_labels, write_table
@@ -25,7 +26,7 @@ from napari_hematology.core.slides.bags import (
     read_bags_table,
 )
 from napari_hematology.core.slides.features import blast_scorer, encode_crops, resolve_encoder
-from napari_hematology.core.slides.fitting import MODEL_NAME, MilModel, bag_outputs, softmax
+from napari_hematology.core.slides.fitting import MODEL_NAME, MilModel, bag_outputs
 
 ATTENTION_FILE = "attention.csv"
 

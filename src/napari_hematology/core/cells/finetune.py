@@ -1,0 +1,397 @@
+"""Fine-tune a cell classifier on a lab's own labelled crops, starting from a base model folder.
+
+The lab's model keeps the base model's architecture, crop size and context, and every metadata key it
+does not change, so the folder works wherever a model folder does (``classify --model``, ``analyze
+--model``, the widgets). New classes grow the head on purpose only (``add_classes``).
+
+Calibration: with enough cells a stratified share is held out, the network is trained on the rest and a
+temperature is fitted on the held-out logits; it is folded into the last layer (weights and bias divided
+by it), so every reader of the folder gets calibrated probabilities, and it is stored in the metadata.
+
+    cells, skipped = read_labelled_cells(cells_from_csv("cells.csv"), classifier)
+    lab = fine_tune(cells, load_classifier(base_dir))
+    save_classifier(lab, "lab_model/")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from napari_hematology.core.cells.classifier import MODEL_NAME, CellClassifier, iter_prepared_crops
+from napari_hematology.core.cells.recipe import CellSet, ClassifierRecipe, augment, save_classifier
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.io import read_table
+from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
+from napari_hematology.core.training import TrainConfig
+
+LAB_SOURCE = "lab"
+SKIPPED_NAMES_SHOWN = 5
+CV_FOLDS = 3
+
+
+def default_finetune_training() -> TrainConfig:
+    """Training-loop settings of a fine-tuning run (all layers, a gentler rate than from scratch)."""
+    return TrainConfig(epochs=60, batch_size=32, learning_rate=1e-3, weight_decay=1e-4)
+
+
+@dataclass
+class FineTuneConfig:
+    """How a base model is fine-tuned on a lab's cells.
+
+    Attributes:
+        add_classes: Grow the head for labels the base model does not know, instead of refusing them.
+        calibration_share: Share of the cells held out to fit the temperature.
+        min_calibration_cells: Fewest cells for which a temperature is fitted; below, the base
+            model's calibration is kept.
+        stain_jitter: Colour augmentation strength (see :class:`ClassifierRecipe`).
+        train: Settings of the shared training loop.
+
+    """
+
+    add_classes: bool = False
+    calibration_share: float = 0.2
+    min_calibration_cells: int = 100
+    stain_jitter: float = 1.0
+    train: TrainConfig = field(default_factory=default_finetune_training)
+
+
+@dataclass
+class ReadCells:
+    """Crops read for training and the files that could not be used.
+
+    Attributes:
+        cells: The usable crops with their labels.
+        skipped: ``{"image", "reason"}`` per unusable file.
+
+    """
+
+    cells: CellSet
+    skipped: list[dict[str, str]]
+
+    def skipped_message(self) -> str:
+        """'N crop(s) skipped (a, b, ...)', or empty when none were."""
+        if not self.skipped:
+            return ""
+        names = ", ".join(Path(item["image"]).name for item in self.skipped[:SKIPPED_NAMES_SHOWN])
+        more = ", ..." if len(self.skipped) > SKIPPED_NAMES_SHOWN else ""
+        return f"{len(self.skipped)} unreadable crop(s) skipped ({names}{more})."
+
+
+def cells_from_csv(path: str | Path) -> pd.DataFrame:
+    """Read a cells table ``image,label``; image paths are made absolute from the CSV's folder."""
+    path = Path(path)
+    table = read_table(path, required=("image", "label")).dropna(subset=["image", "label"])
+    if table.empty:
+        raise InputError(f"{path.name} lists no labelled cells.")
+    images = [Path(str(image)) for image in table["image"]]
+    return pd.DataFrame(
+        {
+            "image": [str(image if image.is_absolute() else path.parent / image) for image in images],
+            "label": table["label"].astype(str).str.strip().to_numpy(),
+        }
+    )
+
+
+def check_labels(labels: Sequence[str], classes: Sequence[str], add_classes: bool) -> list[str]:
+    """The classes of the lab's model: the base classes, plus the new labels when ``add_classes``.
+
+    Raises:
+        InputError: Some labels are not base classes and ``add_classes`` is off; the message lists them.
+
+    """
+    unknown = sorted(set(labels) - set(classes))
+    if unknown and not add_classes:
+        raise InputError(
+            f"Label(s) not among the base model's classes: {', '.join(unknown)}. The base model knows "
+            f"{', '.join(classes)}; rename the labels, or pass --add-classes to add them as new classes."
+        )
+    return [*classes, *unknown]
+
+
+def read_labelled_cells(
+    table: pd.DataFrame,
+    classifier: CellClassifier,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> ReadCells:
+    """Read and normalise labelled crops the way ``classifier`` sees them; unusable files are skipped.
+
+    Args:
+        table: Columns ``image`` (file path) and ``label``.
+        classifier: Gives crop size and context.
+        progress: Progress callback.
+        should_stop: Cancellation callback.
+
+    Returns:
+        The usable crops and the skipped files.
+
+    Raises:
+        InputError: No crop could be used.
+
+    """
+    files = [Path(image) for image in table["image"]]
+    skipped: list[dict[str, str]] = []
+    chunks = list(
+        iter_prepared_crops(
+            files,
+            classifier.crop_size,
+            classifier.context,
+            progress=progress,
+            should_stop=should_stop,
+            on_error=lambda path, error: skipped.append({"image": str(path), "reason": str(error)}),
+        )
+    )
+    unread = {item["image"] for item in skipped}
+    kept = np.array([str(path) not in unread for path in files], dtype=bool)
+    if not kept.any():
+        raise InputError(f"None of the {len(files)} crops could be read; first: {skipped[0]['reason']}")
+    names = np.array([str(path) for path in files], dtype=object)[kept]
+    cells = CellSet(
+        crops=np.concatenate(chunks),
+        labels=table["label"].astype(str).to_numpy(dtype=object)[kept],
+        sources=np.full(len(names), LAB_SOURCE, dtype=object),
+        groups=names,
+        files=names,
+        noisy=np.zeros(len(names), dtype=bool),
+    )
+    return ReadCells(cells, skipped)
+
+
+def fine_tune(
+    cells: CellSet,
+    base: CellClassifier,
+    config: FineTuneConfig | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> CellClassifier:
+    """Fine-tune a copy of ``base`` on labelled crops (all layers), calibrated when there are enough.
+
+    Args:
+        cells: Normalised crops (as :func:`read_labelled_cells` gives) and their class labels.
+        base: The model to start from; it is left unchanged.
+        config: Fine-tuning settings.
+        progress: Progress callback (per training step).
+        should_stop: Cancellation callback.
+
+    Returns:
+        The lab's classifier, on the CPU; its metadata is the base's plus ``classes``, ``temperature``
+        and ``fine_tuning``.
+
+    Raises:
+        InputError: No cells, or labels the base model does not know (without ``add_classes``).
+
+    """
+    config = config or FineTuneConfig()
+    if len(cells) == 0:
+        raise InputError("No labelled cells to fine-tune on.")
+    classes = check_labels(list(cells.labels), base.classes, config.add_classes)
+    train_index, calibration_index = calibration_split(cells.labels, config)
+    model = _grown_copy(base, len(classes))
+    history = _train(model, cells.subset(train_index), classes, config, progress, should_stop)
+    temperature = 1.0
+    if len(calibration_index):
+        temperature = _fit_temperature(model, cells.subset(calibration_index), classes)
+        _fold_temperature(model, temperature)
+    metadata: dict[str, Any] = {
+        **base.metadata,
+        "classes": classes,
+        "temperature": temperature,
+        "fine_tuning": {
+            "base_classes": list(base.classes),
+            "cells": {str(k): int(v) for k, v in pd.Series(cells.labels).value_counts().items()},
+            "calibration_cells": int(len(calibration_index)),
+            "config": asdict(config),
+            "final_loss": history.loss[-1] if history.loss else None,
+            "training_seconds": round(history.seconds, 1),
+        },
+    }
+    return CellClassifier(model.cpu().eval(), classes, base.crop_size, base.context, metadata)
+
+
+def calibration_split(labels: np.ndarray, config: FineTuneConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Positions to train on and positions held out for the temperature (none when too few cells)."""
+    from sklearn.model_selection import train_test_split
+
+    everything = np.arange(len(labels))
+    if len(labels) < config.min_calibration_cells:
+        return everything, everything[:0]
+    counts = pd.Series(labels).value_counts()
+    held_out_count = int(np.ceil(config.calibration_share * len(labels)))
+    stratify = labels if counts.min() >= 2 and held_out_count >= len(counts) else None
+    train_index, held_out = train_test_split(
+        everything, test_size=config.calibration_share, stratify=stratify, random_state=config.train.seed
+    )
+    return np.sort(train_index), np.sort(held_out)
+
+
+def _grown_copy(base: CellClassifier, num_classes: int):
+    """A trainable copy of the base network with ``num_classes`` outputs (new head rows start at zero)."""
+    import torch
+
+    from napari_hematology.core.registry import create_model
+
+    model = create_model(MODEL_NAME, **{**base.model.registry_config, "num_classes": num_classes})
+    state = {key: value.detach().cpu().clone() for key, value in base.model.state_dict().items()}
+    known = len(base.classes)
+    for name in ("classifier.weight", "classifier.bias"):
+        grown = torch.zeros((num_classes, *state[name].shape[1:]), dtype=state[name].dtype)
+        grown[:known] = state[name]
+        state[name] = grown
+    model.load_state_dict(state)
+    return model
+
+
+def _class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Loss weight per class: inverse square root of its frequency, averaging 1 over the cells."""
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
+    return (weights / (weights[targets].mean())).astype(np.float32)
+
+
+def _train(model, cells: CellSet, classes: list[str], config: FineTuneConfig, progress, should_stop):
+    import torch
+    import torch.nn.functional as functional
+
+    from napari_hematology.core.training import train
+
+    targets = np.array([classes.index(label) for label in cells.labels], dtype=np.int64)
+    weights = torch.from_numpy(_class_weights(targets, len(classes)))
+    recipe = ClassifierRecipe(stain_jitter=config.stain_jitter)
+    dataset = (
+        torch.from_numpy(cells.crops).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(targets),
+    )
+
+    def loss_fn(net, batch, epoch):
+        images, labels = batch
+        logits = net(augment(images.float(), recipe=recipe))
+        return functional.cross_entropy(logits, labels, weight=weights.to(logits.device))
+
+    train_config = replace(config.train, batch_size=min(config.train.batch_size, max(2, len(cells))))
+    return train(model, dataset, loss_fn, train_config, progress=progress, should_stop=should_stop)
+
+
+def _logits(model, crops: np.ndarray) -> np.ndarray:
+    import torch
+
+    from napari_hematology.core.training import predict
+
+    batch = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
+    return predict(model, batch)
+
+
+def _fit_temperature(model, cells: CellSet, classes: list[str]) -> float:
+    # the one temperature fit of the package lives with the slide models; it is plain numpy
+    from napari_hematology.core.calibration import fit_temperature
+
+    targets = np.array([classes.index(label) for label in cells.labels])
+    return fit_temperature(_logits(model, cells.crops).astype(np.float64), targets)
+
+
+def _fold_temperature(model, temperature: float) -> None:
+    """Divide the last layer by the temperature, so the model's softmax is the calibrated one."""
+    import torch
+
+    with torch.no_grad():
+        model.classifier.weight.div_(temperature)
+        model.classifier.bias.div_(temperature)
+
+
+def balanced_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
+    """Mean over the true classes of the share of their cells called right."""
+    truth, predicted = np.asarray(truth, dtype=object), np.asarray(predicted, dtype=object)
+    return float(np.mean([np.mean(predicted[truth == name] == name) for name in np.unique(truth)]))
+
+
+@dataclass
+class Comparison:
+    """Base model vs fine-tuned model on cells the fine-tuned model did not train on.
+
+    Attributes:
+        before: Balanced accuracy of the base model.
+        after: Balanced accuracy of the fine-tuned models (out of fold).
+        cells: Cells compared.
+        folds: Cross-validation folds.
+
+    """
+
+    before: float
+    after: float
+    cells: int
+    folds: int
+
+
+def cross_validated_comparison(
+    cells: CellSet,
+    base: CellClassifier,
+    config: FineTuneConfig | None = None,
+    folds: int = CV_FOLDS,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> Comparison:
+    """Balanced accuracy of the base model and, out of fold, of models fine-tuned on the other folds.
+
+    Raises:
+        InputError: Fewer than two cells per fold.
+
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    config = config or FineTuneConfig()
+    folds = min(folds, int(pd.Series(cells.labels).value_counts().max()))
+    if folds < 2 or len(cells) < 2 * folds:
+        raise InputError(f"Too few reviewed cells ({len(cells)}) to measure accuracy by cross-validation.")
+    before = base.predict_prepared(cells.crops, should_stop=should_stop)["label"].to_numpy(dtype=object)
+    after = np.empty(len(cells), dtype=object)
+    counts = pd.Series(cells.labels).value_counts()
+    strata = np.where(pd.Series(cells.labels).map(counts) >= folds, cells.labels, "rare")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.train.seed)
+    fold_config = replace(config, min_calibration_cells=len(cells) + 1)
+    for train_index, test_index in splitter.split(cells.crops, strata):
+        check_cancel(should_stop)
+        model = fine_tune(cells.subset(train_index), base, fold_config, progress, should_stop)
+        after[test_index] = model.predict_prepared(cells.crops[test_index])["label"].to_numpy(dtype=object)
+    return Comparison(
+        before=balanced_accuracy(cells.labels, before),
+        after=balanced_accuracy(cells.labels, after),
+        cells=len(cells),
+        folds=folds,
+    )
+
+
+def fine_tune_files(
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    base_dir: str | Path | None = None,
+    config: FineTuneConfig | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> tuple[Path, ReadCells]:
+    """Read labelled crop files, fine-tune the base model on them and save the lab's model folder.
+
+    Args:
+        table: Columns ``image`` (crop path) and ``label`` (class name).
+        out_dir: Model folder to write.
+        base_dir: Base model folder; None uses the shipped weights.
+        config: Fine-tuning settings.
+        progress: Progress callback.
+        should_stop: Cancellation callback.
+
+    Returns:
+        The model folder, and the cells read (with the skipped files).
+
+    """
+    from napari_hematology.core.cells.classifier import load_classifier
+
+    config = config or FineTuneConfig()
+    base = load_classifier(base_dir, "cpu")
+    check_labels(list(table["label"].astype(str)), base.classes, config.add_classes)
+    read = read_labelled_cells(table, base, progress, should_stop)
+    lab = fine_tune(read.cells, base, config, progress, should_stop)
+    return save_classifier(lab, out_dir), read

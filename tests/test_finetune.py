@@ -1,0 +1,116 @@
+"""Fine-tuning a cell classifier on a lab's labels: classes, calibration, metadata, bad input, CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR, load_classifier
+from napari_hematology.core.cells.finetune import (
+    FineTuneConfig,
+    cells_from_csv,
+    check_labels,
+    cross_validated_comparison,
+    fine_tune,
+    fine_tune_files,
+    read_labelled_cells,
+)
+from napari_hematology.core.errors import InputError
+
+SAMPLES = SHIPPED_MODEL_DIR.parents[1] / "sample_images" / "cells"
+
+
+def _quick(add_classes: bool = False, calibration_cells: int = 100) -> FineTuneConfig:
+    config = FineTuneConfig(add_classes=add_classes, min_calibration_cells=calibration_cells)
+    config.train = replace(config.train, epochs=2, batch_size=8, device="cpu")
+    return config
+
+
+@pytest.fixture
+def cells_csv(tmp_path):
+    """A CELLS.csv of the sample crops (each twice), paths relative to the CSV, plus one broken file."""
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    rows = []
+    for path in sorted(SAMPLES.glob("*.jpg")):
+        for copy in range(2):
+            target = folder / f"{copy}_{path.name}"
+            target.write_bytes(path.read_bytes())
+            rows.append({"image": f"crops/{target.name}", "label": path.name.split("_")[0]})
+    (folder / "broken.png").write_bytes(b"not an image")
+    rows.append({"image": "crops/broken.png", "label": "blast"})
+    pd.DataFrame(rows).to_csv(tmp_path / "cells.csv", index=False)
+    return tmp_path / "cells.csv"
+
+
+def test_unknown_labels_are_listed_or_added():
+    with pytest.raises(InputError, match="platelet, smudge.*--add-classes"):
+        check_labels(["blast", "smudge", "platelet"], ["blast", "lymphocyte"], add_classes=False)
+    grown = check_labels(["smudge", "blast"], ["blast", "lymphocyte"], True)
+    assert grown == ["blast", "lymphocyte", "smudge"]
+
+
+def test_unreadable_crops_are_skipped_with_count_and_names(cells_csv):
+    base = load_classifier(None, "cpu")
+    read = read_labelled_cells(cells_from_csv(cells_csv), base)
+    assert len(read.cells) == 10
+    assert "1 unreadable crop(s) skipped (broken.png)" in read.skipped_message()
+    assert "blast" not in set(read.cells.labels)
+
+
+@pytest.mark.slow
+def test_fine_tune_keeps_metadata_and_grows_head(cells_csv, tmp_path):
+    base = load_classifier(None, "cpu")
+    base.metadata["atypical_statistics"] = {"kept": 1}
+    read = read_labelled_cells(cells_from_csv(cells_csv), base)
+    read.cells.labels[:2] = "smudge"
+    before = {key: value.clone() for key, value in base.model.state_dict().items()}
+    lab = fine_tune(read.cells, base, _quick(add_classes=True))
+    assert lab.classes == [*base.classes, "smudge"]
+    assert lab.metadata["atypical_statistics"] == {"kept": 1}
+    assert lab.metadata["crop_size"] == base.crop_size and lab.metadata["temperature"] == 1.0
+    assert all((base.model.state_dict()[key] == value).all() for key, value in before.items())
+    table = lab.predict_prepared(read.cells.crops)
+    assert "prob_smudge" in table and np.allclose(table.filter(like="prob_").sum(axis=1), 1.0)
+
+
+@pytest.mark.slow
+def test_enough_cells_fit_a_temperature_folded_into_the_head(cells_csv, tmp_path):
+    table = cells_from_csv(cells_csv)
+    folder, read = fine_tune_files(table, tmp_path / "lab", None, _quick(calibration_cells=5))
+    metadata = json.loads((folder / "config.json").read_text())["metadata"]
+    assert metadata["fine_tuning"]["calibration_cells"] == 2
+    assert 0.5 <= metadata["temperature"] <= 20 and metadata["temperature"] != 1.0
+    reloaded = load_classifier(folder, "cpu")
+    assert reloaded.classes == load_classifier(None, "cpu").classes
+    assert len(reloaded.predict_prepared(read.cells.crops)) == len(read.cells)
+
+
+@pytest.mark.slow
+def test_cross_validated_comparison_reports_before_and_after(cells_csv):
+    base = load_classifier(None, "cpu")
+    read = read_labelled_cells(cells_from_csv(cells_csv), base)
+    result = cross_validated_comparison(read.cells, base, _quick(), folds=2)
+    assert result.folds == 2 and result.cells == 10
+    assert 0.0 <= result.before <= 1.0 and 0.0 <= result.after <= 1.0
+
+
+def test_cli_refuses_unknown_labels_and_empty_projects(cells_csv, tmp_path, capsys):
+    from napari_hematology.cli import main
+    from napari_hematology.core.labels.store import AnnotationStore
+
+    table = pd.read_csv(cells_csv)
+    table.loc[0, "label"] = "smudge"
+    table.to_csv(cells_csv, index=False)
+    assert main(["train-classifier", "--cells", str(cells_csv), "--out", str(tmp_path / "m")]) == 2
+    assert "smudge" in capsys.readouterr().err
+    with AnnotationStore(tmp_path / "p.sqlite") as store:
+        store.add_classes(["blast"])
+    project = ["--project", str(tmp_path / "p.sqlite")]
+    assert main(["train-classifier", *project, "--out", str(tmp_path / "m")]) == 2
+    assert "no reviewed cells" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
