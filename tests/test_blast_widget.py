@@ -3,6 +3,7 @@ legend, cell clicks and a cell panel that follows the threshold and new runs."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -172,3 +173,27 @@ def test_visible_window_maps_the_shown_field_to_full_resolution():
     assert _visible_window(pyramid, (1000, 1000)) == (slice(40, 240), slice(80, 1000))
     tiny = SimpleNamespace(corner_pixels=np.array([[0, 0], [3, 3]]), multiscale=False)
     assert _visible_window(tiny, (50, 60)) == (slice(0, 50), slice(0, 60))
+
+
+@pytest.mark.slow
+def test_send_to_review_puts_every_detected_cell_in_the_project(
+    make_napari_viewer, qtbot, sample_field, fake_classifier, tmp_path
+):
+    from napari_hematology.core.labels.store import AnnotationStore
+
+    viewer = make_napari_viewer()
+    viewer.add_image(sample_field, name="field", rgb=True)
+    widget = BlastDetectionWidget(viewer)
+    assert not widget.review_button.isEnabled()
+    _run(widget, qtbot)
+    assert widget.review_button.isEnabled()
+    detected = viewer.layers["field cells"].features
+    project = tmp_path / "review.sqlite"
+    widget.send_to_review(project)
+    with AnnotationStore(project) as store:
+        cells = store.cells()
+        labels = store.current_labels()
+    assert len(cells) == len(detected)
+    assert all(Path(crop).is_file() for crop in cells["crop"])
+    assert sorted(labels["label"]) == sorted(detected["label"])
+    assert set(labels["source"]) == {"model"}

@@ -265,3 +265,18 @@ def test_pixel_size_and_scale_cannot_be_combined(sample_field_path, tmp_path, ca
         main(["segment", str(sample_field_path), "--out", str(tmp_path), "--scale", "2",
               "--pixel-size", "0.1"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_analyze_sends_every_detected_cell_to_a_review_project(sample_field_path, tmp_path):
+    from napari_hematology.core.labels.store import AnnotationStore
+
+    project = tmp_path / "review.sqlite"
+    assert main(["analyze", str(sample_field_path), "--out", str(tmp_path / "out"), "--project", str(project)]) == 0
+    cells = pd.read_csv(tmp_path / "out" / f"{sample_field_path.stem}_cells.csv")
+    with AnnotationStore(project) as store:
+        stored = store.cells()
+        labels = store.current_labels()
+    assert len(cells) >= 1 and len(stored) == len(cells)
+    assert sorted(labels["label"]) == sorted(cells["label"])
+    assert sorted(stored["x"].round(1)) == sorted(cells["centroid_x"].round(1))
