@@ -1,8 +1,15 @@
 """Cytometry benchmark: IDEC / VaDE vs k-means and FlowSOM, soft labels, speed, unlabelled real files.
 
-    .venv/bin/python benchmarks/bench_cytometry.py [--data ../shared/data] [--seeds 10] [--threads 2]
+    .venv/bin/python benchmarks/bench_cytometry.py [--data ../shared/data] [--seeds 10] [--threads 1]
+        [--only SECTION ...]
 
-Writes benchmarks/results/cytometry.json:
+Writes benchmarks/results/cytometry.json (``--only`` re-runs the named sections and keeps the others):
+- default_cli_ff_fcs: ``napari-hematology cytometry cluster ff.fcs --clusters 7 --channels <FlowSOM's 7
+  lineage markers>`` with default settings (preprocessing decided from the file), per seed, against the
+  manual gates;
+- per_sample_speed: time to cluster one 15-20k-event sample (fit on it, assign every event) against
+  FlowSOM (10x10 SOM, same channels and K, warm) on several files; F1 for both where gates exist (ff.fcs
+  only), time only elsewhere;
 - accuracy on flowsom/ff.fcs against its manual gating (gating_result.csv): Hungarian-matched F1 per
   population and mean (excluding "Unlabeled") and ARI, for IDEC, VaDE, k-means and FlowSOM (the GPL
   ``flowsom`` package, benchmark-only extra; skipped when absent), over several seeds (mean, spread);
@@ -16,7 +23,10 @@ Writes benchmarks/results/cytometry.json:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -29,10 +39,14 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
+from napari_hematology.cli import main as cli
 from napari_hematology.core.cytometry import (
     ClusterConfig,
     apply_pipeline,
+    apply_preprocessing,
     channel_indices,
+    decide_preprocessing,
+    default_channels,
     fit_clusterer,
     load_pipeline_config,
     pipeline_config_from_dict,
@@ -40,9 +54,9 @@ from napari_hematology.core.cytometry import (
     read_fcs,
     run_pipeline,
     sample_proportions,
-    sample_values,
     save_pipeline,
     single_stage_config,
+    usable_channels,
     write_outputs,
 )
 
@@ -53,6 +67,8 @@ STAGES = ROOT / "benchmarks" / "cytometry_stages.yaml"
 FF_MARKERS = ["CD8", "TCRyd", "TCRb", "NK1/1", "CD4", "CD19", "CD3"]
 UNLABELED = "Unlabeled"
 SPEED_EVENTS = 20_000
+SPEED_CLUSTERS = 7  # ff.fcs's gated populations; the same K on the ungated files
+SCATTER = ("fsc", "ssc", "fs ", "ss ")
 
 
 def matched_f1(truth: np.ndarray, predicted: np.ndarray) -> dict:
@@ -128,26 +144,148 @@ def accuracy_benchmark(values: np.ndarray, labels: np.ndarray, seeds: int) -> di
     return results
 
 
-def flowsom_benchmark(values, labels, clusters, seeds) -> dict:
+def flowsom_clusters(values: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """FlowSOM's metacluster of every event (10x10 SOM, consensus metaclustering).
+
+    FlowSOM's numba code resets the OpenMP thread count that torch shares; torch's is restored after.
+    """
+    import anndata
+    import flowsom
+    import torch
+
+    threads = torch.get_num_threads()
+    fsom = flowsom.FlowSOM(
+        anndata.AnnData(values.astype(np.float32)),
+        cols_to_use=list(range(values.shape[1])),
+        n_clusters=clusters,
+        xdim=10,
+        ydim=10,
+        seed=seed,
+    )
+    torch.set_num_threads(threads)
+    return fsom.get_cell_data().obs["metaclustering"].to_numpy()
+
+
+def flowsom_available() -> bool:
     try:
-        import anndata
-        import flowsom
+        import flowsom  # noqa: F401
     except ImportError:
+        return False
+    from loguru import logger
+
+    logger.remove()  # flowsom logs every step at DEBUG level
+    return True
+
+
+def flowsom_benchmark(values, labels, clusters, seeds) -> dict:
+    if not flowsom_available():
         return {"skipped": "install the benchmark extra: pip install .[benchmarks]"}
     runs = []
     for seed in range(seeds):
         started = time.perf_counter()
-        fsom = flowsom.FlowSOM(
-            anndata.AnnData(values.astype(np.float32)),
-            cols_to_use=list(range(values.shape[1])),
-            n_clusters=clusters,
-            xdim=10,
-            ydim=10,
-            seed=seed,
-        )
-        predicted = fsom.get_cell_data().obs["metaclustering"].to_numpy()
+        predicted = flowsom_clusters(values, clusters, seed)
         runs.append({**matched_f1(labels, predicted), "seconds": time.perf_counter() - started})
     return {**summarise(runs), "settings": "10x10 SOM, consensus metaclustering, same channels and K"}
+
+
+def default_cli_benchmark(data: Path, seeds: int) -> dict:
+    """The command a new user types, default settings, one run per seed, scored against the gates."""
+    ff = data / "cytometry" / "flowsom" / "ff.fcs"
+    labels = pd.read_csv(ff.parent / "gating_result.csv", header=None)[0].to_numpy()
+    command = ["cytometry", "cluster", str(ff), "--clusters", "7", "--channels", *FF_MARKERS]
+    shown = " ".join(["cytometry", "cluster", "ff.fcs", *command[3:]])
+    runs, printed = [], ""
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in range(seeds):
+            output = io.StringIO()
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(output):
+                cli([*command, "--out", folder, "--seed", str(seed)])
+            seconds = time.perf_counter() - started
+            predicted = pd.read_csv(Path(folder) / "ff_clusters.csv")["cluster"].to_numpy()
+            runs.append({**matched_f1(labels, predicted), "seconds": seconds})
+            printed = output.getvalue()
+            print(f"default CLI seed {seed}: F1 {runs[-1]['mean_f1']:.3f}, {seconds:.1f} s", file=sys.stderr)
+    return {
+        "command": f"napari-hematology {shown} --out DIR --seed SEED",
+        "preprocessing_printed": [line for line in printed.splitlines() if line.startswith(("ff.fcs", "  "))],
+        **summarise(runs),
+        "note": "seconds include reading, preprocessing and writing the outputs (one process, warm)",
+    }
+
+
+def speed_samples(data: Path) -> dict[str, tuple[Path, np.ndarray | None]]:
+    """Files for the per-sample timing, each with its manual gates where they exist."""
+    folder = data / "cytometry"
+    gates = pd.read_csv(folder / "flowsom" / "gating_result.csv", header=None)[0].to_numpy()
+    samples = {"flowsom/ff.fcs (manual gates)": (folder / "flowsom" / "ff.fcs", gates)}
+    for path in sorted((folder / "flowspy_time_course").glob("*.fcs")):
+        samples[f"flowspy_time_course/{path.name} (no gates: time only)"] = (path, None)
+    samples["facs_diva_test.fcs (no gates: time only)"] = (folder / "facs_diva_test.fcs", None)
+    samples["flowkit_100715.fcs (no gates: time only)"] = (folder / "flowkit_100715.fcs", None)
+    return samples
+
+
+def sample_for_speed(path: Path, channels: list[str] | None, rng) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Preprocessed values (decided per file, as the CLI does) of ``channels`` (default: the default
+    non-scatter channels that vary), at most SPEED_EVENTS random events; also the rows taken."""
+    sample = read_fcs(path)
+    if channels is None:
+        chosen = [c for c in default_channels(sample) if not c.lower().startswith(SCATTER)]
+        channels, _ = usable_channels([sample], chosen)
+    rows = np.arange(len(sample.events))
+    if len(rows) > SPEED_EVENTS:
+        rows = np.sort(rng.choice(rows, SPEED_EVENTS, replace=False))
+    values = apply_preprocessing(sample, channels, decide_preprocessing(sample, channels))
+    return values[rows], channels, rows
+
+
+def per_sample_speed_benchmark(data: Path, seeds: int) -> dict:
+    """Fit one model per sample and assign all its events, against FlowSOM on the same values and K."""
+    if not flowsom_available():
+        return {"skipped": "install the benchmark extra: pip install .[benchmarks]"}
+    rng = np.random.default_rng(0)
+    flowsom_clusters(rng.normal(size=(500, 3)), 3, 0)  # compile FlowSOM's numba code before timing
+    report = {
+        "settings": f"IDEC, default ClusterConfig (chosen on ff.fcs), K={SPEED_CLUSTERS}, torch 1 thread, "
+        "fit on the sample then assign all its events; FlowSOM 10x10 SOM with consensus metaclustering on "
+        "the same values and K (warm); ff.fcs on FlowSOM's 7 lineage markers, other files on their "
+        "default non-scatter channels",
+        "numba_threads": os.environ.get("NUMBA_NUM_THREADS", "all cores"),
+        "seeds": seeds,
+        "timing": "median over seeds, the two methods interleaved; the 2-core machine was shared (see "
+        "load_average_after), so absolute seconds vary several-fold and the ratio is the figure",
+        "files": {},
+    }
+    for name, (path, gates) in speed_samples(data).items():
+        values, channels, rows = sample_for_speed(path, FF_MARKERS if gates is not None else None, rng)
+        ours, theirs = [], []
+        for seed in range(seeds):
+            started = time.perf_counter()
+            config = ClusterConfig.from_settings(clusters=SPEED_CLUSTERS, seed=seed)
+            clusterer = fit_clusterer(values, channels, config)
+            ours.append((time.perf_counter() - started, clusterer.assign(values).argmax(axis=1)))
+            started = time.perf_counter()
+            predicted = flowsom_clusters(values, SPEED_CLUSTERS, seed)
+            theirs.append((time.perf_counter() - started, predicted))
+        entry = {
+            "events": len(values),
+            "channels": len(channels),
+            "seconds_per_sample": float(np.median([seconds for seconds, _ in ours])),
+            "flowsom_seconds_per_sample": float(np.median([seconds for seconds, _ in theirs])),
+            "load_average_after": round(os.getloadavg()[0], 1),
+        }
+        entry["ratio_to_flowsom"] = entry["seconds_per_sample"] / entry["flowsom_seconds_per_sample"]
+        if gates is not None:
+            entry["mean_f1"] = mean_f1(gates[rows], ours)
+            entry["flowsom_mean_f1"] = mean_f1(gates[rows], theirs)
+        report["files"][name] = entry
+        print(f"{name}: {entry}", file=sys.stderr)
+    return report
+
+
+def mean_f1(truth: np.ndarray, runs: list[tuple[float, np.ndarray]]) -> float:
+    return float(np.mean([matched_f1(truth, predicted)["mean_f1"] for _, predicted in runs]))
 
 
 def remix(values, labels, populations, samples, events, rng):
@@ -263,9 +401,9 @@ def describe_clusters(result, stage_index: int = 0, top: int = 3) -> dict:
     stage = result.stages[stage_index]
     channels = stage.clusterers[0].channels
     values, labels = [], []
-    for sample, probabilities in zip(result.samples, stage.probabilities, strict=False):
+    for index, probabilities in enumerate(stage.probabilities):
         seen = np.isfinite(probabilities).all(axis=1)
-        values.append(sample_values(sample, channels, result.config)[seen])
+        values.append(result.values(index, channels)[seen])
         labels.append(probabilities[seen].argmax(axis=1))
     values, labels = np.concatenate(values), np.concatenate(labels)
     median, spread = np.median(values, axis=0), values.std(axis=0) + 1e-9
@@ -295,23 +433,11 @@ def unlabelled_benchmark(data: Path) -> dict:
         ),
         "flowspy_time_course (IDEC, 6 clusters)": (
             sorted((folder / "flowspy_time_course").glob("*.fcs")),
-            pipeline_config_from_dict(
-                {
-                    "transform": "arcsinh",
-                    "cofactor": 150,
-                    "stages": [{"name": "cluster", "method": "idec", "clusters": 6}],
-                }
-            ),
+            pipeline_config_from_dict({"stages": [{"name": "cluster", "method": "idec", "clusters": 6}]}),
         ),
         "facs_diva_test (VaDE, 6 clusters)": (
             [folder / "facs_diva_test.fcs"],
-            pipeline_config_from_dict(
-                {
-                    "transform": "arcsinh",
-                    "cofactor": 150,
-                    "stages": [{"name": "cluster", "method": "vade", "clusters": 6}],
-                }
-            ),
+            pipeline_config_from_dict({"stages": [{"name": "cluster", "method": "vade", "clusters": 6}]}),
         ),
     }
     report = {}
@@ -324,6 +450,7 @@ def unlabelled_benchmark(data: Path) -> dict:
             "files": len(paths),
             "events": int(table["events"].sum()),
             "channels": result.config.channels,
+            "preprocessing": [p.summary() for p in result.batch.preprocessing],
             "seconds": seconds,
             "clusters": {s.stage.name: describe_clusters(result, i) for i, s in enumerate(result.stages)},
             "proportions": table.round(4).to_dict(orient="records"),
@@ -337,26 +464,33 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--speed-files", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the CLI uses 1)")
+    parser.add_argument("--only", nargs="+", metavar="SECTION", help="re-run these sections, keep the others")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     values, labels = ff_data(args.data)
     started = time.perf_counter()
-    results = {
-        "command": "python benchmarks/bench_cytometry.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "torch_threads": args.threads},
-    }
     sections = {
         "accuracy_ff_fcs": lambda: accuracy_benchmark(values, labels, args.seeds),
+        "default_cli_ff_fcs": lambda: default_cli_benchmark(args.data, args.seeds),
+        "per_sample_speed": lambda: per_sample_speed_benchmark(args.data, min(args.seeds, 3)),
         "soft_labels_remixed_ff_fcs": lambda: soft_label_benchmark(values, labels),
         "speed": lambda: speed_benchmark(args.data, args.speed_files, args.threads),
         "unlabelled_files": lambda: unlabelled_benchmark(args.data),
     }
+    unknown = set(args.only or []) - set(sections)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(sections)}")
+    results = json.loads(RESULTS.read_text()) if args.only and RESULTS.exists() else {}
+    results["machine"] = {"platform": platform.platform(), "torch_threads": args.threads}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for name, section in sections.items():
+        if args.only and name not in args.only:
+            continue
         results[name] = section()
+        results[f"{name}_command"] = "python benchmarks/bench_cytometry.py " + " ".join(sys.argv[1:])
         results["total_seconds"] = time.perf_counter() - started
         RESULTS.write_text(json.dumps(results, indent=2))  # after every section: partial runs count
     return 0

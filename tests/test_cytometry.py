@@ -1,7 +1,10 @@
 """Cytometry backend: FCS reading, transforms, IDEC/VaDE, staged pipelines, soft labels, CLI, bad input."""
 
+import dataclasses
+import json
 from pathlib import Path
 
+import anndata
 import flowio
 import numpy as np
 import pandas as pd
@@ -142,8 +145,33 @@ def test_nan_and_constant_channels_are_named(tmp_path):
     with pytest.raises(InputError, match=r"nan\.fcs: channel\(s\) CD61 \(FL2-A\) hold NaN"):
         run_pipeline([write_fcs(tmp_path / "nan.fcs", events)], config)
     events[:, 2] = 7.0
-    with pytest.raises(InputError, match=r"FL2-A are constant"):
-        run_pipeline([write_fcs(tmp_path / "constant.fcs", events)], config)
+    result = run_pipeline([write_fcs(tmp_path / "constant.fcs", events)], config)
+    assert result.config.channels == ["FL1-A", "FL3-A"]
+    assert result.batch.warnings == [
+        "CD61 (FL2-A): every event has the value 7 (a flag or a dead detector); left out of clustering."
+    ]
+    events[:, 1] = 3.0
+    with pytest.raises(InputError, match=r"Every chosen channel is constant \(FL1-A, FL2-A\)"):
+        read_batch([write_fcs(tmp_path / "flags.fcs", events)], channels=["FL1-A", "FL2-A"])
+
+
+def test_preprocessing_is_decided_per_file_and_flags_override(tmp_path):
+    raw, truth = make_events({"plt": 300, "pure": 300})
+    transformed = write_fcs(tmp_path / "logged.fcs", np.arcsinh(raw / 150.0))
+    linear = write_fcs(tmp_path / "linear.fcs", raw)
+    config = single_stage_config(clusters=2, settings=FAST)
+    result = run_pipeline([linear, transformed], config)
+    first, second = result.batch.preprocessing
+    assert (first.state, first.transform, first.cofactor) == ("raw", "arcsinh", 150.0)
+    assert (second.state, second.transform, second.transform_channels) == ("transformed", "none", [])
+    np.testing.assert_allclose(result.values(0, ["CD45"]), result.values(1, ["CD45"]), atol=1e-4)
+    for index in (0, 1):
+        assert adjusted_rand_score(truth, cell_table(result, index)["cluster"]) > 0.9
+    forced = run_pipeline([transformed], dataclasses.replace(config, transform="arcsinh", cofactor=5.0))
+    assert forced.batch.preprocessing[0].transform_channels == ["FL1-A", "FL2-A", "FL3-A"]
+    assert any("again (arcsinh), as asked" in w for w in forced.batch.preprocessing[0].warnings)
+    with pytest.raises(InputError, match="Unknown transform 'log'"):
+        single_stage_config(transform="log").check()
 
 
 @pytest.mark.parametrize("method", ["idec", "vade"])
@@ -270,6 +298,31 @@ def test_two_stage_pipeline_with_soft_labels_from_reference(tmp_path, two_files)
     )
 
 
+def test_population_names_flow_into_tables_and_exports(tmp_path, two_files):
+    from napari_hematology.core.cytometry import write_anndata, write_fcs_outputs
+    from napari_hematology.core.cytometry.export import cluster_names_from_keywords
+
+    paths, _ = two_files
+    (tmp_path / "stages.yaml").write_text(STAGES_YAML)
+    config = load_pipeline_config(tmp_path / "stages.yaml")
+    config.stages[0].settings.update(FAST)
+    result = run_pipeline(paths, config)
+    result.rename("rbc", ["mature", "young"])
+    assert "prop_rbc_young" in proportions_table(result).columns
+    assert set(cell_table(result, 0)["rbc"]) <= {"", "mature", "young"}
+    written = write_fcs_outputs(result, tmp_path / "fcs")
+    keywords = read_fcs(written[0]).keywords
+    assert cluster_names_from_keywords(keywords, "lineage") == {0: "PLT", 1: "RBC"}
+    assert cluster_names_from_keywords(keywords, "rbc") == {0: "mature", 1: "young"}
+    adata = anndata.read_h5ad(write_anndata(result, tmp_path / "run.h5ad"))
+    assert list(adata.obs["rbc"].cat.categories) == ["mature", "young"]
+    assert adata.obs.loc[adata.obs["lineage"] == "PLT", "rbc"].isna().all()
+    with pytest.raises(InputError, match="splits 'lineage''s population 'RBC'; keep that name"):
+        result.rename("lineage", ["PLT", "red cells"])
+    with pytest.raises(InputError, match="non-empty and unique"):
+        result.rename("rbc", ["same", "same"])
+
+
 def test_reference_errors_name_the_file_and_population(tmp_path, two_files):
     paths, _ = two_files
     (tmp_path / "stages.yaml").write_text(STAGES_YAML)
@@ -341,7 +394,8 @@ def test_saved_pipeline_reapplies_identically(tmp_path, two_files):
     again = apply_pipeline(paths[:1], tmp_path / "model")
     np.testing.assert_allclose(again.stages[0].probabilities[0], result.stages[0].probabilities[0], atol=1e-5)
     written = write_outputs(again, tmp_path / "out")
-    assert [p.name for p in written] == ["s0_clusters.csv", "proportions.csv"]
+    names = ["s0_clusters.csv", "markers.csv", "preprocessing.json", "proportions.csv"]
+    assert [p.name for p in written] == names
 
 
 def test_cli_cluster_contract(tmp_path, two_files, capsys):
@@ -364,15 +418,37 @@ def test_cli_cluster_contract(tmp_path, two_files, capsys):
             "CD71",
             "--epochs",
             "4",
+            "--fcs-out",
+            str(tmp_path / "fcs"),
+            "--h5ad",
+            str(tmp_path / "events.h5ad"),
         ]
     )
     assert code == 0
+    printed = capsys.readouterr().out
+    assert "s0.fcs: raw values: no compensation, arcsinh (cofactor 150) on 3 channel(s)" in printed
     cells = pd.read_csv(out / "s1_clusters.csv")
     assert list(cells.columns) == ["event", "cluster", "prob_0", "prob_1", "prob_2"]
     assert len(cells) == 1000 and adjusted_rand_score(labels[1], cells["cluster"]) > 0.9
     proportions = pd.read_csv(out / "proportions.csv")
     assert proportions["file"].tolist() == ["s0.fcs", "s1.fcs"]
     np.testing.assert_allclose(proportions[["prop_0", "prop_1", "prop_2"]].sum(axis=1), 1.0, atol=1e-3)
+    assert proportions["preprocessing"].str.startswith("raw values").all()
+    record = json.loads((out / "preprocessing.json").read_text())
+    assert [f["file"] for f in record["files"]] == ["s0.fcs", "s1.fcs"]
+    assert record["files"][0]["transform_channels"] == ["CD45", "CD61", "CD71"]
+    markers = pd.read_csv(out / "markers.csv")
+    assert list(markers.columns[:5]) == ["stage", "file", "population", "events", "fraction"]
+    assert markers["events"].sum() == 2000 and {"CD45", "CD61", "CD71", "high", "low"} <= set(markers.columns)
+    again = read_fcs(tmp_path / "fcs" / "s1_clusters.fcs")
+    assert again.names[-2:] == ["cluster", "cluster_probability"]
+    np.testing.assert_array_equal(again.events[:, -2], cells["cluster"])
+    np.testing.assert_allclose(again.events[:, :4], read_fcs(paths[1]).events, rtol=1e-6)
+    flow = flowio.FlowData(str(tmp_path / "fcs" / "s0_clusters.fcs"))
+    assert flow.event_count == 1000 and flow.channel_count == 6
+    adata = anndata.read_h5ad(tmp_path / "events.h5ad")
+    assert adata.shape == (2000, 3) and list(adata.obs["sample"].cat.categories) == ["s0.fcs", "s1.fcs"]
+    assert (adata.obs["cluster_probability"] > 0.3).all()
 
 
 def test_cli_errors_are_one_line(tmp_path, two_files, capsys):
@@ -406,5 +482,7 @@ def test_reads_real_fcs_files(shared_data):
     assert channel_indices(flowsom, ["CD3", "PE-Cy7-A"]) == [17, 17]
     fcs2 = read_fcs(folder / "flowkit_100715.fcs")
     assert fcs2.events.shape == (65016, 16)
-    samples, channels = read_batch(sorted((folder / "flowspy_time_course").glob("*.fcs")))
-    assert len(samples) == 6 and "CD34" not in channels and "APC-A" in channels
+    batch = read_batch(sorted((folder / "flowspy_time_course").glob("*.fcs")))
+    assert len(batch.samples) == 6 and "CD34" not in batch.channels and "APC-A" in batch.channels
+    guava = read_batch([folder / "instruments" / "fcsparser_GuavaMuse_Guava_Muse.fcs"])
+    assert len(guava.samples) > 1 and guava.samples[1].stem == "fcsparser_GuavaMuse_Guava_Muse_set2"

@@ -7,6 +7,14 @@ from pathlib import Path
 
 from napari_hematology.core.progress import TextProgress
 
+TRANSFORM_CHOICES = ("auto", "arcsinh", "logicle", "none")
+COMPENSATION_CHOICES = {"auto": "auto", "yes": True, "no": False}
+OUTPUTS = (
+    "DIR/<stem>_clusters.csv (one row per event), DIR/proportions.csv (one row per file, with the "
+    "preprocessing of each), DIR/preprocessing.json (what each file's values were found to be and why) and "
+    "DIR/markers.csv (median of each channel per cluster)"
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``cytometry`` command group (``cluster``, ``pipeline``, ``apply``)."""
@@ -20,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cluster = commands.add_parser(
         "cluster",
         help="one clustering stage over a batch of FCS files",
-        description="Train one IDEC or VaDE model on the pooled events of the files and write "
-        "DIR/<stem>_clusters.csv (event,cluster,prob_<k>...) and DIR/proportions.csv (one row per file).",
+        description="Train one IDEC or VaDE model on the pooled events of the files and write " + OUTPUTS
+        + ". Whether each file is compensated and transformed is decided from its values unless "
+        "--transform / --compensation say otherwise.",
     )
     _add_common(cluster)
     cluster.add_argument("--clusters", type=int, default=5, help="number of clusters (default 5)")
@@ -32,18 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="channels by detector ($PnN) or marker ($PnS) name; default: marker channels",
     )
-    cluster.add_argument("--transform", choices=("arcsinh", "logicle", "none"), default="arcsinh")
-    cluster.add_argument(
-        "--cofactor",
-        type=float,
-        default=150.0,
-        help="arcsinh cofactor: ~150 for flow, 5 for mass cytometry (default 150)",
-    )
-    cluster.add_argument(
-        "--no-compensation",
-        action="store_true",
-        help="do not apply the files' spillover matrices (already compensated data)",
-    )
     cluster.add_argument("--epochs", type=int, help="clustering epochs (pretraining uses the same number)")
     cluster.set_defaults(func=run_cluster)
 
@@ -52,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="staged clustering from a YAML stages file, optionally with soft labels",
         description="Run the stages of STAGES.yaml (e.g. IDEC for red cells vs platelets, then VaDE on "
         "the red cells). With --reference REF.csv (file,population,fraction) each file's predicted "
-        "proportions are trained to match its reference, giving cell-level soft labels.",
+        "proportions are trained to match its reference, giving cell-level soft labels. Writes " + OUTPUTS
+        + "; populations named in the YAML are used in every output.",
     )
     pipeline.add_argument("--config", type=Path, required=True, metavar="STAGES.yaml")
     _add_common(pipeline)
@@ -67,17 +65,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     apply = commands.add_parser(
         "apply",
         help="assign new FCS files with a saved model (no training)",
-        description="Assign every event of the files with a model folder written by --save-model.",
+        description="Assign every event of the files with a model folder written by --save-model; "
+        "writes the same outputs as 'cluster'.",
     )
     apply.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
     apply.add_argument("fcs", nargs="+", type=Path, metavar="FCS")
     apply.add_argument("--out", type=Path, required=True, metavar="DIR")
+    _add_exports(apply)
     apply.set_defaults(func=run_apply)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("fcs", nargs="+", type=Path, metavar="FCS", help="FCS files or folders")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--transform",
+        choices=TRANSFORM_CHOICES,
+        help="auto (default): arcsinh on linear values, nothing on values already transformed "
+        "(logicle, arcsinh, log); or force one for every file",
+    )
+    parser.add_argument(
+        "--compensation",
+        choices=tuple(COMPENSATION_CHOICES),
+        help="auto (default): apply a file's spillover matrix only to raw values; yes / no: force it",
+    )
+    parser.add_argument(
+        "--cofactor",
+        type=float,
+        help="arcsinh cofactor (default: 5 for mass cytometry, 150 for flow, per file)",
+    )
     parser.add_argument(
         "--per-sample", action="store_true", help="train one model per file instead of one pooled model"
     )
@@ -87,6 +103,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="MODEL_DIR",
         help="save the trained (pooled) models for 'cytometry apply'",
+    )
+    _add_exports(parser)
+
+
+def _add_exports(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fcs-out",
+        type=Path,
+        metavar="DIR",
+        help="write each input again as DIR/<stem>_clusters.fcs with the cluster and its probability as "
+        "new parameters (names in the keyword <STAGE>_NAMES)",
+    )
+    parser.add_argument(
+        "--h5ad",
+        type=Path,
+        metavar="FILE",
+        help="write an AnnData file: events x channels, sample, cluster and probability in obs",
     )
 
 
@@ -99,14 +132,11 @@ def run_cluster(args: argparse.Namespace) -> int:
         clusters=args.clusters,
         method=args.method,
         channels=args.channels,
-        transform=args.transform,
-        cofactor=args.cofactor,
-        compensate=not args.no_compensation,
         pooled=not args.per_sample,
         seed=args.seed,
         settings=settings,
     )
-    return _train_and_write(args, config, None)
+    return _train_and_write(args, _with_preprocessing_flags(config, args), None)
 
 
 def run_staged(args: argparse.Namespace) -> int:
@@ -117,30 +147,74 @@ def run_staged(args: argparse.Namespace) -> int:
 
     config = load_pipeline_config(args.config)
     config = dataclasses.replace(config, seed=args.seed, pooled=config.pooled and not args.per_sample)
-    return _train_and_write(args, config, args.reference)
+    return _train_and_write(args, _with_preprocessing_flags(config, args), args.reference)
 
 
 def run_apply(args: argparse.Namespace) -> int:
     """Run ``cytometry apply``."""
     from napari_hematology.core.cytometry import apply_pipeline, list_fcs
 
+    _one_torch_thread()
     result = apply_pipeline(list_fcs(args.fcs), args.model, progress=TextProgress())
-    return _write(result, args.out)
+    return _write(result, args)
+
+
+def _with_preprocessing_flags(config, args: argparse.Namespace):
+    """The config with the flags that were given (the others stay as the config or YAML has them)."""
+    import dataclasses
+
+    given = {
+        "transform": args.transform,
+        "compensate": None if args.compensation is None else COMPENSATION_CHOICES[args.compensation],
+        "cofactor": args.cofactor,
+    }
+    config = dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None})
+    config.check()
+    return config
+
+
+def _one_torch_thread() -> None:
+    """Use one torch thread in this process.
+
+    The clustering models are small: extra intra-op threads only wait on each other, most of all on a
+    busy machine (ten times slower on two shared cores).
+    """
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _train_and_write(args: argparse.Namespace, config, reference) -> int:
     from napari_hematology.core.cytometry import list_fcs, run_pipeline, save_pipeline
 
+    _one_torch_thread()
     result = run_pipeline(list_fcs(args.fcs), config, reference, progress=TextProgress())
     if args.save_model is not None:
         save_pipeline(result, args.save_model)
         print(f"Saved the models to {args.save_model}")
-    return _write(result, args.out)
+    return _write(result, args)
 
 
-def _write(result, out: Path) -> int:
-    from napari_hematology.core.cytometry import write_outputs
+def _write(result, args: argparse.Namespace) -> int:
+    from napari_hematology.core.cytometry import write_anndata, write_fcs_outputs, write_outputs
 
-    written = write_outputs(result, out)
-    print(f"Wrote {len(written) - 1} cluster table(s) and {written[-1]}")
+    _print_preprocessing(result)
+    written = write_outputs(result, args.out)
+    print(f"Wrote {len(result.samples)} cluster table(s), markers, preprocessing and {written[-1]}")
+    if args.fcs_out is not None:
+        written = write_fcs_outputs(result, args.fcs_out)
+        print(f"Wrote {len(written)} FCS file(s) with clusters to {args.fcs_out}")
+    if args.h5ad is not None:
+        print(f"Wrote {write_anndata(result, args.h5ad)}")
     return 0
+
+
+def _print_preprocessing(result) -> None:
+    for warning in result.batch.warnings:
+        print(f"warning: {warning}")
+    for sample, decision in zip(result.samples, result.batch.preprocessing, strict=True):
+        print(f"{sample.name}: {decision.summary()}")
+        for note in sample.notes:
+            print(f"  note: {note}")
+        for warning in decision.warnings:
+            print(f"  warning: {warning}")

@@ -1,4 +1,9 @@
-"""The Cytometry widget: cluster FCS files with IDEC / VaDE (or staged), view events and proportions."""
+"""The Cytometry widget: cluster FCS files with IDEC / VaDE (or staged), view, name and export the clusters.
+
+Each file's preprocessing (compensation, transform) is decided from its values and shown; the populations
+of a run are listed with their colour, share and marked channels, and their names can be edited there.
+Names and colours (``_palette``) are the same in the scatter, the proportion chart and every export.
+"""
 
 from __future__ import annotations
 
@@ -15,71 +20,75 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QPlainTextEdit,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_hematology.core.cytometry.fcs import TRANSFORMS
 from napari_hematology.core.errors import HematologyError
-from napari_hematology.widgets._runner import TaskRunner, report_error, shortcut_button
+from napari_hematology.widgets._keys import OPEN, RUN, SAVE, bind_button_keys, shortcut_button
+from napari_hematology.widgets._layout import fit_names, scrolling_layout
+from napari_hematology.widgets._palette import category_colours
+from napari_hematology.widgets._runner import TaskRunner, report_error
 
 LATENT = "latent space"
 POINT_SIZE = 0.05
-PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
+TRANSFORM_CHOICES = ("auto", *TRANSFORMS)
+COMPENSATION_CHOICES = {"auto": "auto", "apply spillover matrix": True, "do not compensate": False}
+AUTO_COFACTOR = 0.0
+POPULATION_COLUMNS = ("", "name", "share", "high", "low")
+NAME_COLUMN = 1
+FCS_FOLDER = "fcs"
+H5AD_FILE = "events.h5ad"
 
 
 class CytometryWidget(QWidget):
-    """Load FCS files, choose channels and transform, run one stage or a stages file, and show results."""
+    """Load FCS files, choose channels and preprocessing, run one stage or a stages file, show and name."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.paths: list[Path] = []
+        self.batch = None
         self.result = None
         self.files_list = QListWidget()
-        self.add_button = shortcut_button("Add FCS files… (Ctrl+O)", "Ctrl+O", self._browse)
+        self.add_button = shortcut_button("Add FCS files…", OPEN, self._browse)
         self.clear_button = shortcut_button("Clear", None, self.clear_files)
         self.channels_list = QListWidget()
-        self.transform_combo = QComboBox()
-        self.transform_combo.addItems(list(TRANSFORMS))
-        self.cofactor_spin = _double_spin(0.1, 10000.0, 150.0)
-        self.compensate_combo = QComboBox()
-        self.compensate_combo.addItems(["apply spillover matrix", "already compensated"])
-        self.method_combo = QComboBox()
-        self.method_combo.addItems(["idec", "vade"])
+        self.transform_combo = _combo(TRANSFORM_CHOICES)
+        self.cofactor_spin = _double_spin(AUTO_COFACTOR, 10000.0, AUTO_COFACTOR)
+        self.cofactor_spin.setSpecialValueText("auto (5 mass, 150 flow)")
+        self.compensate_combo = _combo(COMPENSATION_CHOICES)
+        self.preprocessing_text = QPlainTextEdit()
+        self.preprocessing_text.setReadOnly(True)
+        self.method_combo = _combo(("idec", "vade"))
         self.clusters_spin = _spin(2, 50, 5)
         self.epochs_spin = _spin(1, 500, 15)
         self.stages_edit = QLineEdit()
         self.stages_edit.setPlaceholderText("optional stages .yaml (overrides method and clusters)")
         self.reference_edit = QLineEdit()
         self.reference_edit.setPlaceholderText("optional reference .csv: file,population,fraction")
-        self.run_button = shortcut_button("Run (Ctrl+R)", "Ctrl+R", self.run)
-        self.file_combo = QComboBox()
-        self.stage_combo = QComboBox()
-        self.x_combo = QComboBox()
-        self.y_combo = QComboBox()
-        self.plot_button = shortcut_button("Show scatter (Ctrl+P)", "Ctrl+P", self.show_scatter)
+        self.run_button = shortcut_button("Run", RUN, self.run)
+        self.file_combo = fit_names(QComboBox())
+        self.stage_combo = fit_names(QComboBox())
+        self.x_combo = fit_names(QComboBox())
+        self.y_combo = fit_names(QComboBox())
+        self.plot_button = shortcut_button("Show scatter", None, self.show_scatter)
+        self.populations = QTableWidget()
         self.table = QTableWidget()
         self.chart = ProportionChart()
+        self.save_button = shortcut_button("Save results (CSV, FCS, h5ad)…", SAVE, self._browse_save)
         self.runner = TaskRunner(self)
         self._build_layout()
+        self._connect()
+        bind_button_keys(self)
 
     def _build_layout(self) -> None:
         file_row = QHBoxLayout()
@@ -90,6 +99,7 @@ class CytometryWidget(QWidget):
         form.addRow("Transform", self.transform_combo)
         form.addRow("Arcsinh cofactor", self.cofactor_spin)
         form.addRow("Compensation", self.compensate_combo)
+        form.addRow("Preprocessing", self.preprocessing_text)
         form.addRow("Method", self.method_combo)
         form.addRow("Clusters", self.clusters_spin)
         form.addRow("Epochs", self.epochs_spin)
@@ -100,7 +110,7 @@ class CytometryWidget(QWidget):
         view.addRow("Stage", self.stage_combo)
         view.addRow("X", self.x_combo)
         view.addRow("Y", self.y_combo)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addWidget(self.files_list)
         layout.addLayout(file_row)
         layout.addLayout(form)
@@ -108,40 +118,60 @@ class CytometryWidget(QWidget):
         layout.addWidget(self.runner)
         layout.addLayout(view)
         layout.addWidget(self.plot_button)
+        layout.addWidget(QLabel("Populations: colour legend; double-click a name to edit it"))
+        layout.addWidget(self.populations)
+        layout.addWidget(QLabel("Proportions per file"))
         layout.addWidget(self.table)
         layout.addWidget(self.chart)
+        layout.addWidget(self.save_button)
+
+    def _connect(self) -> None:
+        for combo in (self.transform_combo, self.compensate_combo):
+            combo.currentIndexChanged.connect(self.show_preprocessing)
+        self.cofactor_spin.valueChanged.connect(self.show_preprocessing)
+        self.channels_list.itemChanged.connect(self.show_preprocessing)
+        self.stage_combo.currentIndexChanged.connect(self._show_stage)
+        self.populations.itemChanged.connect(self._population_renamed)
 
     def _browse(self) -> None:
-        paths, _ = QFileDialog.getOpenFileNames(self, "Open FCS files", "", "FCS files (*.fcs)")
+        paths, _ = QFileDialog.getOpenFileNames(self, "Open FCS files", "", "FCS files (*.fcs *.lmd)")
         if paths:
             self.load_files(self.paths + [Path(p) for p in paths])
 
     def clear_files(self) -> None:
         """Forget the loaded files and results."""
         self.paths = []
+        self.batch = None
         self.result = None
         self.files_list.clear()
         self.channels_list.clear()
+        self.preprocessing_text.clear()
 
     def load_files(self, paths: list[str | Path]) -> bool:
-        """Read the files' headers and offer their shared channels (marker channels ticked)."""
+        """Read the files and offer their shared channels (marker channels ticked; constant ones not)."""
         from napari_hematology.core.cytometry import read_batch
 
         try:
-            samples, channels = read_batch([Path(p) for p in paths])
+            batch = read_batch([Path(p) for p in paths])
         except HematologyError as error:
             report_error(error)
             return False
-        self.paths = [s.path for s in samples]
+        self.batch = batch
+        self.paths = list(dict.fromkeys(s.path for s in batch.samples))
         self.files_list.clear()
-        self.files_list.addItems([f"{s.name} ({len(s.events)} events)" for s in samples])
+        self.files_list.addItems([f"{s.name} ({len(s.events)} events)" for s in batch.samples])
+        self.channels_list.blockSignals(True)
         self.channels_list.clear()
-        for name, shown in zip(samples[0].names, samples[0].display_names(), strict=False):
+        first = batch.samples[0]
+        for name, shown in zip(first.names, first.display_names(), strict=False):
             item = QListWidgetItem(shown)
             item.setData(Qt.ItemDataRole.UserRole, name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if name in channels else Qt.CheckState.Unchecked)
+            ticked = name in batch.channels
+            item.setCheckState(Qt.CheckState.Checked if ticked else Qt.CheckState.Unchecked)
             self.channels_list.addItem(item)
+        self.channels_list.blockSignals(False)
+        self.show_preprocessing()
         return True
 
     def checked_channels(self) -> list[str]:
@@ -149,30 +179,64 @@ class CytometryWidget(QWidget):
         items = (self.channels_list.item(i) for i in range(self.channels_list.count()))
         return [i.data(Qt.ItemDataRole.UserRole) for i in items if i.checkState() == Qt.CheckState.Checked]
 
+    def preprocessing_choices(self) -> dict:
+        """Transform, compensation and cofactor as chosen (``auto`` / None where left to each file)."""
+        cofactor = self.cofactor_spin.value()
+        return {
+            "transform": self.transform_combo.currentText(),
+            "compensate": COMPENSATION_CHOICES[self.compensate_combo.currentText()],
+            "cofactor": None if cofactor == AUTO_COFACTOR else cofactor,
+        }
+
+    def show_preprocessing(self, *_) -> None:
+        """Show, per loaded file, what its values are and what the run will do to them."""
+        import dataclasses
+
+        from napari_hematology.core.cytometry import decide_batch_preprocessing, single_stage_config
+
+        channels = self.checked_channels()
+        if self.batch is None or not channels:
+            self.preprocessing_text.setPlainText("")
+            return
+        config = single_stage_config(channels=channels, **self.preprocessing_choices())
+        try:
+            batch = decide_batch_preprocessing(dataclasses.replace(self.batch, channels=channels), config)
+        except HematologyError as error:
+            self.preprocessing_text.setPlainText(str(error))
+            return
+        self._write_preprocessing(batch)
+
+    def _write_preprocessing(self, batch) -> None:
+        lines = [f"warning: {w}" for w in batch.warnings]
+        for sample, decision in zip(batch.samples, batch.preprocessing, strict=True):
+            lines.append(f"{sample.name}: {decision.summary()}")
+            lines += [f"  note: {note}" for note in sample.notes]
+            lines += [f"  warning: {warning}" for warning in decision.warnings]
+        self.preprocessing_text.setPlainText("\n".join(lines))
+
     def pipeline_config(self):
-        """Build the run's configuration: the stages file if given, else one stage from the form."""
+        """Build the run's configuration: the stages file if given, else one stage from the form.
+
+        Raises:
+            InputError: The stages file is missing or invalid.
+
+        """
         import dataclasses
 
         from napari_hematology.core.cytometry import load_pipeline_config, single_stage_config
 
-        preprocessing = {
-            "channels": self.checked_channels() or None,
-            "transform": self.transform_combo.currentText(),
-            "cofactor": self.cofactor_spin.value(),
-            "compensate": self.compensate_combo.currentIndex() == 0,
-        }
+        channels = self.checked_channels() or None
         if self.stages_edit.text().strip():
             config = load_pipeline_config(self.stages_edit.text().strip())
-            return dataclasses.replace(
-                config,
-                **{k: v for k, v in preprocessing.items() if k != "channels" or config.channels is None},
-            )
+            chosen = {k: v for k, v in self.preprocessing_choices().items() if v not in ("auto", None)}
+            return dataclasses.replace(config, channels=config.channels or channels, **chosen)
         epochs = self.epochs_spin.value()
         return single_stage_config(
             clusters=self.clusters_spin.value(),
             method=self.method_combo.currentText(),
+            channels=channels,
             settings={"epochs": epochs, "pretrain_epochs": epochs},
-            **preprocessing,
+            **self.preprocessing_choices(),
         )
 
     def run(self) -> None:
@@ -184,6 +248,7 @@ class CytometryWidget(QWidget):
             return
         try:
             config = self.pipeline_config()
+            config.check()
         except HematologyError as error:
             report_error(error)
             return
@@ -191,20 +256,90 @@ class CytometryWidget(QWidget):
         self.runner.start(run_pipeline, self.paths, config, reference, on_done=self.show_result)
 
     def show_result(self, result) -> None:
-        """Fill the view choices, the proportions table and chart, and show the first scatter."""
+        """Fill the view choices, the populations, the proportions, and show the first scatter."""
+        self.result = result
+        self._write_preprocessing(result.batch)
+        _refill(self.file_combo, [s.name for s in result.samples])
+        first = result.samples[0]
+        channels = result.config.all_channels()
+        shown = dict(zip(first.names, first.display_names(), strict=True))
+        axes = [(LATENT, None)] + [(shown.get(c, c), c) for c in channels]
+        for combo in (self.x_combo, self.y_combo):
+            combo.clear()
+            for text, channel in axes:
+                combo.addItem(text, channel)
+        _refill(self.stage_combo, [s.stage.name for s in result.stages])
+        self._show_stage()
+
+    def _show_stage(self, *_) -> None:
+        if self.result is None or self.stage_combo.currentIndex() < 0:
+            return
+        self._show_populations()
+        self._show_proportions()
+        self.show_scatter()
+
+    def stage_colours(self) -> dict[str, str]:
+        """``{population: "#rrggbb"}`` of the chosen stage, the same in the scatter, table and chart."""
+        stage = self.result.stages[self.stage_combo.currentIndex()].stage
+        return category_colours(stage.population_names)
+
+    def _show_populations(self) -> None:
+        from napari_hematology.core.cytometry import marker_table
+
+        stage_name = self.stage_combo.currentText()
+        markers = marker_table(self.result)
+        markers = markers[markers["stage"] == stage_name].groupby("population", sort=False).first()
+        colours = self.stage_colours()
+        self.populations.blockSignals(True)
+        self.populations.clear()
+        self.populations.setColumnCount(len(POPULATION_COLUMNS))
+        self.populations.setHorizontalHeaderLabels(list(POPULATION_COLUMNS))
+        self.populations.setRowCount(len(colours))
+        for row, (name, colour) in enumerate(colours.items()):
+            swatch = _fixed_item("")
+            swatch.setBackground(QColor(colour))
+            found = name in markers.index
+            cells = [
+                swatch,
+                QTableWidgetItem(name),
+                _fixed_item(f"{markers.loc[name, 'fraction']:.1%}" if found else "0%"),
+                _fixed_item(markers.loc[name, "high"] if found else ""),
+                _fixed_item(markers.loc[name, "low"] if found else ""),
+            ]
+            for column, cell in enumerate(cells):
+                self.populations.setItem(row, column, cell)
+        self.populations.resizeColumnsToContents()
+        self.populations.blockSignals(False)
+
+    def population_names(self) -> list[str]:
+        """The names in the populations table, in cluster order."""
+        return [self.populations.item(row, NAME_COLUMN).text() for row in range(self.populations.rowCount())]
+
+    def _population_renamed(self, item: QTableWidgetItem) -> None:
+        if item.column() != NAME_COLUMN or self.result is None:
+            return
+        self.rename_populations(self.population_names())
+
+    def rename_populations(self, names: list[str]) -> bool:
+        """Name the chosen stage's populations; the chart, scatter and exports then use the names."""
+        try:
+            self.result.rename(self.stage_combo.currentText(), names)
+        except HematologyError as error:
+            report_error(error)
+            self._show_populations()
+            return False
+        self._show_stage()
+        return True
+
+    def _show_proportions(self) -> None:
         from napari_hematology.core.cytometry import proportions_table
 
-        self.result = result
-        _refill(self.file_combo, [s.name for s in result.samples])
-        _refill(self.stage_combo, [s.stage.name for s in result.stages])
-        axes = [LATENT] + list(result.config.channels)
-        _refill(self.x_combo, axes)
-        _refill(self.y_combo, axes)
-        table = proportions_table(result)
+        table = proportions_table(self.result)
         self._show_table(table)
-        first_stage = [c for c in table.columns if c.startswith("prop_")][: result.stages[0].stage.clusters]
-        self.chart.set_proportions(table["file"].tolist(), table[first_stage].to_numpy())
-        self.show_scatter()
+        stage = self.result.stages[self.stage_combo.currentIndex()]
+        prefix = "prop_" if len(self.result.stages) == 1 else f"prop_{stage.stage.name}_"
+        columns = [f"{prefix}{p}" for p in stage.stage.population_names]
+        self.chart.set_proportions(table["file"].tolist(), table[columns].to_numpy(), self.stage_colours())
 
     def show_scatter(self) -> None:
         """Add (or replace) a Points layer of the chosen file, coloured by population, with features."""
@@ -214,19 +349,22 @@ class CytometryWidget(QWidget):
             show_info("Run the clustering first (Run).")
             return
         file_index, stage_index = self.file_combo.currentIndex(), self.stage_combo.currentIndex()
-        x_axis, y_axis = self.x_combo.currentText(), self.y_combo.currentText()
-        channels = None if LATENT in (x_axis, y_axis) else (x_axis, y_axis)
+        x_axis, y_axis = self.x_combo.currentData(), self.y_combo.currentData()
+        channels = None if None in (x_axis, y_axis) else (x_axis, y_axis)
         try:
-            coordinates, names = scatter_coordinates(self.result, file_index, stage_index, channels)
+            coordinates, axes = scatter_coordinates(self.result, file_index, stage_index, channels)
         except HematologyError as error:
             report_error(error)
             return
         features = cell_table(self.result, file_index)
         seen = np.isfinite(coordinates).all(axis=1)
         colour_by = "cluster" if "cluster" in features.columns else self.stage_combo.currentText()
+        colours = self.stage_colours()
         features = features[seen].reset_index(drop=True)
         features[colour_by] = features[colour_by].astype(str)
-        name = f"{self.result.samples[file_index].stem} {names[0]} vs {names[1]}"
+        if channels is not None:
+            axes = [self.x_combo.currentText(), self.y_combo.currentText()]
+        name = f"{self.result.samples[file_index].stem} {axes[0]} vs {axes[1]}"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         span = float(np.nanstd(coordinates)) or 1.0
@@ -234,6 +372,7 @@ class CytometryWidget(QWidget):
             coordinates[seen][:, ::-1],
             features=features,
             face_color=colour_by,
+            face_color_cycle=colours,
             size=POINT_SIZE * span,
             border_width=0,
             name=name,
@@ -248,37 +387,101 @@ class CytometryWidget(QWidget):
                 text = f"{value:.3f}" if isinstance(value, float) else str(value)
                 self.table.setItem(row, column, QTableWidgetItem(text))
 
+    def _browse_save(self) -> None:
+        if self.result is None:
+            show_info("Run the clustering first (Run).")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Save results into folder")
+        if folder:
+            self.save_results(folder)
+
+    def save_results(self, folder: str | Path) -> list[Path]:
+        """Write the tables, each file again as FCS with its populations, and one ``.h5ad`` file.
+
+        Returns:
+            The written paths.
+
+        """
+        from napari_hematology.core.cytometry import write_anndata, write_fcs_outputs, write_outputs
+
+        folder = Path(folder)
+        try:
+            written = write_outputs(self.result, folder)
+            written += write_fcs_outputs(self.result, folder / FCS_FOLDER)
+            written.append(write_anndata(self.result, folder / H5AD_FILE))
+        except (HematologyError, OSError) as error:
+            report_error(error)
+            return []
+        show_info(f"Saved {len(written)} files to {folder}.")
+        return written
+
 
 class ProportionChart(QWidget):
-    """Stacked horizontal bars: one bar per file, one colour per population of the first stage."""
+    """Stacked horizontal bars: one bar per file (named on the left), one colour per population."""
+
+    LABEL_WIDTH = 0.3
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.rows: list[tuple[str, list[float]]] = []
+        self.colours: dict[str, str] = {}
         self.setMinimumHeight(120)
 
-    def set_proportions(self, files: list[str], proportions: np.ndarray) -> None:
-        """Show one row of population fractions per file."""
+    def set_proportions(self, files: list[str], proportions: np.ndarray, colours: dict[str, str]) -> None:
+        """Show one row of population fractions per file, in the order and colours of ``colours``."""
         self.rows = [
-            (str(f), [float(v) for v in values]) for f, values in zip(files, proportions, strict=False)
+            (str(f), [float(v) for v in values]) for f, values in zip(files, proportions, strict=True)
         ]
+        self.colours = dict(colours)
+        self.setToolTip(
+            "\n".join(
+                f"{file}: " + ", ".join(f"{p} {v:.1%}" for p, v in zip(self.colours, values, strict=True))
+                for file, values in self.rows
+            )
+        )
         self.update()
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
-        """Draw the bars."""
+        """Draw the bars, the file names, and the population names where they fit."""
         if not self.rows:
             return
         painter = QPainter(self)
+        label_width = self.width() * self.LABEL_WIDTH
+        bar_width = self.width() - label_width
         height = self.height() / len(self.rows)
-        for row, (_name, values) in enumerate(self.rows):
-            left = 0.0
-            for k, value in enumerate(values):
-                width = value * self.width()
-                painter.fillRect(
-                    QRectF(left, row * height + 1, width, height - 2), QColor(PALETTE[k % len(PALETTE)])
-                )
-                left += width
+        names = list(self.colours)
+        for row, (file, values) in enumerate(self.rows):
+            top = row * height
+            painter.setPen(self.palette().windowText().color())
+            painter.drawText(QRectF(0, top, label_width - 4, height), _RIGHT_MIDDLE, file)
+            left = label_width
+            for name, value in zip(names, values, strict=True):
+                box = QRectF(left, top + 1, value * bar_width, height - 2)
+                painter.fillRect(box, QColor(self.colours[name]))
+                if painter.fontMetrics().horizontalAdvance(name) < box.width() - 4:
+                    painter.setPen(_text_colour(self.colours[name]))
+                    painter.drawText(box, Qt.AlignmentFlag.AlignCenter, name)
+                left += box.width()
         painter.end()
+
+
+_RIGHT_MIDDLE = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+
+
+def _text_colour(background: str) -> QColor:
+    return QColor("black") if QColor(background).lightnessF() > 0.5 else QColor("white")
+
+
+def _fixed_item(text: str) -> QTableWidgetItem:
+    item = QTableWidgetItem(text)
+    item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+    return item
+
+
+def _combo(items) -> QComboBox:
+    combo = fit_names(QComboBox())
+    combo.addItems(list(items))
+    return combo
 
 
 def _spin(low: int, high: int, value: int) -> QSpinBox:
@@ -296,5 +499,7 @@ def _double_spin(low: float, high: float, value: float) -> QDoubleSpinBox:
 
 
 def _refill(combo: QComboBox, items: list[str]) -> None:
+    combo.blockSignals(True)
     combo.clear()
     combo.addItems(items)
+    combo.blockSignals(False)

@@ -1,7 +1,8 @@
 """Per-cell signal (flow and mass cytometry) analysis.
 
-FCS reading, transforms, IDEC/VaDE deep clustering, staged pipelines and soft labels from per-sample
-reference proportions.
+FCS reading, what values already are (raw, compensated, transformed) and their preprocessing, IDEC/VaDE
+deep clustering, staged pipelines, soft labels from per-sample reference proportions, and results back
+in CSV, FCS and AnnData.
 """
 
 from napari_hematology.core.cytometry.cluster_config import ClusterConfig
@@ -14,14 +15,19 @@ from napari_hematology.core.cytometry.fcs import (
     default_channels,
     list_fcs,
     read_fcs,
+    read_fcs_data_sets,
     transform,
+    usable_channels,
 )
 from napari_hematology.core.cytometry.fitting import fit_clusterer
+from napari_hematology.core.cytometry.scales import Preprocessing, apply_preprocessing, decide_preprocessing
 from napari_hematology.core.cytometry.stages import (
+    Batch,
     PipelineConfig,
     PipelineResult,
     StageConfig,
     apply_pipeline,
+    decide_batch_preprocessing,
     load_pipeline,
     load_pipeline_config,
     pipeline_config_from_dict,
@@ -34,25 +40,36 @@ from napari_hematology.core.cytometry.stages import (
 )
 from napari_hematology.core.cytometry.tables import (
     cell_table,
+    cluster_assignments,
     final_populations,
+    marker_table,
+    preprocessing_record,
     proportions_table,
     sample_proportions,
     scatter_coordinates,
+    write_anndata,
+    write_fcs_outputs,
     write_outputs,
 )
 
 __all__ = [
-    "TRANSFORMS",
+    "Batch",
     "ClusterConfig",
     "Clusterer",
     "FcsSample",
     "PipelineConfig",
     "PipelineResult",
+    "Preprocessing",
     "StageConfig",
+    "TRANSFORMS",
     "apply_pipeline",
+    "apply_preprocessing",
     "cell_table",
     "channel_indices",
+    "cluster_assignments",
     "compensate",
+    "decide_batch_preprocessing",
+    "decide_preprocessing",
     "default_channels",
     "final_populations",
     "fit_clusterer",
@@ -60,10 +77,13 @@ __all__ = [
     "load_clusterer",
     "load_pipeline",
     "load_pipeline_config",
+    "marker_table",
     "pipeline_config_from_dict",
+    "preprocessing_record",
     "proportions_table",
     "read_batch",
     "read_fcs",
+    "read_fcs_data_sets",
     "read_reference",
     "run_pipeline",
     "sample_proportions",
@@ -72,5 +92,8 @@ __all__ = [
     "scatter_coordinates",
     "single_stage_config",
     "transform",
+    "usable_channels",
+    "write_anndata",
+    "write_fcs_outputs",
     "write_outputs",
 ]

@@ -88,8 +88,8 @@ def fit_clusterer(
     pretrain_epochs = max(config.pretrain_epochs, -(-config.min_pretrain_steps // batches))
     steps = _Phases(progress, batches, [pretrain_epochs, config.train.epochs])
     pretraining = replace(config.train, epochs=pretrain_epochs)
-    train(model, (x,), reconstruction_loss, pretraining, progress=steps.phase(0, "pretraining"),
-          should_stop=should_stop)
+    train(model, _EventRows(x), reconstruction_loss, pretraining, progress=steps.phase(0, "pretraining"),
+          should_stop=should_stop, collate_fn=_as_is)
     model.cpu()
     check_cancel(should_stop)
     cells = initialise_clusters(model, x, config)
@@ -98,9 +98,9 @@ def fit_clusterer(
         ids = np.asarray(sample_ids)[keep]
         membership_from_reference(model, cells, ids, reference)
         batch_reference = torch.as_tensor(np.nan_to_num(reference, nan=-1.0), dtype=torch.float32)
-        dataset = (x, torch.arange(len(x)), torch.as_tensor(ids, dtype=torch.long))
+        dataset = _EventRows(x, torch.arange(len(x)), torch.as_tensor(ids, dtype=torch.long))
     else:
-        dataset = (x, torch.arange(len(x)))
+        dataset = _EventRows(x, torch.arange(len(x)))
     initial_clusters = model.membership.numpy()[cells]
     _fine_tune(model, x, dataset, config, batch_reference, initial_clusters, steps.phase(1, "clustering"),
                should_stop)
@@ -125,14 +125,14 @@ def _check_values(values: np.ndarray, channels: list[str], clusters: int) -> tup
     bad = [c for c, ok in zip(channels, np.isfinite(values).all(axis=0), strict=False) if not ok]
     if bad:
         raise InputError(
-            f"Channel(s) {', '.join(bad)} hold NaN or infinite values; drop them with --channels."
+            f"Channel(s) {', '.join(bad)} hold NaN or infinite values; leave them out of the chosen channels."
         )
     std = values.std(axis=0)
     constant = [c for c, s in zip(channels, std, strict=False) if s < 1e-9]
     if constant:
         raise InputError(
             f"Channel(s) {', '.join(constant)} are constant (every event has the same value) and carry no "
-            "information; leave them out with --channels."
+            "information; leave them out of the chosen channels."
         )
     # One scale for all channels: transformed channels are already comparable, and z-scoring each one
     # would blow a noise-only channel up to the weight of the channels that separate populations.
@@ -142,6 +142,30 @@ def _check_values(values: np.ndarray, channels: list[str], clusters: int) -> tup
 def _prototype_count(config: ClusterConfig, events: int) -> int:
     wanted = min(config.clusters * config.prototypes_per_cluster, MAX_PROTOTYPES)
     return max(config.clusters, min(wanted, events // MIN_EVENTS_PER_CLUSTER))
+
+
+class _EventRows:
+    """Tensors of equal length whose batches are cut in one indexing step.
+
+    A plain tuple of tensors is fetched row by row and stacked again, which costs more than the step of
+    a small clustering model.
+    """
+
+    def __init__(self, *tensors):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, index):
+        return tuple(tensor[index] for tensor in self.tensors)
+
+    def __getitems__(self, indices: list[int]):
+        return self.__getitem__(indices)
+
+
+def _as_is(batch):
+    return batch
 
 
 class _Phases:
@@ -171,6 +195,7 @@ def _fine_tune(
         progress=progress,
         should_stop=should_stop,
         on_epoch_end=_Settling(x, initial_clusters, config.stable_fraction, target),
+        collate_fn=_as_is,
     )
 
 

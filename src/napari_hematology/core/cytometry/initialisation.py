@@ -12,7 +12,7 @@ import numpy as np
 from napari_hematology.core.cytometry.cluster_config import ClusterConfig
 from napari_hematology.core.training import predict
 
-CONSENSUS_EVENTS = 5000
+CONSENSUS_EVENTS = 2000
 MAX_REGROUP_PASSES = 20
 EPSILON = 1e-8
 

@@ -141,8 +141,10 @@ def apply_preprocessing(sample: FcsSample, channels: list[str], preprocessing: P
 
     """
     events = compensate(sample) if preprocessing.compensate else sample.events
-    values = events[:, channel_indices(sample, channels)].astype(np.float64)
-    targets = [k for k, c in enumerate(channels) if c in preprocessing.transform_channels]
+    columns = channel_indices(sample, channels)
+    values = events[:, columns].astype(np.float64)
+    transformed = set(channel_indices(sample, preprocessing.transform_channels))
+    targets = [k for k, column in enumerate(columns) if column in transformed]
     if targets and preprocessing.transform != "none":
         values[:, targets] = transform(values[:, targets], preprocessing.transform, preprocessing.cofactor)
     return values

@@ -17,14 +17,15 @@ import numpy as np
 from napari_hematology.core.cytometry.cluster_config import ClusterConfig
 from napari_hematology.core.cytometry.clusterer import Clusterer, load_clusterer
 from napari_hematology.core.cytometry.fcs import (
+    TRANSFORMS,
     FcsSample,
     channel_indices,
-    compensate,
     default_channels,
-    read_fcs,
-    transform,
+    read_fcs_data_sets,
+    usable_channels,
 )
 from napari_hematology.core.cytometry.fitting import fit_clusterer
+from napari_hematology.core.cytometry.scales import Preprocessing, apply_preprocessing, decide_preprocessing
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, tracked
 
@@ -80,9 +81,12 @@ class PipelineConfig:
     Attributes:
         stages: The stages, parents before children.
         channels: Channels (``$PnN`` or ``$PnS`` names); None uses the marker channels of the first file.
-        transform: ``arcsinh``, ``logicle`` or ``none``.
-        cofactor: Arcsinh cofactor.
-        compensate: Apply the spillover matrix stored in each file.
+        transform: ``auto`` (decided per file from what its values already are, see
+            :func:`~napari_hematology.core.cytometry.scales.decide_preprocessing`), ``arcsinh``,
+            ``logicle`` or ``none``.
+        cofactor: Arcsinh cofactor; None picks 5 for mass cytometry and 150 for flow, per file.
+        compensate: ``auto`` (decided per file), or True / False to apply each file's spillover matrix
+            or not.
         pooled: Train one model on the events of all files (True) or one model per file (False).
         seed: Random seed.
 
@@ -90,9 +94,9 @@ class PipelineConfig:
 
     stages: list[StageConfig]
     channels: list[str] | None = None
-    transform: str = "arcsinh"
-    cofactor: float = 150.0
-    compensate: bool = True
+    transform: str = "auto"
+    cofactor: float | None = None
+    compensate: bool | str = "auto"
     pooled: bool = True
     seed: int = 0
 
@@ -100,9 +104,18 @@ class PipelineConfig:
         """Raise :class:`InputError` if the stages do not fit together."""
         if not self.stages:
             raise InputError("The pipeline has no stages; give at least one under 'stages:'.")
+        if self.transform not in ("auto", *TRANSFORMS):
+            raise InputError(
+                f"Unknown transform {self.transform!r}; choose auto or one of {', '.join(TRANSFORMS)}."
+            )
+        if self.compensate not in ("auto", True, False):
+            raise InputError(f"compensate must be auto, true or false, got {self.compensate!r}.")
+        if self.cofactor is not None and self.cofactor <= 0:
+            raise InputError(f"The arcsinh cofactor must be positive, got {self.cofactor}.")
         seen: dict[str, StageConfig] = {}
         for stage in self.stages:
             stage.cluster_config(self.seed).check()
+            _check_names(stage.populations, f"Stage {stage.name!r}")
             if stage.name in seen:
                 raise InputError(f"Two stages are named {stage.name!r}; stage names must be unique.")
             if stage.populations is not None and len(stage.populations) != stage.clusters:
@@ -126,6 +139,18 @@ class PipelineConfig:
     def to_dict(self) -> dict:
         """Plain-data form, as written to ``stages.yaml``."""
         return dataclasses.asdict(self)
+
+    def all_channels(self) -> list[str]:
+        """The pipeline's channels followed by any further channels of its stages, each once."""
+        listed = list(self.channels or []) + [c for s in self.stages for c in s.channels or []]
+        return list(dict.fromkeys(listed))
+
+
+def _check_names(names: list[str] | None, where: str) -> None:
+    if names is None:
+        return
+    if any(not str(name).strip() for name in names) or len(set(names)) != len(names):
+        raise InputError(f"{where}: population names must be non-empty and unique, got {names}.")
 
 
 def single_stage_config(
@@ -194,6 +219,25 @@ def _refuse_unknown(mapping: dict, allowed: set[str], where: str) -> None:
 
 
 @dataclass
+class Batch:
+    """FCS files read for clustering, with the channels to use and how each file is preprocessed.
+
+    Attributes:
+        samples: One per data set (a file with several data sets gives several samples).
+        channels: The chosen (or default) channels, less those constant in every file.
+        warnings: Channels left out, and why.
+        preprocessing: Per sample, what its values are and what is done to them (empty until
+            :func:`decide_batch_preprocessing`).
+
+    """
+
+    samples: list[FcsSample]
+    channels: list[str]
+    warnings: list[str] = field(default_factory=list)
+    preprocessing: list[Preprocessing] = field(default_factory=list)
+
+
+@dataclass
 class StageResult:
     """What one stage found.
 
@@ -212,15 +256,57 @@ class StageResult:
 
 @dataclass
 class PipelineResult:
-    """Result of a pipeline run over a batch of files."""
+    """Result of a pipeline run over a batch of files.
+
+    Attributes:
+        config: The run's configuration, with the channels used.
+        batch: The files, channels left out, and each file's preprocessing.
+        stages: What each stage found.
+
+    """
 
     config: PipelineConfig
-    samples: list[FcsSample]
+    batch: Batch
     stages: list[StageResult]
+
+    @property
+    def samples(self) -> list[FcsSample]:
+        """The clustered samples (one per data set)."""
+        return self.batch.samples
 
     def stage(self, name: str) -> StageResult:
         """Return the result of the stage called ``name``."""
         return next(s for s in self.stages if s.stage.name == name)
+
+    def values(self, file_index: int, channels: list[str]) -> np.ndarray:
+        """Preprocessed values of ``channels`` of one file, as they were clustered."""
+        return sample_values(self.samples[file_index], channels, self.batch.preprocessing[file_index])
+
+    def rename(self, stage_name: str, names: list[str]) -> None:
+        """Name the populations of a stage; tables, exports and saved models then use the names.
+
+        Raises:
+            InputError: Not one unique, non-empty name per population, or a name that a later stage
+                refers to as its parent population is changed.
+
+        """
+        index = next(i for i, s in enumerate(self.stages) if s.stage.name == stage_name)
+        old = self.stages[index].stage
+        names = [str(name).strip() for name in names]
+        if len(names) != old.clusters:
+            raise InputError(f"Stage {stage_name!r} has {old.clusters} populations; got {len(names)} names.")
+        _check_names(names, f"Stage {stage_name!r}")
+        for child in self.config.stages:
+            if child.parent == stage_name and child.parent_population not in names:
+                raise InputError(
+                    f"Stage {child.name!r} splits {stage_name!r}'s population {child.parent_population!r}; "
+                    "keep that name."
+                )
+        stage = dataclasses.replace(old, populations=names)
+        self.stages[index].stage = stage
+        for clusterer in self.stages[index].clusterers:
+            clusterer.populations = list(names)
+        self.config.stages = [stage if s.name == stage_name else s for s in self.config.stages]
 
 
 def read_batch(
@@ -229,8 +315,8 @@ def read_batch(
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
-) -> tuple[list[FcsSample], list[str]]:
-    """Read FCS files and check that they share the chosen channels.
+) -> Batch:
+    """Read FCS files (every data set of each) and check that they share the chosen channels.
 
     Args:
         paths: FCS files.
@@ -239,15 +325,21 @@ def read_batch(
         should_stop: Cancellation callback.
 
     Returns:
-        The samples and the channels (the default panel when ``channels`` is None).
+        The samples and the channels (the default panel when ``channels`` is None); channels on which
+        every event has the same value (a flag, a dead detector) are left out with a warning.
 
     Raises:
-        InputError: Unreadable files, duplicated file names, missing channels or mixed panels.
+        InputError: Unreadable files, duplicated file names, a file missing a chosen channel (named with
+            the file), mixed panels, or only constant channels.
 
     """
     if not paths:
         raise InputError("No FCS files given.")
-    samples = [read_fcs(p) for p in tracked(paths, len(paths), progress, should_stop, "reading FCS")]
+    samples = [
+        sample
+        for path in tracked(paths, len(paths), progress, should_stop, "reading FCS")
+        for sample in read_fcs_data_sets(path)
+    ]
     stems = [s.stem for s in samples]
     duplicated = sorted({s for s in stems if stems.count(s) > 1})
     if duplicated:
@@ -255,7 +347,12 @@ def read_batch(
     if channels:
         for sample in samples:
             channel_indices(sample, channels)
-        return samples, list(channels)
+        return Batch(samples, *usable_channels(samples, list(channels)))
+    _check_same_panel(samples)
+    return Batch(samples, *usable_channels(samples, default_channels(samples[0])))
+
+
+def _check_same_panel(samples: list[FcsSample]) -> None:
     panel = _panel(samples[0])
     for sample in samples[1:]:
         if _panel(sample) != panel:
@@ -263,10 +360,9 @@ def read_batch(
             extra = [c for c in _panel(sample) if c not in panel]
             raise InputError(
                 f"{sample.name} has a different panel from {samples[0].name} (missing: "
-                f"{', '.join(missing) or 'none'}; extra: {', '.join(extra) or 'none'}). Choose the channels "
-                "shared by all files with --channels, or run the panels separately."
+                f"{', '.join(missing) or 'none'}; extra: {', '.join(extra) or 'none'}). Choose only the "
+                "channels shared by all files, or run the panels separately."
             )
-    return samples, default_channels(samples[0])
 
 
 def _panel(sample: FcsSample) -> list[str]:
@@ -275,22 +371,39 @@ def _panel(sample: FcsSample) -> list[str]:
     return [d for d, n in zip(sample.display_names(), sample.names, strict=False) if n in channels]
 
 
-def sample_values(sample: FcsSample, channels: list[str], config: PipelineConfig) -> np.ndarray:
-    """Compensated, transformed values of ``channels`` for one file.
+def decide_batch_preprocessing(batch: Batch, config: PipelineConfig) -> Batch:
+    """Decide, per file, compensation and transform of every channel the pipeline uses.
+
+    ``config.transform``, ``config.compensate`` and ``config.cofactor`` override the decision where they
+    are not ``auto`` / None (with a warning where the values suggest otherwise).
+
+    Returns:
+        The batch with ``preprocessing`` filled in.
+
+    """
+    channels = list(dict.fromkeys(batch.channels + config.all_channels()))
+    preprocessing = [
+        decide_preprocessing(sample, channels, config.transform, config.compensate, config.cofactor)
+        for sample in batch.samples
+    ]
+    return dataclasses.replace(batch, preprocessing=preprocessing)
+
+
+def sample_values(sample: FcsSample, channels: list[str], preprocessing: Preprocessing) -> np.ndarray:
+    """Compensated, transformed values of ``channels`` for one file, as decided for it.
 
     Raises:
         InputError: A channel is missing, or holds NaN or infinite values.
 
     """
-    columns = channel_indices(sample, channels)
-    events = compensate(sample) if config.compensate else sample.events
-    values = transform(events[:, columns], config.transform, config.cofactor)
+    values = apply_preprocessing(sample, channels, preprocessing)
     shown = sample.display_names()
+    columns = channel_indices(sample, channels)
     bad = [shown[c] for c, ok in zip(columns, np.isfinite(values).all(axis=0), strict=False) if not ok]
     if bad:
         raise InputError(
-            f"{sample.name}: channel(s) {', '.join(bad)} hold NaN or infinite values; leave them out with "
-            "--channels or re-export the file."
+            f"{sample.name}: channel(s) {', '.join(bad)} hold NaN or infinite values; leave them out of the "
+            "chosen channels or export the file again."
         )
     return values
 
@@ -394,21 +507,42 @@ def run_pipeline(
 
     """
     config.check()
-    samples, channels = read_batch(paths, config.channels, progress=progress, should_stop=should_stop)
-    config = dataclasses.replace(config, channels=channels)
+    batch = read_batch(paths, config.channels, progress=progress, should_stop=should_stop)
+    config, batch = _usable_stage_channels(dataclasses.replace(config, channels=batch.channels), batch)
+    batch = decide_batch_preprocessing(batch, config)
+    samples = batch.samples
     references = read_reference(reference, samples, config) if reference is not None else {}
     results: list[StageResult] = []
     for number, stage in enumerate(config.stages, start=1):
         check_cancel(should_stop)
         label = f"stage {number}/{len(config.stages)} ({stage.name})"
         masks = _stage_masks(stage, results, samples)
-        values = [sample_values(s, stage.channels or channels, config) for s in samples]
+        values = _stage_values(batch, stage.channels or config.channels)
         clusterers = _fit_stage(
             stage, config, values, masks, references.get(stage.name), _prefixed(progress, label), should_stop
         )
         probabilities = _assign(clusterers, values, masks, should_stop)
         results.append(StageResult(stage, probabilities, clusterers))
-    return PipelineResult(config, samples, results)
+    return PipelineResult(config, batch, results)
+
+
+def _usable_stage_channels(config: PipelineConfig, batch: Batch) -> tuple[PipelineConfig, Batch]:
+    """Leave constant channels out of the stages that name their own channels, with a warning."""
+    stages, warnings = [], list(batch.warnings)
+    for stage in config.stages:
+        if stage.channels:
+            channels, left_out = usable_channels(batch.samples, stage.channels)
+            warnings += [w for w in left_out if w not in warnings]
+            stage = dataclasses.replace(stage, channels=channels)
+        stages.append(stage)
+    return dataclasses.replace(config, stages=stages), dataclasses.replace(batch, warnings=warnings)
+
+
+def _stage_values(batch: Batch, channels: list[str]) -> list[np.ndarray]:
+    return [
+        sample_values(sample, channels, preprocessing)
+        for sample, preprocessing in zip(batch.samples, batch.preprocessing, strict=True)
+    ]
 
 
 def apply_pipeline(
@@ -426,16 +560,24 @@ def apply_pipeline(
 
     """
     config, clusterers = load_pipeline(model_dir)
-    samples = [read_fcs(p) for p in tracked(paths, len(paths), progress, should_stop, "reading FCS")]
-    if not samples:
+    if not paths:
         raise InputError("No FCS files given.")
+    samples = [
+        sample
+        for path in tracked(paths, len(paths), progress, should_stop, "reading FCS")
+        for sample in read_fcs_data_sets(path)
+    ]
+    channels = list(dict.fromkeys(c for clusterer in clusterers.values() for c in clusterer.channels))
+    for sample in samples:
+        channel_indices(sample, channels)
+    batch = decide_batch_preprocessing(Batch(samples, channels), config)
     results: list[StageResult] = []
     for stage in config.stages:
         clusterer = clusterers[stage.name]
         masks = _stage_masks(stage, results, samples)
-        values = [sample_values(s, clusterer.channels, config) for s in samples]
+        values = _stage_values(batch, clusterer.channels)
         results.append(StageResult(stage, _assign([clusterer], values, masks, should_stop), [clusterer]))
-    return PipelineResult(config, samples, results)
+    return PipelineResult(config, batch, results)
 
 
 def _prefixed(progress: ProgressCallback | None, label: str) -> ProgressCallback | None:

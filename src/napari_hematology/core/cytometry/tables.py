@@ -1,17 +1,35 @@
-"""Per-event and per-sample tables of a pipeline run, their CSV files, and 2-D views for plotting."""
+"""Per-event and per-sample tables of a pipeline run, their files, and 2-D views for plotting.
+
+Beside the per-event and per-sample CSV tables a run writes ``preprocessing.json`` (what each file's
+values were found to be and what was done to them; its summary is also the ``preprocessing`` column of
+``proportions.csv``) and ``markers.csv`` (median of each channel per population, to help name them);
+on request, FCS files with the clusters as new parameters and one AnnData ``.h5ad`` file.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 
-from napari_hematology.core.cytometry.stages import PipelineResult, StageResult, hard_labels, sample_values
+from napari_hematology.core.cytometry.export import (
+    ClusterAssignment,
+    marker_summary,
+    write_fcs_with_clusters,
+    write_h5ad,
+)
+from napari_hematology.core.cytometry.fcs import FcsSample, channel_indices
+from napari_hematology.core.cytometry.stages import PipelineResult, StageResult, hard_labels
 from napari_hematology.core.io import write_table
 from napari_hematology.core.projection import principal_components
 
 PROPORTIONS_FILE = "proportions.csv"
+PREPROCESSING_FILE = "preprocessing.json"
+MARKERS_FILE = "markers.csv"
 CELLS_SUFFIX = "_clusters.csv"
+FCS_SUFFIX = "_clusters.fcs"
 
 
 def _single_stage(result: PipelineResult) -> bool:
@@ -38,18 +56,22 @@ def cell_table(result: PipelineResult, file_index: int):
     events = len(result.samples[file_index].events)
     columns: dict[str, np.ndarray] = {"event": np.arange(events)}
     if _single_stage(result):
-        probabilities = result.stages[0].probabilities[file_index]
-        columns["cluster"] = hard_labels(probabilities)
+        columns["cluster"] = _stage_names(result.stages[0], file_index)
     else:
         columns["population"] = final_populations(result, file_index)
     for stage in result.stages:
         probabilities = stage.probabilities[file_index]
         if not _single_stage(result):
-            names = np.asarray(stage.stage.population_names + [""], dtype=object)
-            columns[stage.stage.name] = names[hard_labels(probabilities)]
+            columns[stage.stage.name] = _stage_names(stage, file_index)
         for k, population in enumerate(stage.stage.population_names):
             columns[_prob_column(result, stage, population)] = np.round(probabilities[:, k], 4)
     return pd.DataFrame(columns)
+
+
+def _stage_names(stage: StageResult, file_index: int) -> np.ndarray:
+    """Population name of every event in one stage; empty where the stage did not see the event."""
+    names = np.asarray(stage.stage.population_names + [""], dtype=object)
+    return names[hard_labels(stage.probabilities[file_index])]
 
 
 def final_populations(result: PipelineResult, file_index: int) -> np.ndarray:
@@ -98,12 +120,83 @@ def proportions_table(result: PipelineResult):
                 row[_prob_column(result, stage, population).replace("prob_", "prop_", 1)] = round(
                     float(fractions[k]), 5
                 )
+        row["preprocessing"] = result.batch.preprocessing[i].summary()
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def preprocessing_record(result: PipelineResult) -> dict:
+    """What was decided for each file and why, and the channels left out (``preprocessing.json``)."""
+    files = []
+    for sample, decision in zip(result.samples, result.batch.preprocessing, strict=True):
+        record = dataclasses.asdict(decision)
+        files.append({"file": sample.name, "summary": decision.summary(), **record, "reading": sample.notes})
+    return {
+        "channels": result.config.all_channels(),
+        "channels_left_out": result.batch.warnings,
+        "files": files,
+    }
+
+
+def marker_table(result: PipelineResult):
+    """Median of each channel per population of every stage, on the clustered (transformed) scale.
+
+    Populations of a pooled run are summarised over all files; those of per-file models (``pooled:
+    false``), which need not match between files, per file. Channels are labelled by marker where the
+    file names one. See :func:`~napari_hematology.core.cytometry.export.marker_summary`.
+
+    Returns:
+        A pandas DataFrame: ``stage``, ``file`` (``all`` when pooled), ``population``, ``events``,
+        ``fraction``, one column per channel, ``high`` and ``low``.
+
+    """
+    import pandas as pd
+
+    groups = [list(range(len(result.samples)))]
+    if not result.config.pooled:
+        groups = [[i] for i in range(len(result.samples))]
+    tables = []
+    for stage in result.stages:
+        channels = stage.clusterers[0].channels
+        labels_of = [_marker_label(result.samples[0], c) for c in channels]
+        for files in groups:
+            values = np.concatenate([result.values(i, channels) for i in files])
+            labels = np.concatenate([hard_labels(stage.probabilities[i]) for i in files])
+            if not (labels >= 0).any():
+                continue
+            table = marker_summary(values, labels, labels_of, stage.stage.population_names)
+            table = table.rename_axis("population").reset_index()
+            table.insert(0, "file", "all" if result.config.pooled else result.samples[files[0]].name)
+            table.insert(0, "stage", stage.stage.name)
+            tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def _marker_label(sample: FcsSample, channel: str) -> str:
+    index = channel_indices(sample, [channel])[0]
+    return sample.markers[index] or sample.names[index]
+
+
+def cluster_assignments(result: PipelineResult, file_index: int) -> list[ClusterAssignment]:
+    """Each stage's population and its probability for every event of one file (for the exports)."""
+    assignments = []
+    for stage in result.stages:
+        probabilities = stage.probabilities[file_index]
+        labels = hard_labels(probabilities)
+        seen = labels >= 0
+        probability = np.full(len(labels), np.nan)
+        probability[seen] = probabilities[seen, labels[seen]]
+        names = list(stage.stage.populations) if stage.stage.populations else None
+        assignments.append(ClusterAssignment(labels, probability, names, stage.stage.name))
+    return assignments
+
+
+def _all_assignments(result: PipelineResult) -> list[list[ClusterAssignment]]:
+    return [cluster_assignments(result, i) for i in range(len(result.samples))]
+
+
 def write_outputs(result: PipelineResult, directory: str | Path) -> list[Path]:
-    """Write ``<stem>_clusters.csv`` per file and ``proportions.csv`` into ``directory``.
+    """Write ``<stem>_clusters.csv`` per file, ``markers.csv``, ``preprocessing.json``, ``proportions.csv``.
 
     Returns:
         The written paths, proportions last.
@@ -114,8 +207,52 @@ def write_outputs(result: PipelineResult, directory: str | Path) -> list[Path]:
         write_table(directory / f"{sample.stem}{CELLS_SUFFIX}", cell_table(result, i))
         for i, sample in enumerate(result.samples)
     ]
+    written.append(write_table(directory / MARKERS_FILE, marker_table(result)))
+    record = directory / PREPROCESSING_FILE
+    record.write_text(json.dumps(preprocessing_record(result), indent=2))
+    written.append(record)
     written.append(write_table(directory / PROPORTIONS_FILE, proportions_table(result)))
     return written
+
+
+def write_fcs_outputs(result: PipelineResult, directory: str | Path) -> list[Path]:
+    """Write every file again as ``<stem>_clusters.fcs`` with each stage's population and probability.
+
+    Population names travel in the keyword ``<STAGE>_NAMES``
+    (:func:`~napari_hematology.core.cytometry.export.write_fcs_with_clusters`).
+
+    Returns:
+        The written paths.
+
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return [
+        write_fcs_with_clusters(sample, directory / f"{sample.stem}{FCS_SUFFIX}", assignments)
+        for sample, assignments in zip(result.samples, _all_assignments(result), strict=True)
+    ]
+
+
+def write_anndata(result: PipelineResult, path: str | Path) -> Path:
+    """Write the run as one ``.h5ad`` file: events x clustered channels, populations in ``obs``.
+
+    ``X`` holds the values as read, the layer ``preprocessed`` the clustered values; ``obs`` has
+    ``sample``, ``<stage>`` (population names) and ``<stage>_probability``.
+
+    Returns:
+        ``path``.
+
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = result.config.all_channels()
+    return write_h5ad(
+        path,
+        result.samples,
+        _all_assignments(result),
+        channels,
+        [result.values(i, channels) for i in range(len(result.samples))],
+    )
 
 
 def scatter_coordinates(
@@ -139,10 +276,10 @@ def scatter_coordinates(
     seen = np.isfinite(stage.probabilities[file_index]).all(axis=1)
     coordinates = np.full((len(sample.events), 2), np.nan)
     if channels is not None:
-        coordinates[seen] = sample_values(sample, list(channels), result.config)[seen]
+        coordinates[seen] = result.values(file_index, list(channels))[seen]
         return coordinates, list(channels)
     clusterer = stage.clusterers[0] if len(stage.clusterers) == 1 else stage.clusterers[file_index]
-    values = sample_values(sample, clusterer.channels, result.config)[seen]
+    values = result.values(file_index, clusterer.channels)[seen]
     if len(values):
         coordinates[seen] = principal_components(clusterer.embed(values))
     return coordinates, ["latent 1", "latent 2"]
