@@ -124,7 +124,8 @@ def test_image_without_cells_and_non_rgb_layers(make_napari_viewer, qtbot, fake_
     viewer.add_image(background_only(), name="empty", rgb=True)
     widget = BlastDetectionWidget(viewer)
     _run(widget, qtbot)
-    assert widget.summary.text() == "No white cells found."
+    assert widget.summary.text().splitlines()[0] == "No white cells found."
+    assert "empty: pixel size" in widget.summary.text()
     assert not viewer.layers["empty cells"].data.any()
 
     viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")
@@ -197,3 +198,22 @@ def test_send_to_review_puts_every_detected_cell_in_the_project(
     assert all(Path(crop).is_file() for crop in cells["crop"])
     assert sorted(labels["label"]) == sorted(detected["label"])
     assert set(labels["source"]) == {"model"}
+
+
+def test_pixel_size_from_the_layer_metadata_or_the_form_is_used_and_shown(
+    make_napari_viewer, qtbot, sample_field, fake_classifier
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(
+        sample_field, name="field", rgb=True,
+        metadata={"pixel_size_um": 0.1, "pixel_size_source": "OME PhysicalSizeX"},
+    )
+    widget = BlastDetectionWidget(viewer)
+    _run(widget, qtbot)
+    assert widget.analysis.pixel_size.um_per_px == pytest.approx(0.1)
+    assert "from OME PhysicalSizeX" in widget.summary.text()
+
+    widget.form.pixel_size.value = 0.05
+    _run(widget, qtbot)
+    assert widget.analysis.pixel_size.um_per_px == pytest.approx(0.05)
+    assert "set by the user" in widget.summary.text()

@@ -28,6 +28,7 @@ from napari_hematology.core.cells.analysis import (
     summarize,
 )
 from napari_hematology.core.cells.classes import DEFAULT_BLAST_THRESHOLD
+from napari_hematology.core.cells.magnification import find_pixel_size
 from napari_hematology.core.cells.report import class_colours
 from napari_hematology.core.errors import HematologyError, InputError
 from napari_hematology.widgets._keys import RUN, bind_button_keys, shortcut_button
@@ -61,6 +62,10 @@ def parameter_form() -> Container:
             FloatSpinBox(
                 name="threshold", label="Blast threshold", value=DEFAULT_BLAST_THRESHOLD, min=0.0, max=1.0,
                 step=0.05,
+            ),
+            FloatSpinBox(
+                name="pixel_size", label="Pixel size (µm)", value=0.0, min=0.0, max=5.0, step=0.005,
+                tooltip="0 = found by the tool: read from the file, else measured on the red cells.",
             ),
             CheckBox(
                 name="filled",
@@ -170,10 +175,22 @@ class BlastDetectionWidget(QWidget):
         except HematologyError as error:
             report_error(error)
             return
+        try:
+            pixel_size = find_pixel_size(
+                region,
+                name=layer.name,
+                user_um=self.form.pixel_size.value or None,
+                metadata_um=layer.metadata.get("pixel_size_um"),
+                metadata_source=layer.metadata.get("pixel_size_source"),
+            )
+        except HematologyError as error:
+            report_error(error)
+            return
         self.runner.start(
             analyze_image,
             region,
             classifier,
+            pixel_size=pixel_size,
             blast_threshold=self.form.threshold.value,
             on_done=lambda analysis: self._show_result(analysis, region, layer, offset),
         )
@@ -247,7 +264,8 @@ class BlastDetectionWidget(QWidget):
             mapping[int(cell.cell_id)] = (*np.asarray(colours[cell.label]) / 255.0, 1.0)
         self.result_layer.colormap = DirectLabelColormap(color_dict=mapping)
         self.result_layer.features = cells.assign(index=cells["cell_id"]) if not cells.empty else cells
-        self.summary.setText(_summary_text(summarize(cells.get("label", pd.Series(dtype=object)), classes)))
+        summary = _summary_text(summarize(cells.get("label", pd.Series(dtype=object)), classes))
+        self.summary.setText(f"{summary}\n{self.analysis.pixel_size.note}")
         self.legend.set_colours({name: hex_colour(colours[name]) for name in classes})
         self._show_cell_panel()
 
