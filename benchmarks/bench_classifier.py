@@ -1,13 +1,14 @@
-"""Cell classifier benchmark: cross-validated accuracy of the shipped recipe, and crops per second.
+"""Cell classifier benchmark: cross-validated accuracy of the default recipe, and crops per second.
 
     .venv/bin/python benchmarks/bench_classifier.py [--data ../shared/data] [--folds 5] [--threads 2]
 
 ``--skip-cv`` or ``--skip-speed`` run one part and keep the other part's figures already in the JSON.
 
 Writes benchmarks/results/classifier.json:
-- blast vs normal on single_cells/all_idb2, 5-fold cross-validated, with the recipe that trains the
-  shipped weights (ClassifierRecipe defaults); the other sources are split into the same folds, which
-  also gives held-out white-cell type accuracy on bccd_crops and wbc_seg;
+- blast vs normal on single_cells/all_idb2, 5-fold cross-validated, with the default recipe of
+  train-classifier (ClassifierRecipe defaults); the other sources are split into the same folds, which
+  also gives held-out white-cell type accuracy on bccd_crops, wbc_seg and pbc (same-source figures;
+  benchmarks/bench_any_lab.py measures sources never seen);
 - crops/s classified end to end (files read from disk, normalised, classified) with the shipped weights.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from napari_hematology.core.cells.classes import BLAST, CELL_CLASSES
+from napari_hematology.core.cells.classes import BLAST, NORMAL_TYPES
 from napari_hematology.core.cells.classifier import classify_images
 from napari_hematology.core.cells.recipe import (
     NORMAL,
@@ -37,7 +38,7 @@ from napari_hematology.core.cells.recipe import (
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "classifier.json"
-TYPES = [name for name in CELL_CLASSES if name != BLAST]
+TYPES = list(NORMAL_TYPES)
 
 
 def blast_metrics(rows: pd.DataFrame) -> dict:
@@ -103,8 +104,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the speed test")
     parser.add_argument("--train-threads", type=int, default=2, help="CPU threads per CV training")
-    parser.add_argument("--epochs", type=int, default=None, help="override (not the shipped recipe)")
-    parser.add_argument("--backbone", default=None, help="override (not the shipped recipe)")
+    parser.add_argument("--epochs", type=int, default=None, help="override (not the default recipe)")
+    parser.add_argument("--backbone", default=None, help="override (not the default recipe)")
     parser.add_argument("--speed-repeats", type=int, default=4)
     parser.add_argument("--skip-cv", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
@@ -123,7 +124,7 @@ def main() -> None:
     result = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
         "recipe": asdict(recipe),
-        "shipped_recipe": recipe == ClassifierRecipe(),
+        "default_recipe": recipe == ClassifierRecipe(),
     }
     if not args.skip_cv:
         started = time.perf_counter()
@@ -134,7 +135,9 @@ def main() -> None:
             "seconds": round(time.perf_counter() - started, 1),
             "all_idb2_blast_vs_normal": blast_metrics(predictions[predictions["source"] == "all_idb2"]),
             "bccd_crops_types": type_metrics(predictions[predictions["source"] == "bccd_crops"]),
-            "wbc_seg_types": type_metrics(predictions[predictions["source"] == "wbc_seg"]),
+            "wbc_seg_types": type_metrics(predictions[predictions["source"].str.startswith("wbc_seg")]),
+            "pbc_types": type_metrics(predictions[(predictions["source"] == "pbc")
+                                                  & predictions["truth"].isin(TYPES)]),
         }
         normal = predictions[(predictions["source"] == "all_idb2") & (predictions["truth"] == NORMAL)]
         result["cross_validation"]["all_idb2_normal_called_as"] = {

@@ -17,11 +17,14 @@ from napari_hematology.core.cells.classifier import (
 )
 from napari_hematology.core.cells.crops import MAX_CROP_SIDE, normalise_crop, read_crop
 from napari_hematology.core.cells.descriptors import read_crops
+from napari_hematology.core.cells.recipe import ClassifierRecipe
 from napari_hematology.core.cells.samples import sample_cells
 from napari_hematology.core.errors import Cancelled, InputError, ModelFileError
 from napari_hematology.core.slides.features import DESCRIPTORS, encode_files, resolve_encoder
 
-PROBABILITY_COLUMNS = [f"prob_{name}" for name in CELL_CLASSES]
+
+def probability_columns(classifier) -> list[str]:
+    return [f"prob_{name}" for name in classifier.classes]
 
 
 def synthetic_cell(size: int = 120, centre: tuple[int, int] | None = None, radius: int = 20) -> np.ndarray:
@@ -42,7 +45,7 @@ def classifier():
 
 
 def test_shipped_weights_load_and_fit_the_budget(classifier):
-    assert classifier.classes == list(CELL_CLASSES)
+    assert classifier.classes == list(CELL_CLASSES[: len(classifier.classes)])
     total = sum(path.stat().st_size for path in SHIPPED_MODEL_DIR.iterdir())
     assert total < 20 * 2**20
     assert (SHIPPED_MODEL_DIR / "MODEL_CARD.md").is_file()
@@ -51,11 +54,16 @@ def test_shipped_weights_load_and_fit_the_budget(classifier):
 def test_predict_returns_one_row_per_crop_with_probabilities(classifier):
     crops = [synthetic_cell(120), synthetic_cell(300, radius=50), synthetic_cell(41, radius=8)]
     table = classifier.predict(crops)
-    assert list(table.columns) == ["label", "blast_probability", *PROBABILITY_COLUMNS]
+    columns = probability_columns(classifier)
+    assert list(table.columns) == ["label", "blast_probability", *columns, "atypical_score"]
     assert len(table) == 3
-    np.testing.assert_allclose(table[PROBABILITY_COLUMNS].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(table[columns].sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(table["blast_probability"], table["prob_blast"])
     assert set(table["label"]) <= set(CELL_CLASSES)
+    top = table[columns].max(axis=1)
+    expected = (1 - top) / (1 - 1 / len(columns))
+    np.testing.assert_allclose(table["atypical_score"], expected)
+    assert table["atypical_score"].between(0, 1).all()
 
 
 def test_predict_converts_rgba_and_16_bit_crops(classifier):
@@ -80,14 +88,14 @@ def test_embedding_is_what_the_class_layer_reads(classifier):
     assert features.dtype == np.float32 and features.shape == (len(crops), classifier.model.embedding_size)
     with torch.no_grad():
         probabilities = classifier.model.classifier(torch.from_numpy(features)).softmax(1).numpy()
-    np.testing.assert_allclose(probabilities, classifier.predict(crops)[PROBABILITY_COLUMNS], atol=1e-4)
+    predicted = classifier.predict(crops)[probability_columns(classifier)]
+    np.testing.assert_allclose(probabilities, predicted, atol=1e-4)
 
 
 @pytest.mark.parametrize(
     ("crop", "message"),
     [
         (np.full((80, 80), 120, np.uint8), "grayscale"),
-        (np.zeros((80, 80, 3), np.uint8), "blank"),
         (np.zeros((8, 8, 3), np.uint8), "pixels"),
         (np.zeros((3000, 20, 3), np.uint8), "analyze"),
     ],
@@ -140,7 +148,7 @@ def test_other_lab_cells_are_not_called_blasts(shared_data):
     assert (table["label"] != "blast").mean() >= 0.9
 
 
-def test_cli_classify_writes_the_contract_csv(tmp_path):
+def test_cli_classify_writes_the_contract_csv(tmp_path, classifier):
     folder = tmp_path / "crops"
     folder.mkdir()
     Image.fromarray(synthetic_cell(90)).save(folder / "a.png")
@@ -148,7 +156,8 @@ def test_cli_classify_writes_the_contract_csv(tmp_path):
     out = tmp_path / "result" / "cells.csv"
     assert main(["classify", str(folder), "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["image", "label", "blast_probability", *PROBABILITY_COLUMNS]
+    columns = ["image", "label", "blast_probability", *probability_columns(classifier), "atypical_score"]
+    assert list(table.columns) == columns
     assert [name.split("/")[-1] for name in table["image"]] == ["a.png", "b.jpg"]
 
 
@@ -204,6 +213,13 @@ def make_data_root(root):
         Image.fromarray(synthetic_cell(120)).save(cells / "wbc_seg" / dataset / "001.bmp")
         pd.DataFrame({"image ID": [1], column: [2]}).to_csv(
             cells / "wbc_seg" / f"{dataset}_labels.csv", index=False)
+    (cells / "pbc" / "images").mkdir(parents=True)
+    for name in ("neutrophil", "ig", "platelet"):
+        Image.fromarray(synthetic_cell(90, radius=8 if name == "platelet" else 20)).save(
+            cells / "pbc" / "images" / f"{name}.jpg")
+    pd.DataFrame({"image": [f"images/{name}.jpg" for name in ("neutrophil", "ig", "platelet")],
+                  "label": ["neutrophil", "ig", "platelet"]}).to_csv(
+        cells / "pbc" / "labels.csv", index=False)
     return root
 
 
@@ -213,7 +229,9 @@ def test_train_classifier_cli_writes_a_loadable_model(tmp_path):
     assert main(["train-classifier", "--data", str(data), "--out", str(out), "--epochs", "1"]) == 0
     trained = load_classifier(out)
     assert trained.classes == list(CELL_CLASSES)
-    assert trained.metadata["training_crops"] == {"all_idb2": 4, "bccd_crops": 2, "wbc_seg": 2}
+    assert trained.metadata["training_crops"] == {
+        "all_idb2": 4, "bccd_crops": 2, "wbc_seg/dataset1": 1, "wbc_seg/dataset2": 1, "pbc": 3,
+        "synthetic": ClassifierRecipe().background_crops}
     csv = tmp_path / "cells.csv"
     assert main(["classify", str(data / "single_cells" / "bccd_crops"), "--out", str(csv),
                  "--model", str(out)]) == 0
@@ -290,3 +308,63 @@ def test_crop_readers_keep_their_sizes_and_normalisation(tmp_path):
     np.testing.assert_array_equal(read_crop(path), rgb)
     assert read_crops([path], 48).shape == (1, 48, 48, 3)
     np.testing.assert_array_equal(read_prepared_crops([path])[0], normalise_crop(rgb))
+
+
+# ------------------------------------------------------------------------------ unusual crops and devices
+
+
+def test_crops_without_a_visible_cell_are_other_with_the_highest_atypical_score(classifier):
+    rng = np.random.default_rng(0)
+    background = np.clip(rng.normal(225, 3, (90, 90, 3)), 0, 255).astype(np.uint8)
+    blank = np.zeros((80, 80, 3), np.uint8)
+    table = classifier.predict([synthetic_cell(), blank, background])
+    assert list(table["label"][1:]) == ["other", "other"]
+    assert (table["atypical_score"][1:] == 1.0).all()
+    assert table[probability_columns(classifier)].iloc[1:].isna().all().all()
+    assert table["label"][0] != "other" and table["atypical_score"][0] < 1.0
+
+
+def test_classify_skips_a_truncated_jpeg_and_names_it(tmp_path, capsys):
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for index in range(3):
+        Image.fromarray(synthetic_cell(90 + index)).save(folder / f"cell{index}.jpg")
+    whole = (folder / "cell0.jpg").read_bytes()
+    (folder / "cell1.jpg").write_bytes(whole[: len(whole) // 3])
+    out = tmp_path / "cells.csv"
+    assert main(["classify", str(folder), "--out", str(out)]) == 3
+    table = pd.read_csv(out)
+    assert [name.split("/")[-1] for name in table["image"]] == ["cell0.jpg", "cell2.jpg"]
+    error = capsys.readouterr().err
+    assert "skipped" in error and "cell1.jpg" in error and "1 of 3 file(s) skipped" in error
+
+
+def test_classify_images_lists_skipped_files_with_their_reason(tmp_path):
+    Image.fromarray(synthetic_cell()).save(tmp_path / "good.png")
+    Image.fromarray(np.full((40, 40), 120, np.uint8)).save(tmp_path / "gray.png")
+    table = classify_images(tmp_path, device="cpu")
+    assert len(table) == 1 and table["image"][0].endswith("good.png")
+    (skipped,) = table.attrs["skipped"]
+    assert skipped["image"].endswith("gray.png") and "grayscale" in skipped["reason"]
+
+
+def test_classifier_runs_on_the_chosen_device():
+    import torch
+
+    on_cpu = load_classifier(device="cpu")
+    assert next(on_cpu.model.parameters()).device.type == "cpu"
+    automatic = load_classifier(device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert next(automatic.model.parameters()).device.type == expected
+    on_device = automatic.predict([synthetic_cell()])["blast_probability"]
+    np.testing.assert_allclose(on_device, on_cpu.predict([synthetic_cell()])["blast_probability"], atol=1e-3)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="not available"):
+            load_classifier(device="cuda")
+
+
+def test_cli_refuses_an_unknown_device(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["classify", str(tmp_path), "--out", str(tmp_path / "x.csv"), "--device", "tpu"])
+    assert exit_info.value.code == 2
+    assert "--device" in capsys.readouterr().err

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 BLAST = "blast"
-CELL_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", BLAST)
+IMMATURE_GRANULOCYTE = "immature_granulocyte"
+ERYTHROBLAST = "erythroblast"
+OTHER = "other"
+NORMAL_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+CELL_CLASSES = (*NORMAL_TYPES, BLAST, IMMATURE_GRANULOCYTE, ERYTHROBLAST, OTHER)
 DEFAULT_BLAST_THRESHOLD = 0.5
+# Bright colours that stand out against purple nuclei, pink red cells and the pale background of a
+# Romanowsky-stained smear (CIEDE2000 distance >= 20 from each; tests/test_report.py checks it).
 CLASS_COLOURS = {
-    "neutrophil": (66, 135, 245),
-    "lymphocyte": (46, 204, 113),
-    "monocyte": (241, 196, 15),
-    "eosinophil": (230, 126, 34),
-    "basophil": (155, 89, 182),
-    BLAST: (231, 76, 60),
+    "neutrophil": (0, 229, 255),
+    "lymphocyte": (0, 200, 0),
+    "monocyte": (255, 230, 0),
+    "eosinophil": (255, 140, 0),
+    "basophil": (0, 0, 0),
+    BLAST: (230, 0, 0),
 }
-OTHER_COLOUR = (200, 200, 200)
+OTHER_COLOUR = (128, 128, 0)
+CLASS_COLOURS |= {IMMATURE_GRANULOCYTE: (255, 0, 255), ERYTHROBLAST: (0, 120, 120), OTHER: OTHER_COLOUR}

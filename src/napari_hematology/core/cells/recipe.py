@@ -1,20 +1,26 @@
-"""Training recipe of the cell classifier: real single-cell crops, partial labels, stain augmentation.
+"""Training recipe of the cell classifier: real single-cell crops from several labs, partial labels.
 
-Data (under the shared data root):
+Data (under the shared data root), each lab its own *source*:
 
+- ``single_cells/pbc``: CellaVision crops from Hospital Clinic Barcelona, eight classes: the five normal
+  white-cell types, immature granulocytes, erythroblasts and platelets (trained as ``other``).
 - ``single_cells/all_idb2``: blast vs normal. A normal cell's type is unknown, so its label is the set
-  "any class but blast" and the loss maximises the probability of that set (a partial-label loss).
+  of the five normal white-cell types and the loss maximises the probability of that set (a
+  partial-label loss).
 - ``single_cells/bccd_crops``: five white-cell types, one folder per type.
-- ``single_cells/wbc_seg``: five types from two labs, labels not checked by experts (down-weighted).
+- ``single_cells/wbc_seg/dataset1`` and ``dataset2``: five types from two labs, labels not checked by
+  experts (down-weighted).
+- Synthetic crops with no white cell (background and red cells only), also ``other``, so that a crop
+  without a white cell is not forced into a white-cell class.
 
 Blasts only come from ALL-IDB2, so a network could learn "ALL-IDB2 look" instead of "blast". ALL-IDB2
 normal cells are in training too (same lab, not blast), and every crop is normalised to its nucleus and
-white-balanced (:mod:`napari_hematology.core.cells.crops`). Colour augmentation is deliberately mild:
-after white balance, the remaining colour differences are mostly the cell's own (chromatin, cytoplasm,
-granules), and the stronger stain jitter of earlier versions (hue +-0.35 rad, saturation 0.6-1.5,
-gamma 0.7-1.4) erased them. Reducing it to the ranges in :func:`augment`, adding colour statistics to the
-network (:mod:`napari_hematology.models.colour_statistics`) and training 100 epochs instead of 60 raised
-ALL-IDB2 cross-validated accuracy from 0.725 to the figure in ``benchmarks/results/classifier.json``.
+white-balanced (:mod:`napari_hematology.core.cells.crops`). Every source weighs the same in the loss
+whatever its size, so that the many PBC crops do not make the network a CellaVision specialist.
+:func:`augment` changes stain, scale and focus; how strongly is a recipe setting. The defaults (mild
+colour jitter, no blur) beat a strong setting (colour ranges x3, zoom +-25%, blur) on the one source
+used to choose, wbc_seg/dataset2 left out of training (``benchmarks/bench_any_lab.py``, reduced
+15-epoch schedule; ``docs/cell_classifier.md`` has the figures and what they do not reach).
 """
 
 from __future__ import annotations
@@ -26,7 +32,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.cells.classes import BLAST, CELL_CLASSES
+from napari_hematology.core.cells.classes import (
+    BLAST,
+    CELL_CLASSES,
+    IMMATURE_GRANULOCYTE,
+    NORMAL_TYPES,
+    OTHER,
+)
 from napari_hematology.core.cells.classifier import MODEL_NAME, CellClassifier, read_prepared_crops
 from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE
 from napari_hematology.core.errors import InputError
@@ -37,23 +49,37 @@ from napari_hematology.models.cell_classifier import DEFAULT_BACKBONE
 
 NORMAL = "normal"
 WBC_SEG_TYPES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
+PBC_CLASSES = {
+    **{name: name for name in NORMAL_TYPES},
+    "ig": IMMATURE_GRANULOCYTE,
+    "erythroblast": "erythroblast",
+    "platelet": OTHER,
+}
+SYNTHETIC = "synthetic"
+REQUIRED_SOURCES = ("all_idb2", "bccd_crops", "wbc_seg", "pbc")
 
 
 def default_recipe_training() -> TrainConfig:
-    """Training-loop settings of the shipped weights."""
+    """Default training-loop settings of the recipe (100 epochs, as the shipped weights had)."""
     return TrainConfig(epochs=100, batch_size=64, learning_rate=3e-3, weight_decay=0.05)
 
 
 @dataclass
 class ClassifierRecipe:
-    """Everything that defines how the shipped cell classifier is trained.
+    """Everything that defines how ``train-classifier`` trains the cell classifier.
 
     Attributes:
         backbone: timm architecture.
         crop_size: Side of the normalised crops.
         context: Crop side relative to the nucleus size.
         noisy_weight: Loss weight of crops whose labels were not expert-checked (wbc_seg).
+        stain_jitter: Strength of the colour augmentation; 1 is mild (saturation 0.85-1.15, hue
+            +-0.06 rad, channel gain +-5%, brightness +-0.03, gamma 0.9-1.1), larger values widen every
+            range in proportion.
+        scale_jitter: Random zoom of 1 +- this.
         max_blur: Strongest defocus augmentation (0: none, 1: a full 3x3 box blur).
+        per_label_cap: Most crops per source and label (a seeded random choice); 0 keeps all.
+        background_crops: Synthetic crops without a white cell, labelled ``other``.
         train: Settings of the shared training loop; its seed also seeds the weights and the folds.
 
     """
@@ -62,7 +88,11 @@ class ClassifierRecipe:
     crop_size: int = CROP_SIZE
     context: float = CONTEXT
     noisy_weight: float = 0.5
+    stain_jitter: float = 1.0
+    scale_jitter: float = 0.1
     max_blur: float = 0.0
+    per_label_cap: int = 150
+    background_crops: int = 150
     train: TrainConfig = field(default_factory=default_recipe_training)
 
 
@@ -72,10 +102,11 @@ class CellSet:
 
     Attributes:
         crops: (n, size, size, 3) uint8 normalised crops.
-        labels: Label as given by the source: a class name, or ``normal`` (any class but blast).
-        sources: Data set each crop comes from (``all_idb2``, ``bccd_crops``, ``wbc_seg``).
+        labels: Label as given by the source: a class name, or ``normal`` (one of the normal types).
+        sources: Lab each crop comes from (``all_idb2``, ``bccd_crops``, ``pbc``, ``wbc_seg/dataset1``,
+            ``wbc_seg/dataset2``, ``synthetic``).
         groups: Crops sharing a group (same smear image) are kept in the same cross-validation fold.
-        files: Crop file paths.
+        files: Crop file paths (empty for synthetic crops).
         noisy: Whether the label was not expert-checked.
 
     """
@@ -91,15 +122,21 @@ class CellSet:
         return len(self.labels)
 
     def subset(self, index: np.ndarray) -> CellSet:
-        """Select the crops at ``index``."""
+        """Select the crops at ``index`` (integer positions or a boolean mask)."""
         return CellSet(**{name: value[index] for name, value in vars(self).items()})
+
+    def concat(self, other: CellSet) -> CellSet:
+        """These crops followed by ``other``'s."""
+        return CellSet(
+            **{name: np.concatenate([value, getattr(other, name)]) for name, value in vars(self).items()}
+        )
 
     def allowed(self, classes: list[str]) -> np.ndarray:
         """(n, classes) boolean matrix of the classes each crop's label allows."""
         allowed = np.zeros((len(self), len(classes)), dtype=bool)
         for row, label in enumerate(self.labels):
             if label == NORMAL:
-                allowed[row] = [name != BLAST for name in classes]
+                allowed[row] = [name in NORMAL_TYPES for name in classes]
             else:
                 allowed[row, classes.index(label)] = True
         return allowed
@@ -109,7 +146,7 @@ def list_training_crops(data_root: str | Path) -> pd.DataFrame:
     """Find the labelled single-cell crops under the shared data root.
 
     Args:
-        data_root: Folder holding ``single_cells/all_idb2``, ``bccd_crops`` and ``wbc_seg``.
+        data_root: Folder holding ``single_cells/all_idb2``, ``bccd_crops``, ``wbc_seg`` and ``pbc``.
 
     Returns:
         A table with columns ``file, label, source, group, noisy``.
@@ -119,17 +156,19 @@ def list_training_crops(data_root: str | Path) -> pd.DataFrame:
 
     """
     cells = Path(data_root) / "single_cells"
-    for name in ("all_idb2", "bccd_crops", "wbc_seg"):
+    for name in REQUIRED_SOURCES:
         if not (cells / name).is_dir():
             raise InputError(
                 f"{cells / name} not found; --data must be the shared data folder that holds "
-                "single_cells/all_idb2, single_cells/bccd_crops and single_cells/wbc_seg."
+                + ", ".join(f"single_cells/{source}" for source in REQUIRED_SOURCES)
+                + "."
             )
     return pd.concat(
         [
             _all_idb2_rows(cells / "all_idb2"),
             _bccd_rows(cells / "bccd_crops"),
             _wbc_seg_rows(cells / "wbc_seg"),
+            _pbc_rows(cells / "pbc"),
         ],
         ignore_index=True)
 
@@ -163,11 +202,72 @@ def _wbc_seg_rows(folder: Path) -> pd.DataFrame:
         table = read_table(folder / f"{dataset}_labels.csv", required=("image ID",))
         files = [str(folder / dataset / f"{int(image):03d}.bmp") for image in table["image ID"]]
         types = table.iloc[:, 1].map(WBC_SEG_TYPES)  # the class column is named differently per set
-        parts.append(pd.DataFrame({
-            "file": files, "label": types, "source": "wbc_seg",
-            "group": files, "noisy": True,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "file": files,
+                    "label": types,
+                    "source": f"wbc_seg/{dataset}",
+                    "group": files,
+                    "noisy": True,
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
+
+
+def _pbc_rows(folder: Path) -> pd.DataFrame:
+    """PBC crops; each file is its own group (the files name no patient or smear)."""
+    table = read_table(folder / "labels.csv", required=("image", "label"))
+    unknown = set(table["label"]) - set(PBC_CLASSES)
+    if unknown:
+        raise InputError(f"{folder / 'labels.csv'}: unknown label(s) {sorted(unknown)}.")
+    files = [str(folder / image) for image in table["image"]]
+    return pd.DataFrame(
+        {
+            "file": files,
+            "label": table["label"].map(PBC_CLASSES),
+            "source": "pbc",
+            "group": files,
+            "noisy": False,
+        }
+    )
+
+
+def cap_per_label(table: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+    """Keep at most ``cap`` rows per source and label, a seeded random choice (0 keeps all)."""
+    if cap <= 0:
+        return table
+    shuffled = table.sample(frac=1.0, random_state=seed)
+    kept = shuffled.groupby(["source", "label"], sort=False).head(cap)
+    return table.loc[table.index.isin(kept.index)].reset_index(drop=True)
+
+
+def background_crops(count: int, size: int, seed: int) -> np.ndarray:
+    """Synthetic normalised crops without a white cell: a pale field with a few pale-centred red cells.
+
+    Args:
+        count: Number of crops.
+        size: Side in pixels.
+        seed: Random seed.
+
+    Returns:
+        A (count, size, size, 3) uint8 array.
+
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    crops = np.empty((count, size, size, 3), dtype=np.uint8)
+    for index in range(count):
+        image = np.ones((size, size, 3)) * rng.uniform(225, 255, 3)
+        for _ in range(rng.integers(0, 6)):
+            radius = rng.uniform(0.12, 0.35) * size
+            distance = np.hypot(rows - rng.uniform(0, size), cols - rng.uniform(0, size)) / radius
+            pink = rng.uniform([190, 120, 130], [245, 190, 205])
+            pallor = np.clip(1.0 - distance, 0, 1)[..., None] * rng.uniform(0, 0.5)
+            image = np.where((distance < 1)[..., None], pink * (1 - pallor) + image * pallor, image)
+        crops[index] = np.clip(image + rng.normal(0, rng.uniform(1, 6), image.shape), 0, 255)
+    return crops
 
 
 def load_cell_set(
@@ -176,52 +276,68 @@ def load_cell_set(
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
 ) -> CellSet:
-    """Read and normalise every labelled training crop under the shared data root.
+    """Read and normalise the labelled training crops under the shared data root.
 
     Args:
         data_root: The shared data folder.
-        recipe: Gives crop size and context.
+        recipe: Gives crop size, context, the cap per source and label, and the synthetic crops.
         progress: Progress callback.
         should_stop: Cancellation callback.
 
     Returns:
-        The crops and labels.
+        The crops and labels, synthetic background crops last.
 
     """
     recipe = recipe or ClassifierRecipe()
-    table = list_training_crops(data_root)
+    table = cap_per_label(list_training_crops(data_root), recipe.per_label_cap, recipe.train.seed)
     crops = read_prepared_crops(
         [Path(file) for file in table["file"]], recipe.crop_size, recipe.context, progress, should_stop
     )
-    return CellSet(
+    cells = CellSet(
         crops=crops,
         labels=table["label"].to_numpy(dtype=object),
         sources=table["source"].to_numpy(dtype=object),
         groups=table["group"].to_numpy(dtype=object),
         files=table["file"].to_numpy(dtype=object),
         noisy=table["noisy"].to_numpy(dtype=bool))
+    return cells.concat(synthetic_cell_set(recipe.background_crops, recipe.crop_size, recipe.train.seed))
+
+
+def synthetic_cell_set(count: int, size: int, seed: int) -> CellSet:
+    """``count`` synthetic crops without a white cell, labelled ``other``, source ``synthetic``."""
+    names = np.array([f"{SYNTHETIC}/{index}" for index in range(count)], dtype=object)
+    return CellSet(
+        crops=background_crops(count, size, seed),
+        labels=np.full(count, OTHER, dtype=object),
+        sources=np.full(count, SYNTHETIC, dtype=object),
+        groups=names,
+        files=np.full(count, "", dtype=object),
+        noisy=np.zeros(count, dtype=bool),
+    )
 
 
 def sample_weights(cells: CellSet, noisy_weight: float) -> np.ndarray:
-    """Loss weights: rare labels count more, labels not checked by experts count less.
+    """Loss weights: every source weighs the same, rare labels count more, unchecked labels less.
 
-    A crop's weight is the inverse square root of its label's frequency within its source, times
-    ``noisy_weight`` for noisy sources; weights average 1.
+    Within a source a crop's weight is the inverse square root of its label's frequency there; each
+    source's weights are then scaled to the same total, and crops of noisy sources are multiplied by
+    ``noisy_weight``. Weights average 1.
     """
-    keys = pd.Series(cells.sources.astype(str)) + "/" + pd.Series(cells.labels.astype(str))
-    counts = keys.map(keys.value_counts()).to_numpy(dtype=np.float32)
-    weights = 1.0 / np.sqrt(counts)
+    sources = pd.Series(cells.sources.astype(str))
+    keys = sources + "/" + pd.Series(cells.labels.astype(str))
+    weights = 1.0 / np.sqrt(keys.map(keys.value_counts()).to_numpy(dtype=np.float64))
+    weights /= sources.map(pd.Series(weights).groupby(sources).sum()).to_numpy()
     weights = np.where(cells.noisy, weights * noisy_weight, weights)
     return (weights / weights.mean()).astype(np.float32)
 
 
-def augment(images, generator=None, max_blur: float = 0.0):
-    """Random stain, illumination, focus and geometry changes of a float (n, 3, h, w) 0..255 batch.
+def augment(images, generator=None, recipe: ClassifierRecipe | None = None):
+    """Random stain, illumination, scale, focus and geometry changes of a float (n, 3, h, w) 0..255 batch.
 
     Args:
         images: Batch of crops as a float tensor.
         generator: Torch random generator, or None for the global one.
-        max_blur: Strongest defocus (0: none, 1: a full 3x3 box blur).
+        recipe: Gives the strength of the stain, scale and blur changes; None uses the defaults.
 
     Returns:
         The augmented batch, same shape, values in 0..255.
@@ -230,30 +346,38 @@ def augment(images, generator=None, max_blur: float = 0.0):
     import torch
     import torch.nn.functional as functional
 
+    recipe = recipe or ClassifierRecipe()
     count = images.shape[0]
+    stain = recipe.stain_jitter
 
     def uniform(low: float, high: float, *shape: int):
         return torch.empty(count, *shape, device=images.device).uniform_(low, high, generator=generator)
 
+    def around(centre: float, spread: float, *shape: int):
+        return uniform(centre - spread, centre + spread, *shape)
+
     angle = uniform(0, 2 * np.pi)
-    scale = uniform(0.9, 1.1)
+    scale = around(1.0, recipe.scale_jitter)
     flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
-        [torch.stack([cos * flip, -sin, uniform(-0.08, 0.08)], 1),
-         torch.stack([sin * flip, cos, uniform(-0.08, 0.08)], 1)], 1
+        [
+            torch.stack([cos * flip, -sin, around(0, 0.08)], 1),
+            torch.stack([sin * flip, cos, around(0, 0.08)], 1),
+        ],
+        1,
     )
     grid = functional.affine_grid(theta, list(images.shape), align_corners=False)
     images = functional.grid_sample(images, grid, padding_mode="reflection", align_corners=False)
-    if max_blur > 0:
+    if recipe.max_blur > 0:
         blurred = functional.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
-        images = torch.lerp(images, blurred, uniform(0, max_blur, 1, 1, 1))
+        images = torch.lerp(images, blurred, uniform(0, recipe.max_blur, 1, 1, 1))
     images = images / 255.0
     gray = images.mean(dim=1, keepdim=True)
-    images = gray + (images - gray) * uniform(0.85, 1.15, 1, 1, 1)
-    images = _rotate_hue(images, uniform(-0.06, 0.06))
-    images = images * uniform(0.95, 1.05, 3, 1, 1) + uniform(-0.03, 0.03, 1, 1, 1)
-    images = images.clamp(0, 1) ** uniform(0.9, 1.1, 1, 1, 1)
+    images = gray + (images - gray) * around(1.0, 0.15 * stain, 1, 1, 1).clamp(min=0)
+    images = _rotate_hue(images, around(0, 0.06 * stain))
+    images = images * around(1.0, 0.05 * stain, 3, 1, 1) + around(0, 0.03 * stain, 1, 1, 1)
+    images = images.clamp(0, 1) ** around(1.0, 0.1 * stain, 1, 1, 1).clamp(min=0.3)
     return images.clamp(0, 1) * 255.0
 
 
@@ -313,13 +437,12 @@ def train_classifier(
     dataset = (
         torch.from_numpy(cells.crops).permute(0, 3, 1, 2).contiguous(),
         torch.from_numpy(cells.allowed(classes)),
-        torch.from_numpy(sample_weights(cells, recipe.noisy_weight)))
+        torch.from_numpy(sample_weights(cells, recipe.noisy_weight)),
+    )
 
     def loss_fn(net, batch, epoch):
         images, allowed, weights = batch
-        return partial_label_loss(
-            net(augment(images.float(), max_blur=recipe.max_blur)), allowed, weights
-        )
+        return partial_label_loss(net(augment(images.float(), recipe=recipe)), allowed, weights)
 
     history = train(model, dataset, loss_fn, recipe.train, progress=progress, should_stop=should_stop)
     metadata: dict[str, Any] = {
@@ -360,14 +483,14 @@ def retrain_classifier(
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
 ) -> Path:
-    """Train the cell classifier on every labelled crop of the shared data and save it.
+    """Train the cell classifier on the labelled crops of the shared data (capped per source and label).
 
-    This is the recipe of the shipped weights: ``napari-hematology train-classifier --data DATA --out DIR``.
+    ``napari-hematology train-classifier --data DATA --out DIR`` runs this with the default recipe.
 
     Args:
         data_root: The shared data folder.
         out_dir: Where to write the model folder.
-        recipe: Training settings (defaults reproduce the shipped weights).
+        recipe: Training settings; None uses the defaults.
         progress: Progress callback.
         should_stop: Cancellation callback.
 

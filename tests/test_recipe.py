@@ -1,0 +1,136 @@
+"""Training recipe of the cell classifier: sources, new classes, balancing, synthetic crops, augmentation."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_classifier import make_data_root
+
+from napari_hematology.core.cells.classes import (
+    BLAST,
+    CELL_CLASSES,
+    CLASS_COLOURS,
+    IMMATURE_GRANULOCYTE,
+    NORMAL_TYPES,
+    OTHER,
+)
+from napari_hematology.core.cells.recipe import (
+    NORMAL,
+    SYNTHETIC,
+    CellSet,
+    ClassifierRecipe,
+    augment,
+    background_crops,
+    cap_per_label,
+    list_training_crops,
+    load_cell_set,
+    sample_weights,
+)
+from napari_hematology.core.errors import InputError
+
+
+def cell_set(sources: list[str], labels: list[str], noisy: list[bool] | None = None) -> CellSet:
+    count = len(labels)
+    return CellSet(
+        crops=np.zeros((count, 8, 8, 3), np.uint8), labels=np.array(labels, dtype=object),
+        sources=np.array(sources, dtype=object), groups=np.arange(count).astype(str).astype(object),
+        files=np.full(count, "", dtype=object), noisy=np.array(noisy or [False] * count))
+
+
+def test_every_class_has_a_colour():
+    assert set(CELL_CLASSES) <= set(CLASS_COLOURS)
+    assert CELL_CLASSES[: len(NORMAL_TYPES) + 1] == (*NORMAL_TYPES, BLAST)
+
+
+def test_pbc_joins_the_sources_with_its_classes_mapped(tmp_path):
+    table = list_training_crops(make_data_root(tmp_path))
+    pbc = table[table["source"] == "pbc"]
+    assert sorted(pbc["label"]) == sorted(["neutrophil", IMMATURE_GRANULOCYTE, OTHER])
+    assert pbc["group"].is_unique and not pbc["noisy"].any()
+    assert set(table["source"]) == {"all_idb2", "bccd_crops", "wbc_seg/dataset1", "wbc_seg/dataset2", "pbc"}
+    assert set(table["label"]) - {NORMAL} <= set(CELL_CLASSES)
+
+
+def test_missing_pbc_is_named(tmp_path):
+    root = make_data_root(tmp_path)
+    shutil.rmtree(root / "single_cells" / "pbc")
+    with pytest.raises(InputError, match="single_cells/pbc"):
+        list_training_crops(root)
+
+
+def test_cap_keeps_at_most_cap_per_source_and_label_reproducibly():
+    table = pd.DataFrame({"source": ["a"] * 10 + ["b"] * 3, "label": ["x"] * 6 + ["y"] * 4 + ["x"] * 3})
+    capped = cap_per_label(table, 2, seed=0)
+    sizes = capped.groupby(["source", "label"]).size().to_dict()
+    assert sizes == {("a", "x"): 2, ("a", "y"): 2, ("b", "x"): 2}
+    assert capped.equals(cap_per_label(table, 2, seed=0))
+    assert len(cap_per_label(table, 0, seed=0)) == len(table)
+
+
+def test_every_source_weighs_the_same_and_rare_labels_more():
+    cells = cell_set(["big"] * 9 + ["small"] * 3, ["x"] * 8 + ["y"] + ["x"] * 3)
+    weights = sample_weights(cells, noisy_weight=1.0)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[:9].sum() == pytest.approx(weights[9:].sum())
+    assert weights[8] > weights[0]
+
+
+def test_noisy_crops_count_less():
+    cells = cell_set(["a", "a"], ["x", "x"], noisy=[True, False])
+    weights = sample_weights(cells, noisy_weight=0.5)
+    assert weights[0] == pytest.approx(weights[1] / 2)
+
+
+def test_a_normal_cell_may_be_any_normal_type_but_nothing_else():
+    allowed = cell_set(["all_idb2"], [NORMAL]).allowed(list(CELL_CLASSES))[0]
+    assert [name for name, ok in zip(CELL_CLASSES, allowed, strict=True) if ok] == list(NORMAL_TYPES)
+
+
+def test_background_crops_are_pale_and_differ():
+    crops = background_crops(6, 64, seed=1)
+    assert crops.shape == (6, 64, 64, 3) and crops.dtype == np.uint8
+    assert crops.mean() > 150
+    assert not np.array_equal(crops[0], crops[1])
+    np.testing.assert_array_equal(crops, background_crops(6, 64, seed=1))
+
+
+def test_load_cell_set_adds_synthetic_other_crops(tmp_path):
+    recipe = ClassifierRecipe(background_crops=5, per_label_cap=1)
+    cells = load_cell_set(make_data_root(tmp_path), recipe)
+    synthetic = cells.sources == SYNTHETIC
+    assert synthetic.sum() == 5 and set(cells.labels[synthetic]) == {OTHER}
+    assert (cells.sources == "all_idb2").sum() == 2  # one blast, one normal
+    assert cells.crops.shape[1:] == (recipe.crop_size, recipe.crop_size, 3)
+
+
+def test_strong_stain_jitter_changes_colours_more_than_mild():
+    import torch
+
+    images = torch.full((64, 3, 16, 16), 160.0)
+
+    def colour_spread(stain: float) -> float:
+        recipe = ClassifierRecipe(stain_jitter=stain, scale_jitter=0.0)
+        augmented = augment(images, torch.Generator().manual_seed(0), recipe)
+        return float(augmented.mean(dim=(2, 3)).std(dim=0).mean())
+
+    assert colour_spread(3.0) > 2 * colour_spread(1.0)
+    assert colour_spread(0.0) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_blur_softens_edges():
+    import torch
+
+    images = torch.zeros((8, 3, 32, 32))
+    images[:, :, :, 16:] = 255.0
+    still = ClassifierRecipe(stain_jitter=0.0, scale_jitter=0.0)
+    sharp = augment(images, torch.Generator().manual_seed(0), still)
+    blurred = augment(images, torch.Generator().manual_seed(0), replace(still, max_blur=1.0))
+
+    def edge(batch) -> float:
+        return float(batch.diff(dim=3).abs().amax(dim=(1, 2, 3)).mean())
+
+    assert edge(blurred) < edge(sharp)
