@@ -1,6 +1,9 @@
 """Whole slides tile by tile: cells of one pass, cancel and resume, sampling, regions, reading area, CLI."""
 
 import json
+import os
+import threading
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -19,6 +22,8 @@ from napari_hematology.core.io import SmearImage, read_image
 
 TILED = SegmentationConfig(tile_size=1024, tile_overlap=256)
 REFERENCE_UM = SegmentationConfig().pixel_size_um  # the bundled fields' pixel size: segmented as they are
+COMPARED = ["cell_id", "centroid_y", "centroid_x", "label"]
+CORNER = (1400.0, 1900.0)  # in the core of the last tile: rows 1024-1440, columns 1536-1920
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +87,46 @@ def test_a_cancelled_run_keeps_its_cells_and_resumes_to_the_same_result(slide_pa
     resumed = analyze_slide(image, tmp_path, FakeClassifier(blast_above=200), config=WholeSlideConfig(TILED),
                             resume=True, on_tile=replayed.append)
     assert len(replayed[0].cells) == len(kept)  # the cells found before are shown first
-    columns = ["cell_id", "centroid_y", "centroid_x", "label"]
-    pd.testing.assert_frame_equal(resumed.cells[columns], expected[columns], check_dtype=False)
+    pd.testing.assert_frame_equal(resumed.cells[COMPARED], expected[COMPARED], check_dtype=False)
+
+
+def test_the_run_starts_at_the_tile_nearest_the_view_and_a_resume_keeps_that_start(slide_path, full_run,
+                                                                                   tmp_path):
+    run = partial(analyze_slide, read_image(slide_path), classifier=FakeClassifier(blast_above=200),
+                  config=WholeSlideConfig(TILED))
+    on_tile, stop = _stopping_after(1)
+    with pytest.raises(Cancelled):
+        run(tmp_path / "cut", start_near=CORNER, on_tile=on_tile, should_stop=stop)
+    first = pd.read_csv(tmp_path / "cut" / "smear_cells.csv")
+    assert len(first) and (first["centroid_y"] >= 1024).all() and (first["centroid_x"] >= 1536).all()
+    resumed = run(tmp_path / "cut", start_near=(0.0, 0.0), resume=True)  # the view moved meanwhile
+    uninterrupted = run(tmp_path / "whole", start_near=CORNER)
+    pd.testing.assert_frame_equal(resumed.cells[COMPARED], uninterrupted.cells[COMPARED], check_dtype=False)
+    position = ["centroid_y", "centroid_x"]
+    assert sorted(map(tuple, resumed.cells[position].to_numpy())) == sorted(
+        map(tuple, full_run[0].cells[position].to_numpy())
+    )
+
+
+def test_a_worker_process_finds_the_same_cells_relays_tiles_cancels_and_errors(slide_path, full_run,
+                                                                               tmp_path):
+    worker = whole_slide.SlideWorker(classifier=FakeClassifier(blast_above=200))
+    threads = set()
+    on_tile, stop = _stopping_after(1)
+    try:
+        result = worker.run(slide_path, tmp_path / "all", reading_area=False, config=WholeSlideConfig(TILED),
+                            on_tile=lambda update: threads.add(threading.get_ident()))
+        assert worker.pid not in (None, os.getpid())
+        with pytest.raises(Cancelled):
+            worker.run(slide_path, tmp_path / "cut", reading_area=False, config=WholeSlideConfig(TILED),
+                       on_tile=on_tile, should_stop=stop)
+        with pytest.raises(InputError, match="no such file"):
+            worker.run(tmp_path / "missing.svs", tmp_path / "none")
+    finally:
+        worker.close()
+    assert worker.pid is None and threads == {threading.get_ident()}
+    pd.testing.assert_frame_equal(result.cells[COMPARED], full_run[0].cells[COMPARED], check_dtype=False)
+    assert whole_slide.has_checkpoint(tmp_path / "cut", "smear")
 
 
 def test_resuming_with_other_settings_is_refused(slide_path, tmp_path):

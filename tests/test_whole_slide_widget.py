@@ -1,6 +1,7 @@
 """The Whole slide dock: a slide opens multiscale, cells appear while the run goes on, cancel and resume."""
 
 import json
+import os
 from functools import partial
 
 import numpy as np
@@ -31,9 +32,23 @@ def slide_path(tmp_path_factory):
     return write_ome_pyramid(path, mosaic(1440, 1920), levels=3, pixel_size_um=reference)
 
 
+@pytest.fixture(autouse=True)
+def workers(monkeypatch):
+    """Worker processes of the docks, with the fake classifier (pickled to them); closed after the test."""
+    made = []
+
+    def worker():
+        made.append(whole_slide.SlideWorker(classifier=FakeClassifier(blast_above=200)))
+        return made[-1]
+
+    monkeypatch.setattr("napari_hematology.widgets.whole_slide.SlideWorker", worker)
+    yield made
+    for each in made:
+        each.close()
+
+
 @pytest.fixture
 def dock(make_napari_viewer, slide_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(whole_slide, "get_classifier", lambda model_dir=None: FakeClassifier(blast_above=200))
     small_tiles = partial(whole_slide.WholeSlideConfig, segmentation=TILED)  # several tiles on a small slide
     monkeypatch.setattr("napari_hematology.widgets.whole_slide.WholeSlideConfig", small_tiles)
     viewer = make_napari_viewer()
@@ -78,9 +93,23 @@ def test_cells_appear_tile_by_tile_with_class_colours_and_features(dock, qtbot, 
     assert widget.export_button.isEnabled() and not widget.resume_button.isEnabled()
 
 
+def test_the_worker_starts_with_the_slide_and_the_run_begins_where_the_user_looks(dock, qtbot):
+    viewer, widget = dock
+    assert widget.worker.pid not in (None, os.getpid())  # warming up in its own process before Analyse
+    viewer.scene.camera.center = (1400.0, 1900.0)
+    first = []
+    widget._signals.tile_done.connect(lambda update: first.append(update))
+    widget.analyse()
+    qtbot.waitUntil(lambda: bool(first), timeout=30_000)
+    widget.runner.cancel()
+    _run_to_end(widget, qtbot)
+    cells = first[0].cells
+    assert len(cells) and (cells["centroid_y"] >= 1024).all() and (cells["centroid_x"] >= 1536).all()
+
+
 def test_cancel_keeps_the_cells_and_resume_finishes_the_run(dock, qtbot, tmp_path):
     viewer, widget = dock
-    widget._signals.tile_done.connect(lambda update: update.done >= 2 and widget.runner.cancel())
+    widget._signals.tile_done.connect(lambda update: widget.runner.cancel())  # on the first tile
     widget.analyse()
     _run_to_end(widget, qtbot)
     found = len(widget.cells_layer.data)

@@ -5,10 +5,17 @@ each tile is done, and the summary counts grow with them. The run reads the smea
 default (found automatically and shown as an editable Shapes layer), a Shapes layer the user chooses (drawn
 in napari or imported from QuPath GeoJSON) or every stained tile. Cancel keeps what was found; Resume
 continues the run from its checkpoint. Cells export to QuPath GeoJSON.
+
+The run itself goes on in a separate process (:class:`~napari_hematology.core.cells.whole_slide.SlideWorker`),
+started as soon as a slide file is chosen so that the classifier is loaded before *Analyse* is pressed;
+napari's drawing never waits for the segmentation. The run starts with the tile nearest the centre of the
+view.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import napari
@@ -30,9 +37,9 @@ from napari_hematology.core.cells.geojson import (
 from napari_hematology.core.cells.report import class_colours
 from napari_hematology.core.cells.whole_slide import (
     SlideAnalysis,
+    SlideWorker,
     TileUpdate,
     WholeSlideConfig,
-    analyze_slide_file,
     has_checkpoint,
     slide_stem,
 )
@@ -44,7 +51,7 @@ from napari_hematology.widgets._runner import TaskRunner, report_error
 
 READING_AREA = "Reading area (found automatically)"
 WHOLE_SLIDE = "Whole slide (every stained tile)"
-FLUSH_MS = 250
+FLUSH_MS = 1000
 CELL_OPACITY = 0.8
 EDGE_FRACTION = 500
 FEATURE_COLUMNS = ("cell_id", "label", "blast_probability", "area", "nucleus_area", "nc_ratio", "tile")
@@ -108,13 +115,15 @@ class WholeSlideWidget(QWidget):
         self.cells_layer: napari.layers.Points | None = None
         self.result: SlideAnalysis | None = None
         self._pending: list[TileUpdate] = []
+        self._last_flush = -math.inf
         self._last_run: dict | None = None
         self._signals = _Signals()
         self._signals.tile_done.connect(self._queue_tile)
         self._signals.regions_found.connect(self._show_regions)
+        self.worker = SlideWorker()
+        self.destroyed.connect(self.worker.close)
         self._flush_timer = QTimer(self)
         self._flush_timer.setSingleShot(True)
-        self._flush_timer.setInterval(FLUSH_MS)
         self._flush_timer.timeout.connect(self._flush)
 
         self.form = settings_form()
@@ -149,6 +158,7 @@ class WholeSlideWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
         self.form.slide.changed.connect(self._update_buttons)
+        self.form.slide.changed.connect(self._warm_up)
         self.form.out.changed.connect(self._update_buttons)
         self._refresh_choices()
 
@@ -159,6 +169,15 @@ class WholeSlideWidget(QWidget):
         self._set_choices(self.form.slide, slides)
         self._set_choices(self.form.regions, [READING_AREA, WHOLE_SLIDE, *shapes])
         self._update_buttons()
+        self._warm_up()
+
+    def _warm_up(self, *args) -> None:
+        """Start the worker process (it loads the classifier) once a slide file is chosen."""
+        try:
+            self._slide_path()
+        except HematologyError:
+            return
+        self.worker.start()
 
     @staticmethod
     def _set_choices(combo: ComboBox, names: list[str]) -> None:
@@ -187,6 +206,13 @@ class WholeSlideWidget(QWidget):
         path = self._slide_path()
         chosen = self.form.out.value
         return Path(chosen) if chosen else path.with_name(f"{slide_stem(path)}_hematology")
+
+    def _view_centre(self) -> tuple[float, float]:
+        """The centre of the view in the slide's full-resolution pixels, ``(y, x)``."""
+        image = self._slide_layer()
+        centre = np.asarray(self.viewer.scene.camera.center)[-2:]
+        y, x = (centre - np.asarray(image.translate)[-2:]) / np.asarray(image.scale)[-2:]
+        return float(y), float(x)
 
     def _update_buttons(self, *args) -> None:
         try:
@@ -276,7 +302,7 @@ class WholeSlideWidget(QWidget):
         config = WholeSlideConfig(max_white_cells=self.form.cells.value or None)
         self.summary.setText("Resuming…" if resume else "Reading the slide…")
         self.runner.start(
-            analyze_slide_file,
+            self.worker.run,
             path,
             out_dir,
             model_dir=self.form.model.value or None,
@@ -284,6 +310,7 @@ class WholeSlideWidget(QWidget):
             reading_area=reading_area,
             config=config,
             resume=resume,
+            start_near=self._view_centre(),
             on_regions=self._signals.regions_found.emit if reading_area else None,
             on_tile=self._signals.tile_done.emit,
             on_done=self._on_done,
@@ -292,14 +319,17 @@ class WholeSlideWidget(QWidget):
         self._update_buttons()
 
     def _queue_tile(self, update: TileUpdate) -> None:
+        """Draw at once if the last drawing is ``FLUSH_MS`` old, else when it will be."""
         self._pending.append(update)
         if not self._flush_timer.isActive():
-            self._flush_timer.start()
+            since_ms = (time.monotonic() - self._last_flush) * 1000
+            self._flush_timer.start(int(max(0.0, FLUSH_MS - since_ms)))
 
     def _flush(self) -> None:
         """Draw the cells of the tiles finished since the last flush (at most every ``FLUSH_MS``)."""
         if not self._pending:
             return
+        self._last_flush = time.monotonic()
         updates, self._pending = self._pending, []
         new = [update.cells for update in updates if len(update.cells)]
         if new:
@@ -331,10 +361,11 @@ class WholeSlideWidget(QWidget):
         if self.cells.empty:
             return
         image = self._slide_layer()
-        labels = self.cells["label"].astype(str)
-        colours = class_colours(sorted(set(labels)))
+        labels = pd.Categorical(self.cells["label"].astype(str))
+        colours = class_colours(list(labels.categories))
         coords = self.cells[["centroid_y", "centroid_x"]].to_numpy(dtype=float)
-        faces = [hex_colour(colours[label]) for label in labels]
+        rgba = np.array([[*colours[name], 255] for name in labels.categories], dtype=float) / 255
+        faces = rgba[labels.codes]
         sizes = (
             2 * np.sqrt(self.cells["area"].to_numpy(dtype=float) / np.pi) if "area" in self.cells else 40.0
         )

@@ -11,19 +11,30 @@ After each tile its cells are appended to ``<stem>_cells.csv`` and the tile is r
 ``<stem>_checkpoint.json``; a cancelled or crashed run keeps what it found and ``resume=True`` continues
 where it stopped. At the end ``<stem>_summary.json`` and ``<stem>_cells.geojson`` (QuPath detections) are
 written.
+
+:class:`SlideWorker` runs the analysis in a process of its own, started ahead of time so that the classifier
+is loaded before the user presses *Analyse*: segmentation holds the GIL for long stretches, and in a thread
+it would freeze napari's drawing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from napari_hematology.core.cells.analysis import classify_cells, get_classifier, summarize
@@ -40,11 +51,15 @@ from napari_hematology.core.cells.segmentation import (
     stain_maps,
     tile_windows,
 )
-from napari_hematology.core.errors import InputError
+from napari_hematology.core.errors import HematologyError, InputError
 from napari_hematology.core.io import SmearImage, read_image, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_VERSION = 1
+POLL_S = 0.1
+CLOSE_WAIT_S = 10.0
 SHIFTED_Y = ("centroid_y", "bbox_y0", "bbox_y1")
 SHIFTED_X = ("centroid_x", "bbox_x0", "bbox_x1")
 
@@ -145,6 +160,7 @@ def analyze_slide(
     config: WholeSlideConfig | None = None,
     pixel_size: PixelSize | None = None,
     resume: bool = False,
+    start_near: tuple[float, float] | None = None,
     on_tile: Callable[[TileUpdate], None] | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
@@ -160,6 +176,8 @@ def analyze_slide(
         config: Run settings.
         pixel_size: The slide's pixel size; None finds it (see :func:`slide_pixel_size`).
         resume: Continue an unfinished run of the same slide and settings found in ``out_dir``.
+        start_near: ``(y, x)`` in full-resolution pixels, e.g. the centre of the view: the run starts with
+            the nearest tile and goes on in meander order from there. A resumed run keeps its first start.
         on_tile: Called with each finished tile's cells and the running summary (from the worker thread).
         progress: Progress callback (tiles).
         should_stop: Cancellation callback; a cancelled run keeps its cells and checkpoint.
@@ -178,7 +196,9 @@ def analyze_slide(
     overview, factor = slide_overview(image)
     plan = _plan_tiles(image.data.shape[:2], overview, factor, regions, config.segmentation, pixel_size)
     identity = _identity(image, config, regions, len(plan), pixel_size)
-    done, cells = _start(outputs, identity, resume)
+    done, cells, first = _start(outputs, identity, resume)
+    header = {"identity": identity, "start": _nearest_tile(plan, start_near) if first is None else first}
+    plan = _starting_at(plan, header["start"])
     classes = list(classifier.classes)
     if len(cells) and on_tile is not None:
         on_tile(TileUpdate(cells, _summary(cells, classes), len(done), len(plan)))
@@ -195,13 +215,13 @@ def analyze_slide(
         if len(new):
             cells = pd.concat([cells, new], ignore_index=True) if len(cells) else new
         done.add(index)
-        _save(outputs, identity, done, new, complete=False)
+        _save(outputs, header, done, new, complete=False)
         if on_tile is not None:
             on_tile(TileUpdate(new, _summary(cells, classes), len(done), len(plan)))
         if config.max_white_cells is not None and len(cells) >= config.max_white_cells:
             break
     report(len(plan), len(plan), "reading tiles")
-    return _finish(image, outputs, identity, done, cells, classes, regions, pixel_size)
+    return _finish(image, outputs, header, done, cells, classes, regions, pixel_size)
 
 
 def slide_pixel_size(image: SmearImage, config: WholeSlideConfig) -> PixelSize:
@@ -220,10 +240,12 @@ def analyze_slide_file(
     out_dir: str | Path,
     *,
     model_dir: str | Path | None = None,
+    classifier=None,
     regions: list[np.ndarray] | None = None,
     reading_area: bool = True,
     config: WholeSlideConfig | None = None,
     resume: bool = False,
+    start_near: tuple[float, float] | None = None,
     on_regions: Callable[[list[np.ndarray]], None] | None = None,
     on_tile: Callable[[TileUpdate], None] | None = None,
     progress: ProgressCallback | None = None,
@@ -235,11 +257,13 @@ def analyze_slide_file(
         path: Slide file of any format :func:`~napari_hematology.core.io.read_image` opens.
         out_dir: Output folder.
         model_dir: Classifier folder; None for the shipped weights.
+        classifier: A loaded classifier to use instead of loading ``model_dir``'s.
         regions: Polygons to read in (e.g. QuPath annotations); they take precedence over the reading area.
         reading_area: Without ``regions``, find the smear's reading area and read only there (written to
             ``<stem>_reading_area.geojson``); False reads every stained tile.
         config: Run settings.
         resume: Continue an unfinished run found in ``out_dir``.
+        start_near: Where to start reading (see :func:`analyze_slide`).
         on_regions: Called with the polygons read in, once they are known.
         on_tile: Called after each tile (see :func:`analyze_slide`).
         progress: Progress callback.
@@ -251,7 +275,7 @@ def analyze_slide_file(
     """
     config = config or WholeSlideConfig()
     image = read_image(path)
-    classifier = get_classifier(model_dir)
+    classifier = classifier or get_classifier(model_dir)
     pixel_size = slide_pixel_size(image, config)
     if regions is None and reading_area:
         area = find_reading_area(
@@ -275,10 +299,178 @@ def analyze_slide_file(
         config=config,
         pixel_size=pixel_size,
         resume=resume,
+        start_near=start_near,
         on_tile=on_tile,
         progress=progress,
         should_stop=should_stop,
     )
+
+
+class SlideWorker:
+    """A process of its own that runs :func:`analyze_slide_file`, started ahead and kept for the next run.
+
+    Segmentation and morphology hold the GIL for long stretches; in their own process they cannot freeze
+    the caller's thread (napari's drawing). Once started (:meth:`start`, e.g. when a slide is chosen), the
+    process imports what a run needs and loads the shipped classifier while the user still chooses what to
+    read. :meth:`run` hands it a job and relays its regions, tiles and progress to the calling thread.
+    """
+
+    def __init__(self, classifier=None) -> None:
+        """Prepare the worker; nothing starts until :meth:`start` or :meth:`run`.
+
+        Args:
+            classifier: A picklable loaded classifier to use for every run; None loads the shipped one at
+                start (or the run's ``model_dir``).
+
+        """
+        self._classifier = classifier
+        self._context = multiprocessing.get_context("spawn")
+        self._process = None
+        self._running = False
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs (to measure its memory, for example)."""
+        return self._process.pid if self._process is not None and self._process.is_alive() else None
+
+    def start(self) -> None:
+        """Start the process unless it is running (again after :meth:`close` or a crash)."""
+        if self.pid is not None:
+            return
+        context = self._context
+        self._jobs, self._messages, self._stop = context.Queue(), context.Queue(), context.Event()
+        self._process = context.Process(
+            target=_serve,
+            args=(self._jobs, self._messages, self._stop, self._classifier),
+            name="napari-hematology whole slide",
+            daemon=True,
+        )
+        self._process.start()
+
+    def run(
+        self,
+        path: str | Path,
+        out_dir: str | Path,
+        *,
+        on_regions: Callable[[list[np.ndarray]], None] | None = None,
+        on_tile: Callable[[TileUpdate], None] | None = None,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCallback | None = None,
+        **options: Any,
+    ) -> SlideAnalysis:
+        """Analyse a slide in the process; callbacks are called in the calling thread.
+
+        Args:
+            path: Slide file.
+            out_dir: Output folder.
+            on_regions: Called with the polygons read in.
+            on_tile: Called after each tile.
+            progress: Progress callback.
+            should_stop: Cancellation callback, polled every ``POLL_S`` seconds; the run stops after its
+                current tile.
+            **options: Other keyword arguments of :func:`analyze_slide_file` (picklable).
+
+        Returns:
+            The run's cells, summary and outputs.
+
+        Raises:
+            HematologyError: The run failed (``Cancelled`` when it was cancelled), or the process died.
+
+        """
+        self.start()
+        self._stop.clear()
+        self._jobs.put((path, out_dir, options))
+        self._running = True
+        try:
+            return self._relay({"regions": on_regions, "tile": on_tile, "progress": progress}, should_stop)
+        finally:
+            self._running = False
+
+    def _relay(
+        self, callbacks: dict[str, Callable | None], should_stop: StopCallback | None
+    ) -> SlideAnalysis:
+        """Pass the process's messages to the callbacks until its result or error comes."""
+        while True:
+            if should_stop is not None and should_stop():
+                self._stop.set()
+            try:
+                kind, payload = self._messages.get(timeout=POLL_S)
+            except queue.Empty:
+                if self.pid is None:
+                    raise HematologyError(
+                        "The whole-slide process stopped unexpectedly (out of memory, or closed). The cells "
+                        "found so far are kept: press Resume to continue."
+                    ) from None
+                continue
+            if kind == "done":
+                return payload
+            if kind == "error":
+                raise payload
+            if callbacks[kind] is not None:
+                callbacks[kind](*payload)
+
+    def close(self) -> None:
+        """Stop the process; a running analysis first stops after its current tile, keeping its checkpoint."""
+        if self._process is None:
+            return
+        if self._running:
+            self._stop.set()
+            self._jobs.put(None)
+            self._process.join(CLOSE_WAIT_S)
+        if self._process.is_alive():
+            self._process.terminate()  # idle or warming up: nothing to lose
+        self._process.join()
+        self._process = None
+
+
+def _serve(jobs, messages, stop, classifier) -> None:
+    """The worker process: warm up, then run jobs ``(path, out_dir, options)`` until ``None`` comes."""
+    _warm_up(classifier)
+    while (job := jobs.get()) is not None:
+        path, out_dir, options = job
+        relay = {kind: partial(_send, messages, kind) for kind in ("regions", "tile", "progress")}
+        try:
+            result = analyze_slide_file(
+                path,
+                out_dir,
+                classifier=classifier,
+                on_regions=relay["regions"],
+                on_tile=relay["tile"],
+                progress=relay["progress"],
+                should_stop=stop.is_set,
+                **options,
+            )
+        except Exception as error:  # every failure goes back to the caller, who raises it
+            if not isinstance(error, HematologyError):
+                logger.exception("Whole-slide analysis failed")
+            messages.put(("error", _picklable(error)))
+        else:
+            messages.put(("done", result))
+
+
+def _warm_up(classifier) -> None:
+    """Import what a run imports lazily and load the shipped classifier (unless one was given)."""
+    import skimage.filters  # noqa: F401
+    import skimage.measure  # noqa: F401
+
+    if classifier is None:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # a core stays free for the viewer
+        get_classifier()
+
+
+def _send(messages, kind: str, *payload) -> None:
+    messages.put((kind, payload))
+
+
+def _picklable(error: Exception) -> Exception:
+    """The error itself if it can travel between processes, else a plain one with its text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # any exception type may fail to unpickle
+        return HematologyError(f"{type(error).__name__}: {error}")
+    return error
 
 
 def _summary(cells: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
@@ -311,18 +503,30 @@ def _plan_tiles(
     return [(index, window) for _, index, window in sorted(plan, key=lambda item: item[0])]
 
 
-def _where_mask(overview, factor, regions, segmentation: SegmentationConfig) -> np.ndarray:
-    """Overview pixels to read: inside the regions, or stained (not glass) when there are none."""
-    from skimage.draw import polygon as draw_polygon
+def _nearest_tile(plan: list[tuple[int, tuple]], point: tuple[float, float] | None) -> int | None:
+    """Number of the planned tile whose core centre is nearest ``point`` (the first tile without one)."""
+    if not plan:
+        return None
+    if point is None:
+        return plan[0][0]
+    centres = np.array([[(w[2].start + w[2].stop) / 2, (w[3].start + w[3].stop) / 2] for _, w in plan])
+    return plan[int(np.argmin(np.hypot(*(centres - np.asarray(point, dtype=float)).T)))][0]
 
+
+def _starting_at(plan: list[tuple[int, tuple]], first: int | None) -> list[tuple[int, tuple]]:
+    """The plan in the same order, rotated to begin with tile ``first``."""
+    position = next((at for at, (index, _) in enumerate(plan) if index == first), 0)
+    return plan[position:] + plan[:position]
+
+
+def _where_mask(overview, factor, regions, segmentation: SegmentationConfig) -> np.ndarray:
+    """Overview pixels to read: inside the regions (outlines included), or stained when there are none."""
     if regions is not None:
-        mask = np.zeros(overview.shape[:2], dtype=bool)
+        canvas = Image.new("1", (overview.shape[1], overview.shape[0]))
+        draw = ImageDraw.Draw(canvas)
         for region in regions:
-            rr, cc = draw_polygon(region[:, 0] / factor, region[:, 1] / factor, shape=mask.shape)
-            mask[rr, cc] = True
-            ends = np.clip((region / factor).astype(int), 0, np.array(mask.shape) - 1)
-            mask[ends[:, 0], ends[:, 1]] = True  # regions thinner than an overview pixel
-        return mask
+            draw.polygon((np.asarray(region)[:, ::-1] / factor).ravel().tolist(), fill=1, outline=1)
+        return np.asarray(canvas, dtype=bool)
     _, total = stain_maps(overview, od_tables(estimate_white(overview)))
     return ndimage.binary_dilation(total > segmentation.background_od, iterations=2)
 
@@ -345,8 +549,10 @@ def _identity(
     }
 
 
-def _start(outputs: dict[str, Path], identity: dict, resume: bool) -> tuple[set[int], pd.DataFrame]:
-    """Tiles already done and their cells (when resuming), or a clean start."""
+def _start(
+    outputs: dict[str, Path], identity: dict, resume: bool
+) -> tuple[set[int], pd.DataFrame, int | None]:
+    """Tiles already done, their cells and the run's first tile (when resuming), or a clean start."""
     checkpoint, table = outputs["checkpoint"], outputs["cells"]
     if resume and checkpoint.is_file():
         saved = json.loads(checkpoint.read_text())
@@ -360,11 +566,11 @@ def _start(outputs: dict[str, Path], identity: dict, resume: bool) -> tuple[set[
         if len(cells):
             cells = cells[cells["tile"].isin(done)].reset_index(drop=True)  # drop a half-written tile
         cells.to_csv(table, index=False)
-        return done, cells
+        return done, cells, saved.get("start")
     for path in outputs.values():
         path.unlink(missing_ok=True)
     table.parent.mkdir(parents=True, exist_ok=True)
-    return set(), pd.DataFrame()
+    return set(), pd.DataFrame(), None
 
 
 def _tile_cells(
@@ -404,20 +610,21 @@ def _number(cells: pd.DataFrame, found: int, limit: int | None) -> pd.DataFrame:
     return cells.assign(cell_id=np.arange(found + 1, found + 1 + len(cells)))
 
 
-def _save(
-    outputs: dict[str, Path], identity: dict, done: set[int], new: pd.DataFrame, complete: bool
-) -> None:
-    """Append the tile's cells, then record the tile as done (so a crash in between loses nothing)."""
+def _save(outputs: dict[str, Path], header: dict, done: set[int], new: pd.DataFrame, complete: bool) -> None:
+    """Append the tile's cells, then record the tile as done (so a crash in between loses nothing).
+
+    ``header`` holds the run's ``identity`` and its first tile, ``start``.
+    """
     table = outputs["cells"]
     if len(new):
         new.to_csv(table, mode="a", header=not table.is_file() or table.stat().st_size == 0, index=False)
-    state = {"identity": identity, "done": sorted(done), "complete": complete}
+    state = {**header, "done": sorted(done), "complete": complete}
     temporary = outputs["checkpoint"].with_suffix(".tmp")
     temporary.write_text(json.dumps(state))
     temporary.replace(outputs["checkpoint"])
 
 
-def _finish(image, outputs, identity, done, cells, classes, regions, pixel_size: PixelSize) -> SlideAnalysis:
+def _finish(image, outputs, header, done, cells, classes, regions, pixel_size: PixelSize) -> SlideAnalysis:
     """Write the summary and the QuPath GeoJSON and mark the run complete."""
     summary = {
         "slide": str(image.path) if image.path else None,
@@ -426,13 +633,13 @@ def _finish(image, outputs, identity, done, cells, classes, regions, pixel_size:
         "pixel_size_source": pixel_size.source,
         "notes": [pixel_size.note],
         "region": "whole slide" if regions is None else f"{len(regions)} polygon(s)",
-        "max_white_cells": identity["config"]["max_white_cells"],
+        "max_white_cells": header["identity"]["config"]["max_white_cells"],
         "tiles_read": len(done),
-        "tiles_planned": identity["tiles"],
+        "tiles_planned": header["identity"]["tiles"],
         "classes": classes,
         **_summary(cells, classes),
     }
     outputs["summary"].write_text(json.dumps(summary, indent=2))
     write_geojson(outputs["geojson"], cells_to_geojson(cells))
-    _save(outputs, identity, done, cells.iloc[:0], complete=True)
+    _save(outputs, header, done, cells.iloc[:0], complete=True)
     return SlideAnalysis(cells=cells, classes=classes, summary=summary, outputs=outputs)
