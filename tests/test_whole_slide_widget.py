@@ -170,3 +170,20 @@ def test_find_reading_area_adds_an_editable_shape_chosen_for_the_run(dock, qtbot
     assert widget.form.regions.value == "thin.ome reading area"
     polygons, find_area = widget._regions()
     assert not find_area and np.allclose(polygons[0], shapes.data[0])
+
+
+@pytest.mark.slow
+def test_whole_slide_dock_keeps_torch_out_of_napari_process():
+    """The classifier runs in the worker process, so opening the dock must not load torch in napari's."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, napari\n"
+        "viewer = napari.Viewer(show=False)\n"
+        "viewer.window.add_plugin_dock_widget('napari-hematology', 'Whole slide')\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"

@@ -66,11 +66,18 @@ def prepare_torch() -> None:
 
 
 class TaskRunner(QWidget):
-    """A progress bar with a Cancel button that runs one core function at a time in a thread."""
+    """A progress bar with a Cancel button that runs one core function at a time in a thread.
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    Args:
+        parent: Parent widget.
+        uses_torch: The tasks run torch in this process, so torch is prepared now (see
+            :func:`prepare_torch`); False for docks whose models run in a worker process.
+    """
+
+    def __init__(self, parent: QWidget | None = None, uses_torch: bool = True) -> None:
         super().__init__(parent)
-        prepare_torch()
+        if uses_torch:
+            prepare_torch()
         self._signals = _ProgressSignals()
         self._signals.progressed.connect(self._on_progress)
         self._stop = threading.Event()

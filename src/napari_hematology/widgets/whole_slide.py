@@ -132,7 +132,7 @@ class WholeSlideWidget(QWidget):
         self.analyse_button = shortcut_button("Analyse whole slide", RUN, self.analyse)
         self.resume_button = shortcut_button("Resume", None, self.resume)
         self.export_button = shortcut_button("Export GeoJSON…", None, self._ask_export)
-        self.runner = TaskRunner()
+        self.runner = TaskRunner(uses_torch=False)  # the classifier runs in the worker process
         self.summary = QLabel("Open a slide, then press Analyse whole slide.")
         self.summary.setWordWrap(True)
         self.legend = Legend("Classes")
