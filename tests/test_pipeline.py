@@ -272,7 +272,8 @@ def test_cli_analyze_sends_every_detected_cell_to_a_review_project(sample_field_
     from napari_hematology.core.labels.store import AnnotationStore
 
     project = tmp_path / "review.sqlite"
-    assert main(["analyze", str(sample_field_path), "--out", str(tmp_path / "out"), "--project", str(project)]) == 0
+    out = tmp_path / "out"
+    assert main(["analyze", str(sample_field_path), "--out", str(out), "--project", str(project)]) == 0
     cells = pd.read_csv(tmp_path / "out" / f"{sample_field_path.stem}_cells.csv")
     with AnnotationStore(project) as store:
         stored = store.cells()

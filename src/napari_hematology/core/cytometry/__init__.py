@@ -5,6 +5,13 @@ deep clustering, staged pipelines, soft labels from per-sample reference proport
 in CSV, FCS and AnnData.
 """
 
+from napari_hematology.core.cytometry.batch import (
+    Batch,
+    decide_batch_preprocessing,
+    read_batch,
+    read_reference,
+    sample_values,
+)
 from napari_hematology.core.cytometry.cluster_config import ClusterConfig
 from napari_hematology.core.cytometry.clusterer import Clusterer, load_clusterer
 from napari_hematology.core.cytometry.fcs import (
@@ -21,22 +28,19 @@ from napari_hematology.core.cytometry.fcs import (
 )
 from napari_hematology.core.cytometry.fitting import fit_clusterer
 from napari_hematology.core.cytometry.scales import Preprocessing, apply_preprocessing, decide_preprocessing
-from napari_hematology.core.cytometry.stages import (
-    Batch,
+from napari_hematology.core.cytometry.stage_config import (
     PipelineConfig,
-    PipelineResult,
     StageConfig,
-    apply_pipeline,
-    decide_batch_preprocessing,
-    load_pipeline,
     load_pipeline_config,
     pipeline_config_from_dict,
-    read_batch,
-    read_reference,
-    run_pipeline,
-    sample_values,
-    save_pipeline,
     single_stage_config,
+)
+from napari_hematology.core.cytometry.stages import (
+    PipelineResult,
+    apply_pipeline,
+    load_pipeline,
+    run_pipeline,
+    save_pipeline,
 )
 from napari_hematology.core.cytometry.tables import (
     cell_table,
