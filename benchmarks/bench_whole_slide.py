@@ -11,7 +11,9 @@
   (interval between timer ticks, each of which moves the camera and repaints) before and during the
   analysis (from pressing *Analyse*; opening the dock is timed apart), the whole run's time, peak memory of
   napari plus its worker process sampled every 50 ms (PSS summed: shared library pages split between them;
-  RSS summed: counted in both) and each one's max RSS, and the machine's load average during the run.
+  RSS summed: counted in both) and each one's max RSS, napari's RSS once the slide is open, whether torch
+  got into napari's process (it should not: the classifier runs in the worker), and the machine's load
+  average during the run.
 - ``geojson``: the cells found are exported as QuPath GeoJSON and imported back: same cells and classes.
 - ``readers``: on an 8,192 x 8,192 JPEG SVS, open time and the time to read one 2,048 x 2,048 region for
   this package's readers (tifffile, OpenSlide) and, when they are importable, napari-tiff, napari-wsi and
@@ -29,6 +31,7 @@ import contextlib
 import json
 import os
 import resource
+import sys
 import tempfile
 import threading
 import time
@@ -94,8 +97,8 @@ def proportional_memory(pid: int) -> int:
 class PeakMemory:
     """Samples in a thread the memory of this process and its children (bytes) and the load average.
 
-    RSS counts the pages of shared libraries (torch's, loaded by both napari and the worker) once per
-    process, so its sum over-counts; PSS splits them, so its sum is what the two use together.
+    RSS counts the pages of shared libraries both load (numpy's, scipy's, Python's) once per process, so
+    its sum over-counts; PSS splits them, so its sum is what the two use together.
     """
 
     def __init__(self, interval: float = 0.05) -> None:
@@ -182,16 +185,16 @@ def time_first_cells(widget, out_dir: Path) -> dict:
 def measure_gui(slide: Path, out_dir: Path) -> dict:
     """Open the slide in napari, analyse it with the dock, time the first cells and the frames."""
     import napari
-    import torch
+    import psutil
     from qtpy.QtCore import QTimer
 
     from napari_hematology.widgets.whole_slide import WholeSlideWidget
 
-    torch.set_num_threads(1)
     with PeakMemory() as memory:
         viewer = napari.Viewer(show=True)
         viewer.window._qt_window.resize(1280, 900)
         viewer.open(str(slide), plugin="napari-hematology")
+        slide_open_rss = psutil.Process().memory_info().rss
         ticks: list[float] = []
         ends: list[float] = []
         state = {"last": None, "step": 0}
@@ -257,6 +260,8 @@ def measure_gui(slide: Path, out_dir: Path) -> dict:
         "peak_rss_gb_sampled_worker": round(memory.peak_children / 2**30, 2),
         "max_rss_gb_napari": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "max_rss_gb_worker": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
+        "rss_gb_napari_slide_open": round(slide_open_rss / 2**30, 2),
+        "torch_in_napari_process": "torch" in sys.modules,
         "load_average_1min_during_run": {
             "mean": round(float(np.mean(loads)), 1),
             "min": round(float(np.min(loads)), 1),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import threading
 from functools import partial
 
@@ -127,6 +128,11 @@ def test_a_worker_process_finds_the_same_cells_relays_tiles_cancels_and_errors(s
     assert worker.pid is None and threads == {threading.get_ident()}
     pd.testing.assert_frame_equal(result.cells[COMPARED], full_run[0].cells[COMPARED], check_dtype=False)
     assert whole_slide.has_checkpoint(tmp_path / "cut", "smear")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="malloc_trim is glibc's")
+def test_freed_memory_is_handed_back_on_linux():
+    assert whole_slide.release_freed_memory()
 
 
 def test_resuming_with_other_settings_is_refused(slide_path, tmp_path):
