@@ -13,7 +13,7 @@ from blast_helpers import FakeClassifier
 from slide_helpers import mosaic, synthetic_smear, write_ome_pyramid
 
 from napari_hematology.cli import main
-from napari_hematology.core.cells import whole_slide
+from napari_hematology.core.cells import slide_worker, whole_slide
 from napari_hematology.core.cells.geojson import geojson_to_cells, read_geojson
 from napari_hematology.core.cells.reading_area import find_reading_area
 from napari_hematology.core.cells.segmentation import SegmentationConfig, segment_field
@@ -111,7 +111,7 @@ def test_the_run_starts_at_the_tile_nearest_the_view_and_a_resume_keeps_that_sta
 
 def test_a_worker_process_finds_the_same_cells_relays_tiles_cancels_and_errors(slide_path, full_run,
                                                                                tmp_path):
-    worker = whole_slide.SlideWorker(classifier=FakeClassifier(blast_above=200))
+    worker = slide_worker.SlideWorker(classifier=FakeClassifier(blast_above=200))
     threads = set()
     on_tile, stop = _stopping_after(1)
     try:
@@ -132,7 +132,7 @@ def test_a_worker_process_finds_the_same_cells_relays_tiles_cancels_and_errors(s
 
 @pytest.mark.skipif(sys.platform != "linux", reason="malloc_trim is glibc's")
 def test_freed_memory_is_handed_back_on_linux():
-    assert whole_slide.release_freed_memory()
+    assert slide_worker.release_freed_memory()
 
 
 def test_resuming_with_other_settings_is_refused(slide_path, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from blast_helpers import FakeClassifier
 from slide_helpers import mosaic, synthetic_smear, write_ome_pyramid
 
-from napari_hematology.core.cells import whole_slide
+from napari_hematology.core.cells import slide_worker, whole_slide
 from napari_hematology.core.cells.classes import CLASS_COLOURS
 from napari_hematology.core.cells.geojson import (
     geojson_to_cells,
@@ -38,7 +38,7 @@ def workers(monkeypatch):
     made = []
 
     def worker():
-        made.append(whole_slide.SlideWorker(classifier=FakeClassifier(blast_above=200)))
+        made.append(slide_worker.SlideWorker(classifier=FakeClassifier(blast_above=200)))
         return made[-1]
 
     monkeypatch.setattr("napari_hematology.widgets.whole_slide.SlideWorker", worker)

@@ -6,7 +6,8 @@ default (found automatically and shown as an editable Shapes layer), a Shapes la
 in napari or imported from QuPath GeoJSON) or every stained tile. Cancel keeps what was found; Resume
 continues the run from its checkpoint. Cells export to QuPath GeoJSON.
 
-The run itself goes on in a separate process (:class:`~napari_hematology.core.cells.whole_slide.SlideWorker`),
+The run itself goes on in a separate process
+(:class:`~napari_hematology.core.cells.slide_worker.SlideWorker`),
 started as soon as a slide file is chosen so that the classifier is loaded before *Analyse* is pressed;
 napari's drawing never waits for the segmentation. The run starts with the tile nearest the centre of the
 view.
@@ -35,9 +36,9 @@ from napari_hematology.core.cells.geojson import (
     write_geojson,
 )
 from napari_hematology.core.cells.report import class_colours
+from napari_hematology.core.cells.slide_worker import SlideWorker
 from napari_hematology.core.cells.whole_slide import (
     SlideAnalysis,
-    SlideWorker,
     TileUpdate,
     WholeSlideConfig,
     has_checkpoint,

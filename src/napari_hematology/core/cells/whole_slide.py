@@ -12,25 +12,16 @@ After each tile its cells are appended to ``<stem>_cells.csv`` and the tile is r
 where it stopped. At the end ``<stem>_summary.json`` and ``<stem>_cells.geojson`` (QuPath detections) are
 written.
 
-:class:`SlideWorker` runs the analysis in a process of its own, started ahead of time so that the classifier
-is loaded before the user presses *Analyse*: segmentation holds the GIL for long stretches, and in a thread
-it would freeze napari's drawing.
+:mod:`napari_hematology.core.cells.slide_worker` runs it in a process of its own.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import json
 import logging
-import multiprocessing
-import os
-import pickle
-import queue
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +44,13 @@ from napari_hematology.core.cells.segmentation import (
     stain_maps,
     tile_windows,
 )
-from napari_hematology.core.errors import HematologyError, InputError
+from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import SmearImage, read_image, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
-POLL_S = 0.1
-CLOSE_WAIT_S = 10.0
 SHIFTED_Y = ("centroid_y", "bbox_y0", "bbox_y1")
 SHIFTED_X = ("centroid_x", "bbox_x0", "bbox_x1")
 
@@ -306,198 +295,6 @@ def analyze_slide_file(
         progress=progress,
         should_stop=should_stop,
     )
-
-
-class SlideWorker:
-    """A process of its own that runs :func:`analyze_slide_file`, started ahead and kept for the next run.
-
-    Segmentation and morphology hold the GIL for long stretches; in their own process they cannot freeze
-    the caller's thread (napari's drawing). Once started (:meth:`start`, e.g. when a slide is chosen), the
-    process imports what a run needs and loads the shipped classifier while the user still chooses what to
-    read. :meth:`run` hands it a job and relays its regions, tiles and progress to the calling thread.
-    """
-
-    def __init__(self, classifier=None) -> None:
-        """Prepare the worker; nothing starts until :meth:`start` or :meth:`run`.
-
-        Args:
-            classifier: A picklable loaded classifier to use for every run; None loads the shipped one at
-                start (or the run's ``model_dir``).
-
-        """
-        self._classifier = classifier
-        self._context = multiprocessing.get_context("spawn")
-        self._process = None
-        self._running = False
-
-    @property
-    def pid(self) -> int | None:
-        """The process id while it runs (to measure its memory, for example)."""
-        return self._process.pid if self._process is not None and self._process.is_alive() else None
-
-    def start(self) -> None:
-        """Start the process unless it is running (again after :meth:`close` or a crash)."""
-        if self.pid is not None:
-            return
-        context = self._context
-        self._jobs, self._messages, self._stop = context.Queue(), context.Queue(), context.Event()
-        self._process = context.Process(
-            target=_serve,
-            args=(self._jobs, self._messages, self._stop, self._classifier),
-            name="napari-hematology whole slide",
-            daemon=True,
-        )
-        self._process.start()
-
-    def run(
-        self,
-        path: str | Path,
-        out_dir: str | Path,
-        *,
-        on_regions: Callable[[list[np.ndarray]], None] | None = None,
-        on_tile: Callable[[TileUpdate], None] | None = None,
-        progress: ProgressCallback | None = None,
-        should_stop: StopCallback | None = None,
-        **options: Any,
-    ) -> SlideAnalysis:
-        """Analyse a slide in the process; callbacks are called in the calling thread.
-
-        Args:
-            path: Slide file.
-            out_dir: Output folder.
-            on_regions: Called with the polygons read in.
-            on_tile: Called after each tile.
-            progress: Progress callback.
-            should_stop: Cancellation callback, polled every ``POLL_S`` seconds; the run stops after its
-                current tile.
-            **options: Other keyword arguments of :func:`analyze_slide_file` (picklable).
-
-        Returns:
-            The run's cells, summary and outputs.
-
-        Raises:
-            HematologyError: The run failed (``Cancelled`` when it was cancelled), or the process died.
-
-        """
-        self.start()
-        self._stop.clear()
-        self._jobs.put((path, out_dir, options))
-        self._running = True
-        try:
-            return self._relay({"regions": on_regions, "tile": on_tile, "progress": progress}, should_stop)
-        finally:
-            self._running = False
-
-    def _relay(
-        self, callbacks: dict[str, Callable | None], should_stop: StopCallback | None
-    ) -> SlideAnalysis:
-        """Pass the process's messages to the callbacks until its result or error comes."""
-        while True:
-            if should_stop is not None and should_stop():
-                self._stop.set()
-            try:
-                kind, payload = self._messages.get(timeout=POLL_S)
-            except queue.Empty:
-                if self.pid is None:
-                    raise HematologyError(
-                        "The whole-slide process stopped unexpectedly (out of memory, or closed). The cells "
-                        "found so far are kept: press Resume to continue."
-                    ) from None
-                continue
-            if kind == "done":
-                return payload
-            if kind == "error":
-                raise payload
-            if callbacks[kind] is not None:
-                callbacks[kind](*payload)
-
-    def close(self) -> None:
-        """Stop the process; a running analysis first stops after its current tile, keeping its checkpoint."""
-        if self._process is None:
-            return
-        if self._running:
-            self._stop.set()
-            self._jobs.put(None)
-            self._process.join(CLOSE_WAIT_S)
-        if self._process.is_alive():
-            self._process.terminate()  # idle or warming up: nothing to lose
-        self._process.join()
-        self._process = None
-
-
-def _serve(jobs, messages, stop, classifier) -> None:
-    """The worker process: warm up, then run jobs ``(path, out_dir, options)`` until ``None`` comes."""
-    _warm_up(classifier)
-    while (job := jobs.get()) is not None:
-        path, out_dir, options = job
-        relay = {
-            "regions": partial(_send, messages, "regions"),
-            "tile": partial(_send_and_trim, messages, "tile"),
-            "progress": partial(_send, messages, "progress"),
-        }
-        try:
-            result = analyze_slide_file(
-                path,
-                out_dir,
-                classifier=classifier,
-                on_regions=relay["regions"],
-                on_tile=relay["tile"],
-                progress=relay["progress"],
-                should_stop=stop.is_set,
-                **options,
-            )
-        except Exception as error:  # every failure goes back to the caller, who raises it
-            if not isinstance(error, HematologyError):
-                logger.exception("Whole-slide analysis failed")
-            messages.put(("error", _picklable(error)))
-        else:
-            messages.put(("done", result))
-
-
-def _warm_up(classifier) -> None:
-    """Import what a run imports lazily and load the shipped classifier (unless one was given)."""
-    import skimage.filters  # noqa: F401
-    import skimage.measure  # noqa: F401
-
-    if classifier is None:
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # a core stays free for the viewer
-        get_classifier()
-
-
-def _send(messages, kind: str, *payload) -> None:
-    messages.put((kind, payload))
-
-
-def _send_and_trim(messages, kind: str, *payload) -> None:
-    """Send, then hand the heap the tile freed back to the system (its RSS stays ~70 MB lower)."""
-    _send(messages, kind, *payload)
-    release_freed_memory()
-
-
-def release_freed_memory() -> bool:
-    """Return freed heap pages to the system with glibc's ``malloc_trim``; False where there is none."""
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
-
-
-@cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-
-
-def _picklable(error: Exception) -> Exception:
-    """The error itself if it can travel between processes, else a plain one with its text."""
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:  # any exception type may fail to unpickle
-        return HematologyError(f"{type(error).__name__}: {error}")
-    return error
 
 
 def _summary(cells: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
