@@ -1,11 +1,12 @@
 """Make docs/images/screenshot.png: the bundled smear field after blast detection, with the widget docked.
 
-Run under a display (e.g. ``xvfb-run -a .venv/bin/python scripts/screenshot.py``).
+Run under a display (e.g. ``xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshot.py``).
 """
 
 from pathlib import Path
 
 import napari
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from napari_hematology.core.cells.samples import sample_fields
@@ -17,10 +18,11 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "images" / "screenshot.p
 def main() -> None:
     """Run blast detection on the sample field in a visible viewer and save a screenshot."""
     viewer = napari.Viewer(title="napari-hematology")
-    viewer.window.resize(1400, 850)
+    viewer.window.resize(1500, 850)
     viewer.open(str(sample_fields()[1]))
     widget = BlastDetectionWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Blast detection", area="right")
+    dock = viewer.window.add_dock_widget(widget, name="Blast detection", area="right")
+    viewer.window._qt_window.resizeDocks([dock], [470], Qt.Orientation.Horizontal)
     widget.run()
     while widget.runner.busy:
         QApplication.processEvents()
