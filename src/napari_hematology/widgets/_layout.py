@@ -5,6 +5,7 @@ A scrolling body, so docks never grow the main window, and combo boxes wide enou
 
 from __future__ import annotations
 
+from magicgui.widgets import FileEdit
 from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 
@@ -36,3 +37,14 @@ def fit_names(combo: QComboBox) -> QComboBox:
         signal.connect(lambda *args: combo.setMinimumWidth(combo.sizeHint().width()))
     combo.currentTextChanged.connect(combo.setToolTip)
     return combo
+
+
+def model_folder_field() -> FileEdit:
+    """The form field for a cell-classifier model folder; empty means the shipped model."""
+    return FileEdit(
+        name="model",
+        label="Model",
+        mode="d",
+        nullable=True,
+        tooltip="Classifier model folder; leave empty for the shipped default model.",
+    )

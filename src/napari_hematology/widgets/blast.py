@@ -13,7 +13,7 @@ from pathlib import Path
 import napari
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
@@ -32,7 +32,7 @@ from napari_hematology.core.cells.magnification import find_pixel_size
 from napari_hematology.core.cells.report import class_colours
 from napari_hematology.core.errors import HematologyError, InputError
 from napari_hematology.widgets._keys import RUN, bind_button_keys, shortcut_button
-from napari_hematology.widgets._layout import fit_names, scrolling_layout
+from napari_hematology.widgets._layout import fit_names, model_folder_field, scrolling_layout
 from napari_hematology.widgets._legend import Legend, hex_colour
 from napari_hematology.widgets._runner import TaskRunner, report_error
 
@@ -52,13 +52,7 @@ def parameter_form() -> Container:
         widgets=[
             image,
             CheckBox(name="visible_only", text="Visible field only (for large slides)"),
-            FileEdit(
-                name="model",
-                label="Model",
-                mode="d",
-                nullable=True,
-                tooltip="Classifier model folder; leave empty for the shipped default model.",
-            ),
+            model_folder_field(),
             FloatSpinBox(
                 name="threshold", label="Blast threshold", value=DEFAULT_BLAST_THRESHOLD, min=0.0, max=1.0,
                 step=0.05,

@@ -46,7 +46,7 @@ from napari_hematology.core.cells.whole_slide import (
 )
 from napari_hematology.core.errors import HematologyError, InputError
 from napari_hematology.widgets._keys import RUN, bind_button_keys, shortcut_button
-from napari_hematology.widgets._layout import fit_names, scrolling_layout
+from napari_hematology.widgets._layout import fit_names, model_folder_field, scrolling_layout
 from napari_hematology.widgets._legend import Legend, hex_colour
 from napari_hematology.widgets._runner import TaskRunner, report_error
 
@@ -95,13 +95,7 @@ def settings_form() -> Container:
                 nullable=True,
                 tooltip="Where the cell table, checkpoint, summary and GeoJSON go; empty: next to the slide.",
             ),
-            FileEdit(
-                name="model",
-                label="Model",
-                mode="d",
-                nullable=True,
-                tooltip="Classifier model folder; leave empty for the shipped default model.",
-            ),
+            model_folder_field(),
         ]
     )
 
