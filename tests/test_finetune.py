@@ -114,3 +114,20 @@ def test_cli_refuses_unknown_labels_and_empty_projects(cells_csv, tmp_path, caps
     assert main(["train-classifier", *project, "--out", str(tmp_path / "m")]) == 2
     assert "no reviewed cells" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_batch_norm_statistics_are_re_estimated_on_the_lab_crops(cells_csv):
+    import torch
+
+    from napari_hematology.core.cells.finetune import adapt_batch_norm
+    from napari_hematology.models.colour_statistics import colour_statistics
+
+    base = load_classifier(None, "cpu")
+    crops = read_labelled_cells(cells_from_csv(cells_csv), base).cells.crops
+    norm = base.model.statistics_norm
+    momentum = norm.momentum
+    adapt_batch_norm(base.model, crops)
+    expected = colour_statistics(torch.from_numpy(crops).permute(0, 3, 1, 2).float())
+    assert torch.allclose(norm.running_mean, expected.mean(0), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(norm.running_var, expected.var(0), rtol=1e-3, atol=1e-4)
+    assert norm.momentum == momentum and not base.model.training

@@ -37,7 +37,7 @@ CV_FOLDS = 3
 
 def default_finetune_training() -> TrainConfig:
     """Training-loop settings of a fine-tuning run (all layers, a gentler rate than from scratch)."""
-    return TrainConfig(epochs=60, batch_size=32, learning_rate=1e-3, weight_decay=1e-4)
+    return TrainConfig(epochs=100, batch_size=32, learning_rate=1e-3, weight_decay=1e-4)
 
 
 @dataclass
@@ -50,6 +50,9 @@ class FineTuneConfig:
         min_calibration_cells: Fewest cells for which a temperature is fitted; below, the base
             model's calibration is kept.
         stain_jitter: Colour augmentation strength (see :class:`ClassifierRecipe`).
+        label_smoothing: Share of each target spread over the other classes in the loss.
+        adapt_batch_norm: Re-estimate the BatchNorm statistics on the lab's unaugmented crops after
+            training (AdaBN), so they match the lab's images rather than their augmented versions.
         train: Settings of the shared training loop.
 
     """
@@ -58,6 +61,8 @@ class FineTuneConfig:
     calibration_share: float = 0.2
     min_calibration_cells: int = 100
     stain_jitter: float = 1.0
+    label_smoothing: float = 0.1
+    adapt_batch_norm: bool = True
     train: TrainConfig = field(default_factory=default_finetune_training)
 
 
@@ -169,6 +174,7 @@ def fine_tune(
     config: FineTuneConfig | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    unlabelled: np.ndarray | None = None,
 ) -> CellClassifier:
     """Fine-tune a copy of ``base`` on labelled crops (all layers), calibrated when there are enough.
 
@@ -178,6 +184,8 @@ def fine_tune(
         config: Fine-tuning settings.
         progress: Progress callback (per training step).
         should_stop: Cancellation callback.
+        unlabelled: More of the lab's normalised crops, labels unknown; with ``adapt_batch_norm`` the
+            BatchNorm statistics are re-estimated on them and on ``cells``.
 
     Returns:
         The lab's classifier, on the CPU; its metadata is the base's plus ``classes``, ``temperature``
@@ -194,6 +202,9 @@ def fine_tune(
     train_index, calibration_index = calibration_split(cells.labels, config)
     model = _grown_copy(base, len(classes))
     history = _train(model, cells.subset(train_index), classes, config, progress, should_stop)
+    if config.adapt_batch_norm:
+        lab_crops = cells.crops if unlabelled is None else np.concatenate([cells.crops, unlabelled])
+        adapt_batch_norm(model, lab_crops)
     temperature = 1.0
     if len(calibration_index):
         temperature = _fit_temperature(model, cells.subset(calibration_index), classes)
@@ -271,10 +282,32 @@ def _train(model, cells: CellSet, classes: list[str], config: FineTuneConfig, pr
     def loss_fn(net, batch, epoch):
         images, labels = batch
         logits = net(augment(images.float(), recipe=recipe))
-        return functional.cross_entropy(logits, labels, weight=weights.to(logits.device))
+        return functional.cross_entropy(
+            logits, labels, weight=weights.to(logits.device), label_smoothing=config.label_smoothing
+        )
 
     train_config = replace(config.train, batch_size=min(config.train.batch_size, max(2, len(cells))))
     return train(model, dataset, loss_fn, train_config, progress=progress, should_stop=should_stop)
+
+
+def adapt_batch_norm(model, crops: np.ndarray, batch_size: int = 256) -> None:
+    """Re-estimate every BatchNorm layer's running statistics on a lab's unaugmented crops (AdaBN)."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    device = next(model.parameters()).device
+    model.train()
+    with torch.no_grad():
+        # equal-sized batches, as the cumulative average weighs every batch alike
+        for batch in np.array_split(crops, int(np.ceil(len(crops) / batch_size))):
+            model(torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(device))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()
 
 
 def _logits(model, crops: np.ndarray) -> np.ndarray:
