@@ -131,3 +131,38 @@ def test_batch_norm_statistics_are_re_estimated_on_the_lab_crops(cells_csv):
     assert torch.allclose(norm.running_mean, expected.mean(0), rtol=1e-4, atol=1e-4)
     assert torch.allclose(norm.running_var, expected.var(0), rtol=1e-3, atol=1e-4)
     assert norm.momentum == momentum and not base.model.training
+
+
+def test_project_fine_tuning_uses_unreviewed_crops_only_for_batch_norm(cells_csv, tmp_path, monkeypatch):
+    from napari_hematology.core.cells import finetune
+    from napari_hematology.core.labels.review import fine_tune_project, lab_model_folder
+    from napari_hematology.core.labels.store import AnnotationStore
+
+    table = pd.read_csv(cells_csv)
+    table = table[~table["image"].str.endswith("broken.png")]
+    label_of = {}
+    for image, label in zip(table["image"], table["label"], strict=True):
+        for copy in range(3):
+            target = cells_csv.parent / f"{image}.{copy}.png"
+            target.write_bytes((cells_csv.parent / image).read_bytes())
+            label_of[str(target)] = label
+    crops = list(label_of)
+    reviewed = crops[: 2 * len(crops) // 3]
+    project = tmp_path / "lab.sqlite"
+    with AnnotationStore(project) as store:
+        store.add_classes(load_classifier().classes)
+        store.add_cells([{"name": crop, "crop": crop} for crop in crops])
+        store.set_labels([(crop, label_of[crop]) for crop in reviewed], "dr_a", "human")
+    seen = {}
+    real_fine_tune = finetune.fine_tune
+
+    def spy(cells, base, config=None, progress=None, should_stop=None, unlabelled=None):
+        seen["labelled"], seen["unlabelled"] = len(cells.labels), unlabelled
+        return real_fine_tune(cells, base, config, progress, should_stop, unlabelled=unlabelled)
+
+    monkeypatch.setattr(finetune, "fine_tune", spy)
+    result = fine_tune_project(project, config=_quick(), folds=2)
+    assert seen["labelled"] == len(reviewed)
+    assert seen["unlabelled"] is not None and len(seen["unlabelled"]) == len(crops) - len(reviewed)
+    assert result["model_dir"] == lab_model_folder(project)
+    assert (result["model_dir"] / "config.json").is_file()

@@ -34,6 +34,8 @@ LAB_SOURCE = "lab"
 SKIPPED_NAMES_SHOWN = 5
 CV_FOLDS = 3
 
+MAX_UNLABELLED = 2000
+
 
 def default_finetune_training() -> TrainConfig:
     """Training-loop settings of a fine-tuning run (all layers, a gentler rate than from scratch)."""
@@ -223,6 +225,29 @@ def fine_tune(
         },
     }
     return CellClassifier(model.cpu().eval(), classes, base.crop_size, base.context, metadata)
+
+
+def unlabelled_crops(
+    paths: Sequence[str | Path],
+    base: CellClassifier,
+    limit: int = MAX_UNLABELLED,
+    should_stop: StopCallback | None = None,
+) -> np.ndarray | None:
+    """Read up to ``limit`` of a lab's unlabelled crop files, normalised as ``base`` expects.
+
+    They only re-estimate BatchNorm statistics, so unreadable files are left out without a message.
+
+    Returns:
+        (k, size, size, 3) uint8 crops, or None when there are none.
+
+    """
+    files = [Path(path) for path in paths[:limit]]
+    chunks = list(
+        iter_prepared_crops(
+            files, base.crop_size, base.context, should_stop=should_stop, on_error=lambda path, error: None
+        )
+    )
+    return np.concatenate(chunks) if chunks else None
 
 
 def calibration_split(labels: np.ndarray, config: FineTuneConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -423,7 +448,7 @@ def fine_tune_files(
     from napari_hematology.core.cells.classifier import load_classifier
 
     config = config or FineTuneConfig()
-    base = load_classifier(base_dir, "cpu")
+    base = load_classifier(base_dir, config.train.device)
     check_labels(list(table["label"].astype(str)), base.classes, config.add_classes)
     read = read_labelled_cells(table, base, progress, should_stop)
     lab = fine_tune(read.cells, base, config, progress, should_stop)

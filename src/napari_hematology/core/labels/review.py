@@ -177,7 +177,8 @@ def fine_tune_project(
     """Fine-tune the cell classifier on a project's corrected labels and save it next to the project.
 
     Before/after accuracy is measured on reviewed cells each fine-tuned model did not train on
-    (``folds``-fold cross-validation); the saved model is then trained on all of them.
+    (``folds``-fold cross-validation); the saved model is then trained on all of them, and the project's
+    not yet reviewed crops help re-estimate its BatchNorm statistics (their labels are not used).
 
     Args:
         project: Project file.
@@ -196,20 +197,26 @@ def fine_tune_project(
     """
     from napari_hematology.core.cells.classifier import load_classifier
     from napari_hematology.core.cells.finetune import (
+        FineTuneConfig,
         cross_validated_comparison,
         fine_tune,
         read_labelled_cells,
+        unlabelled_crops,
     )
     from napari_hematology.core.cells.recipe import save_classifier
 
+    config = config or FineTuneConfig()
     with AnnotationStore(project, create=False) as store:
         labelled = corrected_labels(store, require_reviewed=True)
-    classifier = load_classifier(base, "cpu")
+        cells = store.cells()
+    unreviewed = cells.loc[cells["crop"].notna() & ~cells["cell"].isin(labelled["cell"]), "crop"]
+    classifier = load_classifier(base, config.train.device)
     read = read_labelled_cells(
         labelled.rename(columns={"crop": "image"}), classifier, progress, should_stop
     )
     comparison = cross_validated_comparison(read.cells, classifier, config, folds, progress, should_stop)
-    lab = fine_tune(read.cells, classifier, config, progress, should_stop)
+    unlabelled = unlabelled_crops(list(unreviewed), classifier, should_stop=should_stop)
+    lab = fine_tune(read.cells, classifier, config, progress, should_stop, unlabelled=unlabelled)
     measured = {"cross_validated": {"before": comparison.before, "after": comparison.after}}
     folder = save_classifier(lab, lab_model_folder(project), measured)
     return {
