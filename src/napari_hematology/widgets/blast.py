@@ -169,22 +169,16 @@ class BlastDetectionWidget(QWidget):
         except HematologyError as error:
             report_error(error)
             return
-        try:
-            pixel_size = find_pixel_size(
-                region,
-                name=layer.name,
-                user_um=self.form.pixel_size.value or None,
-                metadata_um=layer.metadata.get("pixel_size_um"),
-                metadata_source=layer.metadata.get("pixel_size_source"),
-            )
-        except HematologyError as error:
-            report_error(error)
-            return
         self.runner.start(
-            analyze_image,
+            _analyze_region,
             region,
             classifier,
-            pixel_size=pixel_size,
+            {
+                "name": layer.name,
+                "user_um": self.form.pixel_size.value or None,
+                "metadata_um": layer.metadata.get("pixel_size_um"),
+                "metadata_source": layer.metadata.get("pixel_size_source"),
+            },
             blast_threshold=self.form.threshold.value,
             on_done=lambda analysis: self._show_result(analysis, region, layer, offset),
         )
@@ -306,6 +300,12 @@ def _visible_window(layer, shape: tuple[int, int]) -> tuple[slice, slice]:
     if rows.stop - rows.start < 16 or cols.stop - cols.start < 16:
         return slice(0, shape[0]), slice(0, shape[1])
     return rows, cols
+
+
+def _analyze_region(region, classifier, pixel_size_sources: dict, **options) -> ImageAnalysis:
+    """Find the region's pixel size (reading the red cells if needed), then analyse it; runs in the worker."""
+    pixel_size = find_pixel_size(region, **pixel_size_sources)
+    return analyze_image(region, classifier, pixel_size=pixel_size, **options)
 
 
 def _summary_text(summary: dict) -> str:

@@ -185,7 +185,9 @@ def analyze_slide(
     pixel_size = pixel_size or slide_pixel_size(image, config)
     outputs = slide_outputs(out_dir, slide_stem(image.path))
     overview, factor = slide_overview(image)
-    plan = _plan_tiles(image.data.shape[:2], overview, factor, regions, config.segmentation, pixel_size)
+    white = estimate_white(overview)
+    shape = image.data.shape[:2]
+    plan = _plan_tiles(shape, overview, white, factor, regions, config.segmentation, pixel_size)
     identity = _identity(image, config, regions, len(plan), pixel_size)
     done, cells, first = _start(outputs, identity, resume)
     header = {"identity": identity, "start": _nearest_tile(plan, start_near) if first is None else first}
@@ -193,7 +195,6 @@ def analyze_slide(
     classes = list(classifier.classes)
     if len(cells) and on_tile is not None:
         on_tile(TileUpdate(cells, _summary(cells, classes), len(done), len(plan)))
-    white = estimate_white(overview)
     report = progress or no_progress
     for index, (rows, cols, core_rows, core_cols) in plan:
         if index in done:
@@ -303,13 +304,13 @@ def _summary(cells: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
 
 
 def _plan_tiles(
-    shape, overview, factor, regions, segmentation: SegmentationConfig, pixel_size: PixelSize
+    shape, overview, white, factor, regions, segmentation: SegmentationConfig, pixel_size: PixelSize
 ) -> list[tuple[int, tuple]]:
     """The tiles to visit, numbered in raster order and listed in meander order.
 
     Tile size and overlap hold at the segmentation's scale, so they are converted to slide pixels.
     """
-    where = _where_mask(overview, factor, regions, segmentation)
+    where = _where_mask(overview, white, factor, regions, segmentation)
     zoom = segmentation.zoom(pixel_size.um_per_px)
     tile_size, overlap = round(segmentation.tile_size / zoom), round(segmentation.tile_overlap / zoom)
     windows = list(tile_windows(shape, tile_size, overlap))
@@ -343,7 +344,7 @@ def _starting_at(plan: list[tuple[int, tuple]], first: int | None) -> list[tuple
     return plan[position:] + plan[:position]
 
 
-def _where_mask(overview, factor, regions, segmentation: SegmentationConfig) -> np.ndarray:
+def _where_mask(overview, white, factor, regions, segmentation: SegmentationConfig) -> np.ndarray:
     """Overview pixels to read: inside the regions (outlines included), or stained when there are none."""
     if regions is not None:
         canvas = Image.new("1", (overview.shape[1], overview.shape[0]))
@@ -351,7 +352,7 @@ def _where_mask(overview, factor, regions, segmentation: SegmentationConfig) -> 
         for region in regions:
             draw.polygon((np.asarray(region)[:, ::-1] / factor).ravel().tolist(), fill=1, outline=1)
         return np.asarray(canvas, dtype=bool)
-    _, total = stain_maps(overview, od_tables(estimate_white(overview)))
+    _, total = stain_maps(overview, od_tables(white))
     return ndimage.binary_dilation(total > segmentation.background_od, iterations=2)
 
 
