@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_any_lab.py --stage choose    # candidates on the validation source
     .venv/bin/python benchmarks/bench_any_lab.py --stage report --recipe strong   # the other sources
     .venv/bin/python benchmarks/bench_any_lab.py --stage baseline  # the shipped weights
+    .venv/bin/python benchmarks/bench_any_lab.py --stage calibrate # temperature across left-out sources
 
 Protocol (writes benchmarks/results/any_lab.json, each stage merged into what is there):
 
@@ -21,6 +22,8 @@ Protocol (writes benchmarks/results/any_lab.json, each stage merged into what is
   erythroblasts and platelets only where PBC is in training): ``balanced_accuracy`` scores the label
   the user sees (argmax over every class, so a neutrophil called ``other`` is wrong);
   ``balanced_accuracy_among_types`` the best of the five normal types (as benchmarks/bench_classifier.py).
+- ``--stage calibrate`` fits the temperature on the left-out predictions of all sources but one and
+  scores it on that one (expected calibration error and log-loss before and after), for each source.
 - ``--stage baseline`` scores the shipped weights on every source; only sources they were not trained
   on (``pbc`` for the weights trained on ALL-IDB2, BCCD and wbc_seg) are an unseen-source test.
 
@@ -42,6 +45,12 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
+from napari_hematology.core.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    softmax,
+)
 from napari_hematology.core.cells.classes import BLAST, NORMAL_TYPES, OTHER
 from napari_hematology.core.cells.classifier import CellClassifier, load_classifier
 from napari_hematology.core.cells.recipe import (
@@ -51,6 +60,7 @@ from napari_hematology.core.cells.recipe import (
     ClassifierRecipe,
     cap_per_label,
     load_cell_set,
+    save_classifier,
     synthetic_cell_set,
     train_classifier,
 )
@@ -63,6 +73,10 @@ LEFT_OUT_WITH_FOLD = {"wbc_seg/dataset2": 0, "pbc": 1, "bccd_crops": 2, "wbc_seg
 CANDIDATES = {
     "mild": {"stain_jitter": 1.0, "scale_jitter": 0.1, "max_blur": 0.0},
     "strong": {"stain_jitter": 3.0, "scale_jitter": 0.25, "max_blur": 1.0},
+    "no_colour_statistics": {"colour_statistics": False},
+    "per_crop_norm": {"colour_statistics": False, "per_crop_norm": True},
+    "per_crop_norm_grey": {"colour_statistics": False, "per_crop_norm": True, "grayscale_probability": 0.3,
+                           "stain_jitter": 2.0, "max_blur": 0.5},
 }
 TYPE_TARGET = 0.85
 FALSE_BLAST_TARGET = 0.03
@@ -95,8 +109,10 @@ def blast_fold_of(cells: CellSet, seed: int) -> np.ndarray:
     return folds
 
 
-def run_left_out(cells: CellSet, folds: np.ndarray, left_out: str, recipe: ClassifierRecipe) -> pd.DataFrame:
-    """Train without ``left_out`` and its paired ALL-IDB2 fold; predict both."""
+def run_left_out(
+    cells: CellSet, folds: np.ndarray, left_out: str, recipe: ClassifierRecipe, models_out: Path | None
+) -> pd.DataFrame:
+    """Train without ``left_out`` and its paired ALL-IDB2 fold; predict both; save the model if asked."""
     held = (cells.sources == left_out) | (folds == LEFT_OUT_WITH_FOLD[left_out])
     kept = cells.subset(~held)
     table = pd.DataFrame({"label": kept.labels, "source": kept.sources})
@@ -106,7 +122,15 @@ def run_left_out(cells: CellSet, folds: np.ndarray, left_out: str, recipe: Class
     print(f"{time.strftime('%H:%M:%S')} left out {left_out or '-'}: {len(training)} training crops",
           file=sys.stderr, flush=True)
     classifier = train_classifier(training, recipe, progress=log_steps)
+    if models_out is not None:
+        save_classifier(classifier, models_out / model_folder_name(left_out),
+                        {"left_out_source": left_out, "left_out_all_idb2_fold": LEFT_OUT_WITH_FOLD[left_out]})
     return predictions(classifier, cells.subset(held), folds[held], left_out)
+
+
+def model_folder_name(left_out: str) -> str:
+    """Model folder of the run without ``left_out`` (``wbc_seg/dataset1``: ``without_wbc_seg_dataset1``)."""
+    return "without_" + (left_out.replace("/", "_") or "none")
 
 
 def predictions(classifier: CellClassifier, cells: CellSet, folds: np.ndarray, run: str) -> pd.DataFrame:
@@ -186,6 +210,37 @@ def summarise(predicted: pd.DataFrame, cells: CellSet) -> dict:
     return summary
 
 
+def calibration(rows: pd.DataFrame, cells: CellSet) -> dict:
+    """Temperature scaling measured across left-out sources: fitted on the others, scored on each.
+
+    Rows are one recipe's predictions of left-out crops with a definite label that their run's
+    training taught. Softmax of log-probabilities over a temperature equals softmax of the logits over
+    it, so the stored probabilities suffice. ``temperature_all_sources`` is the one the shipped model
+    takes (fitted on every left-out source's crops).
+    """
+    classes = [name[len("prob_"):] for name in rows.columns if name.startswith("prob_")]
+    keep = [truth in taught_by(cells, run) and truth in classes
+            for truth, run in zip(rows["truth"], rows["run"], strict=True)]
+    rows = rows[np.asarray(keep) & rows[[f"prob_{name}" for name in classes]].notna().all(axis=1).to_numpy()]
+    log_p = np.log(rows[[f"prob_{name}" for name in classes]].to_numpy(dtype=np.float64) + 1e-12)
+    targets = np.array([classes.index(truth) for truth in rows["truth"]])
+    group = np.where(rows["source"] == ALL_IDB2, ALL_IDB2, rows["run"])
+    result: dict = {"temperature_all_sources": round(fit_temperature(log_p, targets), 3), "per_source": {}}
+    for name in sorted(set(group)):
+        held = group == name
+        temperature = fit_temperature(log_p[~held], targets[~held])
+        before, after = softmax(log_p[held]), softmax(log_p[held], temperature)
+        result["per_source"][name] = {
+            "n": int(held.sum()),
+            "temperature_from_other_sources": round(temperature, 3),
+            "ece_before": round(expected_calibration_error(before, targets[held]), 4),
+            "ece_after": round(expected_calibration_error(after, targets[held]), 4),
+            "nll_before": round(negative_log_likelihood(before, targets[held]), 4),
+            "nll_after": round(negative_log_likelihood(after, targets[held]), 4),
+        }
+    return result
+
+
 def summaries(stored: pd.DataFrame, cells: CellSet) -> dict:
     """One summary per recipe found in the stored predictions."""
     return {name: summarise(stored[stored["recipe"] == name], cells) for name in stored["recipe"].unique()}
@@ -229,7 +284,8 @@ def baseline(cells: CellSet, model_dir: Path | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--stage", choices=("choose", "report", "baseline", "merge"), required=True)
+    parser.add_argument("--stage", choices=("choose", "report", "baseline", "merge", "calibrate"),
+                        required=True)
     parser.add_argument("--validation-source", default="wbc_seg/dataset2")
     parser.add_argument("--recipe", default=None, help="candidate for --stage report (default: chosen)")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
@@ -241,6 +297,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="weights for --stage baseline")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/any_lab_crops.npz"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--models-out", type=Path, default=None,
+                        help="save each left-out run's model under this folder (for bench_adaptation.py)")
     parser.add_argument("--merge", nargs="*", type=Path, default=[],
                         help="for --stage merge: other JSON files whose runs join this one's")
     args = parser.parse_args()
@@ -260,6 +318,9 @@ def main() -> None:
 
     if args.stage == "baseline":
         result["baseline"] = baseline(cells, args.model)
+    elif args.stage == "calibrate":
+        name = args.recipe or result["chosen"]
+        result["calibration"] = {name: calibration(stored[stored["recipe"] == name], cells)}
     elif args.stage == "merge":
         stored = merge_runs(stored, result, args.merge)
         stored.to_csv(predictions_file, index=False)
@@ -274,7 +335,7 @@ def main() -> None:
             result.setdefault("recipes", {})[name] = asdict(recipe)
             for left_out in left_outs:
                 started = time.perf_counter()
-                table = run_left_out(cells, folds, left_out, recipe)
+                table = run_left_out(cells, folds, left_out, recipe, args.models_out)
                 table["recipe"] = name
                 new.append(table)
                 seconds = round(time.perf_counter() - started, 1)

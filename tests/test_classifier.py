@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +19,12 @@ from napari_hematology.core.cells.classifier import (
 )
 from napari_hematology.core.cells.crops import MAX_CROP_SIDE, normalise_crop, read_crop
 from napari_hematology.core.cells.descriptors import read_crops
-from napari_hematology.core.cells.recipe import ClassifierRecipe
+from napari_hematology.core.cells.recipe import (
+    ClassifierRecipe,
+    load_cell_set,
+    save_classifier,
+    train_classifier,
+)
 from napari_hematology.core.cells.samples import sample_cells
 from napari_hematology.core.errors import Cancelled, InputError, ModelFileError
 from napari_hematology.core.slides.features import DESCRIPTORS, encode_files, resolve_encoder
@@ -232,10 +239,36 @@ def test_train_classifier_cli_writes_a_loadable_model(tmp_path):
     assert trained.metadata["training_crops"] == {
         "all_idb2": 4, "bccd_crops": 2, "wbc_seg/dataset1": 1, "wbc_seg/dataset2": 1, "pbc": 3,
         "synthetic": ClassifierRecipe().background_crops}
+    assert trained.reference is not None
     csv = tmp_path / "cells.csv"
     assert main(["classify", str(data / "single_cells" / "bccd_crops"), "--out", str(csv),
                  "--model", str(out)]) == 0
     assert len(pd.read_csv(csv)) == 2
+
+
+def test_train_classifier_fits_the_atypical_reference_on_real_crops_only(tmp_path, monkeypatch):
+    from napari_hematology.core.cells import classifier as classifier_module
+
+    recipe = ClassifierRecipe(background_crops=6)
+    recipe.train = replace(recipe.train, epochs=1, device="cpu")
+    cells = load_cell_set(make_data_root(tmp_path / "data"), recipe)
+    fitted_on = []
+    real_fit = classifier_module.fit_reference
+
+    def spy(embeddings, assigned):
+        fitted_on.append(len(embeddings))
+        return real_fit(embeddings, assigned)
+
+    monkeypatch.setattr(classifier_module, "fit_reference", spy)
+    trained = train_classifier(cells, recipe)
+    assert fitted_on == [len(cells) - recipe.background_crops]
+    reloaded = load_classifier(save_classifier(trained, tmp_path / "model"), "cpu")
+    np.testing.assert_array_equal(reloaded.reference.projection, trained.reference.projection)
+    np.testing.assert_allclose(
+        reloaded.predict_prepared(cells.crops)["atypical_score"],
+        trained.predict_prepared(cells.crops)["atypical_score"],
+        atol=1e-5,
+    )
 
 
 def test_train_classifier_cli_refuses_a_wrong_data_folder(tmp_path, capsys):

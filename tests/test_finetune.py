@@ -63,15 +63,27 @@ def test_unreadable_crops_are_skipped_with_count_and_names(cells_csv):
 
 
 @pytest.mark.slow
-def test_fine_tune_keeps_metadata_and_grows_head(cells_csv, tmp_path):
+def test_fine_tune_keeps_metadata_and_grows_head(cells_csv, tmp_path, monkeypatch):
+    from napari_hematology.core.cells import classifier as classifier_module
+
     base = load_classifier(None, "cpu")
-    base.metadata["atypical_statistics"] = {"kept": 1}
+    base.metadata["lab_note"] = {"kept": 1}
     read = read_labelled_cells(cells_from_csv(cells_csv), base)
     read.cells.labels[:2] = "smudge"
     before = {key: value.clone() for key, value in base.model.state_dict().items()}
-    lab = fine_tune(read.cells, base, _quick(add_classes=True))
+    fitted_on = []
+    real_fit = classifier_module.fit_reference
+
+    def spy(embeddings, assigned):
+        fitted_on.append(len(embeddings))
+        return real_fit(embeddings, assigned)
+
+    monkeypatch.setattr(classifier_module, "fit_reference", spy)
+    lab = fine_tune(read.cells, base, _quick(add_classes=True), unlabelled=read.cells.crops[:3])
     assert lab.classes == [*base.classes, "smudge"]
-    assert lab.metadata["atypical_statistics"] == {"kept": 1}
+    assert lab.metadata["lab_note"] == {"kept": 1}
+    assert base.reference is None and lab.reference is not None
+    assert fitted_on == [len(read.cells) + 3]
     assert lab.metadata["crop_size"] == base.crop_size and lab.metadata["temperature"] == 1.0
     assert all((base.model.state_dict()[key] == value).all() for key, value in before.items())
     table = lab.predict_prepared(read.cells.crops)
@@ -87,6 +99,7 @@ def test_enough_cells_fit_a_temperature_folded_into_the_head(cells_csv, tmp_path
     assert 0.5 <= metadata["temperature"] <= 20 and metadata["temperature"] != 1.0
     reloaded = load_classifier(folder, "cpu")
     assert reloaded.classes == load_classifier(None, "cpu").classes
+    assert reloaded.reference.embedding_size == reloaded.model.embedding_size
     assert len(reloaded.predict_prepared(read.cells.crops)) == len(read.cells)
 
 
@@ -166,3 +179,4 @@ def test_project_fine_tuning_uses_unreviewed_crops_only_for_batch_norm(cells_csv
     assert seen["unlabelled"] is not None and len(seen["unlabelled"]) == len(crops) - len(reviewed)
     assert result["model_dir"] == lab_model_folder(project)
     assert (result["model_dir"] / "config.json").is_file()
+    assert (result["model_dir"] / "atypical.safetensors").is_file()

@@ -399,3 +399,12 @@ def test_cli_predict_slide_segments_encodes_and_predicts_unseen_fields(tmp_path,
         assert prediction[["prob_granulocyte", "prob_mononuclear"]].sum(axis=1).iloc[0] == pytest.approx(1.0)
         assert prediction["predicted"].iloc[0] == expected, field
         assert f"{field}: {expected}" in capsys.readouterr().out
+
+
+def test_expected_calibration_error_is_zero_when_confidence_matches_accuracy():
+    from napari_hematology.core.calibration import expected_calibration_error
+
+    confident = np.tile([0.8, 0.2], (10, 1))
+    right_eight_of_ten = np.array([0] * 8 + [1] * 2)
+    assert expected_calibration_error(confident, right_eight_of_ten) == pytest.approx(0.0)
+    assert expected_calibration_error(confident, np.zeros(10, int)) == pytest.approx(0.2)

@@ -134,3 +134,33 @@ def test_blur_softens_edges():
         return float(batch.diff(dim=3).abs().amax(dim=(1, 2, 3)).mean())
 
     assert edge(blurred) < edge(sharp)
+
+
+def test_grayscale_augmentation_greys_the_asked_share_of_crops():
+    import torch
+
+    images = torch.zeros((400, 3, 8, 8))
+    images[:, 0] = 200.0
+    recipe = ClassifierRecipe(stain_jitter=0.0, scale_jitter=0.0, grayscale_probability=0.3)
+    augmented = augment(images, torch.Generator().manual_seed(0), recipe)
+    grey = (augmented.amax(dim=1) - augmented.amin(dim=1)).amax(dim=(1, 2)) < 1e-3
+    assert 0.2 < float(grey.float().mean()) < 0.4
+
+
+@pytest.mark.parametrize(("statistics", "per_crop"), [(True, False), (False, True)])
+def test_classifier_options_set_the_embedding_and_ignore_a_crops_stain_cast(statistics, per_crop):
+    import torch
+
+    from napari_hematology.core.registry import create_model
+    from napari_hematology.models.colour_statistics import STATISTICS_SIZE
+
+    model = create_model("cell_classifier", num_classes=3, colour_statistics=statistics,
+                         per_crop_norm=per_crop).eval()
+    base = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(0)) * 100 + 50
+    tinted = base + torch.tensor([30.0, -20.0, 10.0]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        embedding = model.embed(base)
+    same = torch.allclose(model.normalise(base), model.normalise(tinted), atol=1e-4)
+    assert embedding.shape[1] == model.embedding_size
+    assert (model.embedding_size > STATISTICS_SIZE) and (statistics == (model.statistics_norm is not None))
+    assert same == per_crop

@@ -17,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="classify single white-cell crops (type and blast probability) into a CSV",
         description="Classify single white-cell crops (one cell roughly centred per image, any size, "
         "RGB). Writes one row per image: image, label, blast_probability, prob_<class> per class and "
-        "atypical_score (0-1: how unsure the model is; a crop without a visible cell is 'other' with 1). "
+        "atypical_score (0-1: the share of the model's training cells that look more typical of their "
+        "class than this one, so 0.99 means further out than 99% of them; models without the "
+        "atypical.safetensors reference give how unsure the model is instead; a crop without a visible "
+        "cell is 'other' with 1). "
         "Files that cannot be read are skipped and named; the exit code is then 3.",
     )
     classify.add_argument("images", nargs="+", metavar="IMAGE", help="crop files or folders of crops")

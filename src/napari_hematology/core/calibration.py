@@ -30,3 +30,26 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
         return negative_log_likelihood(softmax(logits, float(np.exp(log_t))), targets)
 
     return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.5), np.log(20.0)), method="bounded").x))
+
+
+def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
+    """Gap between confidence and accuracy of the top class, averaged over equal-width confidence bins.
+
+    Args:
+        probabilities: (n, classes) rows summing to 1.
+        targets: (n,) true class indices.
+        bins: Number of confidence bins over [0, 1].
+
+    Returns:
+        The sample-weighted mean of |accuracy - mean confidence| over the bins (0: calibrated).
+
+    """
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == targets
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gaps = [
+        abs(correct[which == index].mean() - confidence[which == index].mean()) * np.mean(which == index)
+        for index in range(bins)
+        if np.any(which == index)
+    ]
+    return float(np.sum(gaps))

@@ -1,4 +1,4 @@
-"""White-cell classifier: a small timm backbone trained from scratch, next to stain colour statistics."""
+"""White-cell classifier: a small timm backbone trained from scratch, optionally with colour statistics."""
 
 from __future__ import annotations
 
@@ -12,17 +12,34 @@ DEFAULT_BACKBONE = "mobilenetv3_small_100"
 
 
 class CellNet(nn.Module):
-    """A timm network and the crop's colour statistics feeding one linear classifier.
+    """A timm network, optionally with the crop's colour statistics, feeding one linear classifier.
 
     Inputs are (N, 3, H, W) batches of RGB values in 0..255 (uint8 or float).
+
+    Args:
+        network: timm backbone without its classification layer.
+        num_classes: Number of classes.
+        drop_rate: Dropout before the classification layer.
+        colour_statistics: Feed the fixed colour statistics to the classifier next to the backbone.
+        per_crop_norm: Centre each crop's channels on their own means (one spread for all three
+            channels) instead of on fixed values, which removes a crop's overall stain cast.
+
     """
 
-    def __init__(self, network: nn.Module, num_classes: int, drop_rate: float) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        num_classes: int,
+        drop_rate: float,
+        colour_statistics: bool = True,
+        per_crop_norm: bool = False,
+    ) -> None:
         super().__init__()
         self.network = network
-        self.statistics_norm = nn.BatchNorm1d(STATISTICS_SIZE)
+        self.per_crop_norm = per_crop_norm
+        self.statistics_norm = nn.BatchNorm1d(STATISTICS_SIZE) if colour_statistics else None
         network_size = int(getattr(network, "head_hidden_size", None) or network.num_features)
-        self.embedding_size = network_size + STATISTICS_SIZE
+        self.embedding_size = network_size + (STATISTICS_SIZE if colour_statistics else 0)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(self.embedding_size, num_classes)
         self.register_buffer("mean", torch.full((1, 3, 1, 1), 127.5))
@@ -31,8 +48,17 @@ class CellNet(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Cell features: the backbone's pre-logits activations and the normalised colour statistics."""
         images = images.float()
-        learned = self.network((images - self.mean) / self.std)
+        learned = self.network(self.normalise(images))
+        if self.statistics_norm is None:
+            return learned
         return torch.cat([learned, self.statistics_norm(colour_statistics(images))], 1)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Network input: fixed centring and scaling, or each crop's own channel means and spread."""
+        if not self.per_crop_norm:
+            return (images - self.mean) / self.std
+        centred = images - images.mean(dim=(2, 3), keepdim=True)
+        return centred / centred.std(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits."""
@@ -41,7 +67,11 @@ class CellNet(nn.Module):
 
 @register_model("cell_classifier")
 def build_cell_classifier(
-    num_classes: int, backbone: str = DEFAULT_BACKBONE, drop_rate: float = 0.2
+    num_classes: int,
+    backbone: str = DEFAULT_BACKBONE,
+    drop_rate: float = 0.2,
+    colour_statistics: bool = True,
+    per_crop_norm: bool = False,
 ) -> CellNet:
     """Build the cell classifier.
 
@@ -49,6 +79,8 @@ def build_cell_classifier(
         num_classes: Number of white-cell classes.
         backbone: timm architecture name, created without pretrained weights (nothing is downloaded).
         drop_rate: Dropout before the classification layer.
+        colour_statistics: Feed fixed stain colour statistics to the classifier too.
+        per_crop_norm: Centre each crop on its own channel means (see :class:`CellNet`).
 
     Returns:
         A :class:`CellNet` module.
@@ -57,4 +89,4 @@ def build_cell_classifier(
     import timm
 
     network = timm.create_model(backbone, pretrained=False, num_classes=0, drop_rate=drop_rate)
-    return CellNet(network, num_classes, drop_rate)
+    return CellNet(network, num_classes, drop_rate, colour_statistics, per_crop_norm)

@@ -7,23 +7,27 @@ The public API used by the command line, the widgets and the analysis pipeline::
     features = classifier.embed(crops)         # (n, d) float32
     table = classify_images(["cells/"])        # image, label, ...; table.attrs["skipped"]: unread files
 
-``atypical_score`` (0..1) says how unlike the training cells a cell looks. This first version uses only
-what the model gives: one minus the top class probability, rescaled so that 0 is a certain call and 1 an
-even spread over the classes. A crop with no visible cell (no stained pixels) is labelled ``other`` with
-no class probabilities and an atypical score of 1.
+``atypical_score`` (0..1) says how unlike the training cells a cell looks: the share of training cells
+that lie closer to their class than it does in the model's embedding space
+(:mod:`napari_hematology.core.cells.atypical`; 0.99: further out than 99% of them, 1: beyond all of
+them). It needs the reference ``atypical.safetensors`` that training writes into the model folder; a
+folder without one falls back to the model's uncertainty (one minus the top class probability, rescaled
+so that 0 is a certain call and 1 an even spread over the classes). A crop with no visible cell (no
+stained pixels) is labelled ``other`` with no class probabilities and an atypical score of 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from napari_hematology.core.cells.atypical import TypicalityReference, fit_reference, load_reference
 from napari_hematology.core.cells.classes import BLAST, OTHER
 from napari_hematology.core.cells.crops import (
     CONTEXT,
@@ -74,6 +78,8 @@ class CellClassifier:
         crop_size: Side of the normalised crops the model was trained on.
         context: Crop side relative to the nucleus size used in training.
         metadata: Everything saved with the model (recipe, metrics).
+        reference: Where the training cells lie in embedding space, for the atypical score; None falls
+            back to the model's uncertainty.
 
     """
 
@@ -82,6 +88,7 @@ class CellClassifier:
     crop_size: int = CROP_SIZE
     context: float = CONTEXT
     metadata: dict[str, Any] = field(default_factory=dict)
+    reference: TypicalityReference | None = None
 
     def prepare(
         self,
@@ -121,9 +128,50 @@ class CellClassifier:
             ``atypical_score``; crops without a visible cell are ``other``.
 
         """
-        probabilities = self._run(prepared, _softmax, progress, should_stop)
-        probabilities = probabilities.reshape(len(prepared), len(self.classes))
-        return probability_table(probabilities, self.classes, has_visible_cell(prepared))
+        reference = self.reference
+        forward, width = _softmax, len(self.classes)
+        if reference is not None:
+            forward, width = self._whitened_forward(reference), width + reference.projection.shape[1]
+        outputs = self._run(prepared, forward, progress, should_stop).reshape(len(prepared), width)
+        probabilities, whitened = np.split(outputs, [len(self.classes)], axis=1)
+        atypical = None if reference is None else reference.score_whitened(whitened)
+        return probability_table(probabilities, self.classes, has_visible_cell(prepared), atypical)
+
+    def _whitened_forward(self, reference: TypicalityReference) -> Callable:
+        """One pass giving each crop's class probabilities followed by its whitened embedding."""
+        import torch
+
+        device = next(self.model.parameters()).device
+        centre = torch.from_numpy(reference.centre).to(device)
+        projection = torch.from_numpy(reference.projection).to(device)
+
+        def forward(net, batch):
+            features = net.embed(batch)
+            probabilities = net.classifier(net.dropout(features)).softmax(dim=1)
+            return torch.cat([probabilities, (features - centre) @ projection], dim=1)
+
+        return forward
+
+    def with_reference(
+        self, prepared: np.ndarray, should_stop: StopCallback | None = None
+    ) -> CellClassifier:
+        """A copy of this classifier holding a reference fitted on its training crops (atypical score).
+
+        Args:
+            prepared: Normalised training crops (as :meth:`prepare` gives); crops without a visible cell
+                are left out. Each crop counts for the class the model calls it.
+            should_stop: Cancellation callback.
+
+        Returns:
+            The copy (this classifier itself when no crop shows a cell).
+
+        """
+        visible = prepared[has_visible_cell(prepared)]
+        if len(visible) == 0:
+            return self
+        outputs = self._run(visible, _logits_and_features, None, should_stop)
+        logits, features = np.split(outputs, [len(self.classes)], axis=1)
+        return replace(self, reference=fit_reference(features, logits.argmax(axis=1)))
 
     def predict(
         self,
@@ -181,8 +229,18 @@ def _softmax(model, batch):
     return model(batch).softmax(dim=1)
 
 
+def _logits_and_features(model, batch):
+    import torch
+
+    features = model.embed(batch)
+    return torch.cat([model.classifier(model.dropout(features)), features], dim=1)
+
+
 def probability_table(
-    probabilities: np.ndarray, classes: Sequence[str], visible: np.ndarray | None = None
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    visible: np.ndarray | None = None,
+    atypical: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Turn an (n, classes) probability matrix into the classifier's output table.
 
@@ -191,6 +249,8 @@ def probability_table(
         classes: Class names, in column order.
         visible: Whether each crop shows a cell; rows without one become ``other`` with no
             probabilities and an atypical score of 1. None: every crop shows one.
+        atypical: (n,) atypical scores measured from the embeddings; None uses the model's
+            uncertainty (:func:`atypical_score`).
 
     Returns:
         Columns ``label``, ``blast_probability``, ``prob_<class>`` per class and ``atypical_score``.
@@ -198,7 +258,7 @@ def probability_table(
     """
     probabilities = np.array(probabilities, dtype=np.float64).reshape(-1, len(classes))
     labels = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
-    atypical = atypical_score(probabilities)
+    atypical = atypical_score(probabilities) if atypical is None else np.array(atypical, dtype=np.float64)
     if visible is not None:
         hidden = ~np.asarray(visible, dtype=bool)
         probabilities[hidden] = np.nan
@@ -219,7 +279,7 @@ def probability_table(
 def atypical_score(probabilities: np.ndarray) -> np.ndarray:
     """How unsure the classifier is: 0 for a certain call, 1 for an even spread over the classes.
 
-    A first version of "how unlike the training cells": it needs nothing but the model's probabilities.
+    The atypical score of a model folder without a reference: it needs nothing but the probabilities.
 
     Args:
         probabilities: (n, classes) rows summing to 1.
@@ -246,7 +306,8 @@ def load_classifier(model_dir: str | Path | None = None, device: str = "auto") -
         The classifier, on ``device``.
 
     Raises:
-        ModelFileError: The folder is missing, corrupt, or holds another kind of model.
+        ModelFileError: The folder is missing, corrupt, or holds another kind of model (or an atypical
+            reference that does not fit it).
         InputError: The device is unknown or not available on this machine.
 
     """
@@ -271,6 +332,7 @@ def load_classifier(model_dir: str | Path | None = None, device: str = "auto") -
         crop_size=int(metadata.get("crop_size", CROP_SIZE)),
         context=float(metadata.get("context", CONTEXT)),
         metadata=metadata,
+        reference=load_reference(directory, model.embedding_size),
     )
 
 

@@ -191,7 +191,8 @@ def fine_tune(
 
     Returns:
         The lab's classifier, on the CPU; its metadata is the base's plus ``classes``, ``temperature``
-        and ``fine_tuning``.
+        and ``fine_tuning``. Its atypical-score reference is refitted on ``cells`` and ``unlabelled``,
+        as fine-tuning moves the embeddings.
 
     Raises:
         InputError: No cells, or labels the base model does not know (without ``add_classes``).
@@ -204,8 +205,8 @@ def fine_tune(
     train_index, calibration_index = calibration_split(cells.labels, config)
     model = _grown_copy(base, len(classes))
     history = _train(model, cells.subset(train_index), classes, config, progress, should_stop)
+    lab_crops = cells.crops if unlabelled is None else np.concatenate([cells.crops, unlabelled])
     if config.adapt_batch_norm:
-        lab_crops = cells.crops if unlabelled is None else np.concatenate([cells.crops, unlabelled])
         adapt_batch_norm(model, lab_crops)
     temperature = 1.0
     if len(calibration_index):
@@ -224,7 +225,10 @@ def fine_tune(
             "training_seconds": round(history.seconds, 1),
         },
     }
-    return CellClassifier(model.cpu().eval(), classes, base.crop_size, base.context, metadata)
+    lab = CellClassifier(model.eval(), classes, base.crop_size, base.context, metadata)
+    lab = lab.with_reference(lab_crops, should_stop)
+    lab.model.cpu()
+    return lab
 
 
 def unlabelled_crops(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from napari_hematology.core.cells.atypical import save_reference
 from napari_hematology.core.cells.classes import (
     BLAST,
     CELL_CLASSES,
@@ -78,6 +79,10 @@ class ClassifierRecipe:
             range in proportion.
         scale_jitter: Random zoom of 1 +- this.
         max_blur: Strongest defocus augmentation (0: none, 1: a full 3x3 box blur).
+        grayscale_probability: Share of training crops shown in grey, so that shape and texture must
+            carry the call where colour differs between labs.
+        colour_statistics: Feed the fixed stain colour statistics to the classifier next to the network.
+        per_crop_norm: Centre each crop on its own channel means (removes the crop's stain cast).
         per_label_cap: Most crops per source and label (a seeded random choice); 0 keeps all.
         background_crops: Synthetic crops without a white cell, labelled ``other``.
         train: Settings of the shared training loop; its seed also seeds the weights and the folds.
@@ -91,6 +96,9 @@ class ClassifierRecipe:
     stain_jitter: float = 1.0
     scale_jitter: float = 0.1
     max_blur: float = 0.0
+    grayscale_probability: float = 0.0
+    colour_statistics: bool = True
+    per_crop_norm: bool = False
     per_label_cap: int = 150
     background_crops: int = 150
     train: TrainConfig = field(default_factory=default_recipe_training)
@@ -378,6 +386,9 @@ def augment(images, generator=None, recipe: ClassifierRecipe | None = None):
     images = _rotate_hue(images, around(0, 0.06 * stain))
     images = images * around(1.0, 0.05 * stain, 3, 1, 1) + around(0, 0.03 * stain, 1, 1, 1)
     images = images.clamp(0, 1) ** around(1.0, 0.1 * stain, 1, 1, 1).clamp(min=0.3)
+    if recipe.grayscale_probability > 0:
+        grey = uniform(0, 1, 1, 1, 1) < recipe.grayscale_probability
+        images = torch.where(grey, images.mean(dim=1, keepdim=True).expand_as(images), images)
     return images.clamp(0, 1) * 255.0
 
 
@@ -420,7 +431,8 @@ def train_classifier(
         should_stop: Cancellation callback.
 
     Returns:
-        The trained classifier (metadata holds the recipe and the training loss).
+        The trained classifier (metadata holds the recipe and the training loss), with the reference of
+        the atypical score fitted on its real (not synthetic) training crops.
 
     """
     import torch
@@ -433,7 +445,13 @@ def train_classifier(
         raise InputError("No training crops; check the --data folder.")
     classes = list(CELL_CLASSES)
     with seeded(recipe.train.seed):
-        model = create_model(MODEL_NAME, num_classes=len(classes), backbone=recipe.backbone)
+        model = create_model(
+            MODEL_NAME,
+            num_classes=len(classes),
+            backbone=recipe.backbone,
+            colour_statistics=recipe.colour_statistics,
+            per_crop_norm=recipe.per_crop_norm,
+        )
     dataset = (
         torch.from_numpy(cells.crops).permute(0, 3, 1, 2).contiguous(),
         torch.from_numpy(cells.allowed(classes)),
@@ -454,13 +472,16 @@ def train_classifier(
         "final_loss": history.loss[-1] if history.loss else None,
         "training_seconds": round(history.seconds, 1),
     }
-    return CellClassifier(model, classes, recipe.crop_size, recipe.context, metadata)
+    classifier = CellClassifier(model, classes, recipe.crop_size, recipe.context, metadata)
+    return classifier.with_reference(cells.crops[cells.sources != SYNTHETIC], should_stop)
 
 
 def save_classifier(
     classifier: CellClassifier, directory: str | Path, extra: dict[str, Any] | None = None
 ) -> Path:
     """Save a classifier through the registry (safetensors + config.json with its metadata).
+
+    The reference of the atypical score, when the classifier has one, goes next to them.
 
     Args:
         classifier: A trained classifier.
@@ -473,7 +494,9 @@ def save_classifier(
     """
     from napari_hematology.core.registry import save_model
 
-    return save_model(classifier.model, directory, {**classifier.metadata, **(extra or {})})
+    folder = save_model(classifier.model, directory, {**classifier.metadata, **(extra or {})})
+    save_reference(classifier.reference, folder)
+    return folder
 
 
 def retrain_classifier(
