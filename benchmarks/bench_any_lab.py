@@ -17,7 +17,8 @@ Protocol (writes benchmarks/results/any_lab.json, each stage merged into what is
   model was trained on all other sources but (for folds 0-3) one.
 - Recipe settings are chosen on ONE source (``--validation-source``, default ``wbc_seg/dataset2``):
   ``--stage choose`` trains every candidate with that source left out and keeps the best balanced type
-  accuracy there. The figures of the other sources are then measured once, with the chosen candidate.
+  accuracy there, among these and the recipes already run on it in the same results file (same
+  schedule). The figures of the other sources are then measured once, with the chosen candidate.
 - Type accuracy counts the classes the training sources also teach (PBC's immature granulocytes,
   erythroblasts and platelets only where PBC is in training): ``balanced_accuracy`` scores the label
   the user sees (argmax over every class, so a neutrophil called ``other`` is wrong);
@@ -74,9 +75,9 @@ CANDIDATES = {
     "mild": {"stain_jitter": 1.0, "scale_jitter": 0.1, "max_blur": 0.0},
     "strong": {"stain_jitter": 3.0, "scale_jitter": 0.25, "max_blur": 1.0},
     "no_colour_statistics": {"colour_statistics": False},
-    "per_crop_norm": {"colour_statistics": False, "per_crop_norm": True},
-    "per_crop_norm_grey": {"colour_statistics": False, "per_crop_norm": True, "grayscale_probability": 0.3,
-                           "stain_jitter": 2.0, "max_blur": 0.5},
+    "mild_low_resolution": {"max_downsample": 3.0, "max_blur": 0.5},
+    "shape_first": {"colour_statistics": False, "per_crop_norm": True, "grayscale_probability": 0.3,
+                    "stain_jitter": 2.0, "max_blur": 0.5, "max_downsample": 3.0},
 }
 TYPE_TARGET = 0.85
 FALSE_BLAST_TARGET = 0.03
@@ -158,6 +159,7 @@ def type_metrics(rows: pd.DataFrame, taught: set[str]) -> dict:
     normal_types = rows[rows["truth"].isin(NORMAL_TYPES)]
     untaught = rows[~rows["truth"].isin(taught)]
     return {
+        **atypical_metrics(rows, taught),
         "n": len(rows),
         "classes_scored": sorted(recall),
         "balanced_accuracy": round(float(np.mean(list(recall.values()))), 4),
@@ -171,6 +173,17 @@ def type_metrics(rows: pd.DataFrame, taught: set[str]) -> dict:
         "untaught_called_as": {name: group["label"].value_counts().to_dict()
                                for name, group in untaught.groupby("truth")},
     }
+
+
+def atypical_metrics(rows: pd.DataFrame, taught: set[str]) -> dict:
+    """Atypical scores of a left-out source: mean, share over 0.95, how well they flag untaught classes."""
+    scores = rows["atypical_score"].to_numpy(dtype=float)
+    untaught = ~rows["truth"].isin(taught).to_numpy()
+    result = {"atypical_mean": round(float(np.nanmean(scores)), 4),
+              "atypical_share_over_0.95": round(float(np.mean(scores > 0.95)), 4)}
+    if untaught.any() and not untaught.all():
+        result["atypical_auroc_untaught_vs_taught"] = round(float(roc_auc_score(untaught, scores)), 4)
+    return result
 
 
 def blast_metrics(rows: pd.DataFrame) -> dict:
@@ -344,8 +357,9 @@ def main() -> None:
         stored.to_csv(predictions_file, index=False)
         result["summary"] = summaries(stored, cells)
         if args.stage == "choose":
-            scores = {name: result["summary"][name]["left_out"][args.validation_source]["balanced_accuracy"]
-                      for name in names}
+            scores = {name: summary["left_out"][args.validation_source]["balanced_accuracy"]
+                      for name, summary in result["summary"].items()
+                      if args.validation_source in summary["left_out"]}
             result["choice"] = {"scores_on_validation_source": scores}
             result["chosen"] = max(scores, key=scores.get)
     result["targets"] = {"balanced_type_accuracy": TYPE_TARGET, "normal_called_blast": FALSE_BLAST_TARGET,

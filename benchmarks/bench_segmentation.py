@@ -273,17 +273,26 @@ def evaluate_single_cells(
     name: str,
     pairs: list[tuple[Path, Path]],
     config: SegmentationConfig,
-    pixel_size_um: float,
+    pixel_size_um: float | None,
     limit: int | None = None,
 ) -> dict:
-    """Dice of nucleus and whole cell for the cell nearest the centre of each single-cell image."""
+    """Dice of nucleus and whole cell for the cell nearest the centre of each single-cell image.
+
+    ``pixel_size_um`` None: each image's pixel size is found as ``segment`` finds it without ``--scale``
+    (the red-cell ruler, else the default); how often each way was used is counted.
+    """
     if limit:
         pairs = pairs[:: max(1, len(pairs) // limit)]
-    nucleus_dice, cell_dice, missed = [], [], 0
+    nucleus_dice, cell_dice, missed, origins = [], [], 0, []
     for image_path, mask_path in pairs:
         rgb = np.asarray(read_image(image_path).data)[..., :3]
         true_nucleus, true_cell = truth_masks(mask_path)
-        result = segment_field(rgb, config, pixel_size_um=pixel_size_um)
+        pixel_size = pixel_size_um
+        if pixel_size is None:
+            found = find_pixel_size(rgb, name=image_path.name)
+            pixel_size = found.um_per_px
+            origins.append(found.source)
+        result = segment_field(rgb, config, pixel_size_um=pixel_size)
         cell = _central_cell(result.labels)
         missed += cell == 0
         predicted_cell = result.labels == cell if cell else np.zeros(true_cell.shape, bool)
@@ -295,6 +304,7 @@ def evaluate_single_cells(
         "missed": int(missed),
         "nucleus_dice": round(float(np.mean(nucleus_dice)), 4),
         "cell_dice": round(float(np.mean(cell_dice)), 4),
+        **({"pixel_size_from": pd.Series(origins).value_counts().to_dict()} if origins else {}),
     }
 
 
@@ -393,6 +403,10 @@ def main() -> None:
     only.add_argument(
         "--calibrate", action="store_true", help="only the red-cell ruler's constants (BCCD train)"
     )
+    only.add_argument(
+        "--single-cells-found-scale", action="store_true",
+        help="only the single-cell Dice with the pixel size found by the tool (no --scale)",
+    )
     parser.add_argument("--slide-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.slide_child:
@@ -411,6 +425,11 @@ def main() -> None:
         return
     if args.scales:
         update_results("bccd_val_other_magnifications", scales_figures(config, limit))
+        return
+    if args.single_cells_found_scale:
+        sets = single_cell_sets().items()
+        update_results("single_cells_pixel_size_found",
+                       [evaluate_single_cells(name, pairs, config, None, limit) for name, pairs in sets])
         return
     results = {
         "config": config.__dict__,

@@ -164,3 +164,30 @@ def test_classifier_options_set_the_embedding_and_ignore_a_crops_stain_cast(stat
     assert embedding.shape[1] == model.embedding_size
     assert (model.embedding_size > STATISTICS_SIZE) and (statistics == (model.statistics_norm is not None))
     assert same == per_crop
+
+
+def test_lower_resolution_softens_about_half_the_crops():
+    import torch
+
+    images = torch.zeros((200, 3, 32, 32))
+    images[:, :, ::2] = 255.0  # one-pixel stripes: lost at any lower resolution
+    still = ClassifierRecipe(stain_jitter=0.0, scale_jitter=0.0)
+    augmented = augment(images, torch.Generator().manual_seed(0), replace(still, max_downsample=3.0))
+    sharp = augment(images, torch.Generator().manual_seed(0), still)
+    stripes = augmented.diff(dim=2).abs().mean(dim=(1, 2, 3)) / sharp.diff(dim=2).abs().mean(dim=(1, 2, 3))
+    assert 0.3 < float((stripes < 0.5).float().mean()) < 0.7
+
+
+def test_fold_temperature_divides_the_logits():
+    import torch
+
+    from napari_hematology.core.cells.classifier import fold_temperature
+    from napari_hematology.core.registry import create_model
+
+    model = create_model("cell_classifier", num_classes=4).eval()
+    images = torch.rand((3, 3, 32, 32), generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        before = model(images)
+        fold_temperature(model, 2.5)
+        after = model(images)
+    torch.testing.assert_close(after, before / 2.5)

@@ -229,6 +229,15 @@ def _softmax(model, batch):
     return model(batch).softmax(dim=1)
 
 
+def fold_temperature(model, temperature: float) -> None:
+    """Divide the last layer by ``temperature``, so that the model's own softmax is the calibrated one."""
+    import torch
+
+    with torch.no_grad():
+        model.classifier.weight.div_(temperature)
+        model.classifier.bias.div_(temperature)
+
+
 def _logits_and_features(model, batch):
     import torch
 

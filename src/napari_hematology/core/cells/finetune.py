@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.cells.classifier import MODEL_NAME, CellClassifier, iter_prepared_crops
+from napari_hematology.core.cells.classifier import (
+    MODEL_NAME,
+    CellClassifier,
+    fold_temperature,
+    iter_prepared_crops,
+)
 from napari_hematology.core.cells.recipe import CellSet, ClassifierRecipe, augment, save_classifier
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import read_table
@@ -211,7 +216,7 @@ def fine_tune(
     temperature = 1.0
     if len(calibration_index):
         temperature = _fit_temperature(model, cells.subset(calibration_index), classes)
-        _fold_temperature(model, temperature)
+        fold_temperature(model, temperature)
     metadata: dict[str, Any] = {
         **base.metadata,
         "classes": classes,
@@ -354,15 +359,6 @@ def _fit_temperature(model, cells: CellSet, classes: list[str]) -> float:
 
     targets = np.array([classes.index(label) for label in cells.labels])
     return fit_temperature(_logits(model, cells.crops).astype(np.float64), targets)
-
-
-def _fold_temperature(model, temperature: float) -> None:
-    """Divide the last layer by the temperature, so the model's softmax is the calibrated one."""
-    import torch
-
-    with torch.no_grad():
-        model.classifier.weight.div_(temperature)
-        model.classifier.bias.div_(temperature)
 
 
 def balanced_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:

@@ -40,7 +40,12 @@ from napari_hematology.core.cells.classes import (
     NORMAL_TYPES,
     OTHER,
 )
-from napari_hematology.core.cells.classifier import MODEL_NAME, CellClassifier, read_prepared_crops
+from napari_hematology.core.cells.classifier import (
+    MODEL_NAME,
+    CellClassifier,
+    fold_temperature,
+    read_prepared_crops,
+)
 from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import read_table
@@ -79,10 +84,15 @@ class ClassifierRecipe:
             range in proportion.
         scale_jitter: Random zoom of 1 +- this.
         max_blur: Strongest defocus augmentation (0: none, 1: a full 3x3 box blur).
+        max_downsample: Strongest loss of resolution: half the crops are shrunk by a random factor up to
+            this and enlarged back, as a low-resolution camera or objective shows them (1: never).
         grayscale_probability: Share of training crops shown in grey, so that shape and texture must
             carry the call where colour differs between labs.
         colour_statistics: Feed the fixed stain colour statistics to the classifier next to the network.
         per_crop_norm: Centre each crop on its own channel means (removes the crop's stain cast).
+        temperature: Softmax temperature folded into the trained model's last layer; the default was
+            fitted on the predictions of left-out sources (``benchmarks/bench_any_lab.py --stage
+            calibrate``), so probabilities are calibrated for a lab the model has not seen.
         per_label_cap: Most crops per source and label (a seeded random choice); 0 keeps all.
         background_crops: Synthetic crops without a white cell, labelled ``other``.
         train: Settings of the shared training loop; its seed also seeds the weights and the folds.
@@ -96,9 +106,11 @@ class ClassifierRecipe:
     stain_jitter: float = 1.0
     scale_jitter: float = 0.1
     max_blur: float = 0.0
+    max_downsample: float = 1.0
     grayscale_probability: float = 0.0
     colour_statistics: bool = True
     per_crop_norm: bool = False
+    temperature: float = 1.0
     per_label_cap: int = 150
     background_crops: int = 150
     train: TrainConfig = field(default_factory=default_recipe_training)
@@ -377,6 +389,8 @@ def augment(images, generator=None, recipe: ClassifierRecipe | None = None):
     )
     grid = functional.affine_grid(theta, list(images.shape), align_corners=False)
     images = functional.grid_sample(images, grid, padding_mode="reflection", align_corners=False)
+    if recipe.max_downsample > 1:
+        images = _lower_resolution(images, recipe.max_downsample, uniform(0, 1) < 0.5, generator)
     if recipe.max_blur > 0:
         blurred = functional.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
         images = torch.lerp(images, blurred, uniform(0, recipe.max_blur, 1, 1, 1))
@@ -390,6 +404,18 @@ def augment(images, generator=None, recipe: ClassifierRecipe | None = None):
         grey = uniform(0, 1, 1, 1, 1) < recipe.grayscale_probability
         images = torch.where(grey, images.mean(dim=1, keepdim=True).expand_as(images), images)
     return images.clamp(0, 1) * 255.0
+
+
+def _lower_resolution(images, max_factor: float, chosen, generator):
+    """Shrink the ``chosen`` images by one random factor in [1, max_factor] and enlarge them back."""
+    import torch
+    import torch.nn.functional as functional
+
+    factor = float(torch.empty(1).uniform_(1.0, max_factor, generator=generator))
+    size = images.shape[-1]
+    small = functional.interpolate(images, size=max(4, round(size / factor)), mode="area")
+    blurred = functional.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    return torch.where(chosen.view(-1, 1, 1, 1), blurred, images)
 
 
 def _rotate_hue(images, angle):
@@ -463,7 +489,9 @@ def train_classifier(
         return partial_label_loss(net(augment(images.float(), recipe=recipe)), allowed, weights)
 
     history = train(model, dataset, loss_fn, recipe.train, progress=progress, should_stop=should_stop)
+    fold_temperature(model, recipe.temperature)
     metadata: dict[str, Any] = {
+        "temperature": recipe.temperature,
         "classes": classes,
         "crop_size": recipe.crop_size,
         "context": recipe.context,
