@@ -2,7 +2,7 @@
 
 For every source with white-cell type labels (``pbc``, ``bccd_crops``, ``wbc_seg/dataset1``,
 ``wbc_seg/dataset2``) the base is the leave-one-source-out model trained without it
-(``benchmarks/bench_any_lab.py --models-out DIR`` writes them as ``DIR/without_<source>``). It is
+(``benchmarks/bench_any_lab.py --models-out DIR`` writes them as ``DIR/<recipe>/without_<source>``). It is
 fine-tuned with n labelled cells of the left-out source (balanced over its classes) and tested on other
 cells of that source: the source is split in two by smear image (``StratifiedGroupKFold``; BCCD crops
 of one image stay together), at most 100 test cells per class. Cells of the pool that were not drawn

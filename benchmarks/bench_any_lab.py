@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_any_lab.py --stage report --recipe strong   # the other sources
     .venv/bin/python benchmarks/bench_any_lab.py --stage baseline  # the shipped weights
     .venv/bin/python benchmarks/bench_any_lab.py --stage calibrate # temperature across left-out sources
+    .venv/bin/python benchmarks/bench_any_lab.py --stage adapt --models-out DIR  # classify --adapt
 
 Protocol (writes benchmarks/results/any_lab.json, each stage merged into what is there):
 
@@ -25,6 +26,8 @@ Protocol (writes benchmarks/results/any_lab.json, each stage merged into what is
   ``balanced_accuracy_among_types`` the best of the five normal types (as benchmarks/bench_classifier.py).
 - ``--stage calibrate`` fits the temperature on the left-out predictions of all sources but one and
   scores it on that one (expected calibration error and log-loss before and after), for each source.
+- ``--stage adapt`` re-measures the saved left-out models (``--models-out``) after re-estimating their
+  BatchNorm statistics on the left-out source's crops, as ``classify --adapt`` does (no labels).
 - ``--stage baseline`` scores the shipped weights on every source; only sources they were not trained
   on (``pbc`` for the weights trained on ALL-IDB2, BCCD and wbc_seg) are an unseen-source test.
 
@@ -53,7 +56,7 @@ from napari_hematology.core.calibration import (
     softmax,
 )
 from napari_hematology.core.cells.classes import BLAST, NORMAL_TYPES, OTHER
-from napari_hematology.core.cells.classifier import CellClassifier, load_classifier
+from napari_hematology.core.cells.classifier import CellClassifier, adapt_batch_norm, load_classifier
 from napari_hematology.core.cells.recipe import (
     NORMAL,
     SYNTHETIC,
@@ -150,7 +153,8 @@ def predictions(classifier: CellClassifier, cells: CellSet, folds: np.ndarray, r
 def type_metrics(rows: pd.DataFrame, taught: set[str]) -> dict:
     """Balanced type accuracy over the taught classes, false-blast rate, what untaught classes became."""
     scored = rows[rows["truth"].isin(taught)]
-    best_type = np.asarray(NORMAL_TYPES)[scored[[f"prob_{n}" for n in NORMAL_TYPES]].to_numpy().argmax(1)]
+    type_probabilities = scored[[f"prob_{n}" for n in NORMAL_TYPES]].apply(pd.to_numeric, errors="coerce")
+    best_type = np.asarray(NORMAL_TYPES)[type_probabilities.fillna(0.0).to_numpy().argmax(1)]
     recall = {name: round(float((group["label"] == name).mean()), 4)
               for name, group in scored.groupby("truth")}
     among_types = {name: float((best_type[(scored["truth"] == name).to_numpy()] == name).mean())
@@ -177,7 +181,7 @@ def type_metrics(rows: pd.DataFrame, taught: set[str]) -> dict:
 
 def atypical_metrics(rows: pd.DataFrame, taught: set[str]) -> dict:
     """Atypical scores of a left-out source: mean, share over 0.95, how well they flag untaught classes."""
-    scores = rows["atypical_score"].to_numpy(dtype=float)
+    scores = pd.to_numeric(rows["atypical_score"], errors="coerce").to_numpy(dtype=float)
     untaught = ~rows["truth"].isin(taught).to_numpy()
     result = {"atypical_mean": round(float(np.nanmean(scores)), 4),
               "atypical_share_over_0.95": round(float(np.mean(scores > 0.95)), 4)}
@@ -196,7 +200,8 @@ def blast_metrics(rows: pd.DataFrame) -> dict:
         "accuracy_per_fold": {
             int(fold): round(float((g["label"].eq(BLAST) == g["truth"].eq(BLAST)).mean()), 4)
             for fold, g in rows.groupby("blast_fold")},
-        "roc_auc": round(float(roc_auc_score(truth, rows["blast_probability"])), 4),
+        "roc_auc": round(float(roc_auc_score(truth, pd.to_numeric(rows["blast_probability"], errors="coerce")
+                                             .fillna(0.0))), 4),
         "normal_called_blast": round(float(predicted[~truth].mean()), 4),
         "blast_called_blast": round(float(predicted[truth].mean()), 4),
     }
@@ -234,8 +239,10 @@ def calibration(rows: pd.DataFrame, cells: CellSet) -> dict:
     classes = [name[len("prob_"):] for name in rows.columns if name.startswith("prob_")]
     keep = [truth in taught_by(cells, run) and truth in classes
             for truth, run in zip(rows["truth"], rows["run"], strict=True)]
-    rows = rows[np.asarray(keep) & rows[[f"prob_{name}" for name in classes]].notna().all(axis=1).to_numpy()]
-    log_p = np.log(rows[[f"prob_{name}" for name in classes]].to_numpy(dtype=np.float64) + 1e-12)
+    probabilities = rows[[f"prob_{name}" for name in classes]].apply(pd.to_numeric, errors="coerce")
+    kept = np.asarray(keep) & probabilities.notna().all(axis=1).to_numpy()
+    rows, probabilities = rows[kept], probabilities[kept]
+    log_p = np.log(probabilities.to_numpy(dtype=np.float64) + 1e-12)
     targets = np.array([classes.index(truth) for truth in rows["truth"]])
     group = np.where(rows["source"] == ALL_IDB2, ALL_IDB2, rows["run"])
     result: dict = {"temperature_all_sources": round(fit_temperature(log_p, targets), 3), "per_source": {}}
@@ -279,6 +286,27 @@ def merge_runs(stored: pd.DataFrame | None, result: dict, others: list[Path]) ->
     return stored
 
 
+def adapted(cells: CellSet, models: Path) -> dict:
+    """Each saved left-out model with its BatchNorm statistics re-estimated on its left-out source's crops.
+
+    This is ``classify --adapt`` on a folder of that lab's crops: no label is used.
+    """
+    result = {}
+    for left_out in LEFT_OUT_WITH_FOLD:
+        folder = models / model_folder_name(left_out)
+        if not left_out or not folder.is_dir():
+            continue
+        classifier = load_classifier(folder, "cpu")
+        chosen = cells.sources == left_out
+        adapt_batch_norm(classifier.model, cells.crops[chosen])
+        rows = predictions(classifier, cells.subset(chosen), np.full(chosen.sum(), -1), left_out)
+        metrics = type_metrics(rows, taught_by(cells, left_out))
+        result[left_out] = {key: metrics[key] for key in (
+            "n", "balanced_accuracy", "balanced_accuracy_among_types", "normal_types_called_blast",
+            "recall_per_class")}
+    return result
+
+
 def baseline(cells: CellSet, model_dir: Path | None) -> dict:
     """Shipped (or given) weights on every source; which sources it was trained on is in its metadata."""
     classifier = load_classifier(model_dir)
@@ -297,7 +325,7 @@ def baseline(cells: CellSet, model_dir: Path | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--stage", choices=("choose", "report", "baseline", "merge", "calibrate"),
+    parser.add_argument("--stage", choices=("choose", "report", "baseline", "merge", "calibrate", "adapt"),
                         required=True)
     parser.add_argument("--validation-source", default="wbc_seg/dataset2")
     parser.add_argument("--recipe", default=None, help="candidate for --stage report (default: chosen)")
@@ -311,7 +339,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/any_lab_crops.npz"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--models-out", type=Path, default=None,
-                        help="save each left-out run's model under this folder (for bench_adaptation.py)")
+                        help="save each run's model as DIR/<recipe>/without_<source> (bench_adaptation.py)")
     parser.add_argument("--merge", nargs="*", type=Path, default=[],
                         help="for --stage merge: other JSON files whose runs join this one's")
     args = parser.parse_args()
@@ -331,6 +359,9 @@ def main() -> None:
 
     if args.stage == "baseline":
         result["baseline"] = baseline(cells, args.model)
+    elif args.stage == "adapt":
+        name = args.recipe or result["chosen"]
+        result.setdefault("adapted_batch_norm", {})[name] = adapted(cells, args.models_out / name)
     elif args.stage == "calibrate":
         name = args.recipe or result["chosen"]
         result["calibration"] = {name: calibration(stored[stored["recipe"] == name], cells)}
@@ -348,7 +379,8 @@ def main() -> None:
             result.setdefault("recipes", {})[name] = asdict(recipe)
             for left_out in left_outs:
                 started = time.perf_counter()
-                table = run_left_out(cells, folds, left_out, recipe, args.models_out)
+                models_out = args.models_out / name if args.models_out else None
+                table = run_left_out(cells, folds, left_out, recipe, models_out)
                 table["recipe"] = name
                 new.append(table)
                 seconds = round(time.perf_counter() - started, 1)

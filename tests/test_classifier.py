@@ -381,6 +381,19 @@ def test_classify_images_lists_skipped_files_with_their_reason(tmp_path):
     assert skipped["image"].endswith("gray.png") and "grayscale" in skipped["reason"]
 
 
+def test_classify_adapts_to_a_lab_only_when_asked_and_with_enough_crops(tmp_path, capsys):
+    tinted = [(synthetic_cell(90 + index) * np.array([0.8, 0.95, 1.0])).astype(np.uint8) for index in range(40)]
+    for index, crop in enumerate(tinted):
+        Image.fromarray(crop).save(tmp_path / f"cell{index:02d}.png")
+    plain = classify_images(tmp_path, device="cpu")
+    adapted = classify_images(tmp_path, device="cpu", adapt=True)
+    assert list(adapted["image"]) == list(plain["image"])
+    assert not np.allclose(adapted["blast_probability"], plain["blast_probability"], atol=1e-4)
+    np.testing.assert_allclose(adapted.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
+    assert main(["classify", str(tmp_path / "cell00.png"), "--adapt", "--out", str(tmp_path / "o.csv")]) == 2
+    assert "needs at least 32" in capsys.readouterr().err
+
+
 def test_classifier_runs_on_the_chosen_device():
     import torch
 

@@ -132,7 +132,7 @@ def test_cli_refuses_unknown_labels_and_empty_projects(cells_csv, tmp_path, caps
 def test_batch_norm_statistics_are_re_estimated_on_the_lab_crops(cells_csv):
     import torch
 
-    from napari_hematology.core.cells.finetune import adapt_batch_norm
+    from napari_hematology.core.cells.classifier import adapt_batch_norm
     from napari_hematology.models.colour_statistics import colour_statistics
 
     base = load_classifier(None, "cpu")

@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model", type=Path, default=None, metavar="DIR",
         help="model folder from train-classifier (default: the shipped weights)",
     )
+    classify.add_argument(
+        "--adapt", action="store_true",
+        help="re-estimate the network's normalisation statistics on these crops first (no labels used); "
+        "for a folder of at least 32 crops from one lab the model never saw. Leave-one-source-out it "
+        "rescued sources the model failed on and cost a little on the others (docs/cell_classifier.md)",
+    )
     add_device_option(classify)
     classify.set_defaults(func=run_classify)
 
@@ -66,7 +72,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from napari_hematology.core.io import write_table
 
     table = classify_images(
-        args.images, model_dir=args.model, progress=TextProgress(), device=args.device
+        args.images, model_dir=args.model, progress=TextProgress(), device=args.device, adapt=args.adapt
     )
     write_table(args.out, table)
     counts = ", ".join(f"{name} {count}" for name, count in table["label"].value_counts().items())

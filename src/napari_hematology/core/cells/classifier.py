@@ -46,6 +46,7 @@ SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[2] / "weights" / "cell_clas
 READ_THREADS = 2
 BATCH_SIZE = 256
 ATYPICAL_SCORE = "atypical_score"
+MIN_CROPS_TO_ADAPT = 32
 
 
 def prepare_crop(crop: Any, name: str, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
@@ -227,6 +228,33 @@ class CellClassifier:
 
 def _softmax(model, batch):
     return model(batch).softmax(dim=1)
+
+
+def adapt_batch_norm(model, crops: np.ndarray, batch_size: int = 256) -> None:
+    """Re-estimate every BatchNorm layer's running statistics on a lab's unaugmented crops (AdaBN).
+
+    Args:
+        model: A ``cell_classifier`` registry model; changed in place and left in eval mode.
+        crops: (n, size, size, 3) uint8 normalised crops of one lab (labels are not needed).
+        batch_size: Crops per forward pass.
+
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    device = next(model.parameters()).device
+    model.train()
+    with torch.no_grad():
+        # equal-sized batches, as the cumulative average weighs every batch alike
+        for batch in np.array_split(crops, int(np.ceil(len(crops) / batch_size))):
+            model(torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(device))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()
 
 
 def fold_temperature(model, temperature: float) -> None:
@@ -439,6 +467,7 @@ def classify_images(
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
     device: str = "auto",
+    adapt: bool = False,
 ) -> pd.DataFrame:
     """Classify single-cell crop files (folders are searched for images); unusable files are skipped.
 
@@ -448,6 +477,9 @@ def classify_images(
         progress: Progress callback.
         should_stop: Cancellation callback.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
+        adapt: Re-estimate the network's BatchNorm statistics on these crops before classifying them
+            (AdaBN, no labels used): for a batch of crops from one lab the model never saw. All crops
+            are then held in memory (12 kB each) and read before the first is classified.
 
     Returns:
         One row per usable image: ``image``, ``label``, ``blast_probability``, ``prob_<class>`` per class
@@ -472,6 +504,8 @@ def classify_images(
         should_stop=should_stop,
         on_error=lambda path, error: skipped.append({"image": str(path), "reason": str(error)}),
     )
+    if adapt:
+        chunks = _adapted_to_all(classifier, list(chunks))
     tables = [classifier.predict_prepared(chunk, should_stop=should_stop) for chunk in chunks]
     if not tables:
         raise InputError(nothing_read_message(skipped))
@@ -480,6 +514,20 @@ def classify_images(
     table.insert(0, "image", [str(path) for path in files if str(path) not in unread])
     table.attrs["skipped"] = skipped
     return table
+
+
+def _adapted_to_all(classifier: CellClassifier, chunks: list[np.ndarray]) -> list[np.ndarray]:
+    """Adapt the classifier's BatchNorm statistics to all the crops read; they become one chunk."""
+    if not chunks:
+        return chunks
+    crops = np.concatenate(chunks)
+    if len(crops) < MIN_CROPS_TO_ADAPT:
+        raise InputError(
+            f"Only {len(crops)} crop(s) could be read; adapting to a lab needs at least "
+            f"{MIN_CROPS_TO_ADAPT}. Classify without --adapt, or add more crops of that lab."
+        )
+    adapt_batch_norm(classifier.model, crops)
+    return [crops]
 
 
 def nothing_read_message(skipped: list[dict[str, str]]) -> str:

@@ -26,6 +26,7 @@ import pandas as pd
 from napari_hematology.core.cells.classifier import (
     MODEL_NAME,
     CellClassifier,
+    adapt_batch_norm,
     fold_temperature,
     iter_prepared_crops,
 )
@@ -322,26 +323,6 @@ def _train(model, cells: CellSet, classes: list[str], config: FineTuneConfig, pr
 
     train_config = replace(config.train, batch_size=min(config.train.batch_size, max(2, len(cells))))
     return train(model, dataset, loss_fn, train_config, progress=progress, should_stop=should_stop)
-
-
-def adapt_batch_norm(model, crops: np.ndarray, batch_size: int = 256) -> None:
-    """Re-estimate every BatchNorm layer's running statistics on a lab's unaugmented crops (AdaBN)."""
-    import torch
-
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    device = next(model.parameters()).device
-    model.train()
-    with torch.no_grad():
-        # equal-sized batches, as the cumulative average weighs every batch alike
-        for batch in np.array_split(crops, int(np.ceil(len(crops) / batch_size))):
-            model(torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(device))
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    model.eval()
 
 
 def _logits(model, crops: np.ndarray) -> np.ndarray:
