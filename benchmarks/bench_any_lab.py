@@ -27,7 +27,8 @@ Protocol (writes benchmarks/results/any_lab.json, each stage merged into what is
 - ``--stage calibrate`` fits the temperature on the left-out predictions of all sources but one and
   scores it on that one (expected calibration error and log-loss before and after), for each source.
 - ``--stage adapt`` re-measures the saved left-out models (``--models-out``) after re-estimating their
-  BatchNorm statistics on the left-out source's crops, as ``classify --adapt`` does (no labels).
+  BatchNorm statistics on the left-out source's crops, as ``classify --adapt`` does (no labels), and
+  measures their atypical scores with a reference fitted on each run's training crops.
 - ``--stage baseline`` scores the shipped weights on every source; only sources they were not trained
   on (``pbc`` for the weights trained on ALL-IDB2, BCCD and wbc_seg) are an unseen-source test.
 
@@ -113,23 +114,52 @@ def blast_fold_of(cells: CellSet, seed: int) -> np.ndarray:
     return folds
 
 
+def held_out(cells: CellSet, folds: np.ndarray, left_out: str) -> np.ndarray:
+    """Crops of ``left_out`` and of its paired ALL-IDB2 fold."""
+    return (cells.sources == left_out) | (folds == LEFT_OUT_WITH_FOLD[left_out])
+
+
+def training_set(cells: CellSet, folds: np.ndarray, left_out: str, recipe: ClassifierRecipe) -> CellSet:
+    """The run's training crops: the others, capped per source and label, plus synthetic crops."""
+    kept = cells.subset(~held_out(cells, folds, left_out))
+    table = pd.DataFrame({"label": kept.labels, "source": kept.sources})
+    chosen = cap_per_label(table.reset_index(), recipe.per_label_cap, recipe.train.seed)["index"]
+    return kept.subset(chosen.to_numpy()).concat(
+        synthetic_cell_set(recipe.background_crops, recipe.crop_size, recipe.train.seed))
+
+
 def run_left_out(
     cells: CellSet, folds: np.ndarray, left_out: str, recipe: ClassifierRecipe, models_out: Path | None
 ) -> pd.DataFrame:
     """Train without ``left_out`` and its paired ALL-IDB2 fold; predict both; save the model if asked."""
-    held = (cells.sources == left_out) | (folds == LEFT_OUT_WITH_FOLD[left_out])
-    kept = cells.subset(~held)
-    table = pd.DataFrame({"label": kept.labels, "source": kept.sources})
-    chosen = cap_per_label(table.reset_index(), recipe.per_label_cap, recipe.train.seed)["index"]
-    training = kept.subset(chosen.to_numpy()).concat(
-        synthetic_cell_set(recipe.background_crops, recipe.crop_size, recipe.train.seed))
+    training = training_set(cells, folds, left_out, recipe)
     print(f"{time.strftime('%H:%M:%S')} left out {left_out or '-'}: {len(training)} training crops",
           file=sys.stderr, flush=True)
     classifier = train_classifier(training, recipe, progress=log_steps)
     if models_out is not None:
         save_classifier(classifier, models_out / model_folder_name(left_out),
                         {"left_out_source": left_out, "left_out_all_idb2_fold": LEFT_OUT_WITH_FOLD[left_out]})
+    held = held_out(cells, folds, left_out)
     return predictions(classifier, cells.subset(held), folds[held], left_out)
+
+
+def atypical_of_saved(cells: CellSet, folds: np.ndarray, models: Path, recipe: ClassifierRecipe) -> dict:
+    """Atypical figures of saved left-out models, the reference fitted on the run's training crops.
+
+    For model folders written before training fitted the reference itself; synthetic crops left out.
+    """
+    result = {}
+    for left_out in LEFT_OUT_WITH_FOLD:
+        folder = models / model_folder_name(left_out)
+        if not left_out or not folder.is_dir():
+            continue
+        training = training_set(cells, folds, left_out, recipe)
+        real = training.crops[training.sources != SYNTHETIC]
+        classifier = load_classifier(folder, "cpu").with_reference(real)
+        chosen = cells.sources == left_out
+        rows = predictions(classifier, cells.subset(chosen), np.full(chosen.sum(), -1), left_out)
+        result[left_out] = atypical_metrics(rows, taught_by(cells, left_out))
+    return result
 
 
 def model_folder_name(left_out: str) -> str:
@@ -362,6 +392,8 @@ def main() -> None:
     elif args.stage == "adapt":
         name = args.recipe or result["chosen"]
         result.setdefault("adapted_batch_norm", {})[name] = adapted(cells, args.models_out / name)
+        result.setdefault("atypical_refitted", {})[name] = atypical_of_saved(
+            cells, folds, args.models_out / name, replace(base, **CANDIDATES[name]))
     elif args.stage == "calibrate":
         name = args.recipe or result["chosen"]
         result["calibration"] = {name: calibration(stored[stored["recipe"] == name], cells)}

@@ -67,10 +67,10 @@ def test_predict_returns_one_row_per_crop_with_probabilities(classifier):
     np.testing.assert_allclose(table[columns].sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(table["blast_probability"], table["prob_blast"])
     assert set(table["label"]) <= set(CELL_CLASSES)
-    top = table[columns].max(axis=1)
-    expected = (1 - top) / (1 - 1 / len(columns))
-    np.testing.assert_allclose(table["atypical_score"], expected)
-    assert table["atypical_score"].between(0, 1).all()
+    assert classifier.reference is not None and table["atypical_score"].between(0, 1).all()
+    without_reference = replace(classifier, reference=None).predict(crops)
+    top = without_reference[columns].max(axis=1)
+    np.testing.assert_allclose(without_reference["atypical_score"], (1 - top) / (1 - 1 / len(columns)))
 
 
 def test_predict_converts_rgba_and_16_bit_crops(classifier):

@@ -82,7 +82,7 @@ def test_fine_tune_keeps_metadata_and_grows_head(cells_csv, tmp_path, monkeypatc
     lab = fine_tune(read.cells, base, _quick(add_classes=True), unlabelled=read.cells.crops[:3])
     assert lab.classes == [*base.classes, "smudge"]
     assert lab.metadata["lab_note"] == {"kept": 1}
-    assert base.reference is None and lab.reference is not None
+    assert lab.reference is not None and lab.reference is not base.reference
     assert fitted_on == [len(read.cells) + 3]
     assert lab.metadata["crop_size"] == base.crop_size and lab.metadata["temperature"] == 1.0
     assert all((base.model.state_dict()[key] == value).all() for key, value in before.items())
