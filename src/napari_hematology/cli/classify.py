@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_classify(args: argparse.Namespace) -> int:
     """Classify crops and write the CSV."""
-    from napari_hematology.core.cells.classifier import classify_images
+    from napari_hematology.core.cells.classifier import classify_images, unfamiliar_batch_note
     from napari_hematology.core.io import write_table
 
     table = classify_images(
@@ -77,6 +77,9 @@ def run_classify(args: argparse.Namespace) -> int:
     write_table(args.out, table)
     counts = ", ".join(f"{name} {count}" for name, count in table["label"].value_counts().items())
     print(f"{len(table)} crops classified ({counts}); written to {args.out}")
+    note = unfamiliar_batch_note(table["atypical_score"])
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     skipped = table.attrs["skipped"]
     return report_skipped(skipped, len(table) + len(skipped))
 
