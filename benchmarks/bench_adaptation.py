@@ -8,7 +8,8 @@ cells of that source: the source is split in two by smear image (``StratifiedGro
 of one image stay together), at most 100 test cells per class. Cells of the pool that were not drawn
 (up to 1000) are passed without their labels, as the lab's unlabelled crops, on which fine-tuning
 re-estimates the BatchNorm statistics (AdaBN). Classes with fewer than 10 cells in a source are left
-out of its curve (named in the JSON). Where the pool holds fewer cells than a size asks, the point
+out of its curve (named in the JSON). A draw is as balanced as the classes allow (a short class gives
+all it has, the others make up the rest); where the pool holds fewer cells than a size asks, the point
 uses the whole pool and says how many. ``all_idb2`` has no type labels (blast vs normal only), so it
 has no type-accuracy curve. Each row also gives the accuracy with the softmax averaged over 8
 flips/rotations, which the classifier does not do.
@@ -73,14 +74,19 @@ def split(table: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def balanced_draw(pool: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
-    """``count`` cells spread evenly over the classes; a class short of its share gives all it has."""
-    classes = sorted(pool["label"].unique())
-    per_class = [count // len(classes) + (index < count % len(classes)) for index in range(len(classes))]
-    parts = [
-        pool[pool["label"] == name].sample(min(n, int((pool["label"] == name).sum())), random_state=seed)
-        for name, n in zip(classes, per_class, strict=True)
-    ]
-    return pd.concat(parts)
+    """``count`` cells spread as evenly over the classes as they allow: a class short of its share gives
+    all it has and the others make up the difference (the whole pool when it holds fewer)."""
+    available = pool["label"].value_counts().sort_index()
+    quota = dict.fromkeys(available.index, 0)
+    remaining = min(count, len(pool))
+    while remaining:
+        open_classes = [name for name in available.index if quota[name] < available[name]]
+        share, extra = divmod(remaining, len(open_classes))
+        for index, name in enumerate(open_classes):
+            take = min(share + (index < extra), available[name] - quota[name])
+            quota[name] += take
+            remaining -= take
+    return pd.concat([pool[pool["label"] == name].sample(n, random_state=seed) for name, n in quota.items()])
 
 
 def predict_with_flips(classifier: CellClassifier, crops: np.ndarray) -> np.ndarray:

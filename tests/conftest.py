@@ -54,3 +54,19 @@ def sample_field(sample_field_path) -> np.ndarray:
     from napari_hematology.core.io import read_image
 
     return read_image(sample_field_path).data
+
+
+@pytest.fixture
+def reference_fits(monkeypatch):
+    """Record how many embeddings each atypical-reference fit gets (the fit itself still runs)."""
+    from napari_hematology.core.cells import classifier as classifier_module
+
+    fitted_on: list[int] = []
+    real_fit = classifier_module.fit_reference
+
+    def spy(embeddings, assigned):
+        fitted_on.append(len(embeddings))
+        return real_fit(embeddings, assigned)
+
+    monkeypatch.setattr(classifier_module, "fit_reference", spy)
+    return fitted_on

@@ -246,22 +246,12 @@ def test_train_classifier_cli_writes_a_loadable_model(tmp_path):
     assert len(pd.read_csv(csv)) == 2
 
 
-def test_train_classifier_fits_the_atypical_reference_on_real_crops_only(tmp_path, monkeypatch):
-    from napari_hematology.core.cells import classifier as classifier_module
-
+def test_train_classifier_fits_the_atypical_reference_on_real_crops_only(tmp_path, reference_fits):
     recipe = ClassifierRecipe(background_crops=6)
     recipe.train = replace(recipe.train, epochs=1, device="cpu")
     cells = load_cell_set(make_data_root(tmp_path / "data"), recipe)
-    fitted_on = []
-    real_fit = classifier_module.fit_reference
-
-    def spy(embeddings, assigned):
-        fitted_on.append(len(embeddings))
-        return real_fit(embeddings, assigned)
-
-    monkeypatch.setattr(classifier_module, "fit_reference", spy)
     trained = train_classifier(cells, recipe)
-    assert fitted_on == [len(cells) - recipe.background_crops]
+    assert reference_fits == [len(cells) - recipe.background_crops]
     reloaded = load_classifier(save_classifier(trained, tmp_path / "model"), "cpu")
     np.testing.assert_array_equal(reloaded.reference.projection, trained.reference.projection)
     np.testing.assert_allclose(
@@ -382,9 +372,10 @@ def test_classify_images_lists_skipped_files_with_their_reason(tmp_path):
 
 
 def test_classify_adapts_to_a_lab_only_when_asked_and_with_enough_crops(tmp_path, capsys):
-    tinted = [(synthetic_cell(90 + index) * np.array([0.8, 0.95, 1.0])).astype(np.uint8) for index in range(40)]
-    for index, crop in enumerate(tinted):
-        Image.fromarray(crop).save(tmp_path / f"cell{index:02d}.png")
+    tint = np.array([0.8, 0.95, 1.0])
+    for index in range(40):
+        tinted = (synthetic_cell(90 + index) * tint).astype(np.uint8)
+        Image.fromarray(tinted).save(tmp_path / f"cell{index:02d}.png")
     plain = classify_images(tmp_path, device="cpu")
     adapted = classify_images(tmp_path, device="cpu", adapt=True)
     assert list(adapted["image"]) == list(plain["image"])

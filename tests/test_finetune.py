@@ -63,27 +63,17 @@ def test_unreadable_crops_are_skipped_with_count_and_names(cells_csv):
 
 
 @pytest.mark.slow
-def test_fine_tune_keeps_metadata_and_grows_head(cells_csv, tmp_path, monkeypatch):
-    from napari_hematology.core.cells import classifier as classifier_module
-
+def test_fine_tune_keeps_metadata_and_grows_head(cells_csv, tmp_path, reference_fits):
     base = load_classifier(None, "cpu")
     base.metadata["lab_note"] = {"kept": 1}
     read = read_labelled_cells(cells_from_csv(cells_csv), base)
     read.cells.labels[:2] = "smudge"
     before = {key: value.clone() for key, value in base.model.state_dict().items()}
-    fitted_on = []
-    real_fit = classifier_module.fit_reference
-
-    def spy(embeddings, assigned):
-        fitted_on.append(len(embeddings))
-        return real_fit(embeddings, assigned)
-
-    monkeypatch.setattr(classifier_module, "fit_reference", spy)
     lab = fine_tune(read.cells, base, _quick(add_classes=True), unlabelled=read.cells.crops[:3])
     assert lab.classes == [*base.classes, "smudge"]
     assert lab.metadata["lab_note"] == {"kept": 1}
     assert lab.reference is not None and lab.reference is not base.reference
-    assert fitted_on == [len(read.cells) + 3]
+    assert reference_fits == [len(read.cells) + 3]
     assert lab.metadata["crop_size"] == base.crop_size and lab.metadata["temperature"] == 1.0
     assert all((base.model.state_dict()[key] == value).all() for key, value in before.items())
     table = lab.predict_prepared(read.cells.crops)
