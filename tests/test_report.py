@@ -128,3 +128,13 @@ def test_analyze_command_prints_interval_and_warning(sample_field_path, tmp_path
     printed = capsys.readouterr().out
     assert "95% CI" in printed and "Warning: Only" in printed
     assert Path(out / "report.html").is_file()
+
+
+def test_blast_percentage_is_of_white_cells_only():
+    from napari_hematology.core.cells.analysis import summarize
+
+    labels = pd.Series(["blast", "neutrophil", "other", "erythroblast", "lymphocyte", "blast"])
+    summary = summarize(labels, ["neutrophil", "lymphocyte", "blast", "erythroblast", "other"])
+    assert summary["cells"] == 4 and summary["not_in_differential"] == 2
+    assert summary["blast_percent"] == 50.0 and summary["counts"]["other"] == 1
+    assert summarize(pd.Series(["other"]), ["blast", "other"])["blast_percent"] is None

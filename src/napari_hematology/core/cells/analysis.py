@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_hematology.core.cells.classes import BLAST, DEFAULT_BLAST_THRESHOLD, OTHER
+from napari_hematology.core.cells.classes import BLAST, DEFAULT_BLAST_THRESHOLD, NOT_IN_DIFFERENTIAL, OTHER
 from napari_hematology.core.cells.classifier import ATYPICAL_SCORE
 from napari_hematology.core.cells.magnification import PixelSize, find_pixel_size
 from napari_hematology.core.cells.report import write_overlay
@@ -117,24 +117,27 @@ def call_classes(
 
 
 def summarize(labels: pd.Series, classes: list[str]) -> dict[str, Any]:
-    """Count cells per class and the blast percentage.
+    """Count cells per class and the blast percentage of the white cells.
 
     Args:
         labels: Class name of each cell.
         classes: Class names, reported even when absent; ``other`` is added when a cell has it.
 
     Returns:
-        ``{"cells": n, "counts": {class: n}, "blast_percent": float or None}`` (None without cells).
+        ``{"cells": white cells, "not_in_differential": n, "counts": {class: n}, "blast_percent": float
+        or None}``: erythroblasts and ``other`` are counted per class but are not white cells, so they
+        are left out of ``cells`` and of the percentage (None without white cells).
 
     """
     names = [*classes, OTHER] if OTHER not in classes and (labels == OTHER).any() else classes
     counts = {name: int((labels == name).sum()) for name in names}
-    total = int(len(labels))
+    white_cells = int((~labels.isin(NOT_IN_DIFFERENTIAL)).sum())
     blast = counts.get(BLAST, 0)
     return {
-        "cells": total,
+        "cells": white_cells,
+        "not_in_differential": int(len(labels)) - white_cells,
         "counts": counts,
-        "blast_percent": round(100 * blast / total, 2) if total else None,
+        "blast_percent": round(100 * blast / white_cells, 2) if white_cells else None,
     }
 
 

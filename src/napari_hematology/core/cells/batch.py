@@ -318,6 +318,7 @@ def _combine(results: list[dict[str, Any]], model_dir) -> dict[str, Any]:
         "total": {
             "images": len(results),
             "cells": total,
+            "not_in_differential": sum(r.get("not_in_differential", 0) for r in results),
             "counts": counts,
             "blast_percent": round(100 * counts.get(BLAST, 0) / total, 2) if total else None,
             **blast_uncertainty(counts.get(BLAST, 0), total),

@@ -9,6 +9,9 @@ OTHER = "other"
 NORMAL_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 CELL_CLASSES = (*NORMAL_TYPES, BLAST, IMMATURE_GRANULOCYTE, ERYTHROBLAST, OTHER)
 DEFAULT_BLAST_THRESHOLD = 0.5
+# Counted and shown, but not white cells of the differential: the blast percentage is of the others
+# (nucleated red cells are reported per 100 white cells, not among them; `other` is no white cell).
+NOT_IN_DIFFERENTIAL = (ERYTHROBLAST, OTHER)
 # Bright colours that stand out against purple nuclei, pink red cells and the pale background of a
 # Romanowsky-stained smear (CIEDE2000 distance >= 20 from each; tests/test_report.py checks it).
 CLASS_COLOURS = {

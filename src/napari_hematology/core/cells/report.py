@@ -68,7 +68,10 @@ def describe_blasts(part: dict[str, Any]) -> str:
 
 
 def describe_counts(part: dict[str, Any]) -> str:
-    """The white cells of a summary part and its classes that were found, e.g. ``3 white cells (blast 3)``."""
+    """The white cells of a summary part and its classes that were found, e.g. ``3 white cells (blast 3)``.
+
+    Erythroblasts and ``other`` appear among the classes but not in the white-cell count.
+    """
     cells = part["cells"]
     found = ", ".join(f"{name} {count}" for name, count in part["counts"].items() if count)
     return f"{cells} white cell{'' if cells == 1 else 's'}" + (f" ({found})" if found else "")
