@@ -16,7 +16,8 @@ Measures, on ``../shared/data`` (the BCCD ``test`` split is held back and never 
 
 Run: ``.venv/bin/python benchmarks/bench_segmentation.py`` (about 5 minutes on 2 cores); writes
 ``benchmarks/results/segmentation.json``. ``--quick`` evaluates fewer images and skips the big slide;
-``--calibrate``, ``--scales`` and ``--slide-only`` re-measure one part and keep the others.
+``--calibrate``, ``--scales``, ``--stain-reference``, ``--stain-normalisation`` and ``--slide-only``
+re-measure one part and keep the others.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ from napari_hematology.core.cells.magnification import (
 )
 from napari_hematology.core.cells.segmentation import (
     SegmentationConfig,
+    estimate_white,
     resize_nearest,
     resize_rgb,
     segment_field,
 )
+from napari_hematology.core.cells.stain import estimate_stains, od_tables, stained_od
 from napari_hematology.core.io import read_image
 
 DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -56,6 +59,8 @@ SLIDE_SIDE = 20_000
 # Magnification of each single-cell set relative to BCCD: mean white-cell diameter in its masks / in BCCD's.
 SINGLE_CELL_SCALE = {"wbc_seg/dataset1": 0.45, "wbc_seg/dataset2": 1.2, "all_idb2": 0.8}
 SCALES = (0.5, 1.0, 2.0)
+# The mask source that decides whether stain normalisation is on by default (as in the classifier benchmark).
+VALIDATION_SOURCE = "wbc_seg/dataset2"
 
 
 def wbc_boxes(xml_path: Path) -> list[tuple[int, int, int, int]]:
@@ -241,6 +246,54 @@ def scales_figures(config: SegmentationConfig, limit: int | None = None) -> dict
     }
 
 
+def stain_reference() -> dict:
+    """Reference stains for :mod:`napari_hematology.core.cells.stain`, from the BCCD ``train`` split only.
+
+    Each field's two stain vectors are estimated; the reference is their median over fields, renormalised
+    to unit length.
+    """
+    estimates = []
+    for row in bccd_rows("train").itertuples():
+        rgb = read_image(BCCD / row.image).data
+        vectors = estimate_stains(stained_od(rgb, od_tables(estimate_white(rgb))))
+        if vectors is not None:
+            estimates.append(vectors)
+    reference = np.median(estimates, axis=0).astype(float)
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    stains = np.round(reference, 3).tolist()
+    return {"split": "train", "fields_estimated": len(estimates), "stains_rgb_od": stains}
+
+
+def stain_normalisation_figures(limit: int | None = None) -> dict:
+    """Segmentation without and with stain normalisation: single-cell sources at their known scale, BCCD val.
+
+    The default is chosen on :data:`VALIDATION_SOURCE` alone (whole-cell Dice), provided BCCD ``val``
+    detection F1 stays >= 0.95; the other sources are reported.
+    """
+    sets = single_cell_sets()
+    figures = {}
+    for switch in (False, True):
+        config = SegmentationConfig(stain_normalisation=switch)
+        figures["on" if switch else "off"] = {
+            "single_cells": [
+                evaluate_single_cells(
+                    name, pairs, config, config.pixel_size_um / SINGLE_CELL_SCALE[name], limit
+                )
+                for name, pairs in sets.items()
+            ],
+            "bccd_val": evaluate_bccd("val", config, limit),
+        }
+    validation = {
+        switch: next(r for r in figures[switch]["single_cells"] if r["dataset"] == VALIDATION_SOURCE)
+        for switch in ("off", "on")
+    }
+    adopt = (
+        validation["on"]["cell_dice"] > validation["off"]["cell_dice"]
+        and figures["on"]["bccd_val"]["detection_f1_iou50"] >= 0.95
+    )
+    return {"validation_source": VALIDATION_SOURCE, "adopt": adopt, **figures}
+
+
 def single_cell_sets() -> dict[str, list[tuple[Path, Path]]]:
     """(image, mask) pairs of the single-cell sets with nucleus and cytoplasm masks."""
     all_idb2 = DATA / "single_cells" / "all_idb2"
@@ -407,6 +460,13 @@ def main() -> None:
         "--single-cells-found-scale", action="store_true",
         help="only the single-cell Dice with the pixel size found by the tool (no --scale)",
     )
+    only.add_argument(
+        "--stain-reference", action="store_true", help="only the reference stains (BCCD train)"
+    )
+    only.add_argument(
+        "--stain-normalisation", action="store_true",
+        help="only segmentation without / with stain normalisation (single-cell sources, BCCD val)",
+    )
     parser.add_argument("--slide-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.slide_child:
@@ -422,6 +482,12 @@ def main() -> None:
     config = SegmentationConfig()
     if args.calibrate:
         update_results("ruler_calibration", calibrate_ruler())
+        return
+    if args.stain_reference:
+        update_results("stain_reference", stain_reference())
+        return
+    if args.stain_normalisation:
+        update_results("stain_normalisation", stain_normalisation_figures(limit))
         return
     if args.scales:
         update_results("bccd_val_other_magnifications", scales_figures(config, limit))

@@ -117,3 +117,64 @@ def test_tiled_segmentation_can_be_cancelled(sample_field):
     config = SegmentationConfig(tile_size=256, tile_overlap=64)
     with pytest.raises(Cancelled):
         segment_image(sample_field, config, should_stop=lambda: True)
+
+
+def _two_stain_field(stains: np.ndarray, white: float = 245.0) -> np.ndarray:
+    """A 200 x 200 field: background, a disc of stain 0 inside a ring of stain 1, red-cell-like discs."""
+    yy, xx = np.mgrid[:200, :200]
+    concentrations = np.zeros((200, 200, 2), np.float32)
+    radius = np.hypot(yy - 100, xx - 100)
+    concentrations[..., 0] = 0.9 * (radius < 25)
+    concentrations[..., 1] = 0.5 * ((radius >= 25) & (radius < 45)) + 0.4 * (np.hypot(yy - 30, xx - 30) < 20)
+    concentrations += np.random.default_rng(0).uniform(0, 0.05, concentrations.shape)
+    od = concentrations @ stains
+    return np.clip(white * np.exp(-od), 0, 255).astype(np.uint8)
+
+
+def test_stain_normalisation_maps_a_recoloured_field_onto_the_same_colours():
+    from napari_hematology.core.cells.stain import REFERENCE_STAINS, normalise_stain, od_tables
+
+    shifted = np.array([[0.75, 0.60, 0.28], [0.05, 0.80, 0.60]], np.float32)
+    shifted /= np.linalg.norm(shifted, axis=1, keepdims=True)
+    reference, recoloured = _two_stain_field(REFERENCE_STAINS), _two_stain_field(shifted, white=230.0)
+
+    def od(rgb, white):
+        tables = od_tables(np.full(3, white, np.float32))
+        return np.stack([tables[c][rgb[..., c]] for c in range(3)], axis=-1)
+
+    before = np.abs(od(recoloured, 230.0) - od(reference, 245.0)).mean()
+    after = np.abs(od(normalise_stain(recoloured, np.full(3, 230.0)), 255.0) - od(reference, 245.0)).mean()
+    assert after < 0.25 * before
+    assert after < 0.03
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((120, 120, 3), 240, np.uint8),  # blank
+        np.zeros((4, 4, 3), np.uint8),  # tiny
+        np.pad(np.full((6, 6, 3), 90, np.uint8), ((57, 57), (57, 57), (0, 0)), constant_values=240),  # few
+    ],
+)
+def test_stain_normalisation_falls_back_when_stains_cannot_be_estimated(image):
+    from napari_hematology.core.cells.stain import normalise_stain
+
+    assert normalise_stain(image, np.full(3, 240.0)) is None
+    result = segment_field(image, SegmentationConfig(stain_normalisation=True))
+    assert result.cells.empty
+
+
+def test_stain_normalisation_switch_changes_the_segmentation_input(sample_field, monkeypatch):
+    from napari_hematology.core.cells import segmentation
+
+    seen = []
+
+    def spy(rgb, white):
+        seen.append(rgb)
+        return np.full_like(rgb, 255)  # a blank field: nothing left to find
+
+    monkeypatch.setattr(segmentation, "normalise_stain", spy)
+    assert len(segment_field(sample_field).cells) >= 1
+    assert not seen
+    assert segment_field(sample_field, SegmentationConfig(stain_normalisation=True)).cells.empty
+    assert len(seen) == 1 and seen[0].shape == sample_field.shape

@@ -25,9 +25,9 @@ from napari_hematology.core.cells.segmentation import (
     SegmentationConfig,
     downsample,
     estimate_white,
-    od_tables,
     stain_maps,
 )
+from napari_hematology.core.cells.stain import od_tables
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import to_rgb8
 

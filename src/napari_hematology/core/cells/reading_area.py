@@ -25,9 +25,9 @@ from scipy import ndimage
 from napari_hematology.core.cells.segmentation import (
     SegmentationConfig,
     estimate_white,
-    od_tables,
     stain_maps,
 )
+from napari_hematology.core.cells.stain import od_tables
 from napari_hematology.core.io import SmearImage, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, tracked
 

@@ -11,6 +11,9 @@ The method is classical and stain-aware, so that it transfers between labs witho
 3. Each nucleus group seeds a watershed on the stained (non-background, non-red-cell) area within a bounded
    distance, which gives the whole cell and splits touching cells.
 
+Optionally (``SegmentationConfig.stain_normalisation``, off: measured not to help on other labs' crops) each
+field is first re-expressed in reference stains, see :mod:`~napari_hematology.core.cells.stain`.
+
 Segmentation works at one physical scale: the lengths and areas of :class:`SegmentationConfig` hold at
 its ``pixel_size_um`` (that of the BCCD fields it was tuned on). An image of another pixel size is resized
 to that scale, segmented, and its labels mapped back to the image's own pixels.
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from napari_hematology.core.cells.stain import normalise_stain, od_tables
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
@@ -74,6 +78,8 @@ class SegmentationConfig:
         tile_size: Side of the tiles (pixels) that large images are cut into.
         tile_overlap: Overlap between tiles (pixels); must exceed the largest cell diameter.
         pixel_size_um: Pixel size (micrometres) at which the settings above hold.
+        stain_normalisation: Re-express each field (or tile) in the reference stains of
+            :mod:`~napari_hematology.core.cells.stain` before segmenting it.
 
     """
 
@@ -87,6 +93,7 @@ class SegmentationConfig:
     tile_size: int = 2048
     tile_overlap: int = 256
     pixel_size_um: float = REFERENCE_PIXEL_SIZE_UM
+    stain_normalisation: bool = False
 
     def __post_init__(self) -> None:
         if self.detect_scale < 1 or self.tile_size < 64 or not 0 <= self.tile_overlap < self.tile_size // 2:
@@ -146,13 +153,6 @@ def estimate_white(image) -> np.ndarray:
     sample = np.asarray(image[::stride, ::stride, :3]).reshape(-1, 3)
     white = np.percentile(sample, WHITE_PERCENTILE, axis=0)
     return np.maximum(white.astype(np.float32), 32.0)
-
-
-def od_tables(white: np.ndarray) -> np.ndarray:
-    """Lookup tables (3, 256) from 8-bit intensity to optical density for each channel."""
-    levels = np.arange(256, dtype=np.float32)[None, :]
-    ratio = (levels + 1.0) / (white[:, None] + 1.0)
-    return -np.log(np.clip(ratio, 1e-3, 1.0)).astype(np.float32)
 
 
 def stain_maps(rgb: np.ndarray, tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -307,14 +307,25 @@ def segment_field(
     zoom = config.zoom(pixel_size_um)
     work = rgb if zoom == 1.0 else resize_rgb(rgb, zoom)
     small = downsample(work, config.detect_scale)
-    white = estimate_white(small) if white is None else white
-    tables = od_tables(np.asarray(white, dtype=np.float32))
+    white = estimate_white(small) if white is None else np.asarray(white, dtype=np.float32)
+    if config.stain_normalisation:
+        work, white = _normalised(work, white)
+        small = downsample(work, config.detect_scale)
+    tables = od_tables(white)
     cells = _upsample(_detect_cells(small, tables, config), config.detect_scale, work.shape[:2])
     cells, nuclei = _refine_nuclei(work, cells, tables, config)
     if zoom != 1.0:
         cells, nuclei = resize_nearest(cells, rgb.shape[:2]), resize_nearest(nuclei, rgb.shape[:2])
     labels, table = _measure(cells, nuclei)
     return Segmentation(labels=labels, nuclei=nuclei & (labels > 0), cells=table)
+
+
+def _normalised(rgb: np.ndarray, white: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The field in the reference stains with its new white point; unchanged when stains are not found."""
+    normalised = normalise_stain(rgb, white)
+    if normalised is None:
+        return rgb, white
+    return normalised, np.full(3, 255.0, dtype=np.float32)
 
 
 def resize_rgb(rgb: np.ndarray, zoom: float) -> np.ndarray:

@@ -39,11 +39,11 @@ from napari_hematology.core.cells.segmentation import (
     Segmentation,
     SegmentationConfig,
     estimate_white,
-    od_tables,
     segment_field,
     stain_maps,
     tile_windows,
 )
+from napari_hematology.core.cells.stain import od_tables
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import SmearImage, read_image, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
