@@ -363,9 +363,13 @@ def test_classify_skips_a_truncated_jpeg_and_names_it(tmp_path, capsys):
 
 
 def test_classify_images_lists_skipped_files_with_their_reason(tmp_path):
+    import torch
+
     Image.fromarray(synthetic_cell()).save(tmp_path / "good.png")
     Image.fromarray(np.full((40, 40), 120, np.uint8)).save(tmp_path / "gray.png")
+    threads = torch.get_num_threads()
     table = classify_images(tmp_path, device="cpu")
+    assert torch.get_num_threads() == threads  # the readers' share of the cores is given back
     assert len(table) == 1 and table["image"][0].endswith("good.png")
     (skipped,) = table.attrs["skipped"]
     assert skipped["image"].endswith("gray.png") and "grayscale" in skipped["reason"]
