@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import timm  # noqa: F401  (load torch's LLVM-based triton before Qt's GL: they clash under Xvfb/Mesa)
 from blast_helpers import FakeClassifier, background_only
@@ -217,3 +218,12 @@ def test_pixel_size_from_the_layer_metadata_or_the_form_is_used_and_shown(
     _run(widget, qtbot)
     assert widget.analysis.pixel_size.um_per_px == pytest.approx(0.05)
     assert "set by the user" in widget.summary.text()
+
+
+def test_many_unfamiliar_cells_add_advice_to_the_summary():
+    from napari_hematology.widgets.blast import _unfamiliar_note
+
+    assert _unfamiliar_note(pd.DataFrame({"atypical_score": [0.2] * 12})) == []
+    (note,) = _unfamiliar_note(pd.DataFrame({"atypical_score": [0.99] * 12}))
+    assert note.startswith("100% of these cells look unlike") and "review" in note
+    assert _unfamiliar_note(pd.DataFrame()) == []

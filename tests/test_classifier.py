@@ -414,9 +414,10 @@ def test_cli_refuses_an_unknown_device(tmp_path, capsys):
 def test_a_batch_of_unfamiliar_cells_gets_a_warning(tmp_path, capsys):
     from napari_hematology.core.cells.classifier import unfamiliar_batch_note
 
-    assert unfamiliar_batch_note(pd.Series([0.5, 0.96, 0.2, 0.4])) is None
-    assert "50% of these cells" in unfamiliar_batch_note(pd.Series([0.5, 0.96, 0.99, 0.4]))
-    for index in range(2):
+    assert unfamiliar_batch_note(pd.Series([0.5, 0.96, 0.2, 0.4] * 3)) is None
+    assert "50% of these cells" in unfamiliar_batch_note(pd.Series([0.5, 0.96, 0.99, 0.4] * 3))
+    assert unfamiliar_batch_note(pd.Series([0.99] * 5)) is None  # too few cells to judge
+    for index in range(10):
         Image.fromarray(np.full((60, 60, 3), 230, np.uint8)).save(tmp_path / f"empty{index}.png")
     assert main(["classify", str(tmp_path), "--out", str(tmp_path / "cells.csv")]) == 0
     assert "look unlike the model's training cells" in capsys.readouterr().err

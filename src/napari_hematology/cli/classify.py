@@ -79,7 +79,8 @@ def run_classify(args: argparse.Namespace) -> int:
     print(f"{len(table)} crops classified ({counts}); written to {args.out}")
     note = unfamiliar_batch_note(table["atypical_score"])
     if note:
-        print(f"warning: {note}", file=sys.stderr)
+        advice = "For crops of one lab try --adapt; fine-tune on reviewed cells (train-classifier --cells)."
+        print(f"warning: {note} {advice}", file=sys.stderr)
     skipped = table.attrs["skipped"]
     return report_skipped(skipped, len(table) + len(skipped))
 

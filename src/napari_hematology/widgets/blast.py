@@ -253,7 +253,7 @@ class BlastDetectionWidget(QWidget):
         self.result_layer.colormap = DirectLabelColormap(color_dict=mapping)
         self.result_layer.features = cells.assign(index=cells["cell_id"]) if not cells.empty else cells
         summary = _summary_text(summarize(cells.get("label", pd.Series(dtype=object)), classes))
-        self.summary.setText(f"{summary}\n{self.analysis.pixel_size.note}")
+        self.summary.setText("\n".join([summary, *_unfamiliar_note(cells), self.analysis.pixel_size.note]))
         self.legend.set_colours({name: hex_colour(colours[name]) for name in classes})
         self._show_cell_panel()
 
@@ -306,6 +306,14 @@ def _analyze_region(region, classifier, pixel_size_sources: dict, **options) -> 
     """Find the region's pixel size (reading the red cells if needed), then analyse it; runs in the worker."""
     pixel_size = find_pixel_size(region, **pixel_size_sources)
     return analyze_image(region, classifier, pixel_size=pixel_size, **options)
+
+
+def _unfamiliar_note(cells: pd.DataFrame) -> list[str]:
+    """A line of advice when many cells look unlike the classifier's training cells; none otherwise."""
+    from napari_hematology.core.cells.classifier import unfamiliar_batch_note
+
+    note = unfamiliar_batch_note(cells.get("atypical_score", pd.Series(dtype=float)))
+    return [f"{note} Send them to review and retrain on the corrections."] if note else []
 
 
 def _summary_text(summary: dict) -> str:

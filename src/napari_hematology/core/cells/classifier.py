@@ -52,6 +52,7 @@ MIN_CROPS_TO_ADAPT = 32
 # leave-one-source-out, the sources the model failed on had 43-69% of cells above 0.95, the others 13-17%
 UNFAMILIAR_SCORE = 0.95
 UNFAMILIAR_SHARE = 0.3
+UNFAMILIAR_MIN_CELLS = 10
 
 
 def prepare_crop(crop: Any, name: str, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
@@ -554,15 +555,23 @@ def _adapted_to_all(classifier: CellClassifier, chunks: list[np.ndarray]) -> lis
     return [crops]
 
 
-def unfamiliar_batch_note(atypical: pd.Series) -> str | None:
-    """A warning when many cells of a batch look unlike the model's training cells, else None."""
-    share = float((atypical > UNFAMILIAR_SCORE).mean()) if len(atypical) else 0.0
+def unfamiliar_batch_note(atypical: pd.Series, min_cells: int = UNFAMILIAR_MIN_CELLS) -> str | None:
+    """A warning when many cells of a batch look unlike the model's training cells, else None.
+
+    Args:
+        atypical: The batch's atypical scores.
+        min_cells: Fewest cells for which a share is judged.
+
+    Returns:
+        One sentence for the user (the caller adds what to do), or None.
+
+    """
+    share = float((atypical > UNFAMILIAR_SCORE).mean()) if len(atypical) >= min_cells else 0.0
     if share < UNFAMILIAR_SHARE:
         return None
     return (
         f"{share:.0%} of these cells look unlike the model's training cells (atypical_score above "
-        f"{UNFAMILIAR_SCORE}), so its calls on them are unreliable. For crops of one lab try --adapt, "
-        "and fine-tune on cells of that lab reviewed by a person (train-classifier --cells)."
+        f"{UNFAMILIAR_SCORE}), so its calls on them are unreliable."
     )
 
 
