@@ -385,6 +385,7 @@ def test_classify_adapts_to_a_lab_only_when_asked_and_with_enough_crops(tmp_path
     assert list(adapted["image"]) == list(plain["image"])
     assert not np.allclose(adapted["blast_probability"], plain["blast_probability"], atol=1e-4)
     np.testing.assert_allclose(adapted.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(adapted["atypical_score"], plain["atypical_score"])  # the unadapted reference
     assert main(["classify", str(tmp_path / "cell00.png"), "--adapt", "--out", str(tmp_path / "o.csv")]) == 2
     assert "needs at least 32" in capsys.readouterr().err
 

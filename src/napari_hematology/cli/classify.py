@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument(
         "--adapt", action="store_true",
         help="re-estimate the network's normalisation statistics on these crops first (no labels used); "
-        "for a folder of at least 32 crops from one lab the model never saw. Leave-one-source-out it "
+        "for a folder of at least 32 crops of one lab's mixed cells (not of one class) that the model never "
+        "saw; atypical_score stays that of the unadapted model. Leave-one-source-out it "
         "rescued sources the model failed on and cost a little on the others (docs/cell_classifier.md)",
     )
     add_device_option(classify)

@@ -512,8 +512,9 @@ def classify_images(
     )
     with _cores_left_to_the_readers():
         if adapt:
-            chunks = _adapted_to_all(classifier, list(chunks))
-        tables = [classifier.predict_prepared(chunk, should_stop=should_stop) for chunk in chunks]
+            tables = _classify_adapted(classifier, list(chunks), should_stop)
+        else:
+            tables = [classifier.predict_prepared(chunk, should_stop=should_stop) for chunk in chunks]
     if not tables:
         raise InputError(nothing_read_message(skipped))
     table = pd.concat(tables, ignore_index=True)
@@ -541,18 +542,26 @@ def _cores_left_to_the_readers() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _adapted_to_all(classifier: CellClassifier, chunks: list[np.ndarray]) -> list[np.ndarray]:
-    """Adapt the classifier's BatchNorm statistics to all the crops read; they become one chunk."""
+def _classify_adapted(
+    classifier: CellClassifier, chunks: list[np.ndarray], should_stop: StopCallback | None
+) -> list[pd.DataFrame]:
+    """Classify all the crops read with the BatchNorm statistics adapted to them, as one table.
+
+    The atypical score stays the unadapted model's: its reference describes that model's embeddings.
+    """
     if not chunks:
-        return chunks
+        return []
     crops = np.concatenate(chunks)
     if len(crops) < MIN_CROPS_TO_ADAPT:
         raise InputError(
             f"Only {len(crops)} crop(s) could be read; adapting to a lab needs at least "
             f"{MIN_CROPS_TO_ADAPT}. Classify without --adapt, or add more crops of that lab."
         )
+    atypical = classifier.predict_prepared(crops, should_stop=should_stop)[ATYPICAL_SCORE].to_numpy()
     adapt_batch_norm(classifier.model, crops)
-    return [crops]
+    table = classifier.predict_prepared(crops, should_stop=should_stop)
+    table[ATYPICAL_SCORE] = atypical
+    return [table]
 
 
 def unfamiliar_batch_note(atypical: pd.Series, min_cells: int = UNFAMILIAR_MIN_CELLS) -> str | None:
