@@ -62,7 +62,11 @@ class CellNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits."""
-        return self.classifier(self.dropout(self.embed(images)))
+        return self.logits(self.embed(images))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits of features that :meth:`embed` gave."""
+        return self.classifier(self.dropout(features))
 
 
 @register_model("cell_classifier")

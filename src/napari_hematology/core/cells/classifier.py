@@ -154,7 +154,7 @@ class CellClassifier:
 
         def forward(net, batch):
             features = net.embed(batch)
-            probabilities = net.classifier(net.dropout(features)).softmax(dim=1)
+            probabilities = net.logits(features).softmax(dim=1)
             return torch.cat([probabilities, (features - centre) @ projection], dim=1)
 
         return forward
@@ -276,7 +276,7 @@ def _logits_and_features(model, batch):
     import torch
 
     features = model.embed(batch)
-    return torch.cat([model.classifier(model.dropout(features)), features], dim=1)
+    return torch.cat([model.logits(features), features], dim=1)
 
 
 def probability_table(

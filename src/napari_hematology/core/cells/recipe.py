@@ -92,9 +92,9 @@ class ClassifierRecipe:
             carry the call where colour differs between labs.
         colour_statistics: Feed the fixed stain colour statistics to the classifier next to the network.
         per_crop_norm: Centre each crop on its own channel means (removes the crop's stain cast).
-        temperature: Softmax temperature folded into the trained model's last layer; the default was
-            fitted on the predictions of left-out sources (``benchmarks/bench_any_lab.py --stage
-            calibrate``), so probabilities are calibrated for a lab the model has not seen.
+        temperature: Softmax temperature folded into the trained model's last layer. The default, 1,
+            folds none in: a temperature fitted on left-out sources did not transfer to another one
+            (``benchmarks/bench_any_lab.py --stage calibrate``); fine-tuning fits one on a lab's cells.
         per_label_cap: Most crops per source and label (a seeded random choice); 0 keeps all.
         background_crops: Synthetic crops without a white cell, labelled ``other``.
         train: Settings of the shared training loop; its seed also seeds the weights and the folds.
