@@ -41,7 +41,7 @@ from napari_hematology.core.cells.finetune import (
     fine_tune,
     read_labelled_cells,
 )
-from napari_hematology.core.cells.recipe import list_training_crops
+from napari_hematology.core.cells.training_data import list_training_crops
 
 SIZES = (25, 50, 100, 200)
 TEST_PER_CLASS = 100

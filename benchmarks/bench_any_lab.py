@@ -58,16 +58,14 @@ from napari_hematology.core.calibration import (
 )
 from napari_hematology.core.cells.classes import BLAST, NORMAL_TYPES, OTHER
 from napari_hematology.core.cells.classifier import CellClassifier, adapt_batch_norm, load_classifier
-from napari_hematology.core.cells.recipe import (
+from napari_hematology.core.cells.recipe import ClassifierRecipe, save_classifier, train_classifier
+from napari_hematology.core.cells.training_data import (
     NORMAL,
     SYNTHETIC,
     CellSet,
-    ClassifierRecipe,
     cap_per_label,
     load_cell_set,
-    save_classifier,
     synthetic_cell_set,
-    train_classifier,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,14 +27,9 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from napari_hematology.core.cells.classes import BLAST, NORMAL_TYPES
-from napari_hematology.core.cells.classifier import classify_images
-from napari_hematology.core.cells.recipe import (
-    NORMAL,
-    ClassifierRecipe,
-    cross_validate,
-    list_training_crops,
-    load_cell_set,
-)
+from napari_hematology.core.cells.classify_files import classify_images
+from napari_hematology.core.cells.recipe import ClassifierRecipe, cross_validate
+from napari_hematology.core.cells.training_data import NORMAL, list_training_crops, load_cell_set
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "classifier.json"

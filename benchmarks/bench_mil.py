@@ -28,9 +28,9 @@ import pandas as pd
 
 from napari_hematology.core.calibration import fit_temperature, softmax
 from napari_hematology.core.errors import HematologyError
-from napari_hematology.core.slides.bags import DEFAULT_CLASSES, Bags, MilConfig
-from napari_hematology.core.slides.features import CELL_CLASSIFIER, encode_files, resolve_encoder
-from napari_hematology.core.slides.fitting import (
+from napari_hematology.core.subtype.bags import DEFAULT_CLASSES, Bags, MilConfig
+from napari_hematology.core.subtype.features import CELL_CLASSIFIER, encode_files, resolve_encoder
+from napari_hematology.core.subtype.fitting import (
     CrossValidation,
     bag_metrics,
     bag_outputs,
@@ -38,7 +38,7 @@ from napari_hematology.core.slides.fitting import (
     grouped_folds,
     train_mil,
 )
-from napari_hematology.core.slides.prediction import load_mil_model, predict_bags
+from napari_hematology.core.subtype.prediction import load_mil_model, predict_bags
 from napari_hematology.core.training import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent

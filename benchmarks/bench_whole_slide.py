@@ -276,7 +276,7 @@ def geojson_round_trip(cells_csv: Path, out_dir: Path) -> dict:
     """Export the run's cells as QuPath GeoJSON, import them back, compare."""
     import pandas as pd
 
-    from napari_hematology.core.cells.geojson import (
+    from napari_hematology.core.whole_slide.geojson import (
         cells_to_geojson,
         geojson_to_cells,
         read_geojson,

@@ -11,23 +11,16 @@ from PIL import Image
 
 from napari_hematology.cli import main
 from napari_hematology.core.cells.classes import CELL_CLASSES
-from napari_hematology.core.cells.classifier import (
-    SHIPPED_MODEL_DIR,
-    classify_images,
-    load_classifier,
-    read_prepared_crops,
-)
+from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR, load_classifier
+from napari_hematology.core.cells.classify_files import classify_images
+from napari_hematology.core.cells.crop_batches import read_prepared_crops
 from napari_hematology.core.cells.crops import MAX_CROP_SIDE, normalise_crop, read_crop
 from napari_hematology.core.cells.descriptors import read_crops
-from napari_hematology.core.cells.recipe import (
-    ClassifierRecipe,
-    load_cell_set,
-    save_classifier,
-    train_classifier,
-)
+from napari_hematology.core.cells.recipe import ClassifierRecipe, save_classifier, train_classifier
 from napari_hematology.core.cells.samples import sample_cells
+from napari_hematology.core.cells.training_data import load_cell_set
 from napari_hematology.core.errors import Cancelled, InputError, ModelFileError
-from napari_hematology.core.slides.features import DESCRIPTORS, encode_files, resolve_encoder
+from napari_hematology.core.subtype.features import DESCRIPTORS, encode_files, resolve_encoder
 
 
 def probability_columns(classifier) -> list[str]:
@@ -282,7 +275,7 @@ def test_partial_label_loss_accepts_any_normal_type():
 def test_augment_keeps_shape_and_range():
     import torch
 
-    from napari_hematology.core.cells.recipe import augment
+    from napari_hematology.core.cells.augmentation import augment
 
     images = torch.from_numpy(np.stack([synthetic_cell(64)] * 4)).permute(0, 3, 1, 2).float()
     augmented = augment(images, torch.Generator().manual_seed(0))
@@ -413,7 +406,7 @@ def test_cli_refuses_an_unknown_device(tmp_path, capsys):
 
 
 def test_a_batch_of_unfamiliar_cells_gets_a_warning(tmp_path, capsys):
-    from napari_hematology.core.cells.classifier import unfamiliar_batch_note
+    from napari_hematology.core.cells.classify_files import unfamiliar_batch_note
 
     assert unfamiliar_batch_note(pd.Series([0.5, 0.96, 0.2, 0.4] * 3)) is None
     assert "50% of these cells" in unfamiliar_batch_note(pd.Series([0.5, 0.96, 0.99, 0.4] * 3))

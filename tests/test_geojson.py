@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from napari_hematology.core.cells.classes import CLASS_COLOURS
-from napari_hematology.core.cells.geojson import (
+from napari_hematology.core.errors import InputError
+from napari_hematology.core.whole_slide.geojson import (
     cells_to_geojson,
     geojson_to_cells,
     geojson_to_polygons,
@@ -15,7 +16,6 @@ from napari_hematology.core.cells.geojson import (
     read_geojson,
     write_geojson,
 )
-from napari_hematology.core.errors import InputError
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from napari_hematology.cli import main
 from napari_hematology.core.calibration import fit_temperature, softmax
 from napari_hematology.core.errors import InputError, ModelFileError
 from napari_hematology.core.registry import create_model, save_model
-from napari_hematology.core.slides.bags import Bags, MilConfig, read_bags_table
-from napari_hematology.core.slides.features import Encoder, encode_files
-from napari_hematology.core.slides.fitting import train_from_table, train_mil
-from napari_hematology.core.slides.prediction import load_mil_model, predict_bags, predict_cells
+from napari_hematology.core.subtype.bags import Bags, MilConfig, read_bags_table
+from napari_hematology.core.subtype.features import Encoder, encode_files
+from napari_hematology.core.subtype.fitting import train_from_table, train_mil
+from napari_hematology.core.subtype.prediction import load_mil_model, predict_bags, predict_cells
 from napari_hematology.core.training import TrainConfig
 
 
@@ -322,7 +322,7 @@ def test_cli_conflicting_labels_in_a_bag(idb_table, tmp_path, capsys):
 
 def use_darkness_encoder(monkeypatch) -> None:
     """Encode a crop by how dark its green channel is (feature 0, the synthetic bags' key feature)."""
-    import napari_hematology.core.slides.prediction as prediction_module
+    import napari_hematology.core.subtype.prediction as prediction_module
 
     def darkness(crops):
         return np.array([[(255 - c[..., 1].mean()) / 40, 0, 0, 0, 0, 0] for c in crops], np.float32)

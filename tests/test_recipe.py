@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from test_classifier import make_data_root
 
+from napari_hematology.core.cells.augmentation import augment
 from napari_hematology.core.cells.classes import (
     BLAST,
     CELL_CLASSES,
@@ -18,17 +19,15 @@ from napari_hematology.core.cells.classes import (
     NORMAL_TYPES,
     OTHER,
 )
-from napari_hematology.core.cells.recipe import (
+from napari_hematology.core.cells.recipe import ClassifierRecipe, sample_weights
+from napari_hematology.core.cells.training_data import (
     NORMAL,
     SYNTHETIC,
     CellSet,
-    ClassifierRecipe,
-    augment,
     background_crops,
     cap_per_label,
     list_training_crops,
     load_cell_set,
-    sample_weights,
 )
 from napari_hematology.core.errors import InputError
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_hematology.core.slides.bags import Bags, MilConfig
-from napari_hematology.core.slides.features import descriptor_features
-from napari_hematology.core.slides.fitting import train_mil
+from napari_hematology.core.subtype.bags import Bags, MilConfig
+from napari_hematology.core.subtype.features import descriptor_features
+from napari_hematology.core.subtype.fitting import train_mil
 from napari_hematology.core.training import TrainConfig
 from napari_hematology.widgets._keys import RUN, key_text
 
@@ -144,7 +144,7 @@ def test_bad_input_is_reported_not_raised(make_napari_viewer, qtbot, sample_fiel
 
 
 def test_train_from_the_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    from napari_hematology.core.slides.fitting import MilModel
+    from napari_hematology.core.subtype.fitting import MilModel
     from napari_hematology.widgets.slide import SlidePredictionWidget
 
     calls = {}
@@ -153,7 +153,7 @@ def test_train_from_the_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch)
         calls.update(table=table, out=out, config=config)
         return MilModel(None, ("NPM1", "control"), config.encoder, {"cross_validation": {"macro_f1": 0.5}})
 
-    monkeypatch.setattr("napari_hematology.core.slides.fitting.train_from_table", fake_train)
+    monkeypatch.setattr("napari_hematology.core.subtype.fitting.train_from_table", fake_train)
     widget = SlidePredictionWidget(make_napari_viewer())
     form = widget.form
     form.table.value = tmp_path / "BAGS.csv"

@@ -13,13 +13,14 @@ from blast_helpers import FakeClassifier
 from slide_helpers import mosaic, synthetic_smear, write_ome_pyramid
 
 from napari_hematology.cli import main
-from napari_hematology.core.cells import slide_worker, whole_slide
-from napari_hematology.core.cells.geojson import geojson_to_cells, read_geojson
-from napari_hematology.core.cells.reading_area import find_reading_area
 from napari_hematology.core.cells.segmentation import SegmentationConfig, segment_field
-from napari_hematology.core.cells.whole_slide import WholeSlideConfig, analyze_slide
 from napari_hematology.core.errors import Cancelled, InputError
 from napari_hematology.core.io import SmearImage, read_image
+from napari_hematology.core.whole_slide import analysis as whole_slide
+from napari_hematology.core.whole_slide import worker as slide_worker
+from napari_hematology.core.whole_slide.analysis import WholeSlideConfig, analyze_slide
+from napari_hematology.core.whole_slide.geojson import geojson_to_cells, read_geojson
+from napari_hematology.core.whole_slide.reading_area import find_reading_area
 
 TILED = SegmentationConfig(tile_size=1024, tile_overlap=256)
 REFERENCE_UM = SegmentationConfig().pixel_size_um  # the bundled fields' pixel size: segmented as they are

@@ -10,15 +10,16 @@ import pytest
 from blast_helpers import FakeClassifier
 from slide_helpers import mosaic, synthetic_smear, write_ome_pyramid
 
-from napari_hematology.core.cells import slide_worker, whole_slide
 from napari_hematology.core.cells.classes import CLASS_COLOURS
-from napari_hematology.core.cells.geojson import (
+from napari_hematology.core.cells.segmentation import SegmentationConfig
+from napari_hematology.core.whole_slide import analysis as whole_slide
+from napari_hematology.core.whole_slide import worker as slide_worker
+from napari_hematology.core.whole_slide.geojson import (
     geojson_to_cells,
     polygons_to_geojson,
     read_geojson,
     write_geojson,
 )
-from napari_hematology.core.cells.segmentation import SegmentationConfig
 from napari_hematology.widgets.whole_slide import WHOLE_SLIDE, WholeSlideWidget
 
 pytestmark = pytest.mark.gui

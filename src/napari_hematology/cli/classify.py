@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_classify(args: argparse.Namespace) -> int:
     """Classify crops and write the CSV."""
-    from napari_hematology.core.cells.classifier import classify_images, unfamiliar_batch_note
+    from napari_hematology.core.cells.classify_files import classify_images, unfamiliar_batch_note
     from napari_hematology.core.io import write_table
 
     table = classify_images(

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from napari_hematology.core.progress import TextProgress
-from napari_hematology.core.slides.features import CELL_CLASSIFIER, DESCRIPTORS
+from napari_hematology.core.subtype.features import CELL_CLASSIFIER, DESCRIPTORS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,8 +96,8 @@ def _classes(text: str | None) -> tuple[str, ...] | None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train a bag model and print its cross-validated metrics."""
-    from napari_hematology.core.slides.bags import MilConfig, default_train_config
-    from napari_hematology.core.slides.fitting import train_from_table
+    from napari_hematology.core.subtype.bags import MilConfig, default_train_config
+    from napari_hematology.core.subtype.fitting import train_from_table
 
     train_config = default_train_config()
     train_config.epochs, train_config.seed = args.epochs, args.seed
@@ -122,7 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Predict the bags of a table."""
-    from napari_hematology.core.slides.prediction import ATTENTION_FILE, predict_from_table
+    from napari_hematology.core.subtype.prediction import ATTENTION_FILE, predict_from_table
 
     predictions, _ = predict_from_table(
         args.model,
@@ -138,7 +138,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_predict_slide(args: argparse.Namespace) -> int:
     """Segment one slide image and predict its class."""
-    from napari_hematology.core.slides.prediction import predict_slide
+    from napari_hematology.core.subtype.prediction import predict_slide
 
     result = predict_slide(args.image, args.model, args.out, progress=TextProgress())
     ranked = sorted(result.probabilities.items(), key=lambda item: -item[1])

@@ -102,9 +102,9 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_reading_area(args: argparse.Namespace) -> int:
     """Find and write the reading area; returns the exit code."""
-    from napari_hematology.core.cells.geojson import polygons_to_geojson, write_geojson
-    from napari_hematology.core.cells.reading_area import find_reading_area
     from napari_hematology.core.io import read_image
+    from napari_hematology.core.whole_slide.geojson import polygons_to_geojson, write_geojson
+    from napari_hematology.core.whole_slide.reading_area import find_reading_area
 
     area = find_reading_area(read_image(args.slide), progress=TextProgress())
     write_geojson(args.out, polygons_to_geojson(area.polygons))
@@ -117,9 +117,9 @@ def run_reading_area(args: argparse.Namespace) -> int:
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Analyse a slide and print its summary; returns the exit code."""
-    from napari_hematology.core.cells.geojson import geojson_to_polygons, read_geojson
-    from napari_hematology.core.cells.whole_slide import WholeSlideConfig, analyze_slide_file
     from napari_hematology.core.errors import InputError
+    from napari_hematology.core.whole_slide.analysis import WholeSlideConfig, analyze_slide_file
+    from napari_hematology.core.whole_slide.geojson import geojson_to_polygons, read_geojson
 
     regions = None
     if args.region is not None:
@@ -149,8 +149,8 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Write a cell table as QuPath detections; returns the exit code."""
-    from napari_hematology.core.cells.geojson import cells_to_geojson, write_geojson
     from napari_hematology.core.io import read_table
+    from napari_hematology.core.whole_slide.geojson import cells_to_geojson, write_geojson
 
     cells = read_table(args.cells, ["centroid_y", "centroid_x"])
     write_geojson(args.out, cells_to_geojson(cells))

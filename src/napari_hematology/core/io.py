@@ -1,7 +1,7 @@
 """Reading smear images (small or whole-slide, lazily) and writing label images and cell tables.
 
 This module is the one place that knows which files are images: plain pictures (JPEG, PNG, BMP) and every
-whole-slide format of :mod:`napari_hematology.core.slide_formats` (TIFF, OME-TIFF, SVS, NDPI, SCN, BIF,
+whole-slide format of :mod:`napari_hematology.core.whole_slide.formats` (TIFF, OME-TIFF, SVS, NDPI, SCN, BIF,
 MRXS, DICOM...).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_hematology.core.errors import InputError
-from napari_hematology.core.slide_formats import SLIDE_SUFFIXES, open_slide, refuse_unreadable
+from napari_hematology.core.whole_slide.formats import SLIDE_SUFFIXES, open_slide, refuse_unreadable
 
 PLAIN_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
 IMAGE_SUFFIXES = SLIDE_SUFFIXES + tuple(PLAIN_FORMATS)

@@ -1,12 +1,25 @@
 """Layout helpers shared by the docks.
 
-A scrolling body, so docks never grow the main window, and combo boxes wide enough for the names they hold.
+A scrolling body, so docks never grow the main window, combo boxes wide enough for the names they hold, and
+small constructors of form fields and read-only table cells.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from magicgui.widgets import FileEdit
-from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFrame,
+    QScrollArea,
+    QSpinBox,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 
 def scrolling_layout(dock: QWidget) -> QVBoxLayout:
@@ -37,6 +50,44 @@ def fit_names(combo: QComboBox) -> QComboBox:
         signal.connect(lambda *args: combo.setMinimumWidth(combo.sizeHint().width()))
     combo.currentTextChanged.connect(combo.setToolTip)
     return combo
+
+
+def combo_box(items: Iterable[str]) -> QComboBox:
+    """A combo box holding ``items``, kept wide enough for them (:func:`fit_names`)."""
+    combo = fit_names(QComboBox())
+    combo.addItems(list(items))
+    return combo
+
+
+def refill(combo: QComboBox, items: list[str]) -> None:
+    """Replace the items of ``combo`` without emitting its change signals."""
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(items)
+    combo.blockSignals(False)
+
+
+def spin_box(low: int, high: int, value: int) -> QSpinBox:
+    """An integer field limited to ``low``..``high``, set to ``value``."""
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    return spin
+
+
+def double_spin_box(low: float, high: float, value: float) -> QDoubleSpinBox:
+    """A decimal field limited to ``low``..``high``, set to ``value``."""
+    spin = QDoubleSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    return spin
+
+
+def read_only_item(text: str) -> QTableWidgetItem:
+    """A table cell showing ``text`` that the user cannot edit."""
+    item = QTableWidgetItem(text)
+    item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+    return item
 
 
 def model_folder_field() -> FileEdit:

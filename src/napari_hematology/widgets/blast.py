@@ -310,7 +310,7 @@ def _analyze_region(region, classifier, pixel_size_sources: dict, **options) -> 
 
 def _unfamiliar_note(cells: pd.DataFrame) -> list[str]:
     """A line of advice when many cells look unlike the classifier's training cells; none otherwise."""
-    from napari_hematology.core.cells.classifier import unfamiliar_batch_note
+    from napari_hematology.core.cells.classify_files import unfamiliar_batch_note
 
     note = unfamiliar_batch_note(cells.get("atypical_score", pd.Series(dtype=float)))
     return [f"{note} Send them to review and retrain on the corrections."] if note else []

@@ -12,11 +12,10 @@ from pathlib import Path
 import napari
 import numpy as np
 from napari.utils.notifications import show_info
-from qtpy.QtCore import QRectF, Qt
-from qtpy.QtGui import QColor, QPainter
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -25,7 +24,6 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPlainTextEdit,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QWidget,
@@ -34,8 +32,17 @@ from qtpy.QtWidgets import (
 from napari_hematology.core.cytometry.fcs import TRANSFORMS
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.widgets._keys import OPEN, RUN, SAVE, bind_button_keys, shortcut_button
-from napari_hematology.widgets._layout import fit_names, scrolling_layout
+from napari_hematology.widgets._layout import (
+    combo_box,
+    double_spin_box,
+    fit_names,
+    read_only_item,
+    refill,
+    scrolling_layout,
+    spin_box,
+)
 from napari_hematology.widgets._palette import category_colours
+from napari_hematology.widgets._proportion_chart import ProportionChart
 from napari_hematology.widgets._runner import TaskRunner, report_error
 
 LATENT = "latent space"
@@ -62,15 +69,15 @@ class CytometryWidget(QWidget):
         self.add_button = shortcut_button("Add FCS files…", OPEN, self._browse)
         self.clear_button = shortcut_button("Clear", None, self.clear_files)
         self.channels_list = QListWidget()
-        self.transform_combo = _combo(TRANSFORM_CHOICES)
-        self.cofactor_spin = _double_spin(AUTO_COFACTOR, 10000.0, AUTO_COFACTOR)
+        self.transform_combo = combo_box(TRANSFORM_CHOICES)
+        self.cofactor_spin = double_spin_box(AUTO_COFACTOR, 10000.0, AUTO_COFACTOR)
         self.cofactor_spin.setSpecialValueText("auto (5 mass, 150 flow)")
-        self.compensate_combo = _combo(COMPENSATION_CHOICES)
+        self.compensate_combo = combo_box(COMPENSATION_CHOICES)
         self.preprocessing_text = QPlainTextEdit()
         self.preprocessing_text.setReadOnly(True)
-        self.method_combo = _combo(("idec", "vade"))
-        self.clusters_spin = _spin(2, 50, 5)
-        self.epochs_spin = _spin(1, 500, 15)
+        self.method_combo = combo_box(("idec", "vade"))
+        self.clusters_spin = spin_box(2, 50, 5)
+        self.epochs_spin = spin_box(1, 500, 15)
         self.stages_edit = QLineEdit()
         self.stages_edit.setPlaceholderText("optional stages .yaml (overrides method and clusters)")
         self.reference_edit = QLineEdit()
@@ -259,7 +266,7 @@ class CytometryWidget(QWidget):
         """Fill the view choices, the populations, the proportions, and show the first scatter."""
         self.result = result
         self._write_preprocessing(result.batch)
-        _refill(self.file_combo, [s.name for s in result.samples])
+        refill(self.file_combo, [s.name for s in result.samples])
         first = result.samples[0]
         channels = result.config.all_channels()
         shown = dict(zip(first.names, first.display_names(), strict=True))
@@ -268,7 +275,7 @@ class CytometryWidget(QWidget):
             combo.clear()
             for text, channel in axes:
                 combo.addItem(text, channel)
-        _refill(self.stage_combo, [s.stage.name for s in result.stages])
+        refill(self.stage_combo, [s.stage.name for s in result.stages])
         self._show_stage()
 
     def _show_stage(self, *_) -> None:
@@ -296,15 +303,15 @@ class CytometryWidget(QWidget):
         self.populations.setHorizontalHeaderLabels(list(POPULATION_COLUMNS))
         self.populations.setRowCount(len(colours))
         for row, (name, colour) in enumerate(colours.items()):
-            swatch = _fixed_item("")
+            swatch = read_only_item("")
             swatch.setBackground(QColor(colour))
             found = name in markers.index
             cells = [
                 swatch,
                 QTableWidgetItem(name),
-                _fixed_item(f"{markers.loc[name, 'fraction']:.1%}" if found else "0%"),
-                _fixed_item(markers.loc[name, "high"] if found else ""),
-                _fixed_item(markers.loc[name, "low"] if found else ""),
+                read_only_item(f"{markers.loc[name, 'fraction']:.1%}" if found else "0%"),
+                read_only_item(markers.loc[name, "high"] if found else ""),
+                read_only_item(markers.loc[name, "low"] if found else ""),
             ]
             for column, cell in enumerate(cells):
                 self.populations.setItem(row, column, cell)
@@ -414,92 +421,3 @@ class CytometryWidget(QWidget):
             return []
         show_info(f"Saved {len(written)} files to {folder}.")
         return written
-
-
-class ProportionChart(QWidget):
-    """Stacked horizontal bars: one bar per file (named on the left), one colour per population."""
-
-    LABEL_WIDTH = 0.3
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.rows: list[tuple[str, list[float]]] = []
-        self.colours: dict[str, str] = {}
-        self.setMinimumHeight(120)
-
-    def set_proportions(self, files: list[str], proportions: np.ndarray, colours: dict[str, str]) -> None:
-        """Show one row of population fractions per file, in the order and colours of ``colours``."""
-        self.rows = [
-            (str(f), [float(v) for v in values]) for f, values in zip(files, proportions, strict=True)
-        ]
-        self.colours = dict(colours)
-        self.setToolTip(
-            "\n".join(
-                f"{file}: " + ", ".join(f"{p} {v:.1%}" for p, v in zip(self.colours, values, strict=True))
-                for file, values in self.rows
-            )
-        )
-        self.update()
-
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
-        """Draw the bars, the file names, and the population names where they fit."""
-        if not self.rows:
-            return
-        painter = QPainter(self)
-        label_width = self.width() * self.LABEL_WIDTH
-        bar_width = self.width() - label_width
-        height = self.height() / len(self.rows)
-        names = list(self.colours)
-        for row, (file, values) in enumerate(self.rows):
-            top = row * height
-            painter.setPen(self.palette().windowText().color())
-            painter.drawText(QRectF(0, top, label_width - 4, height), _RIGHT_MIDDLE, file)
-            left = label_width
-            for name, value in zip(names, values, strict=True):
-                box = QRectF(left, top + 1, value * bar_width, height - 2)
-                painter.fillRect(box, QColor(self.colours[name]))
-                if painter.fontMetrics().horizontalAdvance(name) < box.width() - 4:
-                    painter.setPen(_text_colour(self.colours[name]))
-                    painter.drawText(box, Qt.AlignmentFlag.AlignCenter, name)
-                left += box.width()
-        painter.end()
-
-
-_RIGHT_MIDDLE = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
-
-
-def _text_colour(background: str) -> QColor:
-    return QColor("black") if QColor(background).lightnessF() > 0.5 else QColor("white")
-
-
-def _fixed_item(text: str) -> QTableWidgetItem:
-    item = QTableWidgetItem(text)
-    item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
-    return item
-
-
-def _combo(items) -> QComboBox:
-    combo = fit_names(QComboBox())
-    combo.addItems(list(items))
-    return combo
-
-
-def _spin(low: int, high: int, value: int) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(low, high)
-    spin.setValue(value)
-    return spin
-
-
-def _double_spin(low: float, high: float, value: float) -> QDoubleSpinBox:
-    spin = QDoubleSpinBox()
-    spin.setRange(low, high)
-    spin.setValue(value)
-    return spin
-
-
-def _refill(combo: QComboBox, items: list[str]) -> None:
-    combo.blockSignals(True)
-    combo.clear()
-    combo.addItems(items)
-    combo.blockSignals(False)

@@ -4,7 +4,7 @@ Predict: pick the image and its cell labels (from blast detection) and a bag mod
 class probabilities as bars, a separate attention layer fills each cell by its weight (with a colour bar),
 and a gallery of the highest-attention cells jumps the viewer to a cell when clicked. Train: a table of
 cell crops with slide labels (BAGS.csv) and a magicgui form of settings train a new bag model. All the
-work is done by :mod:`napari_hematology.core.slides`.
+work is done by :mod:`napari_hematology.core.subtype`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hematology.core.slides.bags import MilConfig
+from napari_hematology.core.subtype.bags import MilConfig
 from napari_hematology.widgets._keys import RUN, TRAIN, bind_button_keys, shortcut_button
 from napari_hematology.widgets._layout import fit_names, scrolling_layout
 from napari_hematology.widgets._runner import TaskRunner
@@ -135,7 +135,7 @@ class SlidePredictionWidget(QWidget):
 
     def predict(self) -> None:
         """Predict the class of the chosen image from its labelled cells (clearing the last prediction)."""
-        from napari_hematology.core.slides.prediction import predict_cells
+        from napari_hematology.core.subtype.prediction import predict_cells
 
         image = self._layer(self.image_combo, Image)
         labels = self._layer(self.labels_combo, Labels)
@@ -218,7 +218,7 @@ class SlidePredictionWidget(QWidget):
     def _fill_gallery(self, cells) -> None:
         """Show the highest-attention cells whole (their box plus a margin), as in the bag model's input."""
         from napari_hematology.core.io import to_rgb8
-        from napari_hematology.core.slides.prediction import cell_crops
+        from napari_hematology.core.subtype.prediction import cell_crops
 
         self.gallery.clear()
         top = cells.dropna(subset=["attention"]).nlargest(GALLERY_SIZE, "attention")
@@ -246,7 +246,7 @@ class SlidePredictionWidget(QWidget):
 
     def train(self) -> None:
         """Train a bag model from the slides table with the form's settings."""
-        from napari_hematology.core.slides.fitting import train_from_table
+        from napari_hematology.core.subtype.fitting import train_from_table
 
         table, out = self.form.table.value, self.form.out.value
         if table is None or out is None:

@@ -7,7 +7,7 @@ in napari or imported from QuPath GeoJSON) or every stained tile. Cancel keeps w
 continues the run from its checkpoint. Cells export to QuPath GeoJSON.
 
 The run itself goes on in a separate process
-(:class:`~napari_hematology.core.cells.slide_worker.SlideWorker`),
+(:class:`~napari_hematology.core.whole_slide.worker.SlideWorker`),
 started as soon as a slide file is chosen so that the classifier is loaded before *Analyse* is pressed;
 napari's drawing never waits for the segmentation. The run starts with the tile nearest the centre of the
 view.
@@ -28,23 +28,23 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QWidget
 
 from napari_hematology.core.cells.classes import CELL_CLASSES
-from napari_hematology.core.cells.geojson import (
-    cells_to_geojson,
-    geojson_to_cells,
-    geojson_to_polygons,
-    read_geojson,
-    write_geojson,
-)
 from napari_hematology.core.cells.report import class_colours
-from napari_hematology.core.cells.slide_worker import SlideWorker
-from napari_hematology.core.cells.whole_slide import (
+from napari_hematology.core.errors import HematologyError, InputError
+from napari_hematology.core.whole_slide.analysis import (
     SlideAnalysis,
     TileUpdate,
     WholeSlideConfig,
     has_checkpoint,
     slide_stem,
 )
-from napari_hematology.core.errors import HematologyError, InputError
+from napari_hematology.core.whole_slide.geojson import (
+    cells_to_geojson,
+    geojson_to_cells,
+    geojson_to_polygons,
+    read_geojson,
+    write_geojson,
+)
+from napari_hematology.core.whole_slide.worker import SlideWorker
 from napari_hematology.widgets._keys import RUN, bind_button_keys, shortcut_button
 from napari_hematology.widgets._layout import fit_names, model_folder_field, scrolling_layout
 from napari_hematology.widgets._legend import Legend, hex_colour
@@ -253,8 +253,8 @@ class WholeSlideWidget(QWidget):
 
     def find_reading_area(self) -> None:
         """Find the smear's monolayer in the background and show it as an editable Shapes layer."""
-        from napari_hematology.core.cells.reading_area import find_reading_area
         from napari_hematology.core.io import read_image
+        from napari_hematology.core.whole_slide.reading_area import find_reading_area
 
         def run(path, progress=None, should_stop=None):
             return find_reading_area(read_image(path), progress=progress, should_stop=should_stop)

@@ -5,7 +5,9 @@ The public API used by the command line, the widgets and the analysis pipeline::
     classifier = load_classifier()             # shipped weights, or load_classifier("my_model/", "cuda")
     table = classifier.predict(crops)          # label, blast_probability, prob_<class>..., atypical_score
     features = classifier.embed(crops)         # (n, d) float32
-    table = classify_images(["cells/"])        # image, label, ...; table.attrs["skipped"]: unread files
+
+Crop files are read and normalised a batch at a time by :mod:`napari_hematology.core.cells.crop_batches`
+and classified as files by :mod:`napari_hematology.core.cells.classify_files`.
 
 ``atypical_score`` (0..1) says how unlike the training cells a cell looks: the share of training cells
 that lie closer to their class than it does in the model's embedding space
@@ -18,10 +20,7 @@ stained pixels) is labelled ``other`` with no class probabilities and an atypica
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,48 +30,14 @@ import pandas as pd
 
 from napari_hematology.core.cells.atypical import TypicalityReference, fit_reference, load_reference
 from napari_hematology.core.cells.classes import BLAST, OTHER
-from napari_hematology.core.cells.crops import (
-    CONTEXT,
-    CROP_SIZE,
-    crop_to_rgb8,
-    has_visible_cell,
-    normalise_crop,
-    read_crop,
-)
+from napari_hematology.core.cells.crop_batches import BATCH_SIZE, prepare_crop
+from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE, has_visible_cell
 from napari_hematology.core.errors import InputError, ModelFileError
-from napari_hematology.core.io import list_images
-from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, tracked
+from napari_hematology.core.progress import ProgressCallback, StopCallback, tracked
 
 MODEL_NAME = "cell_classifier"
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[2] / "weights" / "cell_classifier"
-READ_THREADS = 2
-BATCH_SIZE = 256
 ATYPICAL_SCORE = "atypical_score"
-MIN_CROPS_TO_ADAPT = 32
-# leave-one-source-out, the sources the model failed on had 43-69% of cells above 0.95, the others 13-17%
-UNFAMILIAR_SCORE = 0.95
-UNFAMILIAR_SHARE = 0.3
-UNFAMILIAR_MIN_CELLS = 10
-
-
-def prepare_crop(crop: Any, name: str, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
-    """Check one single-cell crop, convert it to 8-bit RGB and normalise it for the classifier.
-
-    Args:
-        crop: Image array (Y, X, 3), (Y, X, 4), 16-bit or float; numpy or dask.
-        name: Name used in messages (file name or crop index).
-        size: Side of the normalised crop.
-        context: Side of the normalised crop relative to the nucleus size.
-
-    Returns:
-        A (size, size, 3) uint8 crop.
-
-    Raises:
-        InputError: The crop is grayscale, too small, or so large that it is a smear field (a blank crop
-            is kept: it shows no cell and is classified ``other``).
-
-    """
-    return normalise_crop(crop_to_rgb8(crop, name), size=size, context=context)
 
 
 @dataclass
@@ -376,211 +341,6 @@ def load_classifier(model_dir: str | Path | None = None, device: str = "auto") -
         context=float(metadata.get("context", CONTEXT)),
         metadata=metadata,
         reference=load_reference(directory, model.embedding_size),
-    )
-
-
-def iter_prepared_crops(
-    paths: Sequence[Path],
-    size: int = CROP_SIZE,
-    context: float = CONTEXT,
-    chunk: int = BATCH_SIZE,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
-    on_error: Callable[[Path, InputError], None] | None = None,
-) -> Iterator[np.ndarray]:
-    """Read and normalise single-cell crop files on background threads, yielding them in chunks.
-
-    The threads keep reading while the caller works on the chunk it was given (for example runs the
-    network, which releases the interpreter lock), so reading and classifying overlap.
-
-    Args:
-        paths: Image files.
-        size: Side of the normalised crops.
-        context: Crop side relative to the nucleus size.
-        chunk: Crops per yielded array.
-        progress: Progress callback (per file).
-        should_stop: Cancellation callback.
-        on_error: Called with each file that cannot be used and the reason, which is then left out;
-            None raises instead.
-
-    Yields:
-        (k, size, size, 3) uint8 arrays, in the order of ``paths`` (skipped files left out).
-
-    Raises:
-        InputError: Without ``on_error``: a file cannot be read or is not a usable colour crop; the
-            message names it.
-
-    """
-
-    def read_one(path: Path) -> np.ndarray | InputError:
-        try:
-            return normalise_crop(read_crop(path), size=size, context=context)
-        except InputError as error:
-            if on_error is None:
-                raise
-            return error
-
-    pool = ThreadPoolExecutor(READ_THREADS)
-    try:
-        pending: list[np.ndarray] = []
-        crops = tracked(pool.map(read_one, paths), len(paths), progress, should_stop, "reading crops")
-        for path, crop in zip(paths, crops, strict=True):
-            if isinstance(crop, InputError):
-                on_error(path, crop)
-                continue
-            pending.append(crop)
-            if len(pending) == chunk:
-                yield np.stack(pending)
-                pending = []
-        if pending:
-            yield np.stack(pending)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def read_prepared_crops(
-    paths: Sequence[Path],
-    size: int = CROP_SIZE,
-    context: float = CONTEXT,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
-) -> np.ndarray:
-    """Read single-cell crop files and normalise them, several files at a time.
-
-    Args:
-        paths: Image files.
-        size: Side of the normalised crops.
-        context: Crop side relative to the nucleus size.
-        progress: Progress callback.
-        should_stop: Cancellation callback.
-
-    Returns:
-        An (n, size, size, 3) uint8 array in the order of ``paths``.
-
-    Raises:
-        InputError: A file cannot be read or is not a usable colour crop; the message names it.
-
-    """
-    chunks = list(iter_prepared_crops(paths, size, context, progress=progress, should_stop=should_stop))
-    if not chunks:
-        return np.zeros((0, size, size, 3), dtype=np.uint8)
-    return np.concatenate(chunks)
-
-
-def classify_images(
-    paths: Sequence[str | Path] | str | Path,
-    model_dir: str | Path | None = None,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
-    device: str = "auto",
-    adapt: bool = False,
-) -> pd.DataFrame:
-    """Classify single-cell crop files (folders are searched for images); unusable files are skipped.
-
-    Args:
-        paths: Image files and/or folders.
-        model_dir: Model folder; None uses the shipped weights.
-        progress: Progress callback.
-        should_stop: Cancellation callback.
-        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
-        adapt: Re-estimate the network's BatchNorm statistics on these crops before classifying them
-            (AdaBN, no labels used): for a batch of crops from one lab the model never saw. All crops
-            are then held in memory (12 kB each) and read before the first is classified.
-
-    Returns:
-        One row per usable image: ``image``, ``label``, ``blast_probability``, ``prob_<class>`` per class
-        and ``atypical_score``. ``table.attrs["skipped"]`` lists ``{"image", "reason"}`` for each file
-        that could not be used.
-
-    Raises:
-        InputError: A path is missing or holds no images, no file could be used, or the device is not
-            available.
-        ModelFileError: The model folder cannot be loaded.
-
-    """
-    files = list_images(paths)
-    classifier = load_classifier(model_dir, device)
-    check_cancel(should_stop)
-    skipped: list[dict[str, str]] = []
-    chunks = iter_prepared_crops(
-        files,
-        classifier.crop_size,
-        classifier.context,
-        progress=progress,
-        should_stop=should_stop,
-        on_error=lambda path, error: skipped.append({"image": str(path), "reason": str(error)}),
-    )
-    with _cores_left_to_the_readers():
-        if adapt:
-            tables = _classify_adapted(classifier, list(chunks), should_stop)
-        else:
-            tables = [classifier.predict_prepared(chunk, should_stop=should_stop) for chunk in chunks]
-    if not tables:
-        raise InputError(nothing_read_message(skipped))
-    table = pd.concat(tables, ignore_index=True)
-    unread = {item["image"] for item in skipped}
-    table.insert(0, "image", [str(path) for path in files if str(path) not in unread])
-    table.attrs["skipped"] = skipped
-    return table
-
-
-@contextmanager
-def _cores_left_to_the_readers() -> Iterator[None]:
-    """Run torch on the cores the crop-reading threads leave free, then restore its thread count.
-
-    Reading and the network overlap; with both at full width on a small machine they fight over the
-    cores (2 cores: 428 crops/s with 2 torch threads, 520 with 1).
-    """
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, cores - READ_THREADS)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _classify_adapted(
-    classifier: CellClassifier, chunks: list[np.ndarray], should_stop: StopCallback | None
-) -> list[pd.DataFrame]:
-    """Classify all the crops read with the BatchNorm statistics adapted to them, as one table.
-
-    The atypical score stays the unadapted model's: its reference describes that model's embeddings.
-    """
-    if not chunks:
-        return []
-    crops = np.concatenate(chunks)
-    if len(crops) < MIN_CROPS_TO_ADAPT:
-        raise InputError(
-            f"Only {len(crops)} crop(s) could be read; adapting to a lab needs at least "
-            f"{MIN_CROPS_TO_ADAPT}. Classify without --adapt, or add more crops of that lab."
-        )
-    atypical = classifier.predict_prepared(crops, should_stop=should_stop)[ATYPICAL_SCORE].to_numpy()
-    adapt_batch_norm(classifier.model, crops)
-    table = classifier.predict_prepared(crops, should_stop=should_stop)
-    table[ATYPICAL_SCORE] = atypical
-    return [table]
-
-
-def unfamiliar_batch_note(atypical: pd.Series, min_cells: int = UNFAMILIAR_MIN_CELLS) -> str | None:
-    """A warning when many cells of a batch look unlike the model's training cells, else None.
-
-    Args:
-        atypical: The batch's atypical scores.
-        min_cells: Fewest cells for which a share is judged.
-
-    Returns:
-        One sentence for the user (the caller adds what to do), or None.
-
-    """
-    share = float((atypical > UNFAMILIAR_SCORE).mean()) if len(atypical) >= min_cells else 0.0
-    if share < UNFAMILIAR_SHARE:
-        return None
-    return (
-        f"{share:.0%} of these cells look unlike the model's training cells (atypical_score above "
-        f"{UNFAMILIAR_SCORE}), so its calls on them are unreliable."
     )
 
 

@@ -23,14 +23,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from napari_hematology.core.cells.augmentation import augment
 from napari_hematology.core.cells.classifier import (
     MODEL_NAME,
     CellClassifier,
     adapt_batch_norm,
     fold_temperature,
-    iter_prepared_crops,
 )
-from napari_hematology.core.cells.recipe import CellSet, ClassifierRecipe, augment, save_classifier
+from napari_hematology.core.cells.crop_batches import iter_prepared_crops
+from napari_hematology.core.cells.recipe import ClassifierRecipe, save_classifier
+from napari_hematology.core.cells.training_data import CellSet
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import read_table
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel

@@ -1,28 +1,15 @@
-"""Training recipe of the cell classifier: real single-cell crops from several labs, partial labels.
+"""Training recipe of the cell classifier: sources weighed alike, partial labels, augmentation.
 
-Data (under the shared data root), each lab its own *source*:
-
-- ``single_cells/pbc``: CellaVision crops from Hospital Clinic Barcelona, eight classes: the five normal
-  white-cell types, immature granulocytes, erythroblasts and platelets (trained as ``other``).
-- ``single_cells/all_idb2``: blast vs normal. A normal cell's type is unknown, so its label is the set
-  of the five normal white-cell types and the loss maximises the probability of that set (a
-  partial-label loss).
-- ``single_cells/bccd_crops``: five white-cell types, one folder per type.
-- ``single_cells/wbc_seg/dataset1`` and ``dataset2``: five types from two labs, labels not checked by
-  experts (down-weighted).
-- Synthetic crops with no white cell (background and red cells only), also ``other``, so that a crop
-  without a white cell is not forced into a white-cell class.
-
-Blasts only come from ALL-IDB2, so a network could learn "ALL-IDB2 look" instead of "blast". ALL-IDB2
-normal cells are in training too (same lab, not blast), and every crop is normalised to its nucleus and
-white-balanced (:mod:`napari_hematology.core.cells.crops`). Every source weighs the same in the loss
-whatever its size, so that the many PBC crops do not make the network a CellaVision specialist.
-:func:`augment` changes stain, scale, resolution and focus; how strongly is a recipe setting. The
-defaults (colour statistics, mild colour jitter, no blur, 40 epochs) were measured leave-one-source-out
-(``benchmarks/bench_any_lab.py``). The one validation source, wbc_seg/dataset2, preferred the network
-without colour statistics by 0.39 to 0.36 on its 100 cells, but that recipe was far worse on every
-other source (PBC 0.33 against 0.59), so the final pick looked at all sources and their figures count
-as "chosen on them". ``docs/cell_classifier.md`` has the table and what it does not reach.
+The crops, their sources and their (possibly partial) labels come from
+:mod:`napari_hematology.core.cells.training_data`. Every source weighs the same in the loss whatever its
+size, so that the many PBC crops do not make the network a CellaVision specialist.
+:func:`~napari_hematology.core.cells.augmentation.augment` changes stain, scale, resolution and focus; how
+strongly is a recipe setting. The defaults (colour statistics, mild colour jitter, no blur, 40 epochs) were
+measured leave-one-source-out (``benchmarks/bench_any_lab.py``). The one validation source,
+wbc_seg/dataset2, preferred the network without colour statistics by 0.39 to 0.36 on its 100 cells, but
+that recipe was far worse on every other source (PBC 0.33 against 0.59), so the final pick looked at all
+sources and their figures count as "chosen on them". ``docs/cell_classifier.md`` has the table and what it
+does not reach.
 """
 
 from __future__ import annotations
@@ -35,36 +22,15 @@ import numpy as np
 import pandas as pd
 
 from napari_hematology.core.cells.atypical import save_reference
-from napari_hematology.core.cells.classes import (
-    BLAST,
-    CELL_CLASSES,
-    IMMATURE_GRANULOCYTE,
-    NORMAL_TYPES,
-    OTHER,
-)
-from napari_hematology.core.cells.classifier import (
-    MODEL_NAME,
-    CellClassifier,
-    fold_temperature,
-    read_prepared_crops,
-)
+from napari_hematology.core.cells.augmentation import augment
+from napari_hematology.core.cells.classes import CELL_CLASSES
+from napari_hematology.core.cells.classifier import MODEL_NAME, CellClassifier, fold_temperature
 from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE
+from napari_hematology.core.cells.training_data import SYNTHETIC, CellSet, load_cell_set
 from napari_hematology.core.errors import InputError
-from napari_hematology.core.io import read_table
 from napari_hematology.core.progress import ProgressCallback, StopCallback
 from napari_hematology.core.training import TrainConfig
 from napari_hematology.models.cell_classifier import DEFAULT_BACKBONE
-
-NORMAL = "normal"
-WBC_SEG_TYPES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
-PBC_CLASSES = {
-    **{name: name for name in NORMAL_TYPES},
-    "ig": IMMATURE_GRANULOCYTE,
-    "erythroblast": "erythroblast",
-    "platelet": OTHER,
-}
-SYNTHETIC = "synthetic"
-REQUIRED_SOURCES = ("all_idb2", "bccd_crops", "wbc_seg", "pbc")
 
 
 def default_recipe_training() -> TrainConfig:
@@ -118,226 +84,6 @@ class ClassifierRecipe:
     train: TrainConfig = field(default_factory=default_recipe_training)
 
 
-@dataclass
-class CellSet:
-    """Normalised training crops with their (possibly partial) labels.
-
-    Attributes:
-        crops: (n, size, size, 3) uint8 normalised crops.
-        labels: Label as given by the source: a class name, or ``normal`` (one of the normal types).
-        sources: Lab each crop comes from (``all_idb2``, ``bccd_crops``, ``pbc``, ``wbc_seg/dataset1``,
-            ``wbc_seg/dataset2``, ``synthetic``).
-        groups: Crops sharing a group (same smear image) are kept in the same cross-validation fold.
-        files: Crop file paths (empty for synthetic crops).
-        noisy: Whether the label was not expert-checked.
-
-    """
-
-    crops: np.ndarray
-    labels: np.ndarray
-    sources: np.ndarray
-    groups: np.ndarray
-    files: np.ndarray
-    noisy: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index: np.ndarray) -> CellSet:
-        """Select the crops at ``index`` (integer positions or a boolean mask)."""
-        return CellSet(**{name: value[index] for name, value in vars(self).items()})
-
-    def concat(self, other: CellSet) -> CellSet:
-        """These crops followed by ``other``'s."""
-        return CellSet(
-            **{name: np.concatenate([value, getattr(other, name)]) for name, value in vars(self).items()}
-        )
-
-    def allowed(self, classes: list[str]) -> np.ndarray:
-        """(n, classes) boolean matrix of the classes each crop's label allows."""
-        allowed = np.zeros((len(self), len(classes)), dtype=bool)
-        for row, label in enumerate(self.labels):
-            if label == NORMAL:
-                allowed[row] = [name in NORMAL_TYPES for name in classes]
-            else:
-                allowed[row, classes.index(label)] = True
-        return allowed
-
-
-def list_training_crops(data_root: str | Path) -> pd.DataFrame:
-    """Find the labelled single-cell crops under the shared data root.
-
-    Args:
-        data_root: Folder holding ``single_cells/all_idb2``, ``bccd_crops``, ``wbc_seg`` and ``pbc``.
-
-    Returns:
-        A table with columns ``file, label, source, group, noisy``.
-
-    Raises:
-        InputError: A data set folder or its label table is missing.
-
-    """
-    cells = Path(data_root) / "single_cells"
-    for name in REQUIRED_SOURCES:
-        if not (cells / name).is_dir():
-            raise InputError(
-                f"{cells / name} not found; --data must be the shared data folder that holds "
-                + ", ".join(f"single_cells/{source}" for source in REQUIRED_SOURCES)
-                + "."
-            )
-    return pd.concat(
-        [
-            _all_idb2_rows(cells / "all_idb2"),
-            _bccd_rows(cells / "bccd_crops"),
-            _wbc_seg_rows(cells / "wbc_seg"),
-            _pbc_rows(cells / "pbc"),
-        ],
-        ignore_index=True)
-
-
-def _all_idb2_rows(folder: Path) -> pd.DataFrame:
-    table = read_table(folder / "labels.csv", required=("image", "label"))
-    unknown = set(table["label"]) - {BLAST, NORMAL}
-    if unknown:
-        raise InputError(f"{folder / 'labels.csv'}: unknown label(s) {sorted(unknown)}; use blast or normal.")
-    files = [str(folder / image) for image in table["image"]]
-    return pd.DataFrame(
-        {"file": files, "label": table["label"], "source": "all_idb2", "group": files, "noisy": False}
-    )
-
-
-def _bccd_rows(folder: Path) -> pd.DataFrame:
-    rows = [
-        {"file": str(path), "label": path.parent.name.lower(), "source": "bccd_crops",
-         "group": path.stem.rsplit("_", 1)[0], "noisy": False}
-        for path in sorted((folder / "images").glob("*/*.jpg"))
-    ]
-    unknown = {row["label"] for row in rows} - set(CELL_CLASSES)
-    if unknown:
-        raise InputError(f"{folder}: unknown white-cell type folder(s) {sorted(unknown)}.")
-    return pd.DataFrame(rows)
-
-
-def _wbc_seg_rows(folder: Path) -> pd.DataFrame:
-    parts = []
-    for dataset in ("dataset1", "dataset2"):
-        table = read_table(folder / f"{dataset}_labels.csv", required=("image ID",))
-        files = [str(folder / dataset / f"{int(image):03d}.bmp") for image in table["image ID"]]
-        types = table.iloc[:, 1].map(WBC_SEG_TYPES)  # the class column is named differently per set
-        parts.append(
-            pd.DataFrame(
-                {
-                    "file": files,
-                    "label": types,
-                    "source": f"wbc_seg/{dataset}",
-                    "group": files,
-                    "noisy": True,
-                }
-            )
-        )
-    return pd.concat(parts, ignore_index=True)
-
-
-def _pbc_rows(folder: Path) -> pd.DataFrame:
-    """PBC crops; each file is its own group (the files name no patient or smear)."""
-    table = read_table(folder / "labels.csv", required=("image", "label"))
-    unknown = set(table["label"]) - set(PBC_CLASSES)
-    if unknown:
-        raise InputError(f"{folder / 'labels.csv'}: unknown label(s) {sorted(unknown)}.")
-    files = [str(folder / image) for image in table["image"]]
-    return pd.DataFrame(
-        {
-            "file": files,
-            "label": table["label"].map(PBC_CLASSES),
-            "source": "pbc",
-            "group": files,
-            "noisy": False,
-        }
-    )
-
-
-def cap_per_label(table: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
-    """Keep at most ``cap`` rows per source and label, a seeded random choice (0 keeps all)."""
-    if cap <= 0:
-        return table
-    shuffled = table.sample(frac=1.0, random_state=seed)
-    kept = shuffled.groupby(["source", "label"], sort=False).head(cap)
-    return table.loc[table.index.isin(kept.index)].reset_index(drop=True)
-
-
-def background_crops(count: int, size: int, seed: int) -> np.ndarray:
-    """Synthetic normalised crops without a white cell: a pale field with a few pale-centred red cells.
-
-    Args:
-        count: Number of crops.
-        size: Side in pixels.
-        seed: Random seed.
-
-    Returns:
-        A (count, size, size, 3) uint8 array.
-
-    """
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[:size, :size]
-    crops = np.empty((count, size, size, 3), dtype=np.uint8)
-    for index in range(count):
-        image = np.ones((size, size, 3)) * rng.uniform(225, 255, 3)
-        for _ in range(rng.integers(0, 6)):
-            radius = rng.uniform(0.12, 0.35) * size
-            distance = np.hypot(rows - rng.uniform(0, size), cols - rng.uniform(0, size)) / radius
-            pink = rng.uniform([190, 120, 130], [245, 190, 205])
-            pallor = np.clip(1.0 - distance, 0, 1)[..., None] * rng.uniform(0, 0.5)
-            image = np.where((distance < 1)[..., None], pink * (1 - pallor) + image * pallor, image)
-        crops[index] = np.clip(image + rng.normal(0, rng.uniform(1, 6), image.shape), 0, 255)
-    return crops
-
-
-def load_cell_set(
-    data_root: str | Path,
-    recipe: ClassifierRecipe | None = None,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
-) -> CellSet:
-    """Read and normalise the labelled training crops under the shared data root.
-
-    Args:
-        data_root: The shared data folder.
-        recipe: Gives crop size, context, the cap per source and label, and the synthetic crops.
-        progress: Progress callback.
-        should_stop: Cancellation callback.
-
-    Returns:
-        The crops and labels, synthetic background crops last.
-
-    """
-    recipe = recipe or ClassifierRecipe()
-    table = cap_per_label(list_training_crops(data_root), recipe.per_label_cap, recipe.train.seed)
-    crops = read_prepared_crops(
-        [Path(file) for file in table["file"]], recipe.crop_size, recipe.context, progress, should_stop
-    )
-    cells = CellSet(
-        crops=crops,
-        labels=table["label"].to_numpy(dtype=object),
-        sources=table["source"].to_numpy(dtype=object),
-        groups=table["group"].to_numpy(dtype=object),
-        files=table["file"].to_numpy(dtype=object),
-        noisy=table["noisy"].to_numpy(dtype=bool))
-    return cells.concat(synthetic_cell_set(recipe.background_crops, recipe.crop_size, recipe.train.seed))
-
-
-def synthetic_cell_set(count: int, size: int, seed: int) -> CellSet:
-    """``count`` synthetic crops without a white cell, labelled ``other``, source ``synthetic``."""
-    names = np.array([f"{SYNTHETIC}/{index}" for index in range(count)], dtype=object)
-    return CellSet(
-        crops=background_crops(count, size, seed),
-        labels=np.full(count, OTHER, dtype=object),
-        sources=np.full(count, SYNTHETIC, dtype=object),
-        groups=names,
-        files=np.full(count, "", dtype=object),
-        noisy=np.zeros(count, dtype=bool),
-    )
-
-
 def sample_weights(cells: CellSet, noisy_weight: float) -> np.ndarray:
     """Loss weights: every source weighs the same, rare labels count more, unchecked labels less.
 
@@ -351,88 +97,6 @@ def sample_weights(cells: CellSet, noisy_weight: float) -> np.ndarray:
     weights /= sources.map(pd.Series(weights).groupby(sources).sum()).to_numpy()
     weights = np.where(cells.noisy, weights * noisy_weight, weights)
     return (weights / weights.mean()).astype(np.float32)
-
-
-def augment(images, generator=None, recipe: ClassifierRecipe | None = None):
-    """Random stain, illumination, scale, focus and geometry changes of a float (n, 3, h, w) 0..255 batch.
-
-    Args:
-        images: Batch of crops as a float tensor.
-        generator: Torch random generator, or None for the global one.
-        recipe: Gives the strength of the stain, scale and blur changes; None uses the defaults.
-
-    Returns:
-        The augmented batch, same shape, values in 0..255.
-
-    """
-    import torch
-    import torch.nn.functional as functional
-
-    recipe = recipe or ClassifierRecipe()
-    count = images.shape[0]
-    stain = recipe.stain_jitter
-
-    def uniform(low: float, high: float, *shape: int):
-        return torch.empty(count, *shape, device=images.device).uniform_(low, high, generator=generator)
-
-    def around(centre: float, spread: float, *shape: int):
-        return uniform(centre - spread, centre + spread, *shape)
-
-    angle = uniform(0, 2 * np.pi)
-    scale = around(1.0, recipe.scale_jitter)
-    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [
-            torch.stack([cos * flip, -sin, around(0, 0.08)], 1),
-            torch.stack([sin * flip, cos, around(0, 0.08)], 1),
-        ],
-        1,
-    )
-    grid = functional.affine_grid(theta, list(images.shape), align_corners=False)
-    images = functional.grid_sample(images, grid, padding_mode="reflection", align_corners=False)
-    if recipe.max_downsample > 1:
-        images = _lower_resolution(images, recipe.max_downsample, uniform(0, 1) < 0.5, generator)
-    if recipe.max_blur > 0:
-        blurred = functional.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
-        images = torch.lerp(images, blurred, uniform(0, recipe.max_blur, 1, 1, 1))
-    images = images / 255.0
-    gray = images.mean(dim=1, keepdim=True)
-    images = gray + (images - gray) * around(1.0, 0.15 * stain, 1, 1, 1).clamp(min=0)
-    images = _rotate_hue(images, around(0, 0.06 * stain))
-    images = images * around(1.0, 0.05 * stain, 3, 1, 1) + around(0, 0.03 * stain, 1, 1, 1)
-    images = images.clamp(0, 1) ** around(1.0, 0.1 * stain, 1, 1, 1).clamp(min=0.3)
-    if recipe.grayscale_probability > 0:
-        grey = uniform(0, 1, 1, 1, 1) < recipe.grayscale_probability
-        images = torch.where(grey, images.mean(dim=1, keepdim=True).expand_as(images), images)
-    return images.clamp(0, 1) * 255.0
-
-
-def _lower_resolution(images, max_factor: float, chosen, generator):
-    """Shrink the ``chosen`` images by one random factor in [1, max_factor] and enlarge them back."""
-    import torch
-    import torch.nn.functional as functional
-
-    factor = float(torch.empty(1).uniform_(1.0, max_factor, generator=generator))
-    size = images.shape[-1]
-    small = functional.interpolate(images, size=max(4, round(size / factor)), mode="area")
-    blurred = functional.interpolate(small, size=size, mode="bilinear", align_corners=False)
-    return torch.where(chosen.view(-1, 1, 1, 1), blurred, images)
-
-
-def _rotate_hue(images, angle):
-    """Rotate colours about the grey axis by ``angle`` radians (one angle per image)."""
-    import torch
-
-    axis = torch.full((3,), 1 / np.sqrt(3), device=images.device)
-    cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
-    cross = torch.tensor(
-        [[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]], device=images.device
-    )
-    outer = torch.outer(axis, axis)
-    eye = torch.eye(3, device=images.device)
-    rotation = cos * eye + sin * cross + (1 - cos) * outer
-    return torch.einsum("nij,njhw->nihw", rotation, images)
 
 
 def partial_label_loss(logits, allowed, weights):

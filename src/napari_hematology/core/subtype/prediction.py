@@ -16,7 +16,7 @@ from napari_hematology.core.cells.classes import DEFAULT_BLAST_THRESHOLD
 from napari_hematology.core.errors import InputError, ModelFileError
 from napari_hematology.core.io import read_image, to_rgb8, write_labels, write_table
 from napari_hematology.core.progress import ProgressCallback, StopCallback
-from napari_hematology.core.slides.bags import (
+from napari_hematology.core.subtype.bags import (
     Bags,
     MilConfig,
     blast_indices,
@@ -25,8 +25,8 @@ from napari_hematology.core.slides.bags import (
     encode_bags,
     read_bags_table,
 )
-from napari_hematology.core.slides.features import blast_scorer, encode_crops, resolve_encoder
-from napari_hematology.core.slides.fitting import MODEL_NAME, MilModel, bag_outputs
+from napari_hematology.core.subtype.features import blast_scorer, encode_crops, resolve_encoder
+from napari_hematology.core.subtype.fitting import MODEL_NAME, MilModel, bag_outputs
 
 ATTENTION_FILE = "attention.csv"
 

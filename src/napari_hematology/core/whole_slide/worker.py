@@ -3,7 +3,7 @@
 Segmentation and morphology hold the GIL for long stretches; in a thread of napari's process they would
 stall the viewer. :class:`SlideWorker` is started ahead of time (when a slide is chosen), loads the
 classifier while the user still decides what to read, runs
-:func:`~napari_hematology.core.cells.whole_slide.analyze_slide_file` and relays its regions, tiles and
+:func:`~napari_hematology.core.whole_slide.analysis.analyze_slide_file` and relays its regions, tiles and
 progress to the calling thread.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from napari_hematology.core.cells.analysis import get_classifier
-from napari_hematology.core.cells.whole_slide import SlideAnalysis, TileUpdate, analyze_slide_file
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.core.progress import ProgressCallback, StopCallback
+from napari_hematology.core.whole_slide.analysis import SlideAnalysis, TileUpdate, analyze_slide_file
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ After each tile its cells are appended to ``<stem>_cells.csv`` and the tile is r
 where it stopped. At the end ``<stem>_summary.json`` and ``<stem>_cells.geojson`` (QuPath detections) are
 written.
 
-:mod:`napari_hematology.core.cells.slide_worker` runs it in a process of its own.
+:mod:`napari_hematology.core.whole_slide.worker` runs it in a process of its own.
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ from scipy import ndimage
 
 from napari_hematology.core.cells.analysis import classify_cells, get_classifier, summarize
 from napari_hematology.core.cells.classes import DEFAULT_BLAST_THRESHOLD
-from napari_hematology.core.cells.geojson import cells_to_geojson, polygons_to_geojson, write_geojson
 from napari_hematology.core.cells.magnification import PixelSize, find_pixel_size
-from napari_hematology.core.cells.reading_area import find_reading_area, inside_polygons, slide_overview
 from napari_hematology.core.cells.segmentation import (
     Segmentation,
     SegmentationConfig,
@@ -47,6 +45,8 @@ from napari_hematology.core.cells.stain import od_tables
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import SmearImage, read_image, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
+from napari_hematology.core.whole_slide.geojson import cells_to_geojson, polygons_to_geojson, write_geojson
+from napari_hematology.core.whole_slide.reading_area import find_reading_area, inside_polygons, slide_overview
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ a cell. Bags are read from a table (``BAGS.csv``) with one row per cell crop: co
 and ``label`` (the bag's label on every row; only needed for training), optionally ``patient`` (bags of
 one patient never straddle a cross-validation split) and ``blast_probability`` (used when only blasts are
 kept; otherwise computed with the cell classifier). Cells are encoded by a frozen, cached cell encoder
-(:mod:`napari_hematology.core.slides.features`).
+(:mod:`napari_hematology.core.subtype.features`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from napari_hematology.core.cells.classes import DEFAULT_BLAST_THRESHOLD
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import read_table
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
-from napari_hematology.core.slides.features import (
+from napari_hematology.core.subtype.features import (
     CELL_CLASSIFIER,
     blast_scorer,
     encode_files,

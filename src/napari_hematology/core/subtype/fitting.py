@@ -18,7 +18,7 @@ import numpy as np
 from napari_hematology.core.calibration import fit_temperature, negative_log_likelihood, softmax
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
-from napari_hematology.core.slides.bags import (
+from napari_hematology.core.subtype.bags import (
     BagDataset,
     Bags,
     MilConfig,

@@ -1,1 +1,0 @@
-"""Slide-level classification: bags of cell features and the attention multiple-instance model."""
