@@ -17,16 +17,29 @@ import numpy as np
 import pandas as pd
 
 from napari_hematology.core.cells.classes import BLAST, DEFAULT_BLAST_THRESHOLD, NOT_IN_DIFFERENTIAL, OTHER
-from napari_hematology.core.cells.classifier import ATYPICAL_SCORE
+from napari_hematology.core.cells.classifier import ATYPICAL_SCORE, QUALITY
+from napari_hematology.core.cells.crops import OK
 from napari_hematology.core.cells.magnification import PixelSize, find_pixel_size
 from napari_hematology.core.cells.report import write_overlay
 from napari_hematology.core.cells.segmentation import Segmentation, SegmentationConfig, segment_image
+from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import MIN_SIDE, read_image, write_labels, write_table
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
 
 CROP_CONTEXT = 1.3
 MIN_CROP_SIDE = 32  # pixels at the segmentation's reference pixel size
 LABEL_TILE = 1024
+AT_EDGE = "at_edge"
+CUT_BY_EDGE = "cut by the image edge"
+MOSTLY_OUTSIDE = "crop mostly outside the image"
+CROWDED_FIELD = "too many white cells for one field (red cells taken for white cells?)"
+MIN_INSIDE_SHARE = 0.5  # a crop with less of its square inside the image is mostly outside
+# White cells per 10,000 square micrometres beyond which a field is not believed: even packed side by side
+# white cells (about 120 um^2 each) leave room for fewer; seen when a stain makes red cells look nuclear.
+MAX_WHITE_CELLS_PER_10K_UM2 = 60
+# An image at most this wide in which one cell's box covers this share is a single-cell crop, not a field.
+CROP_LIKE_SIDE = 400
+CROP_LIKE_SHARE = 0.15
 
 
 @dataclass
@@ -116,19 +129,27 @@ def call_classes(
     return pd.Series(labels, index=cells.index, dtype=object)
 
 
-def summarize(labels: pd.Series, classes: list[str]) -> dict[str, Any]:
+def summarize(labels: pd.Series, classes: list[str], quality: pd.Series | None = None) -> dict[str, Any]:
     """Count cells per class and the blast percentage of the white cells.
 
     Args:
         labels: Class name of each cell.
         classes: Class names, reported even when absent; ``other`` is added when a cell has it.
+        quality: Each cell's front-end quality (``ok`` or the reason it is not); cells that are not
+            ``ok`` are left out of every count and listed per reason.
 
     Returns:
         ``{"cells": white cells, "not_in_differential": n, "counts": {class: n}, "blast_percent": float
-        or None}``: erythroblasts and ``other`` are counted per class but are not white cells, so they
-        are left out of ``cells`` and of the percentage (None without white cells).
+        or None, "left_out": {reason: n}}``: erythroblasts and ``other`` are counted per class but are
+        not white cells, so they are left out of ``cells`` and of the percentage (None without white
+        cells).
 
     """
+    left_out: dict[str, int] = {}
+    if quality is not None:
+        flagged = quality.to_numpy() != OK
+        left_out = {str(reason): int(n) for reason, n in quality[flagged].value_counts().items()}
+        labels = labels[~flagged]
     names = [*classes, OTHER] if OTHER not in classes and (labels == OTHER).any() else classes
     counts = {name: int((labels == name).sum()) for name in names}
     white_cells = int((~labels.isin(NOT_IN_DIFFERENTIAL)).sum())
@@ -138,7 +159,48 @@ def summarize(labels: pd.Series, classes: list[str]) -> dict[str, Any]:
         "not_in_differential": int(len(labels)) - white_cells,
         "counts": counts,
         "blast_percent": round(100 * blast / white_cells, 2) if white_cells else None,
+        "left_out": left_out,
     }
+
+
+def cell_quality(
+    cells: pd.DataFrame, shape: tuple[int, ...], crop_min_side: float, pixel_size_um: float | None
+) -> pd.DataFrame:
+    """Front-end checks of each cell of one image: ``at_edge`` and ``quality`` (``ok`` or the reason).
+
+    A cell is flagged when it touches the image border (digital-morphology systems do not count such
+    cells), when most of its crop lies outside the image, when the crop normaliser found no nucleus or
+    the crop is out of focus (its ``quality`` column, if present), or when the field holds more white
+    cells than can fit (a stain that makes red cells look like nuclei).
+
+    Args:
+        cells: Cell table with bounding boxes and centroids (and optionally the crop ``quality``).
+        shape: The image's height and width.
+        crop_min_side: Smallest crop side (as given to :func:`cut_crops`).
+        pixel_size_um: The image's pixel size, for the crowding check; None skips it.
+
+    Returns:
+        ``cells`` with ``at_edge`` and ``quality`` set.
+
+    """
+    height, width = shape[:2]
+    boxes = cells[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]].to_numpy(dtype=float)
+    at_edge = (boxes[:, 0] <= 0) | (boxes[:, 1] <= 0) | (boxes[:, 2] >= height) | (boxes[:, 3] >= width)
+    box_side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    side = np.maximum(crop_min_side, CROP_CONTEXT * box_side)
+    centre_y, centre_x = cells["centroid_y"].to_numpy(float), cells["centroid_x"].to_numpy(float)
+    inside_y = np.minimum(height, centre_y + side / 2) - np.maximum(0, centre_y - side / 2)
+    inside_x = np.minimum(width, centre_x + side / 2) - np.maximum(0, centre_x - side / 2)
+    outside = inside_y * inside_x < MIN_INSIDE_SHARE * side**2
+    quality = cells[QUALITY].fillna(OK) if QUALITY in cells else pd.Series(OK, index=cells.index)
+    quality = quality.to_numpy(dtype=object)
+    quality = np.where(outside, MOSTLY_OUTSIDE, quality)
+    quality = np.where(at_edge, CUT_BY_EDGE, quality)
+    if pixel_size_um is not None and len(cells):
+        area_10k_um2 = height * width * pixel_size_um**2 / 10_000
+        if len(cells) > max(1.0, area_10k_um2) * MAX_WHITE_CELLS_PER_10K_UM2:
+            quality[:] = CROWDED_FIELD
+    return cells.assign(**{AT_EDGE: at_edge, QUALITY: quality})
 
 
 def classify_cells(
@@ -150,8 +212,9 @@ def classify_cells(
     should_stop: StopCallback | None = None,
     *,
     crop_min_side: float = MIN_CROP_SIDE,
+    pixel_size_um: float | None = None,
 ) -> pd.DataFrame:
-    """Classify every segmented cell and join the class columns to its features.
+    """Classify every segmented cell, check it, and join the class and quality columns to its features.
 
     Args:
         image: The segmented image (numpy or dask).
@@ -161,19 +224,21 @@ def classify_cells(
         progress: Progress callback.
         should_stop: Cancellation callback.
         crop_min_side: Smallest crop side in the image's pixels (see :func:`min_crop_side`).
+        pixel_size_um: The image's pixel size (for the crowded-field check); None skips that check.
 
     Returns:
-        The cell table with ``label``, ``blast_probability`` and ``prob_<class>`` columns added.
+        The cell table with ``label``, ``blast_probability``, ``prob_<class>``, ``atypical_score``,
+        ``quality`` and ``at_edge`` columns added (see :func:`cell_quality`).
 
     """
     cells = segmentation.cells.reset_index(drop=True)
     if cells.empty:
         columns = ["label", "blast_probability"] + [f"prob_{name}" for name in classifier.classes]
-        return cells.reindex(columns=[*cells.columns, *columns, ATYPICAL_SCORE])
+        return cells.reindex(columns=[*cells.columns, *columns, ATYPICAL_SCORE, QUALITY, AT_EDGE])
     crops = cut_crops(image, cells, min_side=crop_min_side)
     check_cancel(should_stop)
     predictions = classifier.predict(crops, progress=progress, should_stop=should_stop).reset_index(drop=True)
-    table = pd.concat([cells, predictions], axis=1)
+    table = cell_quality(pd.concat([cells, predictions], axis=1), image.shape, crop_min_side, pixel_size_um)
     table["label"] = call_classes(table, list(classifier.classes), blast_threshold)
     return table
 
@@ -228,6 +293,7 @@ def analyze_image(
         progress,
         should_stop,
         crop_min_side=min_crop_side(config, pixel_size.um_per_px),
+        pixel_size_um=pixel_size.um_per_px,
     )
     cells.attrs.update(pixel_size_um=pixel_size.um_per_px, pixel_size_source=pixel_size.source)
     return ImageAnalysis(
@@ -271,6 +337,7 @@ def analyze_file(
     classifier=None,
     config: SegmentationConfig | None = None,
     pixel_size_um: float | None = None,
+    pixel_size: PixelSize | None = None,
     device: str = "auto",
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
@@ -285,6 +352,8 @@ def analyze_file(
         classifier: An already loaded classifier.
         config: Segmentation parameters.
         pixel_size_um: The user's pixel size; None takes the file's, else measures it on the red cells.
+        pixel_size: The pixel size already decided for this file (e.g. agreed over a batch); used when
+            ``pixel_size_um`` is None.
         device: Where the classifier runs when it is loaded here (``auto``, ``cpu``, ``cuda``, ``mps``).
         progress: Progress callback.
         should_stop: Cancellation callback.
@@ -303,7 +372,7 @@ def analyze_file(
     smear = read_image(path)
     image = smear.data
     config = config or SegmentationConfig()
-    pixel_size = find_pixel_size(
+    pixel_size = (pixel_size if pixel_size_um is None else None) or find_pixel_size(
         image,
         reference_um=config.pixel_size_um,
         name=path.name,
@@ -327,13 +396,14 @@ def analyze_file(
             progress=progress,
             should_stop=should_stop,
         )
+        _refuse_single_cell_crop(image.shape, analysis.cells, path.name)
         if tiled:
             _write_labels_tiled(labels_path, analysis.labels)
         else:
             write_labels(labels_path, analysis.labels)
         write_table(out_dir / f"{stem}_cells.csv", analysis.cells)
         write_overlay(overlay, image, analysis.labels, analysis.cells)
-    summary = summarize(analysis.cells["label"], analysis.classes)
+    summary = summarize(analysis.cells["label"], analysis.classes, analysis.cells[QUALITY])
     return {
         "image": str(path),
         "labels": labels_path.name,
@@ -345,6 +415,19 @@ def analyze_file(
         "classes": analysis.classes,
         **summary,
     }
+
+
+def _refuse_single_cell_crop(shape: tuple[int, ...], cells: pd.DataFrame, name: str) -> None:
+    """Refuse a small image that one white cell fills: a single-cell crop, which ``classify`` reads."""
+    if max(shape[:2]) > CROP_LIKE_SIDE or cells.empty:
+        return
+    box_area = (cells["bbox_y1"] - cells["bbox_y0"]) * (cells["bbox_x1"] - cells["bbox_x0"])
+    if box_area.max() >= CROP_LIKE_SHARE * shape[0] * shape[1]:
+        raise InputError(
+            f"{name} looks like a single-cell crop ({shape[1]}x{shape[0]} pixels, one cell fills it), not a "
+            "smear field: classify crops with 'napari-hematology classify', or analyse the field it was "
+            "cut from."
+        )
 
 
 def _chunked_labels(store: Path, shape: tuple[int, int]):

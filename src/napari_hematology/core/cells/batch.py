@@ -18,7 +18,12 @@ from napari_hematology.core.cells.analysis import analyze_file, cut_crops, get_c
 from napari_hematology.core.cells.classes import BLAST, DEFAULT_BLAST_THRESHOLD
 from napari_hematology.core.cells.classifier import nothing_read_message
 from napari_hematology.core.cells.crops import crop_to_rgb8
-from napari_hematology.core.cells.magnification import check_pixel_size
+from napari_hematology.core.cells.magnification import (
+    PixelSize,
+    camera_consensus,
+    check_pixel_size,
+    find_pixel_size,
+)
 from napari_hematology.core.cells.report import GalleryCell, thumbnail_uri, write_report
 from napari_hematology.core.cells.segmentation import SegmentationConfig
 from napari_hematology.core.errors import Cancelled, InputError
@@ -93,8 +98,12 @@ def analyze_paths(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = unique_stems(files)
+    config = config or SegmentationConfig()
     if pixel_size_um is not None:
         check_pixel_size(pixel_size_um, "given")
+        pixel_sizes, consensus = {}, []
+    else:
+        pixel_sizes, consensus = _agreed_pixel_sizes(files, config, progress, should_stop)
     jobs = [
         dict(
             path=path,
@@ -103,6 +112,7 @@ def analyze_paths(
             model_dir=model_dir,
             config=config,
             pixel_size_um=pixel_size_um,
+            pixel_size=pixel_sizes.get(path),
             device=device,
         )
         for path, stem in zip(files, stems, strict=True)
@@ -120,10 +130,40 @@ def analyze_paths(
     ]
     if not results:
         raise InputError(nothing_read_message(skipped))
-    summary = _combine(results, model_dir) | {"skipped": skipped}
+    summary = _combine(results, model_dir) | {"pixel_size_consensus": consensus, "skipped": skipped}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_report(out_dir / "report.html", summary, cell_gallery(summary, out_dir))
     return summary
+
+
+def _agreed_pixel_sizes(
+    files: list[Path], config: SegmentationConfig, progress, should_stop
+) -> tuple[dict[Path, PixelSize], list[dict[str, Any]]]:
+    """Each file's pixel size, agreed per camera over the batch (see ``camera_consensus``).
+
+    Files that cannot be read are left out here; their job reports them.
+    """
+    if len(files) < 2:
+        return {}, []
+    report = progress or no_progress
+    measured = {}
+    for done, path in enumerate(files):
+        check_cancel(should_stop)
+        report(done, len(files), f"measuring the pixel size of {path.name}")
+        try:
+            smear = read_image(path)
+            size = find_pixel_size(
+                smear.data,
+                reference_um=config.pixel_size_um,
+                name=path.name,
+                metadata_um=smear.pixel_size_um,
+                metadata_source=smear.pixel_size_source,
+            )
+        except InputError:
+            continue
+        measured[str(path)] = (size, tuple(smear.data.shape[:2]))
+    chosen, records = camera_consensus(measured)
+    return {Path(name): size for name, size in chosen.items()}, records
 
 
 def _run_here(jobs, classifier, progress, should_stop) -> list[dict[str, Any] | InputError]:

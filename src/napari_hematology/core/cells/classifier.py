@@ -38,6 +38,7 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback, trac
 MODEL_NAME = "cell_classifier"
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[2] / "weights" / "cell_classifier"
 ATYPICAL_SCORE = "atypical_score"
+QUALITY = "quality"
 
 
 @dataclass
@@ -74,30 +75,50 @@ class CellClassifier:
             InputError: A crop cannot be used; the message names it by index.
 
         """
+        return self.prepare_checked(crops, progress, should_stop)[0]
+
+    def prepare_checked(
+        self,
+        crops: Sequence[Any],
+        progress: ProgressCallback | None = None,
+        should_stop: StopCallback | None = None,
+    ) -> tuple[np.ndarray, list[str]]:
+        """Normalise crops as :meth:`prepare` does, with the normaliser's quality of each crop.
+
+        Raises:
+            InputError: A crop cannot be used; the message names it by index.
+
+        """
         prepared = [
             prepare_crop(crop, f"crop {index}", self.crop_size, self.context)
             for index, crop in tracked(
                 enumerate(crops), len(crops), progress, should_stop, "preparing crops"
             )
         ]
-        return self._stack(prepared)
-
-    def _stack(self, prepared: list[np.ndarray]) -> np.ndarray:
         if not prepared:
-            return np.zeros((0, self.crop_size, self.crop_size, 3), dtype=np.uint8)
-        return np.stack(prepared)
+            return np.zeros((0, self.crop_size, self.crop_size, 3), dtype=np.uint8), []
+        return np.stack([crop for crop, _ in prepared]), [quality for _, quality in prepared]
 
     def predict_prepared(
         self,
         prepared: np.ndarray,
+        quality: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
         should_stop: StopCallback | None = None,
     ) -> pd.DataFrame:
         """Classify crops already normalised by :meth:`prepare`.
 
+        Args:
+            prepared: (n, size, size, 3) uint8 normalised crops.
+            quality: The normaliser's quality of each crop (:meth:`prepare_checked`); None: not known,
+                and no ``quality`` column.
+            progress: Progress callback.
+            should_stop: Cancellation callback.
+
         Returns:
-            One row per crop: ``label``, ``blast_probability``, ``prob_<class>`` per class and
-            ``atypical_score``; crops without a visible cell are ``other``.
+            One row per crop: ``label``, ``blast_probability``, ``prob_<class>`` per class,
+            ``atypical_score`` and (when ``quality`` is given) ``quality``; crops without a visible cell
+            are ``other``.
 
         """
         reference = self.reference
@@ -107,7 +128,10 @@ class CellClassifier:
         outputs = self._run(prepared, forward, progress, should_stop).reshape(len(prepared), width)
         probabilities, whitened = np.split(outputs, [len(self.classes)], axis=1)
         atypical = None if reference is None else reference.score_whitened(whitened)
-        return probability_table(probabilities, self.classes, has_visible_cell(prepared), atypical)
+        table = probability_table(probabilities, self.classes, has_visible_cell(prepared), atypical)
+        if quality is not None:
+            table[QUALITY] = list(quality)
+        return table
 
     def _whitened_forward(self, reference: TypicalityReference) -> Callable:
         """One pass giving each crop's class probabilities followed by its whitened embedding."""
@@ -159,14 +183,16 @@ class CellClassifier:
             should_stop: Cancellation callback.
 
         Returns:
-            One row per crop: ``label``, ``blast_probability``, ``prob_<class>`` per class and
-            ``atypical_score``; crops without a visible cell (blank ones included) are ``other``.
+            One row per crop: ``label``, ``blast_probability``, ``prob_<class>`` per class,
+            ``atypical_score`` and ``quality`` (``ok``, or why the crop normaliser doubts the crop);
+            crops without a visible cell (blank ones included) are ``other``.
 
         Raises:
             InputError: A crop cannot be used (grayscale, too small or too large).
 
         """
-        return self.predict_prepared(self.prepare(crops, progress, should_stop), progress, should_stop)
+        prepared, quality = self.prepare_checked(crops, progress, should_stop)
+        return self.predict_prepared(prepared, quality, progress, should_stop)
 
     def embed(
         self,

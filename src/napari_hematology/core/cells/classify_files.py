@@ -26,7 +26,7 @@ from napari_hematology.core.cells.classifier import (
     load_classifier,
     nothing_read_message,
 )
-from napari_hematology.core.cells.crop_batches import READ_THREADS, iter_prepared_crops
+from napari_hematology.core.cells.crop_batches import READ_THREADS, CropChunk, iter_prepared_crops
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import list_images
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
@@ -85,7 +85,10 @@ def classify_images(
         if adapt:
             tables = _classify_adapted(classifier, list(chunks), should_stop)
         else:
-            tables = [classifier.predict_prepared(chunk, should_stop=should_stop) for chunk in chunks]
+            tables = [
+                classifier.predict_prepared(chunk.crops, chunk.quality, should_stop=should_stop)
+                for chunk in chunks
+            ]
     if not tables:
         raise InputError(nothing_read_message(skipped))
     table = pd.concat(tables, ignore_index=True)
@@ -114,7 +117,7 @@ def _cores_left_to_the_readers() -> Iterator[None]:
 
 
 def _classify_adapted(
-    classifier: CellClassifier, chunks: list[np.ndarray], should_stop: StopCallback | None
+    classifier: CellClassifier, chunks: list[CropChunk], should_stop: StopCallback | None
 ) -> list[pd.DataFrame]:
     """Classify all the crops read with the BatchNorm statistics adapted to them, as one table.
 
@@ -122,7 +125,8 @@ def _classify_adapted(
     """
     if not chunks:
         return []
-    crops = np.concatenate(chunks)
+    crops = np.concatenate([chunk.crops for chunk in chunks])
+    quality = [value for chunk in chunks for value in chunk.quality]
     if len(crops) < MIN_CROPS_TO_ADAPT:
         raise InputError(
             f"Only {len(crops)} crop(s) could be read; adapting to a lab needs at least "
@@ -130,7 +134,7 @@ def _classify_adapted(
         )
     atypical = classifier.predict_prepared(crops, should_stop=should_stop)[ATYPICAL_SCORE].to_numpy()
     adapt_batch_norm(classifier.model, crops)
-    table = classifier.predict_prepared(crops, should_stop=should_stop)
+    table = classifier.predict_prepared(crops, quality, should_stop=should_stop)
     table[ATYPICAL_SCORE] = atypical
     return [table]
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from napari_hematology.core.cells.crops import CONTEXT, CROP_SIZE, crop_to_rgb8, normalise_crop, read_crop
+from napari_hematology.core.cells.crops import (
+    CONTEXT,
+    CROP_SIZE,
+    crop_to_rgb8,
+    normalise_crop_checked,
+    read_crop,
+)
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.progress import ProgressCallback, StopCallback, tracked
 
@@ -17,7 +23,16 @@ READ_THREADS = 2
 BATCH_SIZE = 256  # crops per batch read, and per forward pass of the classifier
 
 
-def prepare_crop(crop: Any, name: str, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
+class CropChunk(NamedTuple):
+    """Normalised crops and the normaliser's quality of each (``ok`` or the reason it is not)."""
+
+    crops: np.ndarray
+    quality: list[str]
+
+
+def prepare_crop(
+    crop: Any, name: str, size: int = CROP_SIZE, context: float = CONTEXT
+) -> tuple[np.ndarray, str]:
     """Check one single-cell crop, convert it to 8-bit RGB and normalise it for the classifier.
 
     Args:
@@ -27,14 +42,15 @@ def prepare_crop(crop: Any, name: str, size: int = CROP_SIZE, context: float = C
         context: Side of the normalised crop relative to the nucleus size.
 
     Returns:
-        A (size, size, 3) uint8 crop.
+        A (size, size, 3) uint8 crop and its quality (see
+        :func:`~napari_hematology.core.cells.crops.normalise_crop_checked`).
 
     Raises:
         InputError: The crop is grayscale, too small, or so large that it is a smear field (a blank crop
             is kept: it shows no cell and is classified ``other``).
 
     """
-    return normalise_crop(crop_to_rgb8(crop, name), size=size, context=context)
+    return normalise_crop_checked(crop_to_rgb8(crop, name), size=size, context=context)
 
 
 def iter_prepared_crops(
@@ -45,7 +61,8 @@ def iter_prepared_crops(
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
     on_error: Callable[[Path, InputError], None] | None = None,
-) -> Iterator[np.ndarray]:
+    transform: Callable[[np.ndarray, Path], np.ndarray] | None = None,
+) -> Iterator[CropChunk]:
     """Read and normalise single-cell crop files on background threads, yielding them in chunks.
 
     The threads keep reading while the caller works on the chunk it was given (for example runs the
@@ -60,9 +77,11 @@ def iter_prepared_crops(
         should_stop: Cancellation callback.
         on_error: Called with each file that cannot be used and the reason, which is then left out;
             None raises instead.
+        transform: Applied to each crop (and its path) before normalisation, e.g. a training shift.
 
     Yields:
-        (k, size, size, 3) uint8 arrays, in the order of ``paths`` (skipped files left out).
+        Chunks of (k, size, size, 3) uint8 crops with their qualities, in the order of ``paths``
+        (skipped files left out).
 
     Raises:
         InputError: Without ``on_error``: a file cannot be read or is not a usable colour crop; the
@@ -70,9 +89,12 @@ def iter_prepared_crops(
 
     """
 
-    def read_one(path: Path) -> np.ndarray | InputError:
+    def read_one(path: Path) -> tuple[np.ndarray, str] | InputError:
         try:
-            return normalise_crop(read_crop(path), size=size, context=context)
+            rgb = read_crop(path)
+            return normalise_crop_checked(
+                rgb if transform is None else transform(rgb, path), size=size, context=context
+            )
         except InputError as error:
             if on_error is None:
                 raise
@@ -80,7 +102,7 @@ def iter_prepared_crops(
 
     pool = ThreadPoolExecutor(READ_THREADS)
     try:
-        pending: list[np.ndarray] = []
+        pending: list[tuple[np.ndarray, str]] = []
         crops = tracked(pool.map(read_one, paths), len(paths), progress, should_stop, "reading crops")
         for path, crop in zip(paths, crops, strict=True):
             if isinstance(crop, InputError):
@@ -88,12 +110,16 @@ def iter_prepared_crops(
                 continue
             pending.append(crop)
             if len(pending) == chunk:
-                yield np.stack(pending)
+                yield _chunk(pending)
                 pending = []
         if pending:
-            yield np.stack(pending)
+            yield _chunk(pending)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunk(pending: list[tuple[np.ndarray, str]]) -> CropChunk:
+    return CropChunk(np.stack([crop for crop, _ in pending]), [quality for _, quality in pending])
 
 
 def read_prepared_crops(
@@ -102,6 +128,7 @@ def read_prepared_crops(
     context: float = CONTEXT,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    transform: Callable[[np.ndarray, Path], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Read single-cell crop files and normalise them, several files at a time.
 
@@ -111,6 +138,7 @@ def read_prepared_crops(
         context: Crop side relative to the nucleus size.
         progress: Progress callback.
         should_stop: Cancellation callback.
+        transform: Applied to each crop (and its path) before normalisation.
 
     Returns:
         An (n, size, size, 3) uint8 array in the order of ``paths``.
@@ -119,7 +147,12 @@ def read_prepared_crops(
         InputError: A file cannot be read or is not a usable colour crop; the message names it.
 
     """
-    chunks = list(iter_prepared_crops(paths, size, context, progress=progress, should_stop=should_stop))
+    chunks = [
+        chunk.crops
+        for chunk in iter_prepared_crops(
+            paths, size, context, progress=progress, should_stop=should_stop, transform=transform
+        )
+    ]
     if not chunks:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
     return np.concatenate(chunks)

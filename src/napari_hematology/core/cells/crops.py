@@ -12,6 +12,7 @@ models): any colour format to RGB uint8, with messages that name the file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,52 @@ from napari_hematology.core.io import MIN_SIDE, read_image, to_rgb8
 MAX_CROP_SIDE = 2048
 CROP_SIZE = 64
 CONTEXT = 1.8
-LOCATE_SIZE = 64
+LOCATE_SIZE = 96
+NBINS = 64
+# Nucleus location (chosen on the masked crops of wbc_seg and ALL-IDB2, see docs/cell_classifier.md).
+MIN_NUCLEUS_CONTRAST = 0.15  # nucleus score above the background's mean for a nucleus to count as found
+REDDER_THAN_BLUE = 0.1  # pixels redder than blue by more than this (white-balanced) are never nucleus
+MIN_REFINE_PIXELS = 20
+REFINE_GAP = 0.1  # score gap between nucleus and dark granular cytoplasm that justifies splitting them
+MIN_LOBE_SHARE = 0.05  # smallest lobe kept, relative to the main one
+MAX_NUCLEUS_FRACTION = 0.95  # a nucleus spanning the whole frame is not a located nucleus
+# The cut square is at most the crop's own side (larger would shrink the cell inside a frame of padding).
+MIN_SIDE_FRACTION = 0.25
+BACKGROUND_SHARE = 0.25  # the brightest quarter of a crop's pixels gives its background colour
+FOCUS_FACTOR = 2  # the crop is cut at twice its size, its focus measured, then halved
+# Below this focus measure a crop is out of focus: 1-2% of the training crops as they are, a third of
+# PBC crops blurred with a sigma of 1.2% of their side (chosen on training crops, not the held-out ones).
+MIN_FOCUS = 0.06
+OK, NO_NUCLEUS, OUT_OF_FOCUS = "ok", "nucleus not found", "out of focus"
 WHITE_PERCENTILE = 97.0
 REDUCING_GAP = 1.5  # PIL downscales by whole factors first when shrinking more than this: much faster
 # A normalised crop shows a cell when at least this fraction of its pixels absorbs (optical density of its
 # darkest channel) more than VISIBLE_OD; background, glare and noise stay below.
 VISIBLE_OD = 0.25
 MIN_STAINED_FRACTION = 0.02
+
+
+@dataclass(frozen=True)
+class CropFrame:
+    """The square of a single-cell crop that the classifier sees.
+
+    Attributes:
+        centre_y: Centre of the square, rows of the crop.
+        centre_x: Centre of the square, columns of the crop.
+        side: Side of the square, pixels of the crop.
+        quality: :data:`OK` when the nucleus set the square, :data:`NO_NUCLEUS` when the crop's own
+            frame was used instead.
+        gain: Per-channel white-balance gains of the crop.
+        background: The crop's background colour (before the gains), for where the square leaves it.
+
+    """
+
+    centre_y: float
+    centre_x: float
+    side: float
+    quality: str
+    gain: np.ndarray
+    background: np.ndarray
 
 
 def crop_to_rgb8(crop: Any, name: str) -> np.ndarray:
@@ -126,6 +166,25 @@ def apply_gain(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
     return np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class NucleusBox:
+    """Where the nucleus of a single-cell image lies, and whether it was found with confidence.
+
+    Attributes:
+        centre_y: Box centre, rows (pixels of the image it was found in).
+        centre_x: Box centre, columns.
+        extent: Longer side of the box (all lobes of the nucleus together).
+        found: False when no nucleus stands out from the cytoplasm and red cells; the box is then the
+            whole image.
+
+    """
+
+    centre_y: float
+    centre_x: float
+    extent: float
+    found: bool
+
+
 def nucleus_score(rgb: np.ndarray) -> np.ndarray:
     """How nucleus-like each pixel is under Romanowsky stains: dark in green, bluer than green.
 
@@ -141,76 +200,124 @@ def nucleus_score(rgb: np.ndarray) -> np.ndarray:
     return (blue - green) + 0.5 * (1.0 - green)
 
 
-def locate_nucleus(rgb: np.ndarray) -> tuple[float, float, float]:
+def locate_nucleus(rgb: np.ndarray) -> NucleusBox:
     """Find the nucleus nearest the centre of a small white-balanced single-cell image.
 
+    The nucleus score splits the pixels into three classes (background, cytoplasm and red cells,
+    nucleus). Pixels redder than blue are never nucleus, so dark or purple red cells cannot join it.
+    Within the darkest class a second split separates the nucleus from dark granular cytoplasm when the
+    two differ clearly. The component nearest the centre (weighted by size) is the nucleus, together with
+    the other lobes that lie in the same cell.
+
     Args:
-        rgb: (Y, X, 3) white-balanced uint8 image, ideally about 64 pixels wide.
+        rgb: (Y, X, 3) white-balanced uint8 image, ideally about :data:`LOCATE_SIZE` pixels wide.
 
     Returns:
-        ``(centre_y, centre_x, extent)`` in pixels of ``rgb``; ``extent`` is the longer side of the
-        nucleus bounding box. Falls back to the whole frame when no nucleus stands out.
+        The nucleus box in pixels of ``rgb``; the whole frame, with ``found=False``, when no nucleus
+        stands out or it fills the frame.
 
     """
+    values = rgb.astype(np.float32) / 255.0
     score = nucleus_score(rgb)
-    mask = _dilate(_erode(score > _otsu(score)))
-    mask = _erode(_erode(_dilate(_dilate(mask))))
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return rgb.shape[0] / 2, rgb.shape[1] / 2, max(rgb.shape[:2]) / CONTEXT
-    rows, cols = np.indices(labels.shape)
-    flat = labels.ravel()
-    areas = np.bincount(flat, minlength=count + 1)[1:]
-    centre_rows = np.bincount(flat, rows.ravel(), count + 1)[1:] / areas
-    centre_cols = np.bincount(flat, cols.ravel(), count + 1)[1:] / areas
-    offset = np.hypot(centre_rows - rgb.shape[0] / 2, centre_cols - rgb.shape[1] / 2)
-    best = int(np.argmax(areas / (1.0 + (offset / max(rgb.shape[:2]) / 0.2) ** 2))) + 1
-    rows, cols = np.nonzero(labels == best)
-    extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
-    return (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2, float(extent)
+    not_found = NucleusBox(rgb.shape[0] / 2, rgb.shape[1] / 2, float(max(rgb.shape[:2])), False)
+    if float(score.max() - score.min()) < MIN_NUCLEUS_CONTRAST:
+        return not_found
+    background_level, nucleus_level = _three_class_thresholds(score)
+    nuclear = (score > nucleus_level) & (values[..., 2] - values[..., 0] > -REDDER_THAN_BLUE)
+    nuclear = _refine_dark_class(ndimage.binary_opening(nuclear), score)
+    labels, count = ndimage.label(nuclear)
+    if count == 0 or score[nuclear].mean() - score[score <= background_level].mean() < MIN_NUCLEUS_CONTRAST:
+        return not_found
+    best, lobes = _nucleus_lobes(labels, count, score > background_level)
+    rows, cols = np.nonzero(np.isin(labels, lobes))
+    extent = float(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
+    if extent >= MAX_NUCLEUS_FRACTION * max(rgb.shape[:2]):
+        return not_found
+    return NucleusBox((rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2, extent, True)
 
 
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    """Binary dilation by the 3x3 cross (as scipy.ndimage, several times faster on small masks)."""
-    grown = mask.copy()
-    grown[1:] |= mask[:-1]
-    grown[:-1] |= mask[1:]
-    grown[:, 1:] |= mask[:, :-1]
-    grown[:, :-1] |= mask[:, 1:]
-    return grown
+def _three_class_thresholds(score: np.ndarray) -> tuple[float, float]:
+    """The two thresholds of a three-class Otsu split of the score (scikit-image)."""
+    from skimage.filters import threshold_multiotsu
+
+    low, high = threshold_multiotsu(score, classes=3, nbins=NBINS)
+    return float(low), float(high)
 
 
-def _erode(mask: np.ndarray) -> np.ndarray:
-    """Binary erosion by the 3x3 cross, everything outside the frame counting as background."""
-    shrunk = mask.copy()
-    shrunk[1:] &= mask[:-1]
-    shrunk[:-1] &= mask[1:]
-    shrunk[:, 1:] &= mask[:, :-1]
-    shrunk[:, :-1] &= mask[:, 1:]
-    shrunk[[0, -1], :] = False
-    shrunk[:, [0, -1]] = False
-    return shrunk
+def _refine_dark_class(nuclear: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Keep the darker half of the dark class when it stands clearly apart (granular cytoplasm)."""
+    if nuclear.sum() < MIN_REFINE_PIXELS:
+        return nuclear
+    from skimage.filters import threshold_otsu
+
+    darker = nuclear & (score > threshold_otsu(score[nuclear], nbins=NBINS))
+    if score[darker].mean() - score[nuclear & ~darker].mean() <= REFINE_GAP:
+        return nuclear
+    refined = ndimage.binary_opening(darker)
+    return refined if refined.any() else nuclear
 
 
-def _otsu(values: np.ndarray, bins: int = 128) -> float:
-    """Otsu's threshold from a ``bins``-bin histogram (fast on small images)."""
-    low, high = float(values.min()), float(values.max())
-    if high == low:
-        return high
-    index = np.minimum(((values.ravel() - low) * (bins / (high - low))).astype(np.intp), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    centres = low + (np.arange(bins) + 0.5) * ((high - low) / bins)
-    weight_below = np.cumsum(counts)[:-1]
-    weight_above = len(values.ravel()) - weight_below
-    sum_below = np.cumsum(counts * centres)[:-1]
-    mean_below = sum_below / np.maximum(weight_below, 1)
-    mean_above = (float((counts * centres).sum()) - sum_below) / np.maximum(weight_above, 1)
-    between = weight_below * weight_above * (mean_below - mean_above) ** 2
-    return float(centres[int(np.argmax(between))])
+def _nucleus_lobes(labels: np.ndarray, count: int, stained: np.ndarray) -> tuple[int, list[int]]:
+    """The component nearest the centre (weighted by area) and every lobe lying in the same cell."""
+    index = np.arange(1, count + 1)
+    areas = np.asarray(ndimage.sum_labels(np.ones_like(labels), labels, index))
+    centres = np.asarray(ndimage.center_of_mass(labels > 0, labels, index)).reshape(-1, 2)
+    offset = np.hypot(centres[:, 0] - labels.shape[0] / 2, centres[:, 1] - labels.shape[1] / 2)
+    best = int(np.argmax(areas / (1.0 + (offset / max(labels.shape) / 0.2) ** 2)))
+    cells, _ = ndimage.label(ndimage.binary_fill_holes(ndimage.binary_opening(stained) | (labels > 0)))
+    own_cell = cells[labels == best + 1][0]
+    share_in_cell = ndimage.mean(cells == own_cell, labels, index)
+    lobes = index[(share_in_cell > 0.5) & (areas >= MIN_LOBE_SHARE * areas[best])]
+    return best + 1, [*lobes.tolist(), best + 1]
 
 
-def normalise_crop(rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
-    """White-balance a single-cell crop and cut a square of ``context`` nucleus sizes around its nucleus.
+def frame_crop(rgb: np.ndarray, context: float = CONTEXT) -> CropFrame:
+    """Decide the square of a single-cell crop that the classifier sees, and how sure that is.
+
+    Args:
+        rgb: (Y, X, 3) uint8 RGB crop with one white cell roughly centred.
+        context: Side of the square relative to the nucleus extent.
+
+    Returns:
+        The square (``quality`` says whether the nucleus set its scale), with the crop's white-balance
+        gains and background colour.
+
+    """
+    image = Image.fromarray(rgb)
+    scale = LOCATE_SIZE / max(image.size)
+    thumbnail = np.asarray(
+        image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            Image.BILINEAR,
+            reducing_gap=REDUCING_GAP,
+        )
+    )
+    gain = white_gain(thumbnail)
+    pixels = thumbnail.reshape(-1, 3)
+    brightness = pixels.astype(np.int32).sum(axis=1)
+    background = np.median(pixels[brightness >= np.quantile(brightness, 1 - BACKGROUND_SHARE)], axis=0)
+    nucleus = locate_nucleus(apply_gain(thumbnail, gain))
+    if not nucleus.found:
+        side = float(max(image.size))
+        return CropFrame(image.height / 2, image.width / 2, side, NO_NUCLEUS, gain, background)
+    side = max(nucleus.extent / scale * context, MIN_SIDE_FRACTION * min(image.size), 8.0)
+    side = min(side, max(image.size))
+    centre_y = _inside(nucleus.centre_y / scale, side, image.height)
+    centre_x = _inside(nucleus.centre_x / scale, side, image.width)
+    return CropFrame(centre_y, centre_x, side, OK, gain, background)
+
+
+def _inside(centre: float, side: float, length: int) -> float:
+    """Move a square's centre so that the square stays within ``length`` where it fits."""
+    if side >= length:
+        return length / 2
+    return min(max(centre, side / 2), length - side / 2)
+
+
+def normalise_crop_checked(
+    rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONTEXT
+) -> tuple[np.ndarray, str]:
+    """White-balance a single-cell crop, cut the square around its nucleus, and check the result.
 
     Args:
         rgb: (Y, X, 3) uint8 RGB crop with one white cell roughly centred.
@@ -218,28 +325,57 @@ def normalise_crop(rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONT
         context: Side of the cut square relative to the nucleus extent.
 
     Returns:
-        A (size, size, 3) uint8 image; where the square leaves the crop, the crop is mirrored.
+        A (size, size, 3) uint8 image (where the square leaves the crop it is filled with the crop's
+        background colour) and its quality: :data:`OK`, :data:`NO_NUCLEUS` (the crop's own scale was
+        used) or :data:`OUT_OF_FOCUS`.
 
     """
-    image = Image.fromarray(rgb)
-    scale = LOCATE_SIZE / max(image.size)
-    thumbnail = image.resize(
-        (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-        Image.BILINEAR,
-        reducing_gap=REDUCING_GAP,
-    )
-    thumbnail_pixels = np.asarray(thumbnail)
-    gain = white_gain(thumbnail_pixels)
-    centre_y, centre_x, extent = (
-        value / scale for value in locate_nucleus(apply_gain(thumbnail_pixels, gain))
-    )
-    half = max(extent * context, 0.25 * min(image.size), 8.0) / 2
-    box = (centre_x - half, centre_y - half, centre_x + half, centre_y + half)
-    return apply_gain(_cut_square(image, box, size), gain)
+    frame = frame_crop(rgb, context)
+    half = frame.side / 2
+    box = (frame.centre_x - half, frame.centre_y - half, frame.centre_x + half, frame.centre_y + half)
+    square = _cut_square(Image.fromarray(rgb), box, FOCUS_FACTOR * size, frame.background)
+    fine = apply_gain(square, frame.gain)
+    quality = frame.quality
+    if quality == OK and focus_measure(fine) < MIN_FOCUS:
+        quality = OUT_OF_FOCUS
+    return _block_mean(fine, FOCUS_FACTOR), quality
 
 
-def _cut_square(image: Image.Image, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """Resize the square ``box`` of ``image`` to ``size`` pixels, mirrored where it leaves the image."""
+def normalise_crop(rgb: np.ndarray, size: int = CROP_SIZE, context: float = CONTEXT) -> np.ndarray:
+    """The normalised crop of :func:`normalise_crop_checked`, without its quality."""
+    return normalise_crop_checked(rgb, size, context)[0]
+
+
+def focus_measure(rgb: np.ndarray) -> float:
+    """Sharpness of a normalised crop: the steepest edges relative to its contrast (about 0.5 when sharp).
+
+    Args:
+        rgb: (Y, X, 3) white-balanced uint8 image.
+
+    Returns:
+        The 99th percentile of the green channel's gradient magnitude (per pixel) divided by the
+        spread between its 2nd and 98th percentiles; 0 for a flat image.
+
+    """
+    green = rgb[..., 1].astype(np.float32)
+    low, high = np.percentile(green, (2, 98))
+    if high - low < 1.0:
+        return 0.0
+    rows, cols = np.gradient(green)
+    return float(np.percentile(np.hypot(rows, cols), 99) / (high - low))
+
+
+def _block_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """Downsample by ``factor`` with block means."""
+    height, width = rgb.shape[0] // factor, rgb.shape[1] // factor
+    blocks = rgb[: height * factor, : width * factor].reshape(height, factor, width, factor, 3)
+    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+def _cut_square(
+    image: Image.Image, box: tuple[float, float, float, float], size: int, background: np.ndarray
+) -> np.ndarray:
+    """Resize the square ``box`` of ``image`` to ``size`` pixels; outside the image, its background colour."""
     scale = size / (box[2] - box[0])
     inside = (max(box[0], 0), max(box[1], 0), min(box[2], image.width), min(box[3], image.height))
     width = min(size, max(1, round((inside[2] - inside[0]) * scale)))
@@ -249,5 +385,7 @@ def _cut_square(image: Image.Image, box: tuple[float, float, float, float], size
     )
     left = min(size - width, max(0, round((inside[0] - box[0]) * scale)))
     top = min(size - height, max(0, round((inside[1] - box[1]) * scale)))
-    padding = ((top, size - height - top), (left, size - width - left), (0, 0))
-    return np.pad(part, padding, mode="symmetric")
+    square = np.empty((size, size, 3), dtype=np.uint8)
+    square[...] = background.astype(np.uint8)
+    square[top : top + height, left : left + width] = part
+    return square

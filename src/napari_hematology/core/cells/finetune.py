@@ -168,7 +168,7 @@ def read_labelled_cells(
         raise InputError(f"None of the {len(files)} crops could be read; first: {skipped[0]['reason']}")
     names = np.array([str(path) for path in files], dtype=object)[kept]
     cells = CellSet(
-        crops=np.concatenate(chunks),
+        crops=np.concatenate([chunk.crops for chunk in chunks]),
         labels=table["label"].astype(str).to_numpy(dtype=object)[kept],
         sources=np.full(len(names), LAB_SOURCE, dtype=object),
         groups=names,
@@ -254,11 +254,12 @@ def unlabelled_crops(
 
     """
     files = [Path(path) for path in paths[:limit]]
-    chunks = list(
-        iter_prepared_crops(
+    chunks = [
+        chunk.crops
+        for chunk in iter_prepared_crops(
             files, base.crop_size, base.context, should_stop=should_stop, on_error=lambda path, error: None
         )
-    )
+    ]
     return np.concatenate(chunks) if chunks else None
 
 

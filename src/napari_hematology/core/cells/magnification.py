@@ -10,13 +10,17 @@ so that specks and platelets count little, is the red-cell diameter. Large image
 windows; each window is first measured on a reduced copy and measured again finer when cells are small.
 
 :func:`find_pixel_size` takes the first of: the user's value, the file's metadata, the red-cell ruler,
-and the segmentation's reference pixel size (with a warning that says so).
+and the segmentation's reference pixel size (with a warning that says so). One field's ruler can be
+misled (clumped or sparse red cells), so a batch agrees on one pixel size per camera:
+:func:`camera_consensus` takes the median over the fields of one frame size and names the fields that
+disagree with it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -47,8 +51,11 @@ COARSE_SIDE = 640
 FINE_DIAMETER_PX = 40.0
 LOG_BIN = 0.05
 MODE_HALF_WIDTH = 0.2  # log units around the mode that count as red cells
+FEW_RED_CELLS = 15  # a lone field measured on fewer red cells than this gets a warning
+CONSENSUS_TOLERANCE = 0.15  # a field further than this from its camera's consensus is named, not used
 
 USER, METADATA, RULER, DEFAULT = "user", "metadata", "red-cell ruler", "default"
+CONSENSUS = "red-cell ruler, camera consensus"
 
 
 @dataclass(frozen=True)
@@ -59,12 +66,14 @@ class PixelSize:
         um_per_px: Width of one pixel in micrometres.
         source: ``"user"``, ``"metadata"``, ``"red-cell ruler"`` or ``"default"``.
         note: One sentence for the user saying what was found and how.
+        red_cells: How many red cells the ruler measured (0 when it was not used).
 
     """
 
     um_per_px: float
     source: str
     note: str
+    red_cells: int = 0
 
     @property
     def is_fallback(self) -> bool:
@@ -119,12 +128,26 @@ def red_cell_diameter(image, calibration: float = RULER_CALIBRATION) -> float | 
         InputError: The image is not a usable colour image (grayscale, blank...).
 
     """
+    return measure_red_cells(image, calibration)[0]
+
+
+def measure_red_cells(image, calibration: float = RULER_CALIBRATION) -> tuple[float | None, int]:
+    """Modal red-cell diameter in pixels (None when too few are seen) and how many red cells gave it.
+
+    Args:
+        image: (Y, X, 3[+1]) array, numpy or dask; large images are measured on a few windows.
+        calibration: Factor from the ruler's inscribed-disc diameter to the red cell's full width.
+
+    Raises:
+        InputError: The image is not a usable colour image (grayscale, blank...).
+
+    """
     windows = list(_windows(image))
     factor = max(1, math.ceil(max(windows[0].shape[:2]) / COARSE_SIDE)) if windows else 1
-    diameter = _pooled_diameter(windows, factor)
+    diameter, count = _pooled_diameter(windows, factor)
     if diameter is not None and diameter / factor < FINE_DIAMETER_PX and factor > 1:
-        diameter = _pooled_diameter(windows, max(1, int(diameter // FINE_DIAMETER_PX)))
-    return None if diameter is None else diameter * calibration
+        diameter, count = _pooled_diameter(windows, max(1, int(diameter // FINE_DIAMETER_PX)))
+    return (None, count) if diameter is None else (diameter * calibration, count)
 
 
 def find_pixel_size(
@@ -164,14 +187,19 @@ def find_pixel_size(
                 metadata_um, METADATA, f"{name}: pixel size {metadata_um:.4g} um/px, from {origin}."
             )
         notes.append(f"the file's {origin} says {metadata_um:g} um/px, which is not plausible;")
-    diameter = red_cell_diameter(image)
+    diameter, red_cells = measure_red_cells(image)
     if diameter is not None and MIN_PIXEL_SIZE_UM <= RED_CELL_DIAMETER_UM / diameter <= MAX_PIXEL_SIZE_UM:
         value = RED_CELL_DIAMETER_UM / diameter
         note = (
-            f"pixel size {value:.4g} um/px, measured on the red cells (modal diameter {diameter:.0f} px "
-            f"taken as {RED_CELL_DIAMETER_UM} um)."
+            f"pixel size {value:.4g} um/px, measured on {red_cells} red cells (modal diameter "
+            f"{diameter:.0f} px taken as {RED_CELL_DIAMETER_UM} um)."
         )
-        return PixelSize(value, RULER, " ".join([f"{name}:", *notes, note]))
+        if red_cells < FEW_RED_CELLS:
+            note += (
+                " Few red cells were measured, so this may be off: analyse several fields of the camera "
+                "together (one pixel size is then agreed for all) or give --pixel-size."
+            )
+        return PixelSize(value, RULER, " ".join([f"{name}:", *notes, note]), red_cells)
     note = (
         f"no red cells to measure; assuming the default pixel size {reference_um:.4g} um/px (the BCCD "
         "fields the segmentation was tuned on, 100x objective). If cells look larger or smaller than "
@@ -195,15 +223,15 @@ def _windows(image):
             yield to_rgb8(window, "window")[0]
 
 
-def _pooled_diameter(windows: list[np.ndarray], factor: int) -> float | None:
-    """Modal diameter (full-resolution pixels) over the objects of all windows reduced by ``factor``."""
+def _pooled_diameter(windows: list[np.ndarray], factor: int) -> tuple[float | None, int]:
+    """Modal diameter (full-resolution pixels) over all windows reduced by ``factor``, and its count."""
     samples = [_disc_diameters(downsample(window, factor)) for window in windows]
     if not samples:
-        return None
+        return None, 0
     diameters = np.concatenate([d for d, _ in samples])
     weights = np.concatenate([w for _, w in samples])
-    modal = _weighted_mode(diameters, weights)
-    return None if modal is None else modal * factor
+    modal, count = _weighted_mode(diameters, weights)
+    return (None, count) if modal is None else (modal * factor, count)
 
 
 def _disc_diameters(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,13 +270,59 @@ def _disc_diameters(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(diameters), np.asarray(areas)
 
 
-def _weighted_mode(diameters: np.ndarray, weights: np.ndarray) -> float | None:
-    """Area-weighted mode of the diameters (log scale), averaged over the objects near it."""
+def _weighted_mode(diameters: np.ndarray, weights: np.ndarray) -> tuple[float | None, int]:
+    """Area-weighted mode of the diameters (log scale), averaged over the objects near it, and their count."""
     if len(diameters) < MIN_RED_CELLS:
-        return None
+        return None, len(diameters)
     logs = np.log(diameters)
     edges = np.arange(logs.min() - 3 * LOG_BIN, logs.max() + 4 * LOG_BIN, LOG_BIN)
     histogram, _ = np.histogram(logs, edges, weights=weights)
     peak = edges[int(np.argmax(ndimage.gaussian_filter1d(histogram, 2.0)))] + LOG_BIN / 2
     near = np.abs(logs - peak) < MODE_HALF_WIDTH
-    return float(np.exp(np.average(logs[near], weights=weights[near])))
+    return float(np.exp(np.average(logs[near], weights=weights[near]))), int(near.sum())
+
+
+def camera_consensus(
+    measured: dict[str, tuple[PixelSize, tuple[int, ...]]], tolerance: float = CONSENSUS_TOLERANCE
+) -> tuple[dict[str, PixelSize], list[dict[str, Any]]]:
+    """One pixel size per camera: the median of its fields' red-cell rulers, used for all of them.
+
+    Fields of the same frame size are taken as one camera. Only fields whose pixel size came from the
+    ruler are changed; the user's value, the file's metadata and the default stay. A camera with a single
+    measured field keeps that field's own estimate.
+
+    Args:
+        measured: Per image name, its pixel size as found alone and its frame size (height, width).
+        tolerance: Relative distance from the consensus beyond which a field is named as disagreeing.
+
+    Returns:
+        The pixel size to use per image, and one record per camera with a consensus: ``{"frame": [h, w],
+        "um_per_px": float, "fields": n, "disagreeing": [{"image", "measured_um_per_px"}]}``.
+
+    """
+    cameras: dict[tuple[int, ...], list[str]] = {}
+    for name, (size, frame) in measured.items():
+        if size.source == RULER:
+            cameras.setdefault(tuple(frame), []).append(name)
+    chosen = {name: size for name, (size, _) in measured.items()}
+    records = []
+    for frame, names in cameras.items():
+        if len(names) < 2:
+            continue
+        consensus = float(np.median([measured[name][0].um_per_px for name in names]))
+        disagreeing = []
+        for name in names:
+            own = measured[name][0]
+            if abs(own.um_per_px / consensus - 1) > tolerance:
+                disagreeing.append({"image": name, "measured_um_per_px": round(own.um_per_px, 5)})
+            note = (
+                f"{name}: pixel size {consensus:.4g} um/px, the median red-cell ruler of the {len(names)} "
+                f"fields of this camera ({frame[1]}x{frame[0]}); this field alone measured "
+                f"{own.um_per_px:.4g}."
+            )
+            chosen[name] = PixelSize(consensus, CONSENSUS, note, own.red_cells)
+        records.append(
+            {"frame": list(frame), "um_per_px": round(consensus, 5), "fields": len(names),
+             "disagreeing": disagreeing}
+        )
+    return chosen, records

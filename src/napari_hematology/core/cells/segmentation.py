@@ -6,8 +6,10 @@ The method is classical and stain-aware, so that it transfers between labs witho
    (OD) per channel, which removes illumination differences.
 2. Nuclei of white cells absorb red light strongly but let blue light through (purple); red cells do the
    opposite and the background absorbs little. ``OD_red - OD_blue`` is therefore a stain-aware nucleus
-   score; a fixed threshold on it finds nuclei and ignores red cells. Small objects (platelets) are dropped
-   and the lobes of one nucleus are grouped by a closing.
+   score. Its threshold adapts to each field: at least the configured one, and above the red cells of
+   that field (Otsu's split of the stained pixels' scores), so that a stain that makes red cells purple
+   does not turn them into white cells. Small objects (platelets) are dropped and the lobes of one
+   nucleus are grouped by a closing.
 3. Each nucleus group seeds a watershed on the stained (non-background, non-red-cell) area within a bounded
    distance, which gives the whole cell and splits touching cells.
 
@@ -27,7 +29,7 @@ centroid, so memory stays bounded and no cell is cut or counted twice.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -58,6 +60,7 @@ WHITE_SAMPLE_PIXELS = 2_000_000
 REFERENCE_PIXEL_SIZE_UM = 0.07225
 # Within this relative difference from the reference pixel size an image is segmented as it is.
 ZOOM_TOLERANCE = 0.05
+MIN_STAINED_PIXELS = 100  # fewer stained pixels (downsampled) leave the nucleus threshold as configured
 
 
 @dataclass
@@ -68,6 +71,8 @@ class SegmentationConfig:
 
     Attributes:
         nucleus_threshold: Minimum ``OD_red - OD_blue`` of nucleus pixels.
+        adaptive_threshold: Raise the nucleus threshold of each field (or tile) to Otsu's split of its
+            stained pixels' scores when that is higher (stains where red cells look purple).
         cytoplasm_threshold: Minimum ``OD_red - OD_blue`` of cytoplasm pixels (red cells are below).
         background_od: Maximum summed optical density of background pixels.
         min_nucleus_area: Smallest nucleus (all lobes together), full-resolution pixels; smaller stained
@@ -84,6 +89,7 @@ class SegmentationConfig:
     """
 
     nucleus_threshold: float = 0.14
+    adaptive_threshold: bool = True
     cytoplasm_threshold: float = -0.10
     background_od: float = 0.30
     min_nucleus_area: int = 3000
@@ -174,6 +180,30 @@ def downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
         for dx in range(factor):
             total += rgb[dy : height * factor : factor, dx : width * factor : factor]
     return (total // factor**2).astype(np.uint8)
+
+
+def field_nucleus_threshold(small: np.ndarray, tables: np.ndarray, config: SegmentationConfig) -> float:
+    """The nucleus threshold of one field: the configured one, raised above this field's red cells.
+
+    Args:
+        small: The downsampled RGB field.
+        tables: Its optical-density tables.
+        config: Segmentation parameters (``nucleus_threshold``, ``background_od``, ``adaptive_threshold``).
+
+    Returns:
+        ``max(config.nucleus_threshold, Otsu's threshold of the stained pixels' nucleus scores)``, or the
+        configured threshold when adaptation is off or too few pixels are stained.
+
+    """
+    if not config.adaptive_threshold:
+        return config.nucleus_threshold
+    score, total = stain_maps(small, tables)
+    stained = score[total > config.background_od]
+    if stained.size < MIN_STAINED_PIXELS or stained.min() == stained.max():
+        return config.nucleus_threshold
+    from skimage.filters import threshold_otsu
+
+    return max(config.nucleus_threshold, float(threshold_otsu(stained)))
 
 
 def _detect_cells(small: np.ndarray, tables: np.ndarray, config: SegmentationConfig) -> np.ndarray:
@@ -312,6 +342,7 @@ def segment_field(
         work, white = _normalised(work, white)
         small = downsample(work, config.detect_scale)
     tables = od_tables(white)
+    config = replace(config, nucleus_threshold=field_nucleus_threshold(small, tables, config))
     cells = _upsample(_detect_cells(small, tables, config), config.detect_scale, work.shape[:2])
     cells, nuclei = _refine_nuclei(work, cells, tables, config)
     if zoom != 1.0:

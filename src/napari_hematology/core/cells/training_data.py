@@ -10,6 +10,9 @@ Data (under the shared data root), each lab its own *source*:
 - ``single_cells/bccd_crops``: five white-cell types, one folder per type.
 - ``single_cells/wbc_seg/dataset1`` and ``dataset2``: five types from two labs, labels not checked by
   experts (down-weighted).
+- Shifted copies of the crops (``recipe.shifted_copies``): each a random draw of the stain-and-camera
+  shift suite (:mod:`napari_hematology.core.cells.shifts`) applied before normalisation, so that the
+  classifier sees the stains, lamps and optics of labs it has no crops from.
 - Synthetic crops with no white cell (background and red cells only), also ``other``, so that a crop
   without a white cell is not forced into a white-cell class.
 
@@ -21,7 +24,9 @@ white-balanced (:mod:`napari_hematology.core.cells.crops`). How the crops are we
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +41,7 @@ from napari_hematology.core.cells.classes import (
     OTHER,
 )
 from napari_hematology.core.cells.crop_batches import read_prepared_crops
+from napari_hematology.core.cells.shifts import random_shift
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import read_table
 from napari_hematology.core.progress import ProgressCallback, StopCallback
@@ -52,6 +58,8 @@ PBC_CLASSES = {
     "platelet": OTHER,
 }
 SYNTHETIC = "synthetic"
+SHIFTED_MARK = "#shifted"  # file-name suffix of the shifted copies of a crop
+SHIFT_SIDE = 192
 REQUIRED_SOURCES = ("all_idb2", "bccd_crops", "wbc_seg", "pbc")
 
 
@@ -251,17 +259,48 @@ def load_cell_set(
 
     recipe = recipe or ClassifierRecipe()
     table = cap_per_label(list_training_crops(data_root), recipe.per_label_cap, recipe.train.seed)
-    crops = read_prepared_crops(
-        [Path(file) for file in table["file"]], recipe.crop_size, recipe.context, progress, should_stop
-    )
-    cells = CellSet(
+    files = [Path(file) for file in table["file"]]
+    crops = read_prepared_crops(files, recipe.crop_size, recipe.context, progress, should_stop)
+    cells = _cell_set(table, crops)
+    for copy in range(1, recipe.shifted_copies + 1):
+        shifted = read_prepared_crops(
+            files,
+            recipe.crop_size,
+            recipe.context,
+            progress,
+            should_stop,
+            transform=partial(shifted_crop, seed=recipe.train.seed + copy),
+        )
+        cells = cells.concat(_cell_set(table, shifted, f"{SHIFTED_MARK}{copy}"))
+    return cells.concat(synthetic_cell_set(recipe.background_crops, recipe.crop_size, recipe.train.seed))
+
+
+def _cell_set(table: pd.DataFrame, crops: np.ndarray, mark: str = "") -> CellSet:
+    """The crops of ``table``'s files; ``mark`` is appended to the file names of shifted copies."""
+    return CellSet(
         crops=crops,
         labels=table["label"].to_numpy(dtype=object),
         sources=table["source"].to_numpy(dtype=object),
         groups=table["group"].to_numpy(dtype=object),
-        files=table["file"].to_numpy(dtype=object),
-        noisy=table["noisy"].to_numpy(dtype=bool))
-    return cells.concat(synthetic_cell_set(recipe.background_crops, recipe.crop_size, recipe.train.seed))
+        files=(table["file"].astype(str) + mark).to_numpy(dtype=object),
+        noisy=table["noisy"].to_numpy(dtype=bool),
+    )
+
+
+def shifted_crop(rgb: np.ndarray, path: Path, seed: int) -> np.ndarray:
+    """A random draw of the stain-and-camera shift suite applied to one crop (seeded by its file name).
+
+    The crop is first shrunk to at most :data:`SHIFT_SIDE` pixels: the normalised crop is smaller still,
+    and the shifts cost in proportion to the pixels.
+    """
+    from PIL import Image
+
+    scale = SHIFT_SIDE / max(rgb.shape[:2])
+    if scale < 1:
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR, reducing_gap=2.0))
+    generator = np.random.default_rng([seed, zlib.crc32(str(path).encode())])
+    return random_shift(rgb, generator)
 
 
 def synthetic_cell_set(count: int, size: int, seed: int) -> CellSet:

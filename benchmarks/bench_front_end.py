@@ -1,0 +1,244 @@
+"""Benchmark of the front end on labs the project does not have: the stain-and-camera shift suite.
+
+Parts (``--part``, all by default), written into ``benchmarks/results/front_end.json``:
+
+- ``normaliser``: the crop normaliser's nucleus box against the nucleus masks of ALL-IDB2 and both
+  wbc_seg sets, on the crops as they are and under every shift of
+  :func:`napari_hematology.core.cells.shifts.shift_suite` (mean IoU, share with IoU >= 0.8, share whose
+  nucleus was not found). Chosen on it: the locator's constants were picked on these unshifted crops;
+  the shifts were not used for any choice.
+- ``classifier``: the shipped classifier on the PBC crops it never trained on (the recipe keeps 600 per
+  class; PBC has 750), as they are and under every shift: balanced accuracy over PBC's classes and the
+  share of normal cells called blast. Held out: nothing was chosen on these crops; the shift ranges of
+  training were set from the differences between labs quoted in docs/cell_classifier.md.
+- ``pixel_size``: the red-cell ruler on every BCCD field (one camera) alone, and the camera consensus
+  that ``analyze`` uses for a batch: share of fields whose own estimate is within 15% of the consensus,
+  and the fields that are not. The ruler's one constant was calibrated on BCCD train (chosen on it).
+- ``fields``: white-cell detection F1 on BCCD val fields under the stain and background shifts, and
+  under a stress stain that makes red cells purple, with the per-field nucleus threshold on and off
+  (held out: the adaptive threshold was chosen on BCCD train fields under the same stress stain).
+
+Run: ``.venv/bin/python benchmarks/bench_front_end.py`` (about 10 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.metrics import balanced_accuracy_score
+
+from napari_hematology.core.cells import shifts
+from napari_hematology.core.cells.classes import BLAST
+from napari_hematology.core.cells.classifier import load_classifier
+from napari_hematology.core.cells.crops import (
+    LOCATE_SIZE,
+    NO_NUCLEUS,
+    apply_gain,
+    crop_to_rgb8,
+    locate_nucleus,
+    read_crop,
+    white_gain,
+)
+from napari_hematology.core.cells.magnification import CONSENSUS_TOLERANCE, camera_consensus, find_pixel_size
+from napari_hematology.core.cells.recipe import ClassifierRecipe
+from napari_hematology.core.cells.segmentation import SegmentationConfig, segment_field
+from napari_hematology.core.cells.training_data import cap_per_label, list_training_crops
+from napari_hematology.core.io import read_image
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", ROOT.parent / "shared" / "data"))
+CELLS = DATA / "single_cells"
+BCCD = DATA / "smear_fields" / "bccd"
+RESULTS = ROOT / "benchmarks" / "results" / "front_end.json"
+STRESS_STAIN = {"pink": 1.8, "pink_hue": 0.6}  # red cells as purple as a nucleus is in some stains
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def masked_crops() -> list[tuple[str, Path, np.ndarray]]:
+    """(source, crop file, nucleus mask) of every crop with a nucleus mask."""
+    items = []
+    table = pd.read_csv(CELLS / "all_idb2" / "labels.csv")
+    for row in table.itertuples():
+        mask = np.asarray(Image.open(CELLS / "all_idb2" / row.mask).convert("RGB"))
+        nucleus = (mask[..., 0] < 100) & (mask[..., 1] > 150) & (mask[..., 2] > 150)
+        items.append(("all_idb2", CELLS / "all_idb2" / row.image, nucleus))
+    for dataset in ("dataset1", "dataset2"):
+        for path in sorted((CELLS / "wbc_seg" / dataset).glob("*.bmp")):
+            mask = np.asarray(Image.open(path.with_suffix(".png")).convert("L"))
+            items.append((f"wbc_seg/{dataset}", path, mask > 200))
+    return [item for item in items if item[2].any()]
+
+
+def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
+    rows, cols = np.nonzero(mask)
+    return rows.min(), cols.min(), rows.max() + 1.0, cols.max() + 1.0
+
+
+def box_iou(a, b) -> float:
+    height = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    width = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = height * width
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area if area > 0 else 0.0
+
+
+def located_box(rgb: np.ndarray) -> tuple[tuple[float, float, float, float], bool]:
+    """The normaliser's nucleus box in the crop's pixels, and whether the nucleus was found."""
+    image = Image.fromarray(rgb)
+    scale = LOCATE_SIZE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    thumbnail = np.asarray(image.resize(size, Image.BILINEAR))
+    nucleus = locate_nucleus(apply_gain(thumbnail, white_gain(thumbnail)))
+    half = nucleus.extent / 2
+    box = (nucleus.centre_y - half, nucleus.centre_x - half, nucleus.centre_y + half, nucleus.centre_x + half)
+    return tuple(value / scale for value in box), nucleus.found
+
+
+def scaled_box(box, shape: tuple[int, int], factor: float):
+    """Where a box lands after :func:`shifts.rescale` by ``factor`` (about the crop's centre)."""
+    centre_y, centre_x = shape[0] / 2, shape[1] / 2
+    y0, x0, y1, x1 = box
+    return ((y0 - centre_y) * factor + centre_y, (x0 - centre_x) * factor + centre_x,
+            (y1 - centre_y) * factor + centre_y, (x1 - centre_x) * factor + centre_x)
+
+
+SCALE_OF = {"cell 0.7x": 0.7, "cell 1.4x": 1.4}
+
+
+def normaliser_figures() -> dict:
+    items = masked_crops()
+    suite = [shifts.Shift("none", "none", lambda rgb: rgb), *shifts.shift_suite()]
+    result: dict = {}
+    for shift in suite:
+        rows = []
+        for source, path, nucleus in items:
+            rgb = read_crop(path)
+            truth = scaled_box(box_of(nucleus), rgb.shape[:2], SCALE_OF.get(shift.name, 1.0))
+            box, found = located_box(shift.apply(rgb))
+            rows.append({"source": source, "iou": box_iou(box, truth), "found": found})
+        table = pd.DataFrame(rows)
+        result[shift.name] = {
+            source: {"crops": len(group), "mean_iou": round(float(group["iou"].mean()), 4),
+                     "share_iou_0_8": round(float((group["iou"] >= 0.8).mean()), 4),
+                     "nucleus_not_found": round(float((~group["found"]).mean()), 4)}
+            for source, group in table.groupby("source")
+        } | {"all": {"mean_iou": round(float(table["iou"].mean()), 4)}}
+        log(f"normaliser {shift.name}: mean IoU {table['iou'].mean():.3f}")
+    shifted = [value["all"]["mean_iou"] for name, value in result.items() if name != "none"]
+    return {"label": "chosen on it (locator constants picked on these unshifted crops; shifts unused)",
+            "per_shift": result, "lowest_shifted_mean_iou": min(shifted)}
+
+
+def held_out_pbc(seed: int) -> pd.DataFrame:
+    """PBC crops that the default recipe does not train on (its cap per class leaves them out)."""
+    recipe = ClassifierRecipe()
+    table = list_training_crops(DATA)
+    trained = set(cap_per_label(table, recipe.per_label_cap, seed)["file"])
+    pbc = table[table["source"] == "pbc"]
+    return pbc[~pbc["file"].isin(trained)].reset_index(drop=True)
+
+
+def classifier_figures(model_dir: Path | None) -> dict:
+    recipe = ClassifierRecipe()
+    cells = held_out_pbc(recipe.train.seed)
+    classifier = load_classifier(model_dir, "cpu")
+    originals = [read_crop(path) for path in cells["file"]]
+    suite = [shifts.Shift("none", "none", lambda rgb: rgb), *shifts.shift_suite()]
+    result = {}
+    for shift in suite:
+        crops = [crop_to_rgb8(shift.apply(rgb), "crop") for rgb in originals]
+        table = classifier.predict(crops)
+        called = table["label"].to_numpy(dtype=object)
+        result[shift.name] = {
+            "balanced_accuracy": round(float(balanced_accuracy_score(cells["label"], called)), 4),
+            "called_blast": round(float((called == BLAST).mean()), 4),
+            "nucleus_not_found": round(float((table["quality"] == NO_NUCLEUS).mean()), 4),
+        }
+        log(f"classifier {shift.name}: {result[shift.name]}")
+    unshifted = result["none"]["balanced_accuracy"]
+    worst = min(value["balanced_accuracy"] for name, value in result.items() if name != "none")
+    return {"label": "held out (PBC crops never trained on; nothing chosen on them)",
+            "crops": len(cells), "per_class": int(cells["label"].value_counts().min()),
+            "model": str(model_dir or "shipped"), "per_shift": result,
+            "largest_drop": round(unshifted - worst, 4)}
+
+
+def pixel_size_figures() -> dict:
+    index = pd.read_csv(BCCD / "index.csv")
+    measured = {}
+    for row in index.itertuples():
+        rgb = np.asarray(read_image(BCCD / row.image).data)
+        measured[row.image] = (find_pixel_size(rgb, name=row.image), rgb.shape[:2])
+    _, records = camera_consensus(measured)
+    (camera,) = records
+    own = np.array([size.um_per_px for size, _ in measured.values()])
+    within = np.abs(own / camera["um_per_px"] - 1) <= CONSENSUS_TOLERANCE
+    return {"label": "chosen on it for train (ruler calibrated on BCCD train); val held out",
+            "fields": len(own), "consensus_um_per_px": camera["um_per_px"],
+            "share_of_fields_alone_within_15_percent": round(float(within.mean()), 4),
+            "fields_used_at_consensus": len(own),
+            "disagreeing": camera["disagreeing"]}
+
+
+def field_figures(limit: int | None) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_segmentation import bccd_rows, match_boxes, wbc_boxes
+
+    rows = bccd_rows("val", limit)
+    stains = {s.name: s.apply for s in shifts.shift_suite() if s.family in ("stain", "background")}
+    stains = {"none": lambda rgb: rgb, **stains,
+              "stress: purple red cells": lambda rgb: shifts.restain(rgb, **STRESS_STAIN)}
+    result = {}
+    for adaptive in (True, False):
+        config = replace(SegmentationConfig(), adaptive_threshold=adaptive)
+        for name, shift in stains.items():
+            hits = predicted = truth = 0
+            for row in rows.itertuples():
+                rgb = shift(np.asarray(read_image(BCCD / row.image).data))
+                cells = segment_field(rgb, config).cells
+                boxes = list(zip(cells.bbox_y0, cells.bbox_x0, cells.bbox_y1, cells.bbox_x1, strict=True))
+                true_boxes = wbc_boxes(BCCD / row.boxes)
+                hits += match_boxes(boxes, true_boxes)
+                predicted += len(boxes)
+                truth += len(true_boxes)
+            precision, recall = hits / max(predicted, 1), hits / max(truth, 1)
+            f1 = 2 * precision * recall / max(precision + recall, 1e-9)
+            key = f"{'adaptive' if adaptive else 'fixed'} threshold"
+            result.setdefault(key, {})[name] = {"detection_f1_iou50": round(f1, 4), "reported": predicted,
+                                                "white_cells": truth}
+            log(f"fields {key} {name}: F1 {f1:.3f} ({predicted} reported, {truth} true)")
+    return {"label": "held out (BCCD val; the adaptive threshold was chosen on BCCD train)",
+            "fields": len(rows), **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("normaliser", "classifier", "pixel_size", "fields"), nargs="*")
+    parser.add_argument("--model", type=Path, default=None, help="classifier folder (default: shipped)")
+    parser.add_argument("--limit", type=int, default=None, help="about this many BCCD val fields")
+    args = parser.parse_args()
+    parts = args.part or ["normaliser", "classifier", "pixel_size", "fields"]
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    runners = {"normaliser": normaliser_figures, "classifier": lambda: classifier_figures(args.model),
+               "pixel_size": pixel_size_figures, "fields": lambda: field_figures(args.limit)}
+    for part in parts:
+        results[part] = runners[part]()
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({part: results[part] for part in parts}, indent=2)[:4000])
+
+
+if __name__ == "__main__":
+    main()
