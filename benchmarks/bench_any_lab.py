@@ -61,6 +61,7 @@ from napari_hematology.core.cells.classifier import CellClassifier, adapt_batch_
 from napari_hematology.core.cells.recipe import ClassifierRecipe, save_classifier, train_classifier
 from napari_hematology.core.cells.training_data import (
     NORMAL,
+    SHIFTED_MARK,
     SYNTHETIC,
     CellSet,
     cap_per_label,
@@ -75,6 +76,7 @@ BLAST_FOLDS = 5
 LEFT_OUT_WITH_FOLD = {"wbc_seg/dataset2": 0, "pbc": 1, "bccd_crops": 2, "wbc_seg/dataset1": 3, "": 4}
 CANDIDATES = {
     "mild": {"stain_jitter": 1.0, "scale_jitter": 0.1, "max_blur": 0.0},
+    "mild_unshifted": {"stain_jitter": 1.0, "scale_jitter": 0.1, "max_blur": 0.0, "shifted_copies": 0},
     "strong": {"stain_jitter": 3.0, "scale_jitter": 0.25, "max_blur": 1.0},
     "no_colour_statistics": {"colour_statistics": False},
     "mild_low_resolution": {"max_downsample": 3.0, "max_blur": 0.5},
@@ -113,13 +115,20 @@ def blast_fold_of(cells: CellSet, seed: int) -> np.ndarray:
 
 
 def held_out(cells: CellSet, folds: np.ndarray, left_out: str) -> np.ndarray:
-    """Crops of ``left_out`` and of its paired ALL-IDB2 fold."""
+    """Crops of ``left_out`` and of its paired ALL-IDB2 fold (shifted copies included)."""
     return (cells.sources == left_out) | (folds == LEFT_OUT_WITH_FOLD[left_out])
 
 
+def shifted(cells: CellSet) -> np.ndarray:
+    """Which crops are shifted copies (training augmentation), not crops as the lab made them."""
+    return np.array([SHIFTED_MARK in str(name) for name in cells.files], dtype=bool)
+
+
 def training_set(cells: CellSet, folds: np.ndarray, left_out: str, recipe: ClassifierRecipe) -> CellSet:
-    """The run's training crops: the others, capped per source and label, plus synthetic crops."""
-    kept = cells.subset(~held_out(cells, folds, left_out))
+    """The run's training crops: the others (and their shifted copies if the recipe has them), capped per
+    source and label, plus synthetic crops."""
+    excluded = held_out(cells, folds, left_out) | (shifted(cells) if recipe.shifted_copies == 0 else False)
+    kept = cells.subset(~excluded)
     table = pd.DataFrame({"label": kept.labels, "source": kept.sources})
     chosen = cap_per_label(table.reset_index(), recipe.per_label_cap, recipe.train.seed)["index"]
     return kept.subset(chosen.to_numpy()).concat(
@@ -137,7 +146,7 @@ def run_left_out(
     if models_out is not None:
         save_classifier(classifier, models_out / model_folder_name(left_out),
                         {"left_out_source": left_out, "left_out_all_idb2_fold": LEFT_OUT_WITH_FOLD[left_out]})
-    held = held_out(cells, folds, left_out)
+    held = held_out(cells, folds, left_out) & ~shifted(cells)
     return predictions(classifier, cells.subset(held), folds[held], left_out)
 
 
@@ -154,7 +163,7 @@ def atypical_of_saved(cells: CellSet, folds: np.ndarray, models: Path, recipe: C
         training = training_set(cells, folds, left_out, recipe)
         real = training.crops[training.sources != SYNTHETIC]
         classifier = load_classifier(folder, "cpu").with_reference(real)
-        chosen = cells.sources == left_out
+        chosen = (cells.sources == left_out) & ~shifted(cells)
         rows = predictions(classifier, cells.subset(chosen), np.full(chosen.sum(), -1), left_out)
         result[left_out] = atypical_metrics(rows, taught_by(cells, left_out))
     return result
@@ -325,7 +334,7 @@ def adapted(cells: CellSet, models: Path) -> dict:
         if not left_out or not folder.is_dir():
             continue
         classifier = load_classifier(folder, "cpu")
-        chosen = cells.sources == left_out
+        chosen = (cells.sources == left_out) & ~shifted(cells)
         adapt_batch_norm(classifier.model, cells.crops[chosen])
         rows = predictions(classifier, cells.subset(chosen), np.full(chosen.sum(), -1), left_out)
         metrics = type_metrics(rows, taught_by(cells, left_out))
@@ -341,7 +350,7 @@ def baseline(cells: CellSet, model_dir: Path | None) -> dict:
     trained_on = sorted(classifier.metadata.get("training_crops", {}))
     result = {"model": str(model_dir or "shipped"), "trained_on": trained_on, "sources": {}}
     for source in sorted(set(cells.sources) - {ALL_IDB2}):
-        chosen = cells.sources == source
+        chosen = (cells.sources == source) & ~shifted(cells)
         rows = predictions(classifier, cells.subset(chosen), np.full(chosen.sum(), -1), "")
         taught = set(classifier.classes) & set(rows["truth"])
         metrics = type_metrics(rows, taught)
@@ -364,7 +373,7 @@ def main() -> None:
     parser.add_argument("--background-crops", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", type=Path, default=None, help="weights for --stage baseline")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/any_lab_crops.npz"))
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/any_lab_crops_shifted.npz"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--models-out", type=Path, default=None,
                         help="save each run's model as DIR/<recipe>/without_<source> (bench_adaptation.py)")

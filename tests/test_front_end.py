@@ -257,3 +257,16 @@ def test_a_folder_agrees_on_one_pixel_size_and_refuses_single_cell_crops(tmp_pat
     assert {item["pixel_size_um"] for item in images} == {camera["um_per_px"]}
     table = pd.read_csv(tmp_path / "BloodImage_00020_cells.csv")
     assert {"quality", "at_edge"} <= set(table.columns) and len(table) >= 1
+
+
+def test_the_report_names_the_cells_left_out_and_the_fields_far_from_their_camera():
+    from napari_hematology.core.cells.batch import consensus_warnings
+    from napari_hematology.core.cells.report import describe_counts
+
+    part = {"cells": 3, "counts": {"blast": 1, "neutrophil": 2}, "left_out": {CUT_BY_EDGE: 2}}
+    assert describe_counts(part) == (
+        "3 white cells (blast 1, neutrophil 2); 2 left out of the differential (cut by the image edge: 2)")
+    camera = {"frame": [480, 640], "um_per_px": 0.0714, "fields": 4,
+              "disagreeing": [{"image": "f/BloodImage_00020.jpg", "measured_um_per_px": 0.0388}]}
+    (warning,) = consensus_warnings([camera, {**camera, "disagreeing": []}])
+    assert "1 of 4 fields" in warning and "BloodImage_00020.jpg (0.0388)" in warning

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,7 @@ def analyze_paths(
     if not results:
         raise InputError(nothing_read_message(skipped))
     summary = _combine(results, model_dir) | {"pixel_size_consensus": consensus, "skipped": skipped}
+    summary["total"]["warnings"] += consensus_warnings(consensus)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_report(out_dir / "report.html", summary, cell_gallery(summary, out_dir))
     return summary
@@ -253,11 +255,11 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float,
         The lower and upper bounds, within [0, 1].
 
     """
-    fraction = successes / total
-    centre = (fraction + z * z / (2 * total)) / (1 + z * z / total)
-    spread = math.sqrt(fraction * (1 - fraction) / total + z * z / (4 * total * total))
-    half = z * spread / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    from scipy.stats import binomtest
+
+    confidence = math.erf(z / math.sqrt(2))  # the share of a standard normal within +-z
+    interval = binomtest(successes, total).proportion_ci(confidence_level=confidence, method="wilson")
+    return max(0.0, float(interval.low)), min(1.0, float(interval.high))
 
 
 def blast_uncertainty(blasts: int, cells: int) -> dict[str, Any]:
@@ -282,6 +284,23 @@ def blast_uncertainty(blasts: int, cells: int) -> dict[str, Any]:
             "blood, 500 in marrow for a blast percentage); read the blast percentage with its 95% interval."
         )
     return {"blast_ci95_percent": [round(100 * low, 1), round(100 * high, 1)], "warnings": warnings}
+
+
+def consensus_warnings(consensus: list[dict[str, Any]]) -> list[str]:
+    """One warning per camera whose fields' red-cell rulers disagreed with the agreed pixel size."""
+    warnings = []
+    for camera in consensus:
+        if not camera["disagreeing"]:
+            continue
+        named = ", ".join(
+            f"{Path(item['image']).name} ({item['measured_um_per_px']:.3g})" for item in camera["disagreeing"]
+        )
+        warnings.append(
+            f"{len(camera['disagreeing'])} of {camera['fields']} fields of the {camera['frame'][1]}x"
+            f"{camera['frame'][0]} camera measured their pixel size more than 15% from the camera's "
+            f"{camera['um_per_px']:.4g} um/px and were analysed at it: {named}"
+        )
+    return warnings
 
 
 def cell_gallery(
@@ -359,6 +378,7 @@ def _combine(results: list[dict[str, Any]], model_dir) -> dict[str, Any]:
             "images": len(results),
             "cells": total,
             "not_in_differential": sum(r.get("not_in_differential", 0) for r in results),
+            "left_out": dict(sum((Counter(r.get("left_out", {})) for r in results), Counter())),
             "counts": counts,
             "blast_percent": round(100 * counts.get(BLAST, 0) / total, 2) if total else None,
             **blast_uncertainty(counts.get(BLAST, 0), total),

@@ -70,11 +70,18 @@ def describe_blasts(part: dict[str, Any]) -> str:
 def describe_counts(part: dict[str, Any]) -> str:
     """The white cells of a summary part and its classes that were found, e.g. ``3 white cells (blast 3)``.
 
-    Erythroblasts and ``other`` appear among the classes but not in the white-cell count.
+    Erythroblasts and ``other`` appear among the classes but not in the white-cell count; cells that the
+    front-end check flagged are named with their reasons.
     """
     cells = part["cells"]
     found = ", ".join(f"{name} {count}" for name, count in part["counts"].items() if count)
-    return f"{cells} white cell{'' if cells == 1 else 's'}" + (f" ({found})" if found else "")
+    left_out = part.get("left_out") or {}
+    flagged = "; ".join(f"{reason}: {count}" for reason, count in left_out.items())
+    return (
+        f"{cells} white cell{'' if cells == 1 else 's'}"
+        + (f" ({found})" if found else "")
+        + (f"; {sum(left_out.values())} left out of the differential ({flagged})" if left_out else "")
+    )
 
 
 def write_overlay(path: Path, image, labels, cells: pd.DataFrame) -> Path:
