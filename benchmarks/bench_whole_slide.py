@@ -16,9 +16,9 @@
   average during the run.
 - ``geojson``: the cells found are exported as QuPath GeoJSON and imported back: same cells and classes.
 - ``readers``: on an 8,192 x 8,192 JPEG SVS, open time and the time to read one 2,048 x 2,048 region for
-  this package's readers (tifffile, OpenSlide) and, when they are importable, napari-tiff, napari-wsi and
-  napari-lazy-openslide (install them apart: ``pip install --no-deps --target DIR ...`` and put DIR on
-  PYTHONPATH), with what each gives napari (levels, pixel size).
+  this package's readers (tifffile, OpenSlide) and, when they are importable, napari-tiff and napari-wsi
+  (``pip install .[benchmarks]``) and napari-lazy-openslide (not in the extra: it needs zarr 2, so next to
+  this package it records why it cannot be imported), with what each gives napari (levels, pixel size).
 
 Run: ``xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python benchmarks/bench_whole_slide.py``
 (a few minutes on 2 cores); writes ``benchmarks/results/whole_slide.json``. ``--part gui|readers`` runs one.

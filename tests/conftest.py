@@ -24,20 +24,46 @@ def pytest_configure(config):
     prepare_torch()
 
 
+def _skip_or_fail_in_ci(message: str, in_ci: str) -> None:
+    if os.environ.get("CI", "").lower() in {"true", "1"}:
+        pytest.fail(f"{message}; {in_ci}")
+    pytest.skip(message)
+
+
 def require_shared_data(root: Path) -> Path:
     """Return ``root`` if it is a folder; otherwise skip the test, or fail it when ``CI=true``."""
-    if root.is_dir():
-        return root
-    message = f"real data not found at {root} (set NAPARI_HEMATOLOGY_DATA to its folder)"
-    if os.environ.get("CI", "").lower() in {"true", "1"}:
-        pytest.fail(f"{message}; CI runs every real-data test, so a missing folder is an error")
-    pytest.skip(message)
+    if not root.is_dir():
+        _skip_or_fail_in_ci(
+            f"real data not found at {root} (set NAPARI_HEMATOLOGY_DATA to its folder)",
+            "CI runs every real-data test, so a missing folder is an error",
+        )
+    return root
+
+
+def require_shipped_weights(folder: Path | None = None) -> Path:
+    """Return the shipped classifier's folder if its weights are built; otherwise skip the test, or fail it
+    when ``CI=true`` (the weights ship with the package, so CI must have them)."""
+    from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
+
+    folder = SHIPPED_MODEL_DIR if folder is None else folder
+    if not (folder / "model.safetensors").is_file():
+        _skip_or_fail_in_ci(
+            f"shipped classifier weights not built yet ({folder / 'model.safetensors'})",
+            "they ship with the package, so CI must have them",
+        )
+    return folder
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real public data (see :func:`require_shared_data`)."""
     return require_shared_data(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def shipped_weights() -> Path:
+    """The shipped classifier's folder (see :func:`require_shipped_weights`)."""
+    return require_shipped_weights()
 
 
 @pytest.fixture(scope="session")

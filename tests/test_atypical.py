@@ -52,6 +52,33 @@ def test_score_is_the_share_of_training_cells_closer_to_their_class(reference):
     np.testing.assert_allclose(np.quantile(scores, [0.1, 0.5, 0.9]), [0.1, 0.5, 0.9], atol=0.02)
 
 
+def test_distance_is_mahalanobis_to_the_nearest_class_in_every_direction():
+    """Gaussian classes of one correlated, unequal covariance: the share of training cells within
+    Mahalanobis distance r of their class mean is the chi distribution's CDF at r, whichever direction a
+    cell lies in. A Euclidean distance, an unwhitened axis or the wrong class mean would not give that."""
+    from scipy.stats import chi2
+
+    rng = np.random.default_rng(3)
+    dims = 6
+    axes = np.linalg.qr(rng.normal(size=(dims, dims)))[0]
+    mixing = axes * np.geomspace(0.5, 5.0, dims)  # within-class spread 0.5 along one axis, 5 along another
+    means = (30 * np.eye(3, dims)) @ mixing.T  # three classes, 30 within-class units apart
+    classes = rng.integers(0, 3, 6000)
+    reference = fit_reference(means[classes] + rng.normal(size=(6000, dims)) @ mixing.T, classes)
+    for distance in (1.5, 2.5, 3.5):
+        along_widest = means[0] + distance * mixing[:, -1]  # 10 times further in Euclidean terms
+        along_narrowest = means[1] + distance * mixing[:, 0]
+        expected = chi2.cdf(distance**2, dims)
+        np.testing.assert_allclose(reference.score(np.stack([along_widest, along_narrowest])), expected,
+                                   atol=0.03)
+
+
+def test_uncertainty_fallback_is_zero_when_sure_and_one_when_evenly_spread():
+    probabilities = np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0], [0.0, 0.2, 0.8]])
+    np.testing.assert_allclose(atypical_score(probabilities), [0.0, 1.0, 0.75, 0.3])
+    np.testing.assert_array_equal(atypical_score(np.ones((2, 1))), [0.0, 0.0])
+
+
 @pytest.mark.parametrize("count", [1, 2, 5])
 def test_tiny_fits_give_scores_in_range(count):
     embeddings, _ = clustered_embeddings(count)
@@ -82,19 +109,27 @@ def test_a_reference_that_does_not_fit_the_model_is_refused(reference, tmp_path)
 
 @pytest.fixture(scope="module")
 def folder_with_reference(tmp_path_factory):
-    """The shipped model saved with a reference fitted on the bundled sample crops."""
+    """The shipped model saved with a reference fitted on the bundled sample crops, turned four ways."""
     shipped = load_classifier(None, "cpu")
-    crops = shipped.prepare([np.asarray(Image.open(path)) for path in sample_cells()])
-    folder = save_classifier(shipped.with_reference(crops), tmp_path_factory.mktemp("model"))
+    crops = shipped.prepare(_sample_images())
+    turned = np.ascontiguousarray(np.concatenate([np.rot90(crops, turns, axes=(1, 2)) for turns in range(4)]))
+    folder = save_classifier(shipped.with_reference(turned), tmp_path_factory.mktemp("model"))
     return folder, crops
+
+
+def _sample_images() -> list[np.ndarray]:
+    return [np.asarray(Image.open(path)) for path in sample_cells()]
 
 
 def test_a_folder_with_a_reference_scores_from_embeddings_in_one_pass(folder_with_reference):
     folder, crops = folder_with_reference
     classifier = load_classifier(folder, "cpu")
     assert classifier.reference is not None
-    table = classifier.predict_prepared(crops)
-    expected = classifier.reference.score(classifier.embed(crops))
+    # mirrored cells, none of the reference's own (whose distances sit on the stored quantiles)
+    mirrored = [flipped for image in _sample_images() for flipped in (image[:, ::-1], image.swapaxes(0, 1))]
+    table = classifier.predict(mirrored)
+    expected = classifier.reference.score(classifier.embed(mirrored))
+    assert ((expected > 0.05) & (expected < 0.95)).sum() >= 3  # not all beyond every training cell
     np.testing.assert_allclose(table["atypical_score"], expected, atol=1e-4)
     uncertainty = atypical_score(table.filter(like="prob_").to_numpy())
     assert not np.allclose(table["atypical_score"], uncertainty)

@@ -2,6 +2,7 @@ import argparse
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -107,12 +108,44 @@ def test_console_script_runs_as_module():
 
 
 @pytest.mark.slow
-def test_demo_runs_headless_on_the_bundled_sample(tmp_path, capsys):
+def test_demo_outputs_agree_with_each_other_and_with_what_it_prints(tmp_path, capsys):
+    """Each field's label image, cell table and counts describe the same cells; the totals add up."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from napari_hematology.core.cells.batch import wilson_interval
+    from napari_hematology.core.cells.samples import sample_fields
+    from napari_hematology.core.io import read_labels
+
     out = tmp_path / "results"
     assert main(["demo", "--headless", "--out", str(out)]) == 0
-    assert "white cells" in capsys.readouterr().out
-    for name in ("summary.json", "report.html", "BloodImage_00000_labels.tif", "BloodImage_00000_cells.csv"):
-        assert (out / name).is_file(), name
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    images, total = summary["images"], summary["total"]
+    assert sorted(Path(image["image"]).name for image in images) == sorted(p.name for p in sample_fields())
+    for image in images:
+        cells = pd.read_csv(out / image["cells_table"])
+        labels = read_labels(out / image["labels"])
+        assert set(np.unique(labels)) - {0} == set(cells["cell_id"])  # every outline has its row
+        for cell in cells.itertuples():
+            rows, columns = np.nonzero(labels == cell.cell_id)
+            assert (rows.mean(), columns.mean()) == pytest.approx((cell.centroid_y, cell.centroid_x), abs=0.5)
+            assert [rows.min(), columns.min(), rows.max() + 1, columns.max() + 1] == [
+                cell.bbox_y0, cell.bbox_x0, cell.bbox_y1, cell.bbox_x1]
+        counted = cells[cells["quality"] == "ok"] if "quality" in cells else cells
+        assert image["counts"] == {name: int((counted["label"] == name).sum()) for name in image["counts"]}
+        assert image["cells"] + image["not_in_differential"] == len(counted)
+    assert total["cells"] == sum(image["cells"] for image in images) > 0
+    for name, count in total["counts"].items():
+        assert count == sum(image["counts"].get(name, 0) for image in images), name
+    low, high = wilson_interval(total["counts"]["blast"], total["cells"])
+    assert total["blast_ci95_percent"] == [round(100 * low, 1), round(100 * high, 1)]
+    assert f"Total: {total['cells']} white cell" in printed
+    assert "95% CI {:.1f}-{:.1f}%".format(*total["blast_ci95_percent"]) in printed
+    report = (out / "report.html").read_text()
+    assert all(Path(image["image"]).name in report for image in images)
 
 
 @pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0 truncated jpeg"])

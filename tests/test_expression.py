@@ -187,6 +187,31 @@ def test_mismatched_genes_are_refused(tmp_path):
         predict_expression(model, other)
 
 
+def test_damaged_expression_files_give_one_clear_error_and_a_bug_is_not_hidden(tmp_path, monkeypatch):
+    import anndata
+    import h5py
+
+    anndata.AnnData(np.arange(40, dtype=np.float32).reshape(8, 5)).write_h5ad(tmp_path / "good.h5ad")
+    whole = (tmp_path / "good.h5ad").read_bytes()
+    (tmp_path / "cut.h5ad").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"cut.h5ad: cannot be read \(OSError: .*truncated file"):
+        load_expression(tmp_path / "cut.h5ad")
+    (tmp_path / "binary.csv").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(InputError, match=r"binary.csv: cannot be read \(UnicodeDecodeError"):
+        load_expression(tmp_path / "binary.csv")
+    with h5py.File(tmp_path / "words.h5", "w") as handle:
+        handle["X"] = np.array([[b"a", b"b"]] * 3)
+    with pytest.raises(InputError, match="words.h5: the expression matrix is not numeric"):
+        load_expression(tmp_path / "words.h5")
+
+    def bug(*args, **kwargs):
+        raise AttributeError("a bug, not a damaged file")
+
+    monkeypatch.setattr(anndata, "read_h5ad", bug)
+    with pytest.raises(AttributeError, match="a bug"):
+        load_expression(tmp_path / "good.h5ad")
+
+
 def test_bad_files_and_options(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         load_expression(tmp_path / "absent.h5ad")

@@ -93,13 +93,53 @@ def test_enough_cells_fit_a_temperature_folded_into_the_head(cells_csv, tmp_path
     assert len(reloaded.predict_prepared(read.cells.crops)) == len(read.cells)
 
 
-@pytest.mark.slow
-def test_cross_validated_comparison_reports_before_and_after(cells_csv):
+class _Memoriser:
+    """A stand-in fine-tuned model: right on every cell it did not train on, wrong on every one it did.
+
+    Cells are told apart by their index, written into the first pixel of each crop. It gets the cells of
+    ``missed`` wrong too, so its balanced accuracy differs from the base model's.
+    """
+
+    def __init__(self, trained: set[int], labels: np.ndarray, missed: str) -> None:
+        self.trained, self.labels, self.missed = trained, labels, missed
+        self.predicted: list[int] = []
+
+    def predict_prepared(self, crops, **_):
+        index = [int(value) for value in crops[:, 0, 0, 0]]
+        self.predicted.extend(index)
+        right = [self.labels[i] if i not in self.trained and self.labels[i] != self.missed else "wrong"
+                 for i in index]
+        return pd.DataFrame({"label": right})
+
+
+def test_cross_validated_comparison_scores_every_cell_with_a_model_that_did_not_train_on_it(
+    cells_csv, monkeypatch
+):
+    from sklearn.metrics import balanced_accuracy_score
+
+    from napari_hematology.core.cells import finetune
+
     base = load_classifier(None, "cpu")
-    read = read_labelled_cells(cells_from_csv(cells_csv), base)
-    result = cross_validated_comparison(read.cells, base, _quick(), folds=2)
-    assert result.folds == 2 and result.cells == 10
-    assert 0.0 <= result.before <= 1.0 and 0.0 <= result.after <= 1.0
+    cells = read_labelled_cells(cells_from_csv(cells_csv), base).cells
+    cells.crops[:, 0, 0, 0] = np.arange(len(cells))
+    missed = sorted(set(cells.labels))[0]
+    models = []
+
+    def fake_fine_tune(train, base_model, config=None, progress=None, should_stop=None, unlabelled=None):
+        assert base_model is base and config.min_calibration_cells > len(cells)  # no calibration split
+        models.append(_Memoriser({int(value) for value in train.crops[:, 0, 0, 0]}, cells.labels, missed))
+        return models[-1]
+
+    monkeypatch.setattr(finetune, "fine_tune", fake_fine_tune)
+    result = cross_validated_comparison(cells, base, _quick(), folds=2)
+    assert result.folds == len(models) == 2 and result.cells == len(cells) == 10
+    assert sorted(i for model in models for i in model.predicted) == list(range(len(cells)))
+    assert all(not set(model.predicted) & model.trained for model in models)
+    assert sorted(i for model in models for i in model.trained) == list(range(len(cells)))  # each once
+    classes = len(set(cells.labels))
+    assert result.after == pytest.approx((classes - 1) / classes)  # only the missed class wrong
+    before = base.predict_prepared(cells.crops)["label"]
+    assert result.before == pytest.approx(balanced_accuracy_score(cells.labels, before))
 
 
 def test_cli_refuses_unknown_labels_and_empty_projects(cells_csv, tmp_path, capsys):

@@ -68,6 +68,80 @@ def test_text_file_named_tiff_gives_clear_error(tmp_path):
         read_image(fake)
 
 
+def _png_with_a_broken_chunk(path, image: np.ndarray):
+    """A PNG whose second image-data chunk has a garbled type: Pillow raises SyntaxError loading it."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    png = buffer.getvalue()
+    start = png.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", png[start : start + 4])
+    data, half = png[start + 8 : start + 8 + length], length // 2
+    crc = struct.pack(">I", zlib.crc32(b"IDAT" + data[:half]))
+    first = struct.pack(">I", half) + b"IDAT" + data[:half] + crc
+    garbled = struct.pack(">I", length - half) + b"\x01\x02\x03\x04" + data[half:] + b"\0\0\0\0"
+    path.write_bytes(png[:start] + first + garbled + png[start + 12 + length :])
+    return path
+
+
+def _tiff_with_damaged_pixels(path, image: np.ndarray):
+    """A deflate-compressed TIFF whose pixel data starts with a broken zlib header."""
+    tifffile.imwrite(path, image, compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages.first.dataoffsets[0]
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 2] = b"\xff\xff"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_each_reader_s_errors_on_a_damaged_file_give_one_clear_message(tmp_path, sample_field_path,
+                                                                       sample_field):
+    damaged = {
+        "UnidentifiedImageError": tmp_path / "garbage.jpg",
+        "OSError: image file is truncated": tmp_path / "half.jpg",
+        "SyntaxError": _png_with_a_broken_chunk(tmp_path / "chunk.png", sample_field[:64, :64]),
+        "DeflateError": _tiff_with_damaged_pixels(tmp_path / "pixels.tif", sample_field[:64, :64]),
+    }
+    damaged["UnidentifiedImageError"].write_bytes(b"\xff\xd8" + bytes(range(256)) * 4)
+    whole = sample_field_path.read_bytes()
+    damaged["OSError: image file is truncated"].write_bytes(whole[: len(whole) // 2])
+    for reason, path in damaged.items():
+        with pytest.raises(InputError, match=rf"{path.name}: cannot be read \({reason}.*corrupt, truncated"):
+            read_image(path)
+
+
+def test_a_picture_too_large_for_pillow_says_so(sample_field_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(InputError, match="exceeds limit.*Pillow opens no picture this large; save .* TIFF"):
+        read_image(sample_field_path)
+
+
+def test_a_programming_error_while_reading_is_not_called_a_damaged_file(tmp_path, sample_field_path,
+                                                                        sample_field, monkeypatch):
+    from PIL import Image
+
+    from napari_hematology.core.whole_slide import formats
+
+    def bug(*args, **kwargs):
+        raise AttributeError("a bug, not a damaged file")
+
+    tiff = tmp_path / "field.tif"
+    tifffile.imwrite(tiff, sample_field)
+    monkeypatch.setattr(Image, "open", bug)
+    monkeypatch.setattr(formats, "tiff_pixel_size", bug)
+    for path in (sample_field_path, tiff):
+        with pytest.raises(AttributeError, match="a bug"):
+            read_image(path)
+
+
 def test_unsupported_format_and_missing_file(tmp_path):
     other = tmp_path / "cells.gif"
     other.write_bytes(b"GIF89a")

@@ -12,7 +12,7 @@ import zipfile
 from importlib.metadata import packages_distributions
 
 import pytest
-from conftest import REPO_ROOT, require_shared_data
+from conftest import REPO_ROOT, require_shared_data, require_shipped_weights
 
 PACKAGE_DIR = REPO_ROOT / "src" / "napari_hematology"
 
@@ -32,9 +32,9 @@ def _canonical(requirement: str) -> str:
     return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def _imported_top_level_modules() -> set[str]:
+def _imported_top_level_modules(folder=PACKAGE_DIR) -> set[str]:
     modules = set()
-    for path in PACKAGE_DIR.rglob("*.py"):
+    for path in folder.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 modules.update(alias.name.partition(".")[0] for alias in node.names)
@@ -55,6 +55,27 @@ def test_every_imported_package_is_a_declared_dependency():
     assert not undeclared
 
 
+# tried by bench_whole_slide.py when importable, not declared: it needs zarr 2 (this package needs zarr 3)
+UNDECLARED_BENCHMARK_IMPORTS = {"napari_lazy_openslide"}
+
+
+def test_every_package_a_benchmark_imports_is_declared_or_a_benchmark_extra():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]["benchmarks"]
+    declared = {_canonical(r) for r in project["dependencies"] + extras}
+    benchmarks = REPO_ROOT / "benchmarks"
+    local = {path.stem for path in benchmarks.glob("*.py")}
+    distributions = packages_distributions()
+    imported = _imported_top_level_modules(benchmarks) - local - UNDECLARED_BENCHMARK_IMPORTS
+    # a module of a package that is not installed here is named after its distribution (napari_wsi)
+    undeclared = {
+        module for module in imported
+        if not declared & {_canonical(d) for d in distributions.get(module, [module.replace("_", "-")])}
+    }
+    assert {"matplotlib", "psutil", "flowsom", "napari_wsi"} <= imported
+    assert not undeclared
+
+
 def test_missing_data_skips_locally_and_fails_in_ci(tmp_path, monkeypatch):
     absent = tmp_path / "absent"
     monkeypatch.delenv("CI", raising=False)
@@ -64,6 +85,17 @@ def test_missing_data_skips_locally_and_fails_in_ci(tmp_path, monkeypatch):
     with pytest.raises(pytest.fail.Exception, match="real data not found at .*absent"):
         require_shared_data(absent)
     assert require_shared_data(tmp_path) == tmp_path
+
+
+def test_missing_weights_skip_locally_and_fail_in_ci(tmp_path, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="weights not built"):
+        require_shipped_weights(tmp_path)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="weights not built.*CI must have them"):
+        require_shipped_weights(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    assert require_shipped_weights(tmp_path) == tmp_path
 
 
 @pytest.fixture(scope="module")

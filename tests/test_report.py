@@ -7,7 +7,6 @@ import io
 import itertools
 import json
 import re
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -118,16 +117,20 @@ def test_demo_says_what_it_analysed_and_where_to_look(tmp_path):
 
 
 @pytest.mark.slow
-def test_analyze_command_prints_interval_and_warning(sample_field_path, tmp_path, capsys):
-    from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
-
-    if not (SHIPPED_MODEL_DIR / "model.safetensors").is_file():
-        pytest.skip("shipped classifier weights not built yet")
+def test_analyze_command_prints_the_summary_interval_and_warning(sample_field_path, tmp_path, capsys,
+                                                                   shipped_weights):
     out = tmp_path / "out"
     assert main(["analyze", str(sample_field_path), "--out", str(out), "--scheduler", "synchronous"]) == 0
     printed = capsys.readouterr().out
-    assert "95% CI" in printed and "Warning: Only" in printed
-    assert Path(out / "report.html").is_file()
+    total = json.loads((out / "summary.json").read_text())["total"]
+    cells, blasts = total["cells"], total["counts"]["blast"]
+    assert 0 < cells < MIN_DIFFERENTIAL_CELLS
+    low, high = wilson_interval(blasts, cells)
+    assert total["blast_ci95_percent"] == [round(100 * low, 1), round(100 * high, 1)]
+    assert describe_blasts(total) in printed  # the interval of the counted cells, as written to the summary
+    assert f"Warning: Only {cells} white cell" in printed and str(MIN_DIFFERENTIAL_CELLS) in printed
+    report = (out / "report.html").read_text()
+    assert "95% CI {:.1f}-{:.1f}%".format(*total["blast_ci95_percent"]) in report
 
 
 def test_blast_percentage_is_of_white_cells_only():

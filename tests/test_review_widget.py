@@ -136,6 +136,12 @@ def test_find_issues_trains_in_the_background(make_napari_viewer, qtbot, tmp_pat
     qtbot.waitUntil(lambda: not review.runner.busy, timeout=60000)
     assert review.review_queue.cell_view.counter.text() == "0 / 8 reviewed"
     assert review.runner.status.text() == "Done."
+    queue = review.review_queue.queue.set_index("cell")
+    assert review.review_queue.current_cell() == "c3.png"  # the planted mislabel is shown first
+    assert queue.loc["c3.png", ["given", "suggested"]].tolist() == ["normal", "blast"]
+    assert queue.loc["c3.png", "issue_score"] > 0.5 > queue.drop("c3.png")["issue_score"].max()
+    assert (queue.drop("c3.png")["suggested"] == queue.drop("c3.png")["given"]).all()
+    assert "Suggested: blast" in review.review_queue.cell_view.cell_label.text()
 
 
 @pytest.mark.gui

@@ -5,6 +5,7 @@ import os
 import sys
 import threading
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -131,9 +132,31 @@ def test_a_worker_process_finds_the_same_cells_relays_tiles_cancels_and_errors(s
     assert whole_slide.has_checkpoint(tmp_path / "cut", "smear")
 
 
+def _resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="malloc_trim is glibc's")
-def test_freed_memory_is_handed_back_on_linux():
-    assert slide_worker.release_freed_memory()
+def test_freed_heap_memory_is_handed_back_on_linux():
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, count = 64 * 1024, 1024  # 64 MiB in blocks below the mmap threshold: on the heap, like tiles
+    blocks = [libc.malloc(size) for _ in range(count)]
+    for block in blocks:
+        ctypes.memset(block, 1, size)
+    pinned = libc.malloc(size)  # keeps the heap's top in use, so freeing the rest cannot shrink it
+    for block in blocks:
+        libc.free(block)
+    kept = _resident_bytes()
+    try:
+        assert slide_worker.release_freed_memory()
+        assert kept - _resident_bytes() > 48 * 2**20
+    finally:
+        libc.free(pinned)
 
 
 def test_resuming_with_other_settings_is_refused(slide_path, tmp_path):

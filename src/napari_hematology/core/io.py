@@ -13,11 +13,23 @@ from pathlib import Path
 import numpy as np
 
 from napari_hematology.core.errors import InputError
-from napari_hematology.core.whole_slide.formats import SLIDE_SUFFIXES, open_slide, refuse_unreadable
+from napari_hematology.core.whole_slide.formats import (
+    SLIDE_SUFFIXES,
+    TIFF_READ_ERRORS,
+    open_slide,
+    refuse_unreadable,
+    unreadable_file_error,
+)
 
 PLAIN_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
 IMAGE_SUFFIXES = SLIDE_SUFFIXES + tuple(PLAIN_FORMATS)
 MIN_SIDE = 16
+# What Pillow raises on a damaged picture, found by truncating, overwriting and flipping bytes of JPEG,
+# PNG and BMP files: OSError (UnidentifiedImageError, "image file is truncated", "broken data stream"),
+# SyntaxError (a broken PNG chunk) and ValueError. A picture too large for it is a DecompressionBombError.
+PILLOW_READ_ERRORS = (OSError, SyntaxError, ValueError)
+# pandas' parser errors (EmptyDataError, ParserError) and undecodable bytes are ValueErrors.
+CSV_READ_ERRORS = (ValueError, OSError)
 
 
 @dataclass
@@ -136,19 +148,10 @@ def read_image(path: str | Path, lazy: bool | None = None, reader: str | None = 
         raise InputError(
             f"{path.name}: unsupported format '{path.suffix}'. Use one of {', '.join(IMAGE_SUFFIXES)}."
         )
-    try:
-        if path.suffix.lower() in SLIDE_SUFFIXES:
-            return _read_slide(path, lazy, reader)
-        plain = PLAIN_FORMATS[path.suffix.lower()]
-        return SmearImage(levels=[_read_plain(path)], path=path, format_name=plain, reader="Pillow")
-    except InputError:
-        raise
-    except Exception as error:  # every decoder has its own exception types
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
-        raise InputError(
-            f"{path.name}: cannot be read ({type(error).__name__}: {detail}). "
-            "The file is corrupt, truncated or not really an image; re-export it from the scanner software."
-        ) from error
+    if path.suffix.lower() in SLIDE_SUFFIXES:
+        return _read_slide(path, lazy, reader)
+    plain = PLAIN_FORMATS[path.suffix.lower()]
+    return SmearImage(levels=[_read_plain(path)], path=path, format_name=plain, reader="Pillow")
 
 
 def _read_slide(path: Path, lazy: bool | None, reader: str | None) -> SmearImage:
@@ -168,10 +171,18 @@ def _read_slide(path: Path, lazy: bool | None, reader: str | None) -> SmearImage
 def _read_plain(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as image:
-        if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-            image = image.convert("RGBA" if "transparency" in image.info or image.mode == "PA" else "RGB")
-        return np.asarray(image)
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                image = image.convert("RGBA" if "transparency" in image.info or image.mode == "PA" else "RGB")
+            return np.asarray(image)
+    except Image.DecompressionBombError as error:
+        raise InputError(
+            f"{path.name}: {error} Pillow opens no picture this large; save the field as a TIFF, which is "
+            "read tile by tile."
+        ) from error
+    except PILLOW_READ_ERRORS as error:
+        raise unreadable_file_error(path, error) from error
 
 
 def to_rgb8(image: np.ndarray, name: str = "image") -> tuple[np.ndarray, list[str]]:
@@ -271,7 +282,7 @@ def read_labels(path: str | Path) -> np.ndarray:
 
     try:
         labels = tifffile.imread(path)
-    except Exception as error:
+    except TIFF_READ_ERRORS as error:
         raise InputError(f"{Path(path).name}: cannot read label image ({error}).") from error
     if not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"{Path(path).name}: a label image must hold integers, found {labels.dtype}.")
@@ -318,7 +329,7 @@ def read_table(path: str | Path, required: list[str] | tuple[str, ...] = ()):
         raise InputError(f"{path}: no such file.")
     try:
         table = pd.read_csv(path)
-    except Exception as error:
+    except CSV_READ_ERRORS as error:
         raise InputError(f"{path.name}: cannot be read as CSV ({error}).") from error
     missing = [column for column in required if column not in table.columns]
     if missing:

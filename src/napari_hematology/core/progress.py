@@ -75,23 +75,33 @@ def tracked(
 
 
 class TextProgress:
-    """A one-line text progress bar on stderr, for the command line."""
+    """A terminal progress bar (tqdm) on stderr, for the command line; silent when stderr is no terminal.
 
-    def __init__(self, width: int = 30, stream=None) -> None:
-        self.width = width
+    One bar per phase: a new total or message, or a count that goes back, closes the bar and starts the
+    next one; reaching the total closes it.
+    """
+
+    def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stderr
-        self._last = ""
+        self._bar = None
+        self._phase: tuple[int, str] | None = None
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
-        """Redraw the bar."""
+        """Move the bar to ``done`` of ``total``."""
         if not self.stream.isatty():
             return
-        fraction = done / total if total else 1.0
-        filled = int(self.width * fraction)
-        line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {message}"
-        if line != self._last:
-            self.stream.write(line[:120])
-            self.stream.flush()
-            self._last = line
+        from tqdm import tqdm
+
+        if self._bar is None or self._phase != (total, message) or done < self._bar.n:
+            self.close()
+            self._bar = tqdm(total=total or None, desc=message or None, file=self.stream, dynamic_ncols=True)
+            self._phase = (total, message)
+        self._bar.update(done - self._bar.n)
         if total and done >= total:
-            self.stream.write("\n")
+            self.close()
+
+    def close(self) -> None:
+        """Finish the current bar (it stays on screen)."""
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._phase = None, None

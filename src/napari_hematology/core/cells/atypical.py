@@ -77,12 +77,15 @@ def fit_reference(
         The reference.
 
     """
+    from sklearn.decomposition import PCA
+
     embeddings = np.asarray(embeddings, dtype=np.float64)
     centre = embeddings.mean(axis=0)
     spread = np.maximum(embeddings.std(axis=0), MIN_SPREAD)
     standardised = (embeddings - centre) / spread
     kept = max(1, min(components, len(embeddings) - 1, embeddings.shape[1]))
-    principal = np.linalg.svd(standardised, full_matrices=False)[2][:kept].T
+    with np.errstate(invalid="ignore", divide="ignore"):  # one cell: its explained variance is 0 / 0
+        principal = PCA(n_components=kept, svd_solver="full").fit(standardised).components_.T
     reduced = standardised @ principal
     classes, assigned = np.unique(np.asarray(assigned), return_inverse=True)
     means = np.stack([reduced[assigned == index].mean(axis=0) for index in range(len(classes))])

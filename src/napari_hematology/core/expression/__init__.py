@@ -8,24 +8,27 @@ Typical use::
     table = predict_expression(load_expression_model("my_model"), load_expression("other.h5ad"))
 """
 
-from napari_hematology.core.expression.classifier import (
-    ExpressionClassifier,
-    ExpressionConfig,
-    class_probabilities,
-    embed_expression,
-    fit_expression_model,
-    load_expression_model,
-    predict_expression,
-    save_expression_model,
-)
-from napari_hematology.core.expression.data import (
-    ExpressionData,
-    annotation_columns,
-    labels_of,
-    load_expression,
-    make_expression_data,
-)
-from napari_hematology.core.expression.preprocessing import PreprocessConfig, Preprocessor
+from importlib import import_module
+
+# each public name and the module it lives in: imported on first use, so that the command line and the
+# Expression dock can read the choices (``choices``) without loading pandas and the models
+_WHERE = {
+    "ExpressionClassifier": "classifier",
+    "ExpressionConfig": "classifier",
+    "class_probabilities": "classifier",
+    "embed_expression": "classifier",
+    "fit_expression_model": "classifier",
+    "load_expression_model": "classifier",
+    "predict_expression": "classifier",
+    "save_expression_model": "classifier",
+    "ExpressionData": "data",
+    "annotation_columns": "data",
+    "labels_of": "data",
+    "load_expression": "data",
+    "make_expression_data": "data",
+    "PreprocessConfig": "preprocessing",
+    "Preprocessor": "preprocessing",
+}
 
 __all__ = [
     "ExpressionClassifier",
@@ -44,3 +47,16 @@ __all__ = [
     "predict_expression",
     "save_expression_model",
 ]
+
+
+def __getattr__(name: str):
+    """Import a public name's module when the name is first asked for."""
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -12,6 +12,12 @@ from scipy import sparse
 from napari_hematology.core.errors import InputError
 
 EXPRESSION_SUFFIXES = (".h5ad", ".csv", ".tsv", ".h5")
+# What h5py raises on a damaged HDF5 file (found by truncating, overwriting and flipping bytes of .h5 and
+# .h5ad files): OSError ("truncated file", "bad heap index"), KeyError and RuntimeError for damaged
+# objects and attributes; ValueError when stored names are not text. anndata adds its IORegistryError for
+# an element whose encoding it does not know (see _read_h5ad). pandas' parser errors are ValueErrors.
+HDF5_READ_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
+CSV_READ_ERRORS = (ValueError, OSError)
 CELL_ID_COLUMNS = ("", "cell", "cell_id", "barcode", "sample", "patient", "Unnamed: 0")
 
 
@@ -71,9 +77,12 @@ def make_expression_data(matrix, genes, cells=None, obs=None, name: str = "data"
     Raises:
         InputError: Shapes disagree or the matrix is empty.
     """
-    matrix = sparse.csr_matrix(matrix, dtype=np.float32) if sparse.issparse(matrix) else (
-        np.asarray(matrix, dtype=np.float32)
-    )
+    try:
+        matrix = sparse.csr_matrix(matrix, dtype=np.float32) if sparse.issparse(matrix) else (
+            np.asarray(matrix, dtype=np.float32)
+        )
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{name}: the expression matrix is not numeric ({error}).") from error
     if matrix.ndim != 2 or min(matrix.shape) == 0:
         raise InputError(f"{name}: the expression matrix is empty (shape {matrix.shape}).")
     genes = np.asarray(genes).astype(str)
@@ -127,25 +136,28 @@ def load_expression(path: str | Path, label_key: str | None = None) -> Expressio
             f"{path.name}: unsupported format '{path.suffix}'. Use one of {', '.join(EXPRESSION_SUFFIXES)}."
         )
     reader = {".h5ad": _read_h5ad, ".h5": _read_h5}.get(suffix, _read_delimited)
-    try:
-        data = reader(path, label_key)
-    except InputError:
-        raise
-    except Exception as error:  # anndata, h5py and pandas each have their own exception types
-        raise InputError(f"{path.name}: cannot be read ({type(error).__name__}: {error}).") from error
+    data = reader(path, label_key)
     if label_key is not None:
         labels_of(data, label_key)
     return data
+
+
+def _unreadable(path: Path, error: BaseException) -> InputError:
+    return InputError(f"{path.name}: cannot be read ({type(error).__name__}: {error}).")
 
 
 def _read_h5ad(path: Path, label_key: str | None) -> ExpressionData:
     import warnings
 
     import anndata
+    from anndata._io.specs.registry import IORegistryError  # not exported; in anndata since 0.8
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # old files: anndata moves .uns entries
-        adata = anndata.read_h5ad(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # old files: anndata moves .uns entries
+            adata = anndata.read_h5ad(path)
+    except (*HDF5_READ_ERRORS, IORegistryError) as error:
+        raise _unreadable(path, error) from error
     return make_expression_data(adata.X, adata.var_names, adata.obs_names, adata.obs, path.name)
 
 
@@ -153,24 +165,13 @@ GENE_NAME_DATASETS = ("genes", "gene_names", "var_names", "features")
 
 
 def _read_h5(path: Path, label_key: str | None) -> ExpressionData:
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        if "X" not in handle or not isinstance(handle["X"], h5py.Dataset):
-            raise InputError(
-                f"{path.name}: no dataset 'X' (cells x genes) found; it holds {', '.join(handle)}."
-            )
-        matrix = handle["X"][()]
-        n_cells, n_genes = matrix.shape
-        genes = next(
-            (_decode(handle[name][()]) for name in GENE_NAME_DATASETS if name in handle), None
-        )
-        obs = {
-            name: _decode(item[()])
-            for name, item in handle.items()
-            if isinstance(item, h5py.Dataset) and item.ndim == 1 and len(item) == n_cells
-            and name not in GENE_NAME_DATASETS
-        }
+    try:
+        matrix, genes, obs = _h5_arrays(path)
+    except InputError:
+        raise
+    except HDF5_READ_ERRORS as error:
+        raise _unreadable(path, error) from error
+    n_genes = matrix.shape[1]
     data_notes = []
     if genes is None:
         genes = np.array([f"gene_{index}" for index in range(n_genes)])
@@ -180,6 +181,26 @@ def _read_h5(path: Path, label_key: str | None) -> ExpressionData:
     return data
 
 
+def _h5_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """The matrix ``X``, the gene names (None when not stored) and the per-cell datasets of an .h5 file."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        if "X" not in handle or not isinstance(handle["X"], h5py.Dataset) or handle["X"].ndim != 2:
+            raise InputError(
+                f"{path.name}: no 2-D dataset 'X' (cells x genes) found; it holds {', '.join(handle)}."
+            )
+        matrix = handle["X"][()]
+        genes = next((_decode(handle[name][()]) for name in GENE_NAME_DATASETS if name in handle), None)
+        obs = {
+            name: _decode(item[()])
+            for name, item in handle.items()
+            if isinstance(item, h5py.Dataset) and item.ndim == 1 and len(item) == len(matrix)
+            and name not in GENE_NAME_DATASETS
+        }
+    return matrix, genes, obs
+
+
 def _decode(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind in "SO":
         return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
@@ -187,7 +208,10 @@ def _decode(values: np.ndarray) -> np.ndarray:
 
 
 def _read_delimited(path: Path, label_key: str | None) -> ExpressionData:
-    table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    try:
+        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    except CSV_READ_ERRORS as error:
+        raise _unreadable(path, error) from error
     cells = None
     first = str(table.columns[0])
     is_cell_id = first in CELL_ID_COLUMNS or not pd.api.types.is_numeric_dtype(table[first])

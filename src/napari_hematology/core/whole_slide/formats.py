@@ -10,6 +10,7 @@ is the one entry point; this module only opens slides.
 from __future__ import annotations
 
 import re
+import struct
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,26 @@ PLAUSIBLE_PIXEL_UM = (0.01, 20.0)
 LENGTH_UNITS_UM = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
 TIFF_UNIT_UM = {2: 25_400.0, 3: 10_000.0}  # ResolutionUnit: inch, centimetre
 APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.]+)")
+# What tifffile (with zarr and imagecodecs under it) raises on a damaged file, found by truncating,
+# overwriting and flipping bytes of plain, tiled (JPEG, deflate) and pyramidal TIFFs: its TiffFileError
+# and other ValueErrors, NotImplementedError for an encoding it cannot decode, the codecs' errors
+# (RuntimeError), MemoryError when a damaged size asks for terabytes, and TypeError, IndexError, KeyError,
+# ZeroDivisionError and struct.error from garbled tags; OSError from the file system. Only reads are
+# guarded with it.
+TIFF_READ_ERRORS = (
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    MemoryError,
+    TypeError,
+    IndexError,
+    KeyError,
+    ZeroDivisionError,
+    struct.error,
+    OSError,
+)
+# Decoding a tile: a compression or sample format tifffile cannot decode here, or a codec that fails.
+TILE_DECODE_ERRORS = (ValueError, NotImplementedError, RuntimeError)
 
 
 @dataclass
@@ -94,6 +115,15 @@ def refuse_unreadable(path: Path) -> None:
         )
 
 
+def unreadable_file_error(path: Path, error: BaseException) -> InputError:
+    """The one message for a file whose reader fails on it: corrupt, truncated or not really an image."""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
+    return InputError(
+        f"{path.name}: cannot be read ({type(error).__name__}: {detail}). "
+        "The file is corrupt, truncated or not really an image; re-export it from the scanner software."
+    )
+
+
 def open_slide(path: Path, lazy: bool | None = None, reader: str | None = None) -> OpenedSlide:
     """Open a whole-slide file lazily with the reader that can read it.
 
@@ -107,7 +137,8 @@ def open_slide(path: Path, lazy: bool | None = None, reader: str | None = None) 
         The opened slide.
 
     Raises:
-        InputError: No installed reader can open it; the message names the format and what is needed.
+        InputError: No installed reader can open it (the message names the format and what is needed),
+            or the file is damaged.
 
     """
     if reader == "openslide" or (reader is None and path.suffix.lower() in OPENSLIDE_FORMATS):
@@ -130,21 +161,30 @@ class _UndecodableTiles(Exception):
 def _open_tifffile(path: Path, lazy: bool | None) -> OpenedSlide:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        index = _main_series(tif)
-        series = tif.series[index]
-        nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
-        pixel_size, source = tiff_pixel_size(tif, series)
-        if lazy is None:
-            lazy = len(series.levels) > 1 or nbytes > LAZY_THRESHOLD_BYTES
-        name = _tiff_format_name(tif, path)
-        if not lazy:
-            return OpenedSlide([series.asarray()], name, "tifffile", pixel_size, source)
-    levels = _tifffile_levels(path, index)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError(f"{path.name}: the TIFF holds no image.")
+            index = _main_series(tif)
+            series = tif.series[index]
+            nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+            pixel_size, source = tiff_pixel_size(tif, series)
+            if lazy is None:
+                lazy = len(series.levels) > 1 or nbytes > LAZY_THRESHOLD_BYTES
+            name = _tiff_format_name(tif, path)
+            if not lazy:
+                return OpenedSlide([series.asarray()], name, "tifffile", pixel_size, source)
+        levels = _tifffile_levels(path, index)
+    except InputError:
+        raise
+    except TIFF_READ_ERRORS as error:
+        raise unreadable_file_error(path, error) from error
     try:
         np.asarray(levels[-1][:1, :1])
-    except Exception as error:  # the codec's own error types
+    except TILE_DECODE_ERRORS as error:
         raise _UndecodableTiles(str(error).strip().splitlines()[0] if str(error).strip() else "") from error
+    except TIFF_READ_ERRORS as error:
+        raise unreadable_file_error(path, error) from error
     return OpenedSlide(levels, name, "tifffile", pixel_size, source)
 
 
@@ -162,6 +202,8 @@ def _tifffile_levels(path: Path, series: int) -> list:
     group = zarr.open(tifffile.imread(path, aszarr=True, series=series), mode="r")
     arrays = [group] if isinstance(group, zarr.Array) else [group[key] for key in group.array_keys()]
     levels = [da.from_zarr(array, chunks=_dask_chunks(array)) for array in arrays]
+    if any(array.ndim < 2 for array in levels):
+        raise InputError(f"{path.name}: a level of the slide is not an image (shape {levels[0].shape}).")
     return sorted(levels, key=lambda array: -array.shape[0])
 
 
@@ -213,23 +255,35 @@ def tiff_pixel_size(tif, series) -> tuple[float | None, str | None]:
 def _ome_pixel_size(xml: str | None) -> float | None:
     if not xml:
         return None
-    for element in ElementTree.fromstring(xml).iter():
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:  # damaged metadata: the pixels may still be fine
+        return None
+    for element in root.iter():
         if element.tag.endswith("Pixels") and "PhysicalSizeX" in element.attrib:
             unit = element.attrib.get("PhysicalSizeXUnit", "µm")
-            return float(element.attrib["PhysicalSizeX"]) * LENGTH_UNITS_UM.get(unit, float("nan"))
+            return _number(element.attrib["PhysicalSizeX"]) * LENGTH_UNITS_UM.get(unit, float("nan"))
     return None
+
+
+def _number(text: str) -> float:
+    """``text`` as a number; NaN (never a plausible pixel size) when it is not one."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def _aperio_pixel_size(description: str) -> float | None:
     match = APERIO_MPP.search(description or "")
-    return float(match.group(1)) if match else None
+    return _number(match.group(1)) if match else None
 
 
 def _resolution_pixel_size(page) -> float | None:
     resolution = page.tags.get("XResolution")
     unit = page.tags.get("ResolutionUnit")
-    unit_um = TIFF_UNIT_UM.get(int(unit.value) if unit is not None else 2)
-    if resolution is None or unit_um is None:
+    unit_um = TIFF_UNIT_UM.get(unit.value if unit is not None else 2)
+    if resolution is None or unit_um is None or len(resolution.value) != 2:
         return None
     numerator, denominator = resolution.value
     return unit_um * denominator / numerator if numerator else None
