@@ -4,9 +4,9 @@
         [--only SECTION ...]
 
 Writes benchmarks/results/cytometry.json (``--only`` re-runs the named sections and keeps the others):
-- default_cli_ff_fcs: ``napari-hematology cytometry cluster ff.fcs --clusters 7 --channels <FlowSOM's 7
-  lineage markers>`` with default settings (preprocessing decided from the file), per seed, against the
-  manual gates;
+- default_cli_ff_fcs: ``napari-hematology cytometry cluster ff.fcs --channels <FlowSOM's 7 lineage
+  markers>`` with default settings (preprocessing decided from the file), per seed, against the manual
+  gates, with FlowSOM (K=7) on the same values and seeds in the same run;
 - per_sample_speed: time to cluster one 15-20k-event sample (fit on it, assign every event) against
   FlowSOM (10x10 SOM, same channels and K, warm) on several files; F1 for both where gates exist (ff.fcs
   only), time only elsewhere;
@@ -17,7 +17,13 @@ Writes benchmarks/results/cytometry.json (``--only`` re-runs the named sections 
   sample fractions are given; cell-level accuracy and proportion MAE on those samples and on unseen ones;
 - speed: 20,000-event FCS files assigned per minute with a saved model (read, compensate, transform,
   assign), with and without writing the CSV outputs, and the training time;
-- the pipeline on the unlabelled files (cytonorm/, flowspy_time_course/, facs_diva_test.fcs).
+- the pipeline on the unlabelled files (cytonorm/, flowspy_time_course/, facs_diva_test.fcs);
+- instrument_files: every file of instruments/ through the default command with --fcs-out: events and
+  channels read against $TOT / $PAR and read back from the written FCS, the number of clusters chosen, or
+  the one-line refusal of a broken file.
+
+default_cli_ff_fcs and per_sample_speed leave the number of clusters to the data (the default) and name the
+populations with the shipped marker table.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from napari_hematology.core.cytometry import (
     pipeline_config_from_dict,
     proportions_table,
     read_fcs,
+    read_fcs_data_sets,
     run_pipeline,
     sample_proportions,
     save_pipeline,
@@ -188,13 +195,26 @@ def flowsom_benchmark(values, labels, clusters, seeds) -> dict:
     return {**summarise(runs), "settings": "10x10 SOM, consensus metaclustering, same channels and K"}
 
 
+GATE_NAMES = {
+    "B cells": "B",
+    "CD4 T cells": "CD4 T",
+    "CD8 T cells": "CD8 T",
+    "NK T cells": "NK T",
+    "NK cells": "NK",
+    "gd T cells": "gd T",
+}
+
+
 def default_cli_benchmark(data: Path, seeds: int) -> dict:
-    """The command a new user types, default settings, one run per seed, scored against the gates."""
+    """The command a new user types, default settings (the number of clusters chosen from the data, names
+    from the shipped marker table), one run per seed, scored against the gates; FlowSOM in the same run."""
     ff = data / "cytometry" / "flowsom" / "ff.fcs"
     labels = pd.read_csv(ff.parent / "gating_result.csv", header=None)[0].to_numpy()
-    command = ["cytometry", "cluster", str(ff), "--clusters", "7", "--channels", *FF_MARKERS]
+    command = ["cytometry", "cluster", str(ff), "--channels", *FF_MARKERS]
     shown = " ".join(["cytometry", "cluster", "ff.fcs", *command[3:]])
-    runs, printed = [], ""
+    runs, printed, chosen, names = [], "", [], []
+    values, _ = ff_data(data)
+    flowsom_runs = []
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(seeds):
             output = io.StringIO()
@@ -202,16 +222,112 @@ def default_cli_benchmark(data: Path, seeds: int) -> dict:
             with contextlib.redirect_stdout(output):
                 cli([*command, "--out", folder, "--seed", str(seed)])
             seconds = time.perf_counter() - started
-            predicted = pd.read_csv(Path(folder) / "ff_clusters.csv")["cluster"].to_numpy()
+            predicted = pd.read_csv(Path(folder) / "ff_clusters.csv")["cluster"].astype(str).to_numpy()
             runs.append({**matched_f1(labels, predicted), "seconds": seconds})
+            stage = json.loads((Path(folder) / "populations.json").read_text())["stages"][0]
+            chosen.append(stage["clusters"])
+            names.append(name_agreement(labels, predicted))
             printed = output.getvalue()
-            print(f"default CLI seed {seed}: F1 {runs[-1]['mean_f1']:.3f}, {seconds:.1f} s", file=sys.stderr)
+            print(f"default CLI seed {seed}: K {chosen[-1]}, F1 {runs[-1]['mean_f1']:.3f}, {seconds:.1f} s, "
+                  f"names {names[-1]['agreement']:.3f}", file=sys.stderr)
+            if flowsom_available():
+                started = time.perf_counter()
+                theirs = flowsom_clusters(values, len(set(labels)), seed)
+                flowsom_runs.append({**matched_f1(labels, theirs), "seconds": time.perf_counter() - started})
+                print(f"FlowSOM seed {seed}: F1 {flowsom_runs[-1]['mean_f1']:.3f}", file=sys.stderr)
     return {
         "command": f"napari-hematology {shown} --out DIR --seed SEED",
+        "chosen_on": "ff.fcs itself (the settings, the ICL tolerance of the cluster count and the marker "
+        "table's rules were chosen on it and on the unlabelled shared panels): optimistic",
         "preprocessing_printed": [line for line in printed.splitlines() if line.startswith(("ff.fcs", "  "))],
+        "populations_printed": [line for line in printed.splitlines() if line.startswith("cluster:")],
+        "clusters_chosen_per_seed": chosen,
         **summarise(runs),
-        "note": "seconds include reading, preprocessing and writing the outputs (one process, warm)",
+        "names": {
+            "per_seed_agreement": [round(n["agreement"], 4) for n in names],
+            "mean_agreement": float(np.mean([n["agreement"] for n in names])),
+            "what": "share of the events in the 6 gated populations whose automatic name (shipped marker "
+            "table) is their gate's (CD4 T cells -> CD4 T, ...)",
+            "last_seed": names[-1],
+        },
+        "flowsom_same_run": (
+            {**summarise(flowsom_runs), "settings": "10x10 SOM, consensus metaclustering, K = 7 (the gated "
+             "count, given to it), same channels and seeds"}
+            if flowsom_runs else {"skipped": "flowsom is not installed (pip install .[benchmarks])"}
+        ),
+        "note": "seconds include reading, preprocessing, naming and writing the outputs (one process, warm); "
+        "FlowSOM's seconds are its fit only",
     }
+
+
+def name_agreement(gates: np.ndarray, names: np.ndarray) -> dict:
+    """How often an automatic population name is the event's gate, per gate and overall."""
+    per_gate = {}
+    for gate, name in GATE_NAMES.items():
+        inside = gates == gate
+        per_gate[gate] = float(np.mean(names[inside] == name)) if inside.any() else None
+    gated = np.isin(gates, list(GATE_NAMES))
+    expected = np.array([GATE_NAMES.get(g, "") for g in gates[gated]], dtype=object)
+    unlabelled = gates == UNLABELED
+    return {
+        "agreement": float(np.mean(names[gated].astype(object) == expected)),
+        "per_gate": per_gate,
+        "ungated_events_named_unassigned": float(np.mean(np.char.startswith(
+            names[unlabelled].astype(str), "unassigned"))),
+    }
+
+
+def instrument_benchmark(data: Path) -> dict:
+    """Every file of shared/data/cytometry/instruments through the default command (--fcs-out), or its
+    one-line refusal; the events and channels read against the file's $TOT and $PAR, and read back."""
+    import flowio
+
+    folder = data / "cytometry" / "instruments"
+    report = {"command": "napari-hematology cytometry cluster FILE --out DIR --fcs-out DIR/fcs", "files": {}}
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".fcs", ".lmd")):
+        with tempfile.TemporaryDirectory() as out:
+            output, errors = io.StringIO(), io.StringIO()
+            started = time.perf_counter()
+            try:
+                with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
+                    code = cli(["cytometry", "cluster", str(path), "--out", out, "--fcs-out", f"{out}/fcs"])
+            except SystemExit as stop:
+                code = stop.code
+            entry = {"exit_code": code, "seconds": round(time.perf_counter() - started, 2)}
+            if code == 0:
+                samples = read_fcs_data_sets(path)
+                written = sorted(Path(out, "fcs").glob("*.fcs"))
+                back = [flowio.FlowData(str(p)) for p in written]
+                stages = json.loads(Path(out, "populations.json").read_text())["stages"]
+                entry.update(
+                    data_sets=len(samples),
+                    events_read=[len(s.events) for s in samples],
+                    events_announced=[int(s.keywords["tot"]) for s in samples],
+                    channels_read=[s.events.shape[1] for s in samples],
+                    channels_announced=[int(s.keywords["par"]) for s in samples],
+                    clusters_chosen=stages[0]["clusters"],
+                    how=stages[0]["cluster_count"].get("rule"),
+                    populations=[c["name"] for c in stages[0]["populations"]],
+                    written_back_events=[b.event_count for b in back],
+                    written_back_channels=[b.channel_count for b in back],
+                    reading_notes=[n for s in samples for n in s.notes],
+                )
+                entry["every_event_and_channel"] = (
+                    entry["events_read"] == entry["events_announced"] == entry["written_back_events"]
+                    and entry["channels_read"] == entry["channels_announced"]
+                    and all(w == c + 2 for w, c in zip(entry["written_back_channels"], entry["channels_read"],
+                                                       strict=True))
+                )
+            else:
+                lines = [line for line in errors.getvalue().splitlines() if "error:" in line]
+                entry["message"] = lines[-1] if lines else ""
+                entry["one_line"] = len(lines) == 1
+            report["files"][path.name] = entry
+            print(f"{path.name}: {entry.get('clusters_chosen', entry.get('message'))}", file=sys.stderr)
+    files = report["files"].values()
+    report["valid_files_read_clustered_written"] = sum(1 for f in files if f.get("every_event_and_channel"))
+    report["files_refused"] = sum(1 for f in files if f["exit_code"] != 0)
+    return report
 
 
 def speed_samples(data: Path) -> dict[str, tuple[Path, np.ndarray | None]]:
@@ -247,10 +363,10 @@ def per_sample_speed_benchmark(data: Path, seeds: int) -> dict:
     rng = np.random.default_rng(0)
     flowsom_clusters(rng.normal(size=(500, 3)), 3, 0)  # compile FlowSOM's numba code before timing
     report = {
-        "settings": f"IDEC, default ClusterConfig (chosen on ff.fcs), K={SPEED_CLUSTERS}, torch 1 thread, "
-        "fit on the sample then assign all its events; FlowSOM 10x10 SOM with consensus metaclustering on "
-        "the same values and K (warm); ff.fcs on FlowSOM's 7 lineage markers, other files on their "
-        "default non-scatter channels",
+        "settings": "IDEC, default ClusterConfig (chosen on ff.fcs), the number of clusters chosen from the "
+        "data (included in the time), torch 1 thread, fit on the sample then assign all its events; FlowSOM "
+        f"10x10 SOM with consensus metaclustering on the same values, K={SPEED_CLUSTERS} given (warm); "
+        "ff.fcs on FlowSOM's 7 lineage markers, other files on their default non-scatter channels",
         "numba_threads": os.environ.get("NUMBA_NUM_THREADS", "all cores"),
         "seeds": seeds,
         "timing": "median over seeds, the two methods interleaved; the 2-core machine was shared (see "
@@ -259,12 +375,13 @@ def per_sample_speed_benchmark(data: Path, seeds: int) -> dict:
     }
     for name, (path, gates) in speed_samples(data).items():
         values, channels, rows = sample_for_speed(path, FF_MARKERS if gates is not None else None, rng)
-        ours, theirs = [], []
+        ours, theirs, chosen = [], [], []
         for seed in range(seeds):
             started = time.perf_counter()
-            config = ClusterConfig.from_settings(clusters=SPEED_CLUSTERS, seed=seed)
+            config = ClusterConfig.from_settings(seed=seed)  # the number of clusters chosen from the data
             clusterer = fit_clusterer(values, channels, config)
             ours.append((time.perf_counter() - started, clusterer.assign(values).argmax(axis=1)))
+            chosen.append(len(clusterer.populations))
             started = time.perf_counter()
             predicted = flowsom_clusters(values, SPEED_CLUSTERS, seed)
             theirs.append((time.perf_counter() - started, predicted))
@@ -274,6 +391,7 @@ def per_sample_speed_benchmark(data: Path, seeds: int) -> dict:
             "seconds_per_sample": float(np.median([seconds for seconds, _ in ours])),
             "flowsom_seconds_per_sample": float(np.median([seconds for seconds, _ in theirs])),
             "load_average_after": round(os.getloadavg()[0], 1),
+            "clusters_chosen_per_seed": chosen,
         }
         entry["ratio_to_flowsom"] = entry["seconds_per_sample"] / entry["flowsom_seconds_per_sample"]
         if gates is not None:
@@ -479,6 +597,7 @@ def main() -> int:
         "soft_labels_remixed_ff_fcs": lambda: soft_label_benchmark(values, labels),
         "speed": lambda: speed_benchmark(args.data, args.speed_files, args.threads),
         "unlabelled_files": lambda: unlabelled_benchmark(args.data),
+        "instrument_files": lambda: instrument_benchmark(args.data),
     }
     unknown = set(args.only or []) - set(sections)
     if unknown:

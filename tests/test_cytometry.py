@@ -151,8 +151,9 @@ def test_nan_and_constant_channels_are_named(tmp_path):
         "CD61 (FL2-A): every event has the value 7 (a flag or a dead detector); left out of clustering."
     ]
     events[:, 1] = 3.0
-    with pytest.raises(InputError, match=r"Every chosen channel is constant \(FL1-A, FL2-A\)"):
-        read_batch([write_fcs(tmp_path / "flags.fcs", events)], channels=["FL1-A", "FL2-A"])
+    flags = read_batch([write_fcs(tmp_path / "flags.fcs", events)], channels=["FL1-A", "FL2-A"])
+    assert flags.channels == ["FL1-A", "FL2-A"]  # kept: they form one population (see test_cytometry_names)
+    assert flags.warnings[0].startswith("Every chosen channel is constant (FL1-A, FL2-A)")
 
 
 def test_preprocessing_is_decided_per_file_and_flags_override(tmp_path):
@@ -394,7 +395,7 @@ def test_saved_pipeline_reapplies_identically(tmp_path, two_files):
     again = apply_pipeline(paths[:1], tmp_path / "model")
     np.testing.assert_allclose(again.stages[0].probabilities[0], result.stages[0].probabilities[0], atol=1e-5)
     written = write_outputs(again, tmp_path / "out")
-    names = ["s0_clusters.csv", "markers.csv", "preprocessing.json", "proportions.csv"]
+    names = ["s0_clusters.csv", "markers.csv", "preprocessing.json", "populations.json", "proportions.csv"]
     assert [p.name for p in written] == names
 
 

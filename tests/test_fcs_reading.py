@@ -39,6 +39,7 @@ INSTRUMENT_FILES = {
     "fcsparser_fake_large_fcs_fake_large_fcs.fcs": (11585, 11),
     "flowkit_gate_ref_data1.fcs": (13367, 8),
     "flowkit_index_sorted_index_sorted_example.fcs": (384, 13),
+    # $TOT is 2 in both: TEXT's DATA span holds exactly 2 events of 54 bytes; HEADER's does not
     "flowkit_noncompliant_data_start_offset_discrepancy_example.fcs": (2, 26),
     "flowkit_noncompliant_data_stop_offset_discrepancy_example.fcs": (2, 26),
     "flowkit_simple_line_example_data_set_simple_line_100.fcs": (100, 2),
@@ -64,6 +65,15 @@ def test_every_valid_instrument_file_reads(instruments, file_name):
     assert sample.events.shape == INSTRUMENT_FILES[file_name]
     assert len(sample.names) == len(set(sample.names)) == sample.events.shape[1]
     assert np.isfinite(sample.events).all()
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("file_name", sorted(INSTRUMENT_FILES))
+def test_every_event_and_channel_the_keywords_announce_is_read(instruments, file_name):
+    for sample in read_fcs_data_sets(instruments / file_name):
+        announced = (int(sample.keywords["tot"]), int(sample.keywords["par"]))
+        assert sample.events.shape == announced
+        assert len(sample.names) == len(sample.markers) == announced[1]
 
 
 @pytest.mark.data
@@ -96,7 +106,11 @@ def test_offset_repairs_are_noted_and_give_the_right_events(instruments):
     np.testing.assert_array_equal(blank.events, same.events)
     assert any("HEADER leaves the DATA offsets blank" in note for note in blank.notes)
     shifted = read_fcs(instruments / "flowkit_noncompliant_data_start_offset_discrepancy_example.fcs")
-    assert any("5555 (HEADER) vs 6081 (TEXT)" in note for note in shifted.notes)
+    assert any(
+        "TEXT bytes 6081-6188, HEADER bytes 5555-6188); TEXT's span was used: it holds $TOT 2 x 54 bytes"
+        in note
+        for note in shifted.notes
+    )
     assert shifted.spill is None and any("lacks; it is not used" in note for note in shifted.notes)
     off_by_one = read_fcs(instruments / "flowkit_test_comp_example.fcs")
     assert any("one byte past the data" in note for note in off_by_one.notes)
@@ -139,8 +153,8 @@ def test_constant_channels_are_left_out_with_a_warning(tmp_path):
     usable, warnings = usable_channels(samples, ["FL1", "DOUBLET", "FL2"])
     assert usable == ["FL1", "FL2"]
     assert len(warnings) == 1 and warnings[0].startswith("DOUBLET: every event has the value 0")
-    with pytest.raises(InputError, match="Every chosen channel is constant"):
-        usable_channels(samples, ["DOUBLET"])
+    kept, warnings = usable_channels(samples, ["DOUBLET"])
+    assert kept == ["DOUBLET"] and warnings[0].startswith("Every chosen channel is constant (DOUBLET)")
 
 
 @pytest.mark.data
@@ -148,3 +162,47 @@ def test_dead_detector_in_a_real_file_is_left_out(instruments):
     sample = read_fcs(instruments / "fcsparser_cyflow_cube_8_cyflow_cube_8.fcs")
     usable, warnings = usable_channels([sample], ["FSC", "SSC", "FL1", "DOUBLET"])
     assert usable == ["FSC", "SSC", "FL1"] and "DOUBLET" in warnings[0]
+
+
+def _with_text_offsets(raw: bytes, begin: int, end: int) -> bytes:
+    """The file with other $BEGINDATA / $ENDDATA values of the same width (HEADER left as written)."""
+    import re
+
+    def same_width(match, value):
+        return match.group(1) + str(value).rjust(len(match.group(2))).encode() + match.group(3)
+
+    raw = re.sub(rb"(\$BEGINDATA/)([0-9 ]+)(/)", lambda m: same_width(m, begin), raw)
+    return re.sub(rb"(\$ENDDATA/)([0-9 ]+)(/)", lambda m: same_width(m, end), raw)
+
+
+def test_the_data_span_that_holds_tot_events_is_used_and_named(tmp_path):
+    events = np.arange(30, dtype=float).reshape(10, 3)
+    raw = write(tmp_path / "good.fcs", events, ["A", "B", "C"]).read_bytes()
+    start, stop = int(raw[26:34]), int(raw[34:42])
+    assert stop - start + 1 == 10 * 3 * 4
+    # TEXT says the data start 12 bytes (one event) early: only HEADER's span is 10 events of 12 bytes
+    header_right = tmp_path / "header_right.fcs"
+    header_right.write_bytes(_with_text_offsets(raw, start - 12, stop))
+    sample = read_fcs(header_right)
+    np.testing.assert_array_equal(sample.events, events)
+    assert any("HEADER's span was used: it holds $TOT 10 x 12 bytes" in note for note in sample.notes)
+    # TEXT right, HEADER's end past the data
+    text_right = tmp_path / "text_right.fcs"
+    text_right.write_bytes(raw[:34] + str(stop + 24).rjust(8).encode() + raw[42:])
+    sample = read_fcs(text_right)
+    np.testing.assert_array_equal(sample.events, events)
+    assert any("TEXT's span was used" in note for note in sample.notes)
+
+
+def test_no_span_holding_tot_events_is_refused_in_one_line(tmp_path):
+    events = np.arange(30, dtype=float).reshape(10, 3)
+    raw = write(tmp_path / "good.fcs", events, ["A", "B", "C"]).read_bytes()
+    start, stop = int(raw[26:34]), int(raw[34:42])
+    broken = tmp_path / "short.fcs"
+    # both spans hold fewer than $TOT x 12 bytes
+    header_short = raw[:26] + str(start + 24).rjust(8).encode() + raw[34:]
+    broken.write_bytes(_with_text_offsets(header_short, start, stop - 36))
+    problem = r"short.fcs: cannot be read as FCS .*neither span holds 120 bytes"
+    with pytest.raises(InputError, match=problem) as error:
+        read_fcs(broken)
+    assert "\n" not in str(error.value)

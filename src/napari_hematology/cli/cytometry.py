@@ -11,7 +11,8 @@ TRANSFORM_CHOICES = ("auto", "arcsinh", "logicle", "none")
 COMPENSATION_CHOICES = {"auto": "auto", "yes": True, "no": False}
 OUTPUTS = (
     "DIR/<stem>_clusters.csv (one row per event), DIR/proportions.csv (one row per file, with the "
-    "preprocessing of each), DIR/preprocessing.json (what each file's values were found to be and why) and "
+    "preprocessing of each), DIR/preprocessing.json (what each file's values were found to be and why), "
+    "DIR/populations.json (the number of clusters, how it was chosen, each population's name and why) and "
     "DIR/markers.csv (median of each channel per cluster)"
 )
 
@@ -33,7 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--transform / --compensation say otherwise.",
     )
     _add_common(cluster)
-    cluster.add_argument("--clusters", type=int, default=5, help="number of clusters (default 5)")
+    cluster.add_argument(
+        "--clusters",
+        type=int,
+        help="number of clusters (default: chosen from the data, 2-15, and reported)",
+    )
     cluster.add_argument("--method", choices=("idec", "vade"), default="idec", help="default idec")
     cluster.add_argument(
         "--channels",
@@ -96,6 +101,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--per-sample", action="store_true", help="train one model per file instead of one pooled model"
+    )
+    parser.add_argument(
+        "--markers",
+        metavar="TABLE.yaml",
+        help="marker table that names the clusters from their marker levels (default: the shipped table "
+        "of common blood panels; 'none' keeps numbers)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -167,6 +178,7 @@ def _with_preprocessing_flags(config, args: argparse.Namespace):
         "transform": args.transform,
         "compensate": None if args.compensation is None else COMPENSATION_CHOICES[args.compensation],
         "cofactor": args.cofactor,
+        "markers": getattr(args, "markers", None),
     }
     config = dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None})
     config.check()
@@ -196,9 +208,16 @@ def _train_and_write(args: argparse.Namespace, config, reference) -> int:
 
 
 def _write(result, args: argparse.Namespace) -> int:
-    from napari_hematology.core.cytometry import write_anndata, write_fcs_outputs, write_outputs
+    from napari_hematology.core.cytometry import (
+        populations_summary,
+        write_anndata,
+        write_fcs_outputs,
+        write_outputs,
+    )
 
     _print_preprocessing(result)
+    for line in populations_summary(result):
+        print(line)
     written = write_outputs(result, args.out)
     print(f"Wrote {len(result.samples)} cluster table(s), markers, preprocessing and {written[-1]}")
     if args.fcs_out is not None:
@@ -210,6 +229,8 @@ def _write(result, args: argparse.Namespace) -> int:
 
 
 def _print_preprocessing(result) -> None:
+    for skipped in result.batch.skipped:
+        print(f"skipped: {skipped}")
     for warning in result.batch.warnings:
         print(f"warning: {warning}")
     for sample, decision in zip(result.samples, result.batch.preprocessing, strict=True):

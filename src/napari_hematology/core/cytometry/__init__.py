@@ -27,6 +27,13 @@ from napari_hematology.core.cytometry.fcs import (
     usable_channels,
 )
 from napari_hematology.core.cytometry.fitting import fit_clusterer
+from napari_hematology.core.cytometry.naming import (
+    DEFAULT_TABLE,
+    MarkerTable,
+    Naming,
+    load_marker_table,
+    name_clusters,
+)
 from napari_hematology.core.cytometry.scales import Preprocessing, apply_preprocessing, decide_preprocessing
 from napari_hematology.core.cytometry.stage_config import (
     PipelineConfig,
@@ -47,6 +54,8 @@ from napari_hematology.core.cytometry.tables import (
     cluster_assignments,
     final_populations,
     marker_table,
+    populations_record,
+    populations_summary,
     preprocessing_record,
     proportions_table,
     sample_proportions,
@@ -59,6 +68,9 @@ from napari_hematology.core.cytometry.tables import (
 __all__ = [
     "Batch",
     "ClusterConfig",
+    "DEFAULT_TABLE",
+    "MarkerTable",
+    "Naming",
     "Clusterer",
     "FcsSample",
     "PipelineConfig",
@@ -79,10 +91,14 @@ __all__ = [
     "fit_clusterer",
     "list_fcs",
     "load_clusterer",
+    "load_marker_table",
     "load_pipeline",
     "load_pipeline_config",
     "marker_table",
+    "name_clusters",
     "pipeline_config_from_dict",
+    "populations_record",
+    "populations_summary",
     "preprocessing_record",
     "proportions_table",
     "read_batch",

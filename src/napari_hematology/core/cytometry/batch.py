@@ -34,6 +34,7 @@ class Batch:
         warnings: Channels left out, and why.
         preprocessing: Per sample, what its values are and what is done to them (empty until
             :func:`decide_batch_preprocessing`).
+        skipped: Files that could not be read and were left out (one line each, naming the problem).
 
     """
 
@@ -41,6 +42,7 @@ class Batch:
     channels: list[str]
     warnings: list[str] = field(default_factory=list)
     preprocessing: list[Preprocessing] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 def read_batch(
@@ -49,6 +51,7 @@ def read_batch(
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    skip_unreadable: bool = False,
 ) -> Batch:
     """Read FCS files (every data set of each) and check that they share the chosen channels.
 
@@ -57,6 +60,8 @@ def read_batch(
         channels: Channels to require; None requires every file to have the first file's marker panel.
         progress: Progress callback.
         should_stop: Cancellation callback.
+        skip_unreadable: Leave out files that cannot be read (each listed in ``skipped``) instead of
+            stopping; the batch still stops when no file can be read.
 
     Returns:
         The samples and the channels (the default panel when ``channels`` is None); channels on which
@@ -67,7 +72,8 @@ def read_batch(
             the file), mixed panels, or only constant channels.
 
     """
-    samples = read_samples(paths, progress, should_stop)
+    skipped: list[str] = []
+    samples = read_samples(paths, progress, should_stop, skipped if skip_unreadable else None)
     stems = [s.stem for s in samples]
     duplicated = sorted({s for s in stems if stems.count(s) > 1})
     if duplicated:
@@ -75,22 +81,35 @@ def read_batch(
     if channels:
         for sample in samples:
             channel_indices(sample, channels)
-        return Batch(samples, *usable_channels(samples, list(channels)))
+        return Batch(samples, *usable_channels(samples, list(channels)), skipped=skipped)
     _check_same_panel(samples)
-    return Batch(samples, *usable_channels(samples, default_channels(samples[0])))
+    return Batch(samples, *usable_channels(samples, default_channels(samples[0])), skipped=skipped)
 
 
 def read_samples(
-    paths, progress: ProgressCallback | None, should_stop: StopCallback | None
+    paths, progress: ProgressCallback | None, should_stop: StopCallback | None,
+    skipped: list[str] | None = None,
 ) -> list[FcsSample]:
-    """Every data set of every file, in order."""
+    """Every data set of every file, in order.
+
+    With a ``skipped`` list, files that cannot be read are left out and their one-line errors appended
+    to it; the first error is raised when no file can be read.
+    """
     if not paths:
         raise InputError("No FCS files given.")
-    return [
-        sample
-        for path in tracked(paths, len(paths), progress, should_stop, "reading FCS")
-        for sample in read_fcs_data_sets(path)
-    ]
+    samples, errors = [], []
+    for path in tracked(paths, len(paths), progress, should_stop, "reading FCS"):
+        try:
+            samples += read_fcs_data_sets(path)
+        except InputError as error:
+            if skipped is None:
+                raise
+            errors.append(error)
+    if not samples:
+        raise errors[0]
+    if skipped is not None:
+        skipped += [f"{error} Skipped." for error in errors]
+    return samples
 
 
 def _check_same_panel(samples: list[FcsSample]) -> None:

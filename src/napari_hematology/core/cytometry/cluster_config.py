@@ -22,7 +22,8 @@ class ClusterConfig:
 
     Attributes:
         method: ``idec`` or ``vade``.
-        clusters: Number of clusters (populations).
+        clusters: Number of clusters (populations); None chooses it from the data
+            (:func:`~napari_hematology.core.cytometry.initialisation.choose_cluster_count`).
         prototypes_per_cluster: Latent prototypes per cluster (at most 100 in all), merged into clusters
             by consensus; 1 gives the original single-centre methods.
         init_restarts: Over-clusterings that vote on the initial clusters (consensus); 1 uses one.
@@ -43,13 +44,17 @@ class ClusterConfig:
             is assigned afterwards. 5,000 events, 300 pretraining steps and 10 restarts on 2,000 events
             cluster a 20,000-event file in about twice FlowSOM's time, at the accuracy of training on
             all events (chosen on FlowSOM's ff.fcs; ``benchmarks/bench_cytometry.py``).
+        max_clusters: With ``clusters=None``, the most clusters considered.
+        count_tolerance: With ``clusters=None``, the smallest count whose ICL per event is within this
+            of the best is chosen (0.2: of 0.02-0.2, the count varied least over 5 seeds on FlowSOM's ff.fcs
+            and the unlabelled shared panels).
         train: Settings of the shared training loop: ``epochs`` is the most clustering (fine-tuning)
             epochs, ``seed`` seeds the subset, the initial weights and the initialisation too.
 
     """
 
     method: str = "idec"
-    clusters: int = 5
+    clusters: int | None = None
     prototypes_per_cluster: int = 10
     init_restarts: int = 10
     min_cluster_fraction: float = 0.01
@@ -62,6 +67,8 @@ class ClusterConfig:
     recon_variance: float = 0.1
     proportion_weight: float = 1.0
     max_train_events: int = 5000
+    max_clusters: int = 15
+    count_tolerance: float = 0.2
     train: TrainConfig = field(default_factory=default_cluster_training)
 
     @classmethod
@@ -87,13 +94,16 @@ class ClusterConfig:
             raise InputError(
                 f"Unknown clustering method {self.method!r}; choose one of {', '.join(METHODS)}."
             )
-        if self.clusters < 2:
+        if self.clusters is not None and self.clusters < 2:
             raise InputError(f"At least 2 clusters are needed, got {self.clusters}.")
+        if self.clusters is None and self.max_clusters < 2:
+            raise InputError(f"max_clusters must be at least 2, got {self.max_clusters}.")
         if self.init_restarts < 1:
             raise InputError(f"init_restarts must be at least 1, got {self.init_restarts}.")
-        if not 0 <= self.min_cluster_fraction < 1 / self.clusters:
+        most = self.clusters or 2
+        if not 0 <= self.min_cluster_fraction < 1 / most:
             raise InputError(
-                f"min_cluster_fraction must be between 0 and 1/clusters ({1 / self.clusters:.3g}), got "
+                f"min_cluster_fraction must be between 0 and 1/clusters ({1 / most:.3g}), got "
                 f"{self.min_cluster_fraction}."
             )
         if min(self.pretrain_epochs, self.train.epochs) < 0 or self.train.batch_size < 2:

@@ -2,7 +2,8 @@
 
 Files are parsed by flowio. What real instruments write and flowio refuses by default is read with
 flowio's own options, and each such repair is noted on the sample: DATA offsets that disagree between
-HEADER and TEXT (the TEXT ones are used), a DATA end offset one byte off, a HEADER with blank DATA offsets
+HEADER and TEXT (the span that holds ``$TOT`` times the event width is used, and named), a DATA end
+offset one byte off, a HEADER with blank DATA offsets
 (writers of large files leave them blank), several data sets in one file (each becomes a sample), and
 integers of 24 bits (Cytek xP5), which flowio leaves undecoded and which are decoded here. Integer values
 are masked to their ``$PnR`` range as the standard asks (Beckman ``.lmd``), and integer channels stored as
@@ -202,12 +203,10 @@ def _flow_data(raw: bytes, offset: int, notes: list[str], **options):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return flowio.FlowData(io.BytesIO(raw), nextdata_offset=offset, **options)
-        except DataOffsetDiscrepancyError as error:
+        except DataOffsetDiscrepancyError:
             if options.get("ignore_offset_discrepancy"):
                 raise
-            options["ignore_offset_discrepancy"] = True
-            detail = str(error).split(" has a ", 1)[-1]
-            notes.append(f"HEADER and TEXT disagree ({detail}); the TEXT offsets were used.")
+            options.update(_data_span_options(raw, offset, notes))
         except FCSParsingError as error:
             if "off by 1" not in str(error) or options.get("ignore_offset_error"):
                 raise
@@ -215,6 +214,93 @@ def _flow_data(raw: bytes, offset: int, notes: list[str], **options):
             notes.append(
                 "The DATA end offset is one byte past the data (a common writer slip); read without it."
             )
+
+
+def _data_span_options(raw: bytes, offset: int, notes: list[str]) -> dict:
+    """Choose between the HEADER's and TEXT's DATA offsets when they disagree (noted).
+
+    The span whose length is ``$TOT`` events times the event width (from ``$DATATYPE``, ``$PAR`` and
+    ``$PnB``) and that lies within the file is used; TEXT's when both are. When neither holds exactly that
+    many bytes, the first that lies within the file and holds at least that many is used.
+
+    Raises:
+        ValueError: Neither span holds ``$TOT`` events within the file.
+
+    """
+    data = _text_only(raw, offset)
+    text = data.text
+    spans = {
+        "TEXT": (_keyword_int(text, "begindata"), _keyword_int(text, "enddata")),
+        "HEADER": (data.header["data_start"], data.header["data_stop"]),
+    }
+    width = _event_width(text)
+    events = _keyword_int(text, "tot")
+    needed = None if width is None or events is None else events * width
+    described = ", ".join(f"{name} bytes {start}-{stop}" for name, (start, stop) in spans.items())
+    within = {
+        name: (start, stop)
+        for name, (start, stop) in spans.items()
+        if start is not None and stop is not None and 0 < start <= stop and offset + stop < len(raw)
+    }
+    if needed is None:
+        chosen, why = ("TEXT" if "TEXT" in within else next(iter(within), None)), "the event width is unknown"
+    else:
+        exact = [name for name, (start, stop) in within.items() if stop - start + 1 == needed]
+        longer = [name for name, (start, stop) in within.items() if stop - start + 1 >= needed]
+        chosen = (exact or longer or [None])[0]
+        size = f"$TOT {events:,} x {width} bytes per event = {needed:,} bytes"
+        why = f"it holds {size}" if exact else f"neither holds exactly {size}; it holds at least that many"
+    if chosen is None:
+        raise ValueError(
+            f"the HEADER and TEXT DATA offsets disagree ({described}) and neither span holds "
+            f"{'the events' if needed is None else f'{needed:,} bytes ($TOT x event width)'} within the file"
+        )
+    notes.append(
+        f"HEADER and TEXT disagree on the DATA segment ({described}); {chosen}'s span was used: {why}."
+    )
+    return {"ignore_offset_discrepancy": True, "use_header_offsets": chosen == "HEADER"}
+
+
+def _text_only(raw: bytes, offset: int):
+    """HEADER and TEXT of a data set, whichever of the two DATA spans lies within the file."""
+    import flowio
+    from flowio.exceptions import FCSParsingError
+
+    for use_header in (False, True):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return flowio.FlowData(
+                    io.BytesIO(raw), nextdata_offset=offset, only_text=True, ignore_offset_discrepancy=True,
+                    use_header_offsets=use_header,
+                )
+        except FCSParsingError:
+            if use_header:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _keyword_int(text: dict, key: str) -> int | None:
+    try:
+        return int(str(text.get(key, "")).strip())
+    except ValueError:
+        return None
+
+
+def _event_width(text: dict) -> int | None:
+    """Bytes per event of a list-mode DATA segment, or None when it cannot be known (ASCII, no $PnB)."""
+    channels = _keyword_int(text, "par")
+    kind = str(text.get("datatype", "")).strip().upper()
+    if channels is None:
+        return None
+    if kind in ("F", "D"):
+        return channels * (4 if kind == "F" else 8)
+    if kind != "I":
+        return None
+    bits = [_keyword_int(text, f"p{number}b") for number in range(1, channels + 1)]
+    if any(b is None or b % 8 for b in bits):
+        return None
+    return sum(bits) // 8
 
 
 def _events(raw: bytes, offset: int, data, notes: list[str]) -> np.ndarray:
@@ -337,10 +423,10 @@ def usable_channels(samples: list[FcsSample], channels: list[str]) -> tuple[list
 
     Returns:
         The channels that vary in at least one sample, in the given order, and one warning per channel
-        left out.
+        left out; when none varies, every channel and one warning saying so.
 
     Raises:
-        InputError: A channel is missing, or every chosen channel is constant.
+        InputError: A channel is missing.
 
     """
     usable, left_out = [], []
@@ -356,7 +442,12 @@ def usable_channels(samples: list[FcsSample], channels: list[str]) -> tuple[list
         else:
             usable.append(channel)
     if not usable:
-        raise InputError(f"Every chosen channel is constant ({', '.join(channels)}); nothing to cluster.")
+        # nothing varies: keep the channels (one population when the number of clusters is left to the
+        # data; a given number of clusters is refused when fitting)
+        return list(channels), [
+            f"Every chosen channel is constant ({', '.join(channels)}): every event has the same values, "
+            "so they form one population."
+        ]
     return usable, left_out
 
 

@@ -24,7 +24,12 @@ from napari_hematology.core.cytometry.cluster_losses import (
     reconstruction_loss,
 )
 from napari_hematology.core.cytometry.clusterer import Clusterer
-from napari_hematology.core.cytometry.initialisation import initialise_clusters, membership_from_reference
+from napari_hematology.core.cytometry.initialisation import (
+    choose_cluster_count,
+    initialise_clusters,
+    membership_from_reference,
+    over_cluster,
+)
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
 from napari_hematology.core.training import TrainHistory, predict, seeded, train
@@ -70,17 +75,31 @@ def fit_clusterer(
 
     config.check()
     started = time.perf_counter()
-    mean, std = _check_values(values, channels, config.clusters)
-    populations = list(populations or [str(k) for k in range(config.clusters)])
+    if config.clusters is None and reference is None:
+        single = _single_population(values, channels, config)
+        if single is not None:
+            return single
+    if config.clusters is None and reference is not None:
+        config = replace(config, clusters=reference.shape[1])
+    mean, std = _check_values(values, channels, config.clusters or 2)
     rng = np.random.default_rng(config.train.seed)
     keep = np.sort(rng.permutation(len(values))[: config.max_train_events])
     x = torch.as_tensor(((values[keep] - mean) / std).astype(np.float32))
+    kmeans = membership = choice = None
+    if config.clusters is None:
+        kmeans = over_cluster(x.numpy(), _prototype_count(config, len(x)), config.train.seed)
+        choice, membership = choose_cluster_count(x.numpy(), kmeans, config)
+        config = replace(config, clusters=choice.chosen)
+        if _prototype_count(config, len(x)) != len(kmeans.cluster_centers_):
+            # prototypes_per_cluster for the chosen count: over-clustered anew, as with a given count
+            kmeans = membership = None
+    populations = list(populations or [str(k) for k in range(config.clusters)])
     with seeded(config.train.seed):
         model = create_model(
             config.method,
             in_features=x.shape[1],
             clusters=config.clusters,
-            prototypes=_prototype_count(config, len(x)),
+            prototypes=_prototype_count(config, len(x)) if kmeans is None else len(kmeans.cluster_centers_),
             latent_dim=config.latent_dim,
             hidden=list(config.hidden),
         )
@@ -92,7 +111,7 @@ def fit_clusterer(
           should_stop=should_stop, collate_fn=_as_is)
     model.cpu()
     check_cancel(should_stop)
-    cells = initialise_clusters(model, x, config)
+    cells = initialise_clusters(model, x, config, kmeans, membership)
     batch_reference = None
     if reference is not None:
         ids = np.asarray(sample_ids)[keep]
@@ -111,6 +130,7 @@ def fit_clusterer(
         "method": config.method,
         "train_seconds": time.perf_counter() - started,
         "cluster_config": asdict(config),
+        "cluster_count": {"chosen": config.clusters, "rule": "given"} if choice is None else asdict(choice),
     }
     return Clusterer(model, list(channels), mean, std, populations, extra)
 
@@ -118,6 +138,11 @@ def fit_clusterer(
 def _check_values(values: np.ndarray, channels: list[str], clusters: int) -> tuple[np.ndarray, np.ndarray]:
     if values.ndim != 2 or values.shape[1] != len(channels):
         raise InputError(f"Expected events x {len(channels)} channels, got shape {values.shape}.")
+    if len(values) and np.isfinite(values).all() and (values.std(axis=0) < 1e-9).all():
+        raise InputError(
+            f"Every event has the same values on every channel: nothing to split into {clusters} clusters; "
+            "leave the number of clusters to the data to keep them as one population."
+        )
     if len(values) < clusters * MIN_EVENTS_PER_CLUSTER:
         raise InputError(
             f"Only {len(values)} events to split into {clusters} clusters; use fewer clusters or more events."
@@ -140,8 +165,45 @@ def _check_values(values: np.ndarray, channels: list[str], clusters: int) -> tup
 
 
 def _prototype_count(config: ClusterConfig, events: int) -> int:
-    wanted = min(config.clusters * config.prototypes_per_cluster, MAX_PROTOTYPES)
-    return max(config.clusters, min(wanted, events // MIN_EVENTS_PER_CLUSTER))
+    """Prototypes: ``prototypes_per_cluster`` per cluster (the most when the count is chosen), at most 100."""
+    clusters = config.clusters or 2
+    per_cluster = config.clusters * config.prototypes_per_cluster if config.clusters else MAX_PROTOTYPES
+    wanted = min(per_cluster, MAX_PROTOTYPES)
+    return max(clusters, min(wanted, events // MIN_EVENTS_PER_CLUSTER))
+
+
+def _single_population(values: np.ndarray, channels: list[str], config: ClusterConfig) -> Clusterer | None:
+    """With the count left to the data: one population when nothing can be split (else None).
+
+    Fewer than two clusters' worth of events, or every channel constant (every event has the same
+    values), give one population: an untrained one-prototype model that puts every event in it.
+    """
+    from napari_hematology.core.registry import create_model
+
+    if values.ndim != 2 or values.shape[1] != len(channels):
+        raise InputError(f"Expected events x {len(channels)} channels, got shape {values.shape}.")
+    finite = np.isfinite(values).all(axis=0)
+    if not finite.all():
+        return None  # _check_values names the channels
+    spread = values.std(axis=0) if len(values) else np.zeros(len(channels))
+    if len(values) >= 2 * MIN_EVENTS_PER_CLUSTER and (spread >= 1e-9).any():
+        return None
+    reason = (
+        f"only {len(values)} events (at least {2 * MIN_EVENTS_PER_CLUSTER} are needed to split them)"
+        if len(values) < 2 * MIN_EVENTS_PER_CLUSTER
+        else "every event has the same values on every channel"
+    )
+    with seeded(config.train.seed):
+        model = create_model(
+            config.method, in_features=len(channels), clusters=1, prototypes=1,
+            latent_dim=config.latent_dim, hidden=list(config.hidden),
+        )
+    model.eval()
+    mean = values.mean(axis=0) if len(values) else np.zeros(len(channels))
+    choice = {"chosen": 1, "tried": [], "scores": [], "rule": f"one population: {reason}"}
+    extra = {"method": config.method, "train_seconds": 0.0, "cluster_config": asdict(config),
+             "cluster_count": choice}
+    return Clusterer(model, list(channels), mean, np.ones(len(channels)), ["0"], extra)
 
 
 class _EventRows:

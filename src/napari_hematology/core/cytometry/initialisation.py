@@ -3,9 +3,12 @@
 The events are over-clustered with k-means (one cell per prototype); the cells are grouped into clusters
 by the vote of several over-clusterings, with small far-off groups (doublets, debris) joining a real
 cluster instead of taking one; with reference fractions the prototypes are then regrouped to follow them.
+Without a given number of clusters, the number is chosen from the data (:func:`choose_cluster_count`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,23 +18,33 @@ from napari_hematology.core.training import predict
 CONSENSUS_EVENTS = 2000
 MAX_REGROUP_PASSES = 20
 EPSILON = 1e-8
+COVARIANCE_RIDGE = 1e-3
 
 
-def initialise_clusters(model, x, config: ClusterConfig) -> np.ndarray:
+def over_cluster(values: np.ndarray, prototypes: int, seed: int):
+    """k-means with one cell per prototype (the over-clustering that the consensus groups)."""
+    from sklearn.cluster import KMeans
+
+    return KMeans(prototypes, n_init=1, random_state=seed).fit(values)
+
+
+def initialise_clusters(model, x, config: ClusterConfig, kmeans=None, membership=None) -> np.ndarray:
     """Place the prototypes on a consensus over-clustering of the events; return each event's prototype.
 
     The events are over-clustered with k-means (one cell per prototype) and the cells are grouped into
     clusters by consensus (:func:`_consensus_membership`). Each prototype then starts at the mean latent
-    code of its cell.
+    code of its cell. ``kmeans`` and ``membership`` (from :func:`choose_cluster_count`) are used when
+    given.
     """
     import torch
-    from sklearn.cluster import KMeans
 
     prototypes = len(model.membership)
     values = x.numpy()
-    kmeans = KMeans(prototypes, n_init=1, random_state=config.train.seed).fit(values)
+    if kmeans is None:
+        kmeans = over_cluster(values, prototypes, config.train.seed)
     cells = kmeans.labels_
-    membership = _consensus_membership(values, cells, kmeans, config)
+    if membership is None:
+        membership = _consensus_membership(values, cells, kmeans, config)
     model.membership.copy_(torch.as_tensor(membership, dtype=torch.long))
     latent = predict(model, x, batch_size=8192, forward=lambda net, b: net.embed(b))
     counts = np.bincount(cells, minlength=prototypes)
@@ -50,7 +63,7 @@ def initialise_clusters(model, x, config: ClusterConfig) -> np.ndarray:
 
 
 def _consensus_membership(values: np.ndarray, cells: np.ndarray, kmeans, config: ClusterConfig) -> np.ndarray:
-    """Group the k-means cells into clusters by consensus over several over-clusterings.
+    """Group the k-means cells into ``config.clusters`` clusters by consensus over several over-clusterings.
 
     One over-clustering (k-means cells merged by complete linkage of their centres, the FlowSOM recipe)
     depends much on the k-means seed, most for small populations. ``init_restarts`` of them (the given
@@ -59,13 +72,19 @@ def _consensus_membership(values: np.ndarray, cells: np.ndarray, kmeans, config:
     consensus metaclustering does. Both linkages are cut so that every cluster holds at least
     ``min_cluster_fraction`` of the events (:func:`cut_with_min_size`).
     """
+    runs = _over_clusterings(values, kmeans, config)
+    return _consensus_for(runs, cells, kmeans.n_clusters, config.clusters, config.min_cluster_fraction)[0]
+
+
+def _over_clusterings(values: np.ndarray, kmeans, config: ClusterConfig) -> list[tuple]:
+    """The given k-means and ``init_restarts - 1`` restarts on subsamples, each with its centre linkage."""
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import pdist, squareform
     from sklearn.cluster import KMeans
 
-    prototypes, clusters = kmeans.n_clusters, config.clusters
+    prototypes = kmeans.n_clusters
     rng = np.random.default_rng(config.train.seed)
-    together = np.zeros((prototypes, prototypes))
+    runs = []
     for restart in range(config.init_restarts):
         if restart:
             subset = rng.choice(len(values), min(len(values), CONSENSUS_EVENTS), replace=False)
@@ -74,26 +93,144 @@ def _consensus_membership(values: np.ndarray, cells: np.ndarray, kmeans, config:
             )
         assigned = kmeans.predict(values)
         distances = pdist(kmeans.cluster_centers_)
-        merged = cut_with_min_size(
-            linkage(distances, method="complete"),
-            squareform(distances),
-            np.bincount(assigned, minlength=prototypes),
-            clusters,
-            config.min_cluster_fraction,
+        runs.append(
+            (assigned, linkage(distances, method="complete"), squareform(distances),
+             np.bincount(assigned, minlength=prototypes))
         )
+    return runs
+
+
+def _consensus_for(runs: list[tuple], cells: np.ndarray, prototypes: int, clusters: int,
+                   min_fraction: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The cells' consensus grouping into ``clusters`` clusters, from over-clusterings cut at that count.
+
+    Also returns each over-clustering's grouping of the events at that count.
+    """
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    together = np.zeros((prototypes, prototypes))
+    partitions = []
+    for assigned, tree, distances, sizes in runs:
+        merged = cut_with_min_size(tree, distances, sizes, clusters, min_fraction)
+        partitions.append(merged[assigned])
         shares = np.zeros((prototypes, clusters))
-        np.add.at(shares, (cells, merged[assigned]), 1.0)
+        np.add.at(shares, (cells, partitions[-1]), 1.0)
         shares /= np.maximum(shares.sum(axis=1, keepdims=True), 1.0)
         together += shares @ shares.T
-    distance = 1.0 - together / config.init_restarts
+    distance = 1.0 - together / len(runs)
     np.fill_diagonal(distance, 0.0)
-    return cut_with_min_size(
+    consensus = cut_with_min_size(
         linkage(squareform(distance, checks=False), method="average"),
         distance,
         np.bincount(cells, minlength=prototypes),
         clusters,
-        config.min_cluster_fraction,
+        min_fraction,
     )
+    return consensus, partitions
+
+
+@dataclass
+class ClusterCountChoice:
+    """How the number of clusters was chosen from the data.
+
+    Attributes:
+        chosen: The number of clusters.
+        tried: The counts compared.
+        scores: Per count tried, the integrated completed likelihood (lower is better); None where a
+            cluster was too small to estimate its covariance.
+        rule: The rule, in words.
+
+    """
+
+    chosen: int
+    tried: list[int]
+    scores: list[float | None]
+    rule: str
+
+    def summary(self) -> str:
+        """One line: the count and how it was chosen."""
+        return f"{self.chosen} clusters, chosen from the data ({self.rule})"
+
+
+def choose_cluster_count(
+    x: np.ndarray, kmeans, config: ClusterConfig
+) -> tuple[ClusterCountChoice, np.ndarray]:
+    """Choose the number of clusters: over-cluster, group by consensus at each count, score each grouping.
+
+    For every count from 2 to ``max_clusters`` the consensus over the same over-clusterings
+    (:func:`_consensus_membership`) groups the cells, and the grouping is scored by its integrated
+    completed likelihood (ICL; Biernacki, Celeux & Govaert 2000) on the standardised marker values: the
+    classification log-likelihood of one full-covariance Gaussian per cluster, penalised by
+    ``parameters x log(events)``. Unlike BIC, ICL does not reward splitting one population into
+    overlapping pieces. The smallest count whose ICL per event is within ``count_tolerance`` of the best
+    is chosen (the curve is flat near its minimum).
+
+    Args:
+        x: Standardised marker values of the training events (over-clustered, and scored).
+        kmeans: The over-clustering of ``x`` (:func:`over_cluster`).
+        config: ``max_clusters``, ``count_tolerance``, ``min_cluster_fraction``, restarts and seed.
+
+    Returns:
+        The choice, and the cluster of every cell for the chosen count.
+
+    """
+    prototypes, cells = kmeans.n_clusters, kmeans.labels_
+    runs = _over_clusterings(x, kmeans, config)
+    largest = min(config.max_clusters, prototypes, len(x) // max(x.shape[1] + 1, 1))
+    if config.min_cluster_fraction > 0:
+        largest = min(largest, int(np.floor(1 / config.min_cluster_fraction)))
+    tried, scores, memberships = [], [], {}
+    for clusters in range(2, max(largest, 2) + 1):
+        membership, partitions = _consensus_for(
+            runs, cells, prototypes, clusters, config.min_cluster_fraction
+        )
+        memberships[clusters] = membership
+        tried.append(clusters)
+        # the mean over the consensus and every over-clustering cut at this count: one grouping alone
+        # makes a noisy curve
+        values = [
+            integrated_completed_likelihood(x, labels, clusters)
+            for labels in [membership[cells], *partitions]
+        ]
+        scores.append(None if any(v is None for v in values) else float(np.mean(values)))
+    finite = [score for score in scores if score is not None]
+    if not finite:
+        chosen = 2
+    else:
+        best = min(finite)
+        chosen = next(
+            k for k, score in zip(tried, scores, strict=True)
+            if score is not None and (score - best) / len(x) <= config.count_tolerance
+        )
+    rule = (
+        f"smallest ICL within {config.count_tolerance:g} per event of the best over "
+        f"{tried[0]}-{tried[-1]} consensus clusterings"
+    )
+    rounded = [None if score is None else round(float(score), 1) for score in scores]
+    return ClusterCountChoice(chosen, tried, rounded, rule), memberships[chosen]
+
+
+def integrated_completed_likelihood(x: np.ndarray, labels: np.ndarray, clusters: int) -> float | None:
+    """ICL-BIC of a hard partition with one full-covariance Gaussian per cluster (lower is better).
+
+    Returns None when a cluster holds too few events to estimate its covariance.
+    """
+    events, dims = x.shape
+    log_likelihood = 0.0
+    for k in range(clusters):
+        members = x[labels == k]
+        count = len(members)
+        if count <= dims:
+            return None
+        covariance = np.cov(members.T).reshape(dims, dims) + COVARIANCE_RIDGE * np.eye(dims)
+        _, log_det = np.linalg.slogdet(covariance)
+        # sum over members of log N(x | mean, covariance): the Mahalanobis terms add up to (count - 1) * dims
+        log_likelihood += count * np.log(count / events) - 0.5 * (
+            count * (dims * np.log(2 * np.pi) + log_det) + (count - 1) * dims
+        )
+    parameters = clusters * (dims + dims * (dims + 1) / 2) + clusters - 1
+    return float(-2.0 * log_likelihood + parameters * np.log(events))
 
 
 def cut_with_min_size(

@@ -12,7 +12,7 @@ from napari_hematology.core.errors import InputError
 
 CONFIG_FILE = "stages.yaml"
 STAGE_KEYS = {"name", "method", "clusters", "populations", "parent", "parent_population", "channels"}
-PIPELINE_KEYS = {"stages", "channels", "transform", "cofactor", "compensate", "pooled", "seed"}
+PIPELINE_KEYS = {"stages", "channels", "transform", "cofactor", "compensate", "pooled", "seed", "markers"}
 SETTING_KEYS = ClusterConfig.setting_names() - {"method", "clusters", "seed"}
 
 
@@ -23,7 +23,8 @@ class StageConfig:
     Attributes:
         name: Stage name, used in column names.
         method: ``idec`` or ``vade``.
-        clusters: Number of populations.
+        clusters: Number of populations; None (``auto`` in YAML) chooses it from the data, unless
+            ``populations`` are named (one cluster each).
         populations: Population names (default ``0 .. clusters-1``).
         parent: Name of an earlier stage whose population this stage splits; None clusters all events.
         parent_population: The parent's population to split.
@@ -34,7 +35,7 @@ class StageConfig:
 
     name: str
     method: str = "idec"
-    clusters: int = 2
+    clusters: int | None = None
     populations: list[str] | None = None
     parent: str | None = None
     parent_population: str | None = None
@@ -43,8 +44,8 @@ class StageConfig:
 
     @property
     def population_names(self) -> list[str]:
-        """Names of this stage's populations."""
-        return list(self.populations or [str(k) for k in range(self.clusters)])
+        """Names of this stage's populations (empty while their number is still to be chosen)."""
+        return list(self.populations or [str(k) for k in range(self.clusters or 0)])
 
     def cluster_config(self, seed: int) -> ClusterConfig:
         """Return the model and training settings of this stage."""
@@ -68,6 +69,9 @@ class PipelineConfig:
             or not.
         pooled: Train one model on the events of all files (True) or one model per file (False).
         seed: Random seed.
+        markers: Marker table (YAML) that names the clusters of stages whose populations are not named
+            (:mod:`~napari_hematology.core.cytometry.naming`); ``default`` the shipped table of common
+            blood panels, ``none`` keeps numbers.
 
     """
 
@@ -78,6 +82,7 @@ class PipelineConfig:
     compensate: bool | str = "auto"
     pooled: bool = True
     seed: int = 0
+    markers: str | None = "default"
 
     def check(self) -> None:
         """Raise :class:`InputError` if the stages do not fit together."""
@@ -97,6 +102,8 @@ class PipelineConfig:
             check_names(stage.populations, f"Stage {stage.name!r}")
             if stage.name in seen:
                 raise InputError(f"Two stages are named {stage.name!r}; stage names must be unique.")
+            if stage.clusters is None and stage.populations is not None:
+                stage.clusters = len(stage.populations)
             if stage.populations is not None and len(stage.populations) != stage.clusters:
                 raise InputError(
                     f"Stage {stage.name!r}: {len(stage.populations)} population names for "
@@ -107,6 +114,11 @@ class PipelineConfig:
                 if parent is None:
                     raise InputError(
                         f"Stage {stage.name!r}: parent {stage.parent!r} is not an earlier stage."
+                    )
+                if parent.clusters is None:
+                    raise InputError(
+                        f"Stage {stage.name!r} splits a population of {parent.name!r}, whose number of "
+                        f"clusters is left to the data; give {parent.name!r} its clusters or populations."
                     )
                 if stage.parent_population not in parent.population_names:
                     raise InputError(
@@ -134,7 +146,7 @@ def check_names(names: list[str] | None, where: str) -> None:
 
 
 def single_stage_config(
-    clusters: int = 5, method: str = "idec", channels: list[str] | None = None, **options
+    clusters: int | None = None, method: str = "idec", channels: list[str] | None = None, **options
 ) -> PipelineConfig:
     """Return the configuration of a plain ``cytometry cluster`` run: one stage named ``cluster``."""
     settings = options.pop("settings", {})
@@ -183,6 +195,8 @@ def pipeline_config_from_dict(raw, source: str = "stages config") -> PipelineCon
         _refuse_unknown(item, STAGE_KEYS | SETTING_KEYS | {"settings"}, f"{source}, stage {item['name']!r}")
         settings = {**item.get("settings", {}), **{k: item[k] for k in SETTING_KEYS if k in item}}
         fields = {k: item[k] for k in STAGE_KEYS if k in item}
+        if str(fields.get("clusters", "")).strip().lower() == "auto":
+            fields["clusters"] = None
         stages.append(StageConfig(settings=settings, **fields))
     options = {k: raw[k] for k in PIPELINE_KEYS - {"stages"} if k in raw}
     config = PipelineConfig(stages=stages, **options)

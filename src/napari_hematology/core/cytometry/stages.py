@@ -29,6 +29,7 @@ from napari_hematology.core.cytometry.fcs import (
     usable_channels,
 )
 from napari_hematology.core.cytometry.fitting import fit_clusterer
+from napari_hematology.core.cytometry.naming import UNASSIGNED, Naming, load_marker_table, name_clusters
 from napari_hematology.core.cytometry.stage_config import (
     CONFIG_FILE,
     PipelineConfig,
@@ -45,16 +46,25 @@ class StageResult:
     """What one stage found.
 
     Attributes:
-        stage: Its configuration.
+        stage: Its configuration (with the number of clusters that was chosen, when it was left to the
+            data).
         probabilities: Per file, ``(events, clusters)`` soft assignments; NaN rows for events the stage
             did not see (outside its parent population).
         clusterers: The fitted models: one when pooled, else one per file.
+        naming: How the populations were named from their marker levels (None when they were named in
+            the config, trained on a reference, or ``markers: none``).
 
     """
 
     stage: StageConfig
     probabilities: list[np.ndarray]
     clusterers: list[Clusterer]
+    naming: Naming | None = None
+
+    @property
+    def cluster_count(self) -> dict:
+        """How the number of clusters was chosen: ``chosen``, ``rule`` (and ``tried``, ``scores``)."""
+        return dict(self.clusterers[0].extra.get("cluster_count") or {"chosen": self.stage.clusters})
 
 
 @dataclass
@@ -119,6 +129,7 @@ def run_pipeline(
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    skip_unreadable: bool = True,
 ) -> PipelineResult:
     """Train the stages on a batch of FCS files and assign every event.
 
@@ -128,13 +139,18 @@ def run_pipeline(
         reference: Optional CSV of per-sample reference fractions (soft labels).
         progress: Progress callback.
         should_stop: Cancellation callback.
+        skip_unreadable: Leave out files that cannot be read (listed in ``result.batch.skipped``); the
+            run still stops when none can be read.
 
     Returns:
         Soft assignments of every stage for every file, and the fitted models.
 
     """
     config.check()
-    batch = read_batch(paths, config.channels, progress=progress, should_stop=should_stop)
+    table = _marker_table(config)
+    batch = read_batch(
+        paths, config.channels, progress=progress, should_stop=should_stop, skip_unreadable=skip_unreadable
+    )
     config, batch = _usable_stage_channels(dataclasses.replace(config, channels=batch.channels), batch)
     batch = decide_batch_preprocessing(batch, config)
     samples = batch.samples
@@ -148,9 +164,50 @@ def run_pipeline(
         clusterers = _fit_stage(
             stage, config, values, masks, references.get(stage.name), _prefixed(progress, label), should_stop
         )
+        if stage.clusters is None:
+            stage = dataclasses.replace(stage, clusters=len(clusterers[0].populations))
+            config.stages = [stage if s.name == stage.name else s for s in config.stages]
         probabilities = _assign(clusterers, values, masks, should_stop)
-        results.append(StageResult(stage, probabilities, clusterers))
+        result = StageResult(stage, probabilities, clusterers)
+        if _to_name(stage, config, table, references):
+            _name_from_markers(result, batch, config, table)
+        results.append(result)
     return PipelineResult(config, batch, results)
+
+
+def _to_name(stage: StageConfig, config: PipelineConfig, table, references: dict) -> bool:
+    """Name from marker levels: pooled runs, stages without names or a reference, that no stage splits."""
+    return (
+        table is not None
+        and config.pooled
+        and stage.populations is None
+        and stage.name not in references
+        and not any(child.parent == stage.name for child in config.stages)
+    )
+
+
+def _marker_table(config: PipelineConfig):
+    markers = config.markers
+    if markers is None or str(markers).strip().lower() in ("none", "no", "false", ""):
+        return None
+    return load_marker_table(None if str(markers).strip().lower() == "default" else markers)
+
+
+def _name_from_markers(result: StageResult, batch: Batch, config: PipelineConfig, table) -> None:
+    """Name a stage's populations from their marker levels (pooled over the files)."""
+    channels = result.clusterers[0].channels
+    values = np.concatenate(_stage_values(batch, channels))
+    labels = np.concatenate([hard_labels(p) for p in result.probabilities])
+    sample = batch.samples[0]
+    shown = [sample.markers[i] or sample.names[i] for i in channel_indices(sample, channels)]
+    naming = name_clusters(values, labels, result.stage.clusters, shown, table)
+    if all(name.startswith(UNASSIGNED) for name in naming.names):
+        return  # no cluster matches a population of the table: numbers say as much as "unassigned (k)"
+    result.naming = naming
+    result.stage = dataclasses.replace(result.stage, populations=list(naming.names))
+    for clusterer in result.clusterers:
+        clusterer.populations = list(naming.names)
+    config.stages = [result.stage if s.name == result.stage.name else s for s in config.stages]
 
 
 def _usable_stage_channels(config: PipelineConfig, batch: Batch) -> tuple[PipelineConfig, Batch]:
@@ -187,11 +244,12 @@ def apply_pipeline(
 
     """
     config, clusterers = load_pipeline(model_dir)
-    samples = read_samples(paths, progress, should_stop)
+    skipped: list[str] = []
+    samples = read_samples(paths, progress, should_stop, skipped)
     channels = list(dict.fromkeys(c for clusterer in clusterers.values() for c in clusterer.channels))
     for sample in samples:
         channel_indices(sample, channels)
-    batch = decide_batch_preprocessing(Batch(samples, channels), config)
+    batch = decide_batch_preprocessing(Batch(samples, channels, skipped=skipped), config)
     results: list[StageResult] = []
     for stage in config.stages:
         clusterer = clusterers[stage.name]
@@ -247,6 +305,10 @@ def _fit_stage(stage, config, values, masks, reference, progress, should_stop) -
     fitted = []
     for i, (v, m) in enumerate(zip(values, masks, strict=False)):
         _require_events(v[m], stage, f"file {i + 1}")
+        if fitted and settings.clusters is None:
+            # one set of populations for every file: the count chosen on the first file
+            settings = dataclasses.replace(settings, clusters=len(fitted[0].populations))
+            settings = settings if settings.clusters > 1 else dataclasses.replace(settings, clusters=None)
         row = None if reference is None else reference[i : i + 1]
         clusterer = fit_clusterer(
             v[m],

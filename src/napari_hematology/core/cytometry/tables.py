@@ -27,6 +27,7 @@ from napari_hematology.core.projection import principal_components
 
 PROPORTIONS_FILE = "proportions.csv"
 PREPROCESSING_FILE = "preprocessing.json"
+POPULATIONS_FILE = "populations.json"
 MARKERS_FILE = "markers.csv"
 CELLS_SUFFIX = "_clusters.csv"
 FCS_SUFFIX = "_clusters.fcs"
@@ -134,8 +135,48 @@ def preprocessing_record(result: PipelineResult) -> dict:
     return {
         "channels": result.config.all_channels(),
         "channels_left_out": result.batch.warnings,
+        "files_skipped": result.batch.skipped,
         "files": files,
     }
+
+
+def populations_record(result: PipelineResult) -> dict:
+    """Per stage: the number of clusters, how it was chosen, each population's name and why.
+
+    Written as ``populations.json``.
+    """
+    stages = []
+    for stage in result.stages:
+        labels = np.concatenate([hard_labels(p) for p in stage.probabilities])
+        counts = np.bincount(labels[labels >= 0], minlength=stage.stage.clusters).tolist()
+        entry = {
+            "stage": stage.stage.name,
+            "clusters": stage.stage.clusters,
+            "cluster_count": stage.cluster_count,
+        }
+        if stage.naming is not None:
+            entry["named_by"] = "marker table"
+            entry.update(stage.naming.record(counts))
+        else:
+            entry["named_by"] = "config or reference" if stage.stage.populations else "numbers (not named)"
+            entry["populations"] = [
+                {"cluster": k, "name": name, "events": int(count)}
+                for k, (name, count) in enumerate(zip(stage.stage.population_names, counts, strict=True))
+            ]
+        stages.append(entry)
+    return {"stages": stages}
+
+
+def populations_summary(result: PipelineResult) -> list[str]:
+    """One line per stage: the count (and how it was chosen) and the populations by name."""
+    lines = []
+    for stage in result.stages:
+        count = stage.cluster_count
+        how = count.get("rule", "given")
+        count = f"{stage.stage.clusters} cluster{'' if stage.stage.clusters == 1 else 's'}"
+        chosen = f"{count} ({'given' if how == 'given' else 'chosen from the data: ' + how})"
+        lines.append(f"{stage.stage.name}: {chosen}; populations: {', '.join(stage.stage.population_names)}")
+    return lines
 
 
 def marker_table(result: PipelineResult):
@@ -196,7 +237,10 @@ def _all_assignments(result: PipelineResult) -> list[list[ClusterAssignment]]:
 
 
 def write_outputs(result: PipelineResult, directory: str | Path) -> list[Path]:
-    """Write ``<stem>_clusters.csv`` per file, ``markers.csv``, ``preprocessing.json``, ``proportions.csv``.
+    """Write the per-file cluster tables and the batch's markers, preprocessing, populations, proportions.
+
+    ``<stem>_clusters.csv`` per file, ``markers.csv``, ``preprocessing.json``, ``populations.json`` (the
+    number of clusters, how it was chosen, and how each population was named) and ``proportions.csv``.
 
     Returns:
         The written paths, proportions last.
@@ -211,6 +255,9 @@ def write_outputs(result: PipelineResult, directory: str | Path) -> list[Path]:
     record = directory / PREPROCESSING_FILE
     record.write_text(json.dumps(preprocessing_record(result), indent=2))
     written.append(record)
+    populations = directory / POPULATIONS_FILE
+    populations.write_text(json.dumps(populations_record(result), indent=2))
+    written.append(populations)
     written.append(write_table(directory / PROPORTIONS_FILE, proportions_table(result)))
     return written
 
