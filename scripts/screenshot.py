@@ -1,36 +1,109 @@
-"""Make docs/images/screenshot.png: the bundled smear field after blast detection, with the widget docked.
+"""Screenshots of napari with the plugin, for the docs: every dock, in a 1280x800 window, on the samples.
 
-Run under a display (e.g. ``xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshot.py``).
+Writes ``docs/images/docks/<dock>.png`` (one per page of the Hematology workspace, the page in front, after
+running it on the bundled samples where it can run alone) and ``docs/images/screenshot.png`` (Blast
+detection, for the README). Run under a display, e.g.::
+
+    xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python scripts/screenshot.py
 """
 
+from __future__ import annotations
+
+import re
+import tempfile
+import time
 from pathlib import Path
 
 import napari
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from napari_hematology.core.cells.samples import sample_fields
-from napari_hematology.widgets.blast import BlastDetectionWidget
+from napari_hematology.widgets.whole_slide import WHOLE_SLIDE
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "images" / "screenshot.png"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "images"
+WINDOW = (1280, 800)
+DOCKS = (
+    "Blast detection", "Gallery", "Review labels", "Slide prediction", "Whole slide", "Expression",
+    "Cytometry",
+)
+
+
+def settle(seconds: float = 0.5) -> None:
+    """Let napari draw."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def wait(runner, timeout: float = 600) -> None:
+    """Wait for a dock's task to finish, keeping napari drawing."""
+    end = time.monotonic() + timeout
+    while runner.busy and time.monotonic() < end:
+        settle(0.1)
+
+
+def shoot(viewer, dock, name: str) -> Path:
+    """Bring ``dock``'s page to the front and save the whole window."""
+    dock.parentWidget().raise_()
+    settle(0.8)
+    path = DOCS / "docks" / f"{re.sub(r'[^a-z0-9]+', '_', name.lower())}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(path), canvas_only=False, flash=False)
+    print(path)
+    return path
 
 
 def main() -> None:
-    """Run blast detection on the sample field in a visible viewer and save a screenshot."""
+    """Open every dock in one window, run them on the samples and save one screenshot per page."""
     viewer = napari.Viewer(title="napari-hematology")
-    viewer.window.resize(1500, 850)
-    viewer.open(str(sample_fields()[1]))
-    widget = BlastDetectionWidget(viewer)
-    dock = viewer.window.add_dock_widget(widget, name="Blast detection", area="right")
-    viewer.window._qt_window.resizeDocks([dock], [470], Qt.Orientation.Horizontal)
-    widget.run()
-    while widget.runner.busy:
-        QApplication.processEvents()
+    viewer.window.resize(*WINDOW)
+    field = Path(sample_fields()[1])
+    viewer.open(str(field), plugin="napari-hematology")
+    docks = {name: viewer.window.add_plugin_dock_widget("napari-hematology", name)[1] for name in DOCKS}
+    settle(1.0)
+    work = Path(tempfile.mkdtemp(prefix="napari-hematology-screenshots-"))
+
+    blast = docks["Blast detection"]
+    blast.form.image.value = field.stem
+    blast.run()
+    wait(blast.runner)
     viewer.reset_view()
-    for _ in range(20):
-        QApplication.processEvents()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(OUT), canvas_only=False, flash=False)
+    if len(blast.analysis.cells):
+        blast.show_cell(int(blast.analysis.cells["cell_id"].iloc[0]))
+    shoot(viewer, blast, "Blast detection")
+    viewer.screenshot(str(DOCS / "screenshot.png"), canvas_only=False, flash=False)
+
+    project = work / "review.sqlite"
+    blast.send_to_review(project)
+    review = docks["Review labels"]
+    review.project_bar.annotator.setText("reviewer")
+    review.project_bar.open_project(project)
+    shoot(viewer, review, "Review labels")
+
+    gallery = docks["Gallery"]
+    gallery.annotator.setText("reviewer")
+    gallery.open_project(project)
+    gallery.next_page()
+    while gallery.loading:
+        settle(0.1)
+    shoot(viewer, gallery, "Gallery")
+    for name in ("gallery", "gallery cells", "review cell"):
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+    viewer.reset_view()
+
+    whole = docks["Whole slide"]
+    whole.form.slide.value = field.stem
+    whole.form.regions.value = WHOLE_SLIDE
+    whole.form.out.value = work / "whole_slide"
+    whole.analyse()
+    wait(whole.runner)
+    shoot(viewer, whole, "Whole slide")
+    whole.worker.close()
+
+    for name in ("Slide prediction", "Expression", "Cytometry"):  # these need the user's own data
+        shoot(viewer, docks[name], name)
     viewer.close()
 
 

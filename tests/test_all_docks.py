@@ -1,4 +1,4 @@
-"""All five docks open at once, keys that never collide, a window that fits the screen."""
+"""Every dock open at once: one tabbed workspace that fits a 1280x800 window, keys that never collide."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ from napari_hematology.widgets._keys import (
 
 pytestmark = pytest.mark.gui
 
-DOCKS = ("Blast detection", "Slide prediction", "Review labels", "Expression", "Cytometry", "Whole slide")
+DOCKS = (
+    "Blast detection", "Slide prediction", "Review labels", "Gallery", "Expression", "Cytometry",
+    "Whole slide",
+)
 SCREEN = (1280, 800)
 
 
@@ -119,7 +122,7 @@ def test_napari_shortcut_preferences_list_each_docks_keys(shortcut_page):
         "napari-hematology: Slide prediction: Predict": RUN,
         "napari-hematology: Slide prediction: Train": TRAIN,
         "napari-hematology: Cytometry: Add FCS files": OPEN,
-        "napari-hematology: Cytometry: Save results (CSV, FCS, h5ad)": SAVE,
+        "napari-hematology: Cytometry: Save results": SAVE,
         "napari-hematology: Review labels: Open project": OPEN,
     }
     for description, key in expected.items():
@@ -174,9 +177,37 @@ def test_a_key_acts_in_the_dock_that_has_focus(docks, qtbot):
     assert pressed == ["blast", "slide", "slide"], "napari's action presses the button in the focused dock"
 
 
-def test_five_docks_fit_a_1280x800_window(docks, qtbot):
+def test_docks_open_as_tabs_of_one_workspace_that_fits_1280x800(docks, qtbot):
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_hematology.widgets._workspace import workspace_docks
+
     window = next(iter(docks.values())).window()
-    qtbot.wait(100)
-    too_tall = {name: dock.minimumSizeHint().height() for name, dock in docks.items()
-                if dock.minimumSizeHint().height() > SCREEN[1] // len(DOCKS)}
-    assert window.width() <= SCREEN[0] and window.height() <= SCREEN[1], f"docks too tall: {too_tall}"
+    frames = workspace_docks(window)
+    assert len(frames) == len(DOCKS)
+    for frame in frames:
+        assert set(window.tabifiedDockWidgets(frame)) == set(frames) - {frame}, "one tab group"
+    assert frames[-1].widget() is docks[DOCKS[-1]] and not frames[-1].visibleRegion().isEmpty(), (
+        "the dock opened last is the tab shown"
+    )
+    canvas = window.centralWidget()  # napari's canvas with its sliders
+    for name, dock in docks.items():
+        dock.parentWidget().raise_()
+        qtbot.wait(30)
+        area = dock.findChild(QScrollArea)
+        assert window.width() <= SCREEN[0] and window.height() <= SCREEN[1]
+        assert area.horizontalScrollBar().maximum() == 0, f"{name} scrolls sideways"
+        assert dock.height() >= SCREEN[1] * 0.8, f"{name} gets {dock.height()} px of height"
+        assert canvas.width() >= window.width() / 2, f"with {name} shown the canvas is {canvas.width()} px"
+        assert canvas.isVisible() and canvas.height() >= window.height() / 2
+
+
+def test_a_dock_reopened_joins_the_workspace_again(docks, qtbot):
+    from napari_hematology.widgets._workspace import workspace_docks
+
+    viewer = docks["Gallery"].viewer
+    window = docks["Gallery"].window()
+    viewer.window.remove_dock_widget(docks["Gallery"].parentWidget())
+    qtbot.wait(20)
+    frame, _ = viewer.window.add_plugin_dock_widget("napari-hematology", "Gallery")
+    assert set(window.tabifiedDockWidgets(frame)) == set(workspace_docks(window)) - {frame}

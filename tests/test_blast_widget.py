@@ -13,9 +13,8 @@ import timm  # noqa: F401  (load torch's LLVM-based triton before Qt's GL: they 
 from blast_helpers import FakeClassifier, background_only
 
 from napari_hematology.core.cells.classes import BLAST, CLASS_COLOURS
-from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
 from napari_hematology.widgets._keys import RUN, key_text
-from napari_hematology.widgets._legend import hex_colour
+from napari_hematology.widgets._palette import hex_colour
 from napari_hematology.widgets.blast import NO_CELL_SHOWN, OUTLINE_PIXELS, BlastDetectionWidget, _summary_text
 
 pytestmark = pytest.mark.gui
@@ -108,6 +107,20 @@ def test_summary_counts_one_cell_in_the_singular():
     assert _summary_text({**summary, "cells": 2}).startswith("2 white cells:")
 
 
+def test_summary_has_the_cli_interval_small_count_warning_and_cells_left_out():
+    from napari_hematology.core.cells.batch import blast_uncertainty
+
+    summary = {"cells": 3, "counts": {"blast": 0, "neutrophil": 3}, "blast_percent": 0.0,
+               "left_out": {"cut by the image edge": 2}}
+    text = _summary_text(summary)
+    low, high = blast_uncertainty(0, 3)["blast_ci95_percent"]
+    assert f"Blasts: 0.0% (95% CI {low:.1f}-{high:.1f}%)" in text
+    assert blast_uncertainty(0, 3)["warnings"][0] in text, "the CLI's small-count warning"
+    assert "Left out of the counts: 2 cells (cut by the image edge: 2)." in text
+    many = _summary_text({"cells": 200, "counts": {"blast": 10}, "blast_percent": 5.0, "left_out": {}})
+    assert "too few" not in many and "Left out" not in many
+
+
 def test_long_layer_names_are_not_cut(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     widget = BlastDetectionWidget(viewer)
@@ -149,9 +162,7 @@ def test_bad_model_folder_is_shown_as_a_message(
     assert len(messages) == 1 and "not a napari-hematology model folder" in messages[0]
 
 
-def test_run_with_shipped_classifier(make_napari_viewer, qtbot, sample_field):
-    if not (SHIPPED_MODEL_DIR / "model.safetensors").is_file():
-        pytest.skip("shipped classifier weights not built yet")
+def test_run_with_shipped_classifier(make_napari_viewer, qtbot, sample_field, shipped_weights):
     viewer = make_napari_viewer()
     viewer.add_image(sample_field, name="field", rgb=True)
     widget = BlastDetectionWidget(viewer)
@@ -227,3 +238,19 @@ def test_many_unfamiliar_cells_add_advice_to_the_summary():
     (note,) = _unfamiliar_note(pd.DataFrame({"atypical_score": [0.99] * 12}))
     assert note.startswith("100% of these cells look unlike") and "review" in note
     assert _unfamiliar_note(pd.DataFrame()) == []
+
+
+def test_results_never_make_the_page_scroll_sideways(
+    make_napari_viewer, qtbot, sample_field, fake_classifier
+):
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1280, 800)
+    viewer.add_image(sample_field, name="field", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hematology", "Blast detection")
+    _run(widget, qtbot)
+    widget.show_cell(int(widget.analysis.cells["cell_id"].iloc[0]))
+    qtbot.wait(100)
+    area = widget.findChild(QScrollArea)
+    assert area.horizontalScrollBar().maximum() == 0

@@ -143,3 +143,25 @@ def test_ff_fcs_is_drawn_on_its_own_scale_not_as_one_dot(widget, qtbot, shared_d
     assert (spread > 0.3).all() and (np.ptp(layer.data, axis=0) > 2.0).all()  # logicle units, 0..4.5
     assert float(np.mean(layer.size)) < 0.1 * spread.min()
     assert len(face_colours(layer)) == 7
+
+
+@pytest.mark.gui
+def test_auto_cluster_count_and_marker_names_are_shown(widget, qtbot, tmp_path):
+    from test_cytometry_names import COUNTS, blood, write
+
+    path = write(tmp_path / "blood.fcs", blood(COUNTS)[0])
+    assert widget.load_files([path])
+    assert widget.clusters_spin.text() == "auto (chosen from the data)"
+    run_and_wait(widget, qtbot, clusters=1)  # the lowest value is "auto"
+    assert widget.count_label.text().startswith("cluster: 5 clusters (chosen from the data: smallest ICL")
+    assert "named by blood_markers.yaml (shipped)" in widget.count_label.text()
+    assert sorted(widget.population_names()) == sorted(COUNTS)
+    layer = widget.viewer.layers["blood latent 1 vs latent 2"]
+    assert set(layer.features["cluster"]) == set(COUNTS)
+
+
+def test_the_transform_choices_are_the_cores():
+    from napari_hematology.core.cytometry.fcs import TRANSFORMS
+    from napari_hematology.widgets.cytometry import TRANSFORM_CHOICES
+
+    assert ("auto", *TRANSFORMS) == TRANSFORM_CHOICES

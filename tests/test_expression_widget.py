@@ -107,9 +107,14 @@ def test_map_colours_legend_point_size_and_whole_confusion_table(widget, qtbot):
     table = widget.confusion
     qtbot.waitUntil(lambda: table.isVisible(), timeout=2000)
     header = table.horizontalHeader()
-    for column, name in enumerate(classes):
-        assert header.sectionSize(column) >= header.fontMetrics().horizontalAdvance(name)
+    for column, name in enumerate(classes):  # numbered columns, named in the caption and the tooltips
+        assert table.horizontalHeaderItem(column).text() == str(column + 1)
+        assert table.horizontalHeaderItem(column).toolTip() == name
+        assert f"{column + 1} = {name}" in widget.scored_on.text()
     assert header.length() <= table.viewport().width()  # every column shows, without scrolling the table
+    from napari_hematology.widgets._workspace import PAGE_WIDTH
+
+    assert table.minimumWidth() <= PAGE_WIDTH, "ten classes fit the page's width: no sideways scrolling"
 
 
 @pytest.mark.gui

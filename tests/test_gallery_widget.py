@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,23 +119,115 @@ def test_jump_to_the_cell_in_its_slide_and_back(gallery, tmp_path):
 
 @pytest.mark.gui
 @pytest.mark.slow
-def test_two_thousand_cells_build_and_move_quickly(gallery, tmp_path):
+def test_two_thousand_cells_show_at_once_and_move_and_undo_within_100_ms(gallery, tmp_path, qtbot):
     from napari_hematology.widgets.gallery import CELLS_LAYER
 
     project, _ = _project(tmp_path, 2000)
     gallery.open_project(project)
+    # napari's own one-time set-up of its first image and points layers (unit registry, shaders) is not the
+    # gallery's: a reviewer has a slide open already
+    gallery.viewer.add_image(np.zeros((8, 8, 3), np.uint8), rgb=True)
+    gallery.viewer.add_points([[0, 0]])
     started = time.perf_counter()
     gallery.next_page()
-    built = time.perf_counter() - started
+    shown = time.perf_counter() - started
     layer = gallery.viewer.layers[CELLS_LAYER]
     assert len(layer.data) == 2000
-    layer.selected_data = set(range(0, 2000, 4))
-    started = time.perf_counter()
-    _press(layer, "2")
-    moved = time.perf_counter() - started
-    assert (layer.features["label"].iloc[::4] == "lymphocyte").all()
-    assert built < 20.0, f"building the gallery took {built:.1f} s"
-    assert moved < 2.0, f"moving 500 cells took {moved:.1f} s"
+    qtbot.waitUntil(lambda: not gallery.loading, timeout=30_000)
+    assert len(gallery.tiles) == 2000 and all(tile is not None for tile in gallery.tiles.values())
+    assert (gallery.image_layer.data == gallery.image).all() and gallery.image.min() < 200, "crops drawn"
+
+    before = layer.border_color.copy()
+    untouched = np.setdiff1d(np.arange(2000), np.arange(0, 2000, 4))
+    image = gallery.image_layer.data
+    moves, undos = [], []
+    for _ in range(3):  # the best of three: the machine's other work is not the gallery's
+        layer.selected_data = set(range(0, 2000, 4))
+        started = time.perf_counter()
+        _press(layer, "2")
+        moves.append(time.perf_counter() - started)
+        assert (layer.features["label"].iloc[::4] == "lymphocyte").all()
+        assert (layer.border_color[untouched] == before[untouched]).all(), "only the moved cells change"
+        assert gallery.image_layer.data is image, "the page is not redrawn"
+
+        started = time.perf_counter()
+        _press(layer, "Control-z")
+        undos.append(time.perf_counter() - started)
+        assert (layer.border_color == before).all()
+        with AnnotationStore(project) as store:
+            assert store.current_labels(["dr_a"]).empty
+    moved, undone = min(moves), min(undos)
+    print(f"first page {shown * 1000:.0f} ms, move 500 {moved * 1000:.0f} ms, undo {undone * 1000:.0f} ms")
+    assert shown < 1.0, f"the first page took {shown:.2f} s"
+    assert moved < 0.1, f"moving 500 cells took {moved * 1000:.0f} ms"
+    assert undone < 0.1, f"undoing the move took {undone * 1000:.0f} ms"
+
+
+@pytest.mark.gui
+def test_a_page_larger_than_a_screen_asks_before_signing_off_with_the_count(gallery, tmp_path, monkeypatch):
+    from napari_hematology.widgets.gallery import CELLS_LAYER
+
+    project, _ = _project(tmp_path, 40)
+    gallery.open_project(project)
+    gallery.next_page()
+    monkeypatch.setattr(gallery, "screen_capacity", lambda: 25)
+    asked = []
+    monkeypatch.setattr(gallery, "confirm", lambda question: asked.append(question) or False)
+    assert "40 cells" in gallery.sign_off_button.text()
+    _press(gallery.viewer.layers[CELLS_LAYER], "Enter")
+    assert len(asked) == 1 and "all 40 cells" in asked[0]
+    with AnnotationStore(project) as store:
+        assert store.current_labels(["dr_a"]).empty, "refused: nothing signed off"
+    monkeypatch.setattr(gallery, "confirm", lambda question: True)
+    gallery.sign_off()
+    with AnnotationStore(project) as store:
+        assert len(store.current_labels(["dr_a"])) == 40
+    assert gallery.page == [] and CELLS_LAYER not in gallery.viewer.layers
+    gallery.undo()  # the sign-off: its page comes back
+    with AnnotationStore(project) as store:
+        assert store.current_labels(["dr_a"]).empty
+    assert len(gallery.viewer.layers[CELLS_LAYER].data) == 40
+
+
+@pytest.mark.gui
+def test_class_colours_and_legend_are_the_reports(gallery, tmp_path, qtbot):
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_hematology.core.cells.classes import CLASS_COLOURS
+    from napari_hematology.widgets._palette import hex_colour
+    from napari_hematology.widgets.gallery import CELLS_LAYER
+
+    project, _ = _project(tmp_path, 12)
+    gallery.open_project(project)
+    gallery.next_page()
+    layer = gallery.viewer.layers[CELLS_LAYER]
+    for label, colour in zip(layer.features["label"], layer.border_color, strict=True):
+        np.testing.assert_allclose(colour, transform_color(hex_colour(CLASS_COLOURS[label]))[0])
+    assert gallery.legend.colours == {
+        f"{key} {name}": hex_colour(CLASS_COLOURS[name]) for key, name in enumerate(CLASSES, start=1)
+    }
+
+
+@pytest.mark.gui
+def test_unreadable_crops_are_grey_tiles_with_a_note(gallery, tmp_path, qtbot):
+    project, cells = _project(tmp_path, 6)
+    with AnnotationStore(project) as store:
+        broken = store.cells()["crop"].iloc[0]
+    Path(broken).write_bytes(b"not an image")
+    gallery.open_project(project)
+    gallery.next_page()
+    qtbot.waitUntil(lambda: not gallery.loading, timeout=10_000)
+    assert gallery.tiles[broken] is None
+    assert gallery.crops_note.isVisibleTo(gallery) and "1 crop of this page could not be read" in (
+        gallery.crops_note.text()
+    )
+
+
+def test_the_docks_order_choices_are_the_cores():
+    from napari_hematology.core.labels.gallery import ORDERS
+    from napari_hematology.widgets import gallery
+
+    assert gallery.ORDERS == ORDERS
 
 
 @pytest.mark.gui

@@ -55,6 +55,17 @@ def test_single_cells_sample_is_a_named_grid_without_overlap(make_napari_viewer)
     assert covered.max() == 1  # no crop lies on another
 
 
+def test_the_two_samples_open_side_by_side_not_on_each_other(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-hematology", "smear_field")
+    viewer.open_sample("napari-hematology", "single_cells")
+    field, grid, frames = viewer.layers
+    field_right = field.extent.world[1][-1]
+    assert grid.extent.world[0][-1] > field_right, "the single cells start right of the field"
+    assert frames.extent.world[0][-1] > field_right
+    assert np.allclose(grid.translate, frames.translate), "the frames stay on their crops"
+
+
 def test_viewer_opens_pyramidal_tiff_as_multiscale(make_napari_viewer, tmp_path, sample_field):
     path = tmp_path / "slide.ome.tif"
     base = np.tile(sample_field, (2, 2, 1))

@@ -166,3 +166,10 @@ def test_train_from_the_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch)
     assert calls["config"].branch_per_class and calls["config"].encoder == "descriptors"
     assert calls["config"].min_cells == 1
     assert widget.model_edit.text() == str(tmp_path / "model")
+
+
+def test_the_forms_minimum_bag_size_is_the_models_default():
+    from napari_hematology.widgets.slide import DEFAULT_MIN_CELLS, train_form
+
+    assert MilConfig.min_cells == DEFAULT_MIN_CELLS
+    assert train_form().min_cells.value == MilConfig.min_cells

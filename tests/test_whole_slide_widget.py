@@ -3,6 +3,7 @@
 import json
 import os
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,13 +95,16 @@ def test_cells_appear_tile_by_tile_with_class_colours_and_features(dock, qtbot, 
     assert widget.export_button.isEnabled() and not widget.resume_button.isEnabled()
 
 
-def test_the_worker_starts_with_the_slide_and_the_run_begins_where_the_user_looks(dock, qtbot):
+def test_the_worker_starts_on_analyse_and_the_run_begins_where_the_user_looks(dock, qtbot, workers):
     viewer, widget = dock
-    assert widget.worker.pid not in (None, os.getpid())  # warming up in its own process before Analyse
+    assert widget.worker is None and not workers, "choosing a slide starts nothing"
     viewer.scene.camera.center = (1400.0, 1900.0)
     first = []
     widget._signals.tile_done.connect(lambda update: first.append(update))
     widget.analyse()
+    assert widget.worker is workers[0]
+    qtbot.waitUntil(lambda: widget.worker.pid is not None, timeout=30_000)
+    assert widget.worker.pid != os.getpid()  # in its own process
     qtbot.waitUntil(lambda: bool(first), timeout=30_000)
     widget.runner.cancel()
     _run_to_end(widget, qtbot)
@@ -171,6 +175,46 @@ def test_find_reading_area_adds_an_editable_shape_chosen_for_the_run(dock, qtbot
     assert widget.form.regions.value == "thin.ome reading area"
     polygons, find_area = widget._regions()
     assert not find_area and np.allclose(polygons[0], shapes.data[0])
+
+
+@pytest.mark.slow
+def test_the_worker_runs_from_a_script_without_a_main_guard(tmp_path):
+    """A spawned worker does not re-run the caller's script (which would start napari and a worker again)."""
+    import subprocess
+    import sys
+
+    from napari_hematology.core.cells.samples import sample_fields
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from blast_helpers import FakeClassifier\n"
+        "from napari_hematology.core.whole_slide.worker import SlideWorker\n"
+        "print('script ran')\n"
+        "worker = SlideWorker(classifier=FakeClassifier(blast_above=200))\n"
+        f"result = worker.run({str(sample_fields()[0])!r}, {str(tmp_path / 'out')!r}, reading_area=False)\n"
+        "worker.close()\n"
+        "print('cells', len(result.cells))\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("script ran") == 1, "the worker re-ran the script"
+    assert "cells" in result.stdout
+
+
+def test_a_killed_worker_says_what_happened():
+    import signal
+
+    worker = slide_worker.SlideWorker(classifier=FakeClassifier())
+    worker.start()
+    pid = worker.pid
+    os.kill(pid, signal.SIGKILL)
+    worker._process.join(10)
+    message = worker._death_message()
+    worker.close()
+    assert "killed by the system (SIGKILL)" in message and "out of memory" in message
+    assert "press Resume" in message
 
 
 @pytest.mark.slow

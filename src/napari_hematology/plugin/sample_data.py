@@ -12,6 +12,7 @@ from napari_hematology.core.io import read_image
 GRID_GAP = 8
 NAME_BAND = 28  # white space above each crop for its name
 GRID_BACKGROUND = 255
+SAMPLE_GAP = 40  # pixels between the smear field and the single cells when both samples are open
 
 
 def smear_field() -> list[tuple]:
@@ -23,12 +24,15 @@ def smear_field() -> list[tuple]:
 def single_cells() -> list[tuple]:
     """Five single white-cell crops, one per type (BCCD), side by side in one image, each framed and named.
 
-    The crops keep their own pixel size, so their relative cell sizes stay true. A Shapes layer frames
+    The grid lies to the right of the smear-field sample, so both samples can be open together. The crops
+    keep their own pixel size, so their relative cell sizes stay true. A Shapes layer frames
     each crop; its features hold the cell type and the source file, and its text shows the type.
     """
     paths = sample_cells()
     crops = [np.asarray(read_image(path).data)[..., :3] for path in paths]
     grid, boxes = tile_crops(crops)
+    # beside the smear field, not on it: both samples can be open at once
+    beside_field = (0.0, float(_field_width() + SAMPLE_GAP))
     features = {
         "cell_type": [path.stem.split("_")[0] for path in paths],
         "file": [path.name for path in paths],
@@ -41,8 +45,18 @@ def single_cells() -> list[tuple]:
         "edge_color": "black",
         "edge_width": 2,
         "face_color": "transparent",
+        "translate": beside_field,
     }
-    return [(grid, {"name": "single cells", "rgb": True}, "image"), (boxes, frames, "shapes")]
+    image = {"name": "single cells", "rgb": True, "translate": beside_field}
+    return [(grid, image, "image"), (boxes, frames, "shapes")]
+
+
+def _field_width() -> int:
+    """Width of the smear-field sample in pixels (read from the file's header only)."""
+    from PIL import Image
+
+    with Image.open(sample_fields()[0]) as field:
+        return field.width
 
 
 def tile_crops(crops: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -114,8 +114,17 @@ def _description(dock_title: str, text: str) -> str:
 
 @cache
 def _dock_titles() -> dict[str, str]:
-    """Each dock class's ``module:Class`` name mapped to its title in the plugin manifest."""
-    manifest = PluginManifest.from_file(files("napari_hematology") / "napari.yaml")
+    """Each dock class's ``module:Class`` name mapped to its title in the plugin manifest.
+
+    The manifest napari already loaded is used (parsing the file again takes a tenth of a second while the
+    first dock opens); the file only when the plugin is not registered (a dock built outside napari).
+    """
+    from npe2 import PluginManager
+
+    try:
+        manifest = PluginManager.instance().get_manifest(PLUGIN)
+    except KeyError:
+        manifest = PluginManifest.from_file(files("napari_hematology") / "napari.yaml")
     python_names = {command.id: command.python_name for command in manifest.contributions.commands}
     return {python_names[widget.command]: widget.display_name for widget in manifest.contributions.widgets}
 

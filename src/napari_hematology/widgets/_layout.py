@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from magicgui.widgets import FileEdit
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
+    QFormLayout,
     QFrame,
+    QLabel,
     QScrollArea,
     QSpinBox,
+    QStyle,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -23,13 +26,17 @@ from qtpy.QtWidgets import (
 
 
 def scrolling_layout(dock: QWidget) -> QVBoxLayout:
-    """Give ``dock`` a scroll area and return the layout to fill inside it.
+    """Give ``dock`` a scroll area, make it a page of the plugin's workspace, and return the layout to fill.
 
-    napari stacks docks in the window's side area; a dock asks for no more than a scroll bar, so five open
-    docks fit the screen and each scrolls when its content is taller (or wider) than its share.
+    The dock asks for no more than a scroll bar, and opens as a tab of the plugin's other docks
+    (:func:`~napari_hematology.widgets._workspace.join_workspace`); it scrolls when its content is taller
+    than the window.
     """
+    from napari_hematology.widgets._workspace import join_workspace
+
+    join_workspace(dock)
     body = QWidget()
-    area = QScrollArea()
+    area = _PageArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setWidget(body)
@@ -37,6 +44,47 @@ def scrolling_layout(dock: QWidget) -> QVBoxLayout:
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(area)
     return QVBoxLayout(body)
+
+
+class _PageArea(QScrollArea):
+    """A scroll area asking the width of its content's minimum and a vertical scroll bar.
+
+    A page that scrolls down then never scrolls sideways too, and leaves the canvas every pixel it does not
+    need.
+    """
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        """The content's minimum width plus a scroll bar's; the content's height."""
+        hint = super().sizeHint()
+        body = self.widget()
+        if body is None:
+            return hint
+        bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        width = body.minimumSizeHint().width() + bar + 2 * self.frameWidth()
+        return QSize(width, max(hint.height(), body.sizeHint().height()))
+
+
+def canvas_size(viewer) -> tuple[int, int]:
+    """The canvas's height and width on screen, in pixels (800 x 800 where napari does not say)."""
+    canvas = getattr(viewer, "canvas", None)
+    size = getattr(canvas, "size", None)
+    if size is None or min(size) <= 0:
+        return 800, 800
+    return int(size[0]), int(size[1])
+
+
+def form_layout(parent: QWidget | None = None) -> QFormLayout:
+    """A form whose fields go under their labels when the page is too narrow for both side by side."""
+    form = QFormLayout(parent) if parent is not None else QFormLayout()
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    return form
+
+
+def note(text: str = "") -> QLabel:
+    """A label that wraps its text to the page's width instead of widening the page."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
 
 
 def fit_names(combo: QComboBox) -> QComboBox:

@@ -8,11 +8,6 @@ from html import escape
 from qtpy.QtWidgets import QLabel, QWidget
 
 
-def hex_colour(rgb: tuple[int, int, int]) -> str:
-    """``#rrggbb`` of an RGB triple in 0-255."""
-    return "#{:02x}{:02x}{:02x}".format(*(int(value) for value in rgb))
-
-
 class Legend(QLabel):
     """Swatches with names, wrapped to the dock's width; ``colours`` holds what is shown."""
 

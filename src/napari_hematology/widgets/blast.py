@@ -9,32 +9,30 @@ cells, and updates the cell shown, without recomputing anything. The settings ar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import napari
 import numpy as np
-import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
-from napari_hematology.core.cells.analysis import (
-    ImageAnalysis,
-    analyze_image,
-    call_classes,
-    cut_crops,
-    get_classifier,
-    summarize,
-)
 from napari_hematology.core.cells.classes import DEFAULT_BLAST_THRESHOLD
-from napari_hematology.core.cells.magnification import find_pixel_size
-from napari_hematology.core.cells.report import class_colours
 from napari_hematology.core.errors import HematologyError, InputError
 from napari_hematology.widgets._keys import RUN, bind_button_keys, shortcut_button
 from napari_hematology.widgets._layout import fit_names, model_folder_field, scrolling_layout
-from napari_hematology.widgets._legend import Legend, hex_colour
+from napari_hematology.widgets._legend import Legend
+from napari_hematology.widgets._palette import class_colours
 from napari_hematology.widgets._runner import TaskRunner, report_error
+from napari_hematology.widgets._summaries import prepare as prepare_summaries
+from napari_hematology.widgets._summaries import summary_lines
+
+if TYPE_CHECKING:  # the analysis (pandas, scikit-image) is imported by the worker, not while the dock opens
+    import pandas as pd
+
+    from napari_hematology.core.cells.analysis import ImageAnalysis
 
 LAYER_SUFFIX = " cells"
 MAX_PIXELS = 100_000_000
@@ -42,6 +40,8 @@ CROP_VIEW_SIDE = 128
 OUTLINE_PIXELS = 2
 FILLED_OPACITY = 0.5
 NO_CELL_SHOWN = "Click a cell to see its crop and probabilities."
+QUALITY = "quality"  # the cell table's front-end check: "ok", or why the cell is left out of the counts
+LOADING_MODEL = "Loading the cell classifier…"
 
 
 def parameter_form() -> Container:
@@ -84,6 +84,7 @@ class BlastDetectionWidget(QWidget):
         self.shown_cell: int | None = None
 
         self.form = parameter_form()
+        self.form.margins = (0, 0, 0, 0)  # the page has its own margins
         self.form.threshold.changed.connect(self.recolour)
         self.form.filled.changed.connect(self._draw_cells)
         self.form.image.changed.connect(self._suggest_visible_only)
@@ -102,6 +103,8 @@ class BlastDetectionWidget(QWidget):
         self.cell_info = QLabel(NO_CELL_SHOWN)
         self.cell_info.setWordWrap(True)
         self.cell_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # the text wraps to whatever width is left beside the crop; it never widens the page
+        self.cell_info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
         cell_row = QHBoxLayout()
         cell_row.addWidget(self.crop_view)
@@ -164,15 +167,13 @@ class BlastDetectionWidget(QWidget):
             return
         try:
             region, offset = self._input_region(layer)
-            # loaded here, not in the worker: torch's first imports are not safe in a thread under Qt
-            classifier = get_classifier(self._model_dir())
         except HematologyError as error:
             report_error(error)
             return
         self.runner.start(
             _analyze_region,
             region,
-            classifier,
+            self._model_dir(),
             {
                 "name": layer.name,
                 "user_um": self.form.pixel_size.value or None,
@@ -218,6 +219,8 @@ class BlastDetectionWidget(QWidget):
             return
         slide, (row, col) = self.analysed_source
         cells = self.analysis.cells
+        from napari_hematology.core.cells.analysis import cut_crops
+
         crops = cut_crops(self.analysed_image, cells)
         placed = cells.assign(centroid_x=cells["centroid_x"] + col, centroid_y=cells["centroid_y"] + row)
         try:
@@ -240,21 +243,25 @@ class BlastDetectionWidget(QWidget):
         """Re-call classes for the current threshold, re-colour the layer, the legend, summary and cell."""
         if self.analysis is None or self.result_layer is None:
             return
+        import pandas as pd
         from napari.utils.colormaps import DirectLabelColormap
+
+        from napari_hematology.core.cells.analysis import call_classes, summarize
 
         cells = self.analysis.cells
         classes = self.analysis.classes
         if not cells.empty:
             cells["label"] = call_classes(cells, classes, self.form.threshold.value)
-        colours = class_colours(classes)
+        colours = class_colours([*classes, *sorted(set(cells.get("label", [])) - set(classes))])
         mapping = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
         for cell in cells.itertuples():
-            mapping[int(cell.cell_id)] = (*np.asarray(colours[cell.label]) / 255.0, 1.0)
+            mapping[int(cell.cell_id)] = colours[cell.label]
         self.result_layer.colormap = DirectLabelColormap(color_dict=mapping)
         self.result_layer.features = cells.assign(index=cells["cell_id"]) if not cells.empty else cells
-        summary = _summary_text(summarize(cells.get("label", pd.Series(dtype=object)), classes))
-        self.summary.setText("\n".join([summary, *_unfamiliar_note(cells), self.analysis.pixel_size.note]))
-        self.legend.set_colours({name: hex_colour(colours[name]) for name in classes})
+        summary = summarize(cells.get("label", pd.Series(dtype=object)), classes, cells.get(QUALITY))
+        lines = [_summary_text(summary), *_unfamiliar_note(cells), self.analysis.pixel_size.note]
+        self.summary.setText("\n".join(line for line in lines if line))
+        self.legend.set_colours({name: colours[name] for name in classes})
         self._show_cell_panel()
 
     def _on_click(self, layer, event) -> None:
@@ -268,13 +275,15 @@ class BlastDetectionWidget(QWidget):
         self._show_cell_panel()
 
     def _show_cell_panel(self) -> None:
-        rows = pd.DataFrame()
+        rows = None
         if self.analysis is not None and self.shown_cell is not None:
             rows = self.analysis.cells[self.analysis.cells["cell_id"] == self.shown_cell]
-        if rows.empty:
+        if rows is None or rows.empty:
             self.crop_view.clear()
             self.cell_info.setText(NO_CELL_SHOWN)
             return
+        from napari_hematology.core.cells.analysis import cut_crops
+
         (crop,) = cut_crops(self.analysed_image, rows)
         self.crop_view.setPixmap(_pixmap(crop, CROP_VIEW_SIDE))
         cell = rows.iloc[0]
@@ -302,14 +311,37 @@ def _visible_window(layer, shape: tuple[int, int]) -> tuple[slice, slice]:
     return rows, cols
 
 
-def _analyze_region(region, classifier, pixel_size_sources: dict, **options) -> ImageAnalysis:
-    """Find the region's pixel size (reading the red cells if needed), then analyse it; runs in the worker."""
+def _analyze_region(
+    region, model_dir: Path | None, pixel_size_sources: dict, progress, should_stop, **options
+) -> ImageAnalysis:
+    """Load the classifier, find the region's pixel size and analyse the region, in the worker.
+
+    The classifier is loaded once per process; the pixel size is read from the red cells when unknown.
+    napari never waits for either.
+    """
+    from napari_hematology.core.cells.analysis import analyze_image
+    from napari_hematology.core.cells.magnification import find_pixel_size
+
+    progress(0, 0, LOADING_MODEL)
+    prepare_summaries()
+    classifier = get_classifier(model_dir)
     pixel_size = find_pixel_size(region, **pixel_size_sources)
-    return analyze_image(region, classifier, pixel_size=pixel_size, **options)
+    return analyze_image(
+        region, classifier, pixel_size=pixel_size, progress=progress, should_stop=should_stop, **options
+    )
+
+
+def get_classifier(model_dir: Path | None = None):
+    """The cell classifier of ``model_dir`` (the shipped one for None), loaded once per process."""
+    from napari_hematology.core.cells.analysis import get_classifier as load
+
+    return load(model_dir)
 
 
 def _unfamiliar_note(cells: pd.DataFrame) -> list[str]:
     """A line of advice when many cells look unlike the classifier's training cells; none otherwise."""
+    import pandas as pd
+
     from napari_hematology.core.cells.classify_files import unfamiliar_batch_note
 
     note = unfamiliar_batch_note(cells.get("atypical_score", pd.Series(dtype=float)))
@@ -317,12 +349,8 @@ def _unfamiliar_note(cells: pd.DataFrame) -> list[str]:
 
 
 def _summary_text(summary: dict) -> str:
-    if not summary["cells"]:
-        return "No white cells found."
-    counts = ", ".join(f"{name} {count}" for name, count in summary["counts"].items() if count)
-    cells = summary["cells"]
-    noun = "white cell" if cells == 1 else "white cells"
-    return f"{cells} {noun}: {counts}.\nBlasts: {summary['blast_percent']:.1f}%"
+    """The counts, the blast percentage with its 95% interval and warnings, and the cells left out."""
+    return "\n".join(summary_lines(summary))
 
 
 def _pixmap(crop: np.ndarray, side: int) -> QPixmap:

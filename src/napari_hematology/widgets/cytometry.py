@@ -17,7 +17,6 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -29,13 +28,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hematology.core.cytometry.fcs import TRANSFORMS
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.widgets._keys import OPEN, RUN, SAVE, bind_button_keys, shortcut_button
 from napari_hematology.widgets._layout import (
     combo_box,
     double_spin_box,
     fit_names,
+    form_layout,
+    note,
     read_only_item,
     refill,
     scrolling_layout,
@@ -47,9 +47,12 @@ from napari_hematology.widgets._runner import TaskRunner, report_error
 
 LATENT = "latent space"
 POINT_SIZE = 0.05
-TRANSFORM_CHOICES = ("auto", *TRANSFORMS)
+# "auto" and core.cytometry.fcs.TRANSFORMS, written here so the dock opens without importing the
+# cytometry package (pandas, FCS readers); tests/test_cytometry_widget.py checks that they agree
+TRANSFORM_CHOICES = ("auto", "arcsinh", "logicle", "none")
 COMPENSATION_CHOICES = {"auto": "auto", "apply spillover matrix": True, "do not compensate": False}
 AUTO_COFACTOR = 0.0
+AUTO_CLUSTERS = 1  # the clusters spin box's lowest value, shown as "auto": the data choose
 POPULATION_COLUMNS = ("", "name", "share", "high", "low")
 NAME_COLUMN = 1
 FCS_FOLDER = "fcs"
@@ -76,7 +79,9 @@ class CytometryWidget(QWidget):
         self.preprocessing_text = QPlainTextEdit()
         self.preprocessing_text.setReadOnly(True)
         self.method_combo = combo_box(("idec", "vade"))
-        self.clusters_spin = spin_box(2, 50, 5)
+        self.clusters_spin = spin_box(AUTO_CLUSTERS, 50, AUTO_CLUSTERS)
+        self.clusters_spin.setSpecialValueText("auto (chosen from the data)")
+        self.count_label = note("")
         self.epochs_spin = spin_box(1, 500, 15)
         self.stages_edit = QLineEdit()
         self.stages_edit.setPlaceholderText("optional stages .yaml (overrides method and clusters)")
@@ -91,7 +96,7 @@ class CytometryWidget(QWidget):
         self.populations = QTableWidget()
         self.table = QTableWidget()
         self.chart = ProportionChart()
-        self.save_button = shortcut_button("Save results (CSV, FCS, h5ad)…", SAVE, self._browse_save)
+        self.save_button = shortcut_button("Save results…", SAVE, self._browse_save)
         self.runner = TaskRunner(self)
         self._build_layout()
         self._connect()
@@ -101,7 +106,7 @@ class CytometryWidget(QWidget):
         file_row = QHBoxLayout()
         file_row.addWidget(self.add_button)
         file_row.addWidget(self.clear_button)
-        form = QFormLayout()
+        form = form_layout()
         form.addRow("Channels", self.channels_list)
         form.addRow("Transform", self.transform_combo)
         form.addRow("Arcsinh cofactor", self.cofactor_spin)
@@ -112,7 +117,7 @@ class CytometryWidget(QWidget):
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Stages", self.stages_edit)
         form.addRow("Reference", self.reference_edit)
-        view = QFormLayout()
+        view = form_layout()
         view.addRow("File", self.file_combo)
         view.addRow("Stage", self.stage_combo)
         view.addRow("X", self.x_combo)
@@ -125,7 +130,8 @@ class CytometryWidget(QWidget):
         layout.addWidget(self.runner)
         layout.addLayout(view)
         layout.addWidget(self.plot_button)
-        layout.addWidget(QLabel("Populations: colour legend; double-click a name to edit it"))
+        layout.addWidget(note("Populations: colour legend; double-click a name to edit it"))
+        layout.addWidget(self.count_label)
         layout.addWidget(self.populations)
         layout.addWidget(QLabel("Proportions per file"))
         layout.addWidget(self.table)
@@ -238,8 +244,9 @@ class CytometryWidget(QWidget):
             chosen = {k: v for k, v in self.preprocessing_choices().items() if v not in ("auto", None)}
             return dataclasses.replace(config, channels=config.channels or channels, **chosen)
         epochs = self.epochs_spin.value()
+        clusters = self.clusters_spin.value()
         return single_stage_config(
-            clusters=self.clusters_spin.value(),
+            clusters=None if clusters == AUTO_CLUSTERS else clusters,
             method=self.method_combo.currentText(),
             channels=channels,
             settings={"epochs": epochs, "pretrain_epochs": epochs},
@@ -281,9 +288,19 @@ class CytometryWidget(QWidget):
     def _show_stage(self, *_) -> None:
         if self.result is None or self.stage_combo.currentIndex() < 0:
             return
+        self.count_label.setText(self.cluster_count_text())
         self._show_populations()
         self._show_proportions()
         self.show_scatter()
+
+    def cluster_count_text(self) -> str:
+        """The chosen stage's number of clusters, how it was chosen, and how its populations were named."""
+        from napari_hematology.core.cytometry import populations_summary
+
+        index = self.stage_combo.currentIndex()
+        stage = self.result.stages[index]
+        named = f"; named by {stage.naming.table}" if stage.naming is not None else ""
+        return populations_summary(self.result)[index].split("; populations:")[0] + named
 
     def stage_colours(self) -> dict[str, str]:
         """``{population: "#rrggbb"}`` of the chosen stage, the same in the scatter, table and chart."""

@@ -15,7 +15,6 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -29,7 +28,7 @@ from qtpy.QtWidgets import (
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.core.expression.choices import ENCODERS, HEAD_CHOICES, SMALL_COHORT_CELLS, VALUE_KINDS
 from napari_hematology.widgets._keys import APPLY_MODEL, OPEN, RUN, SAVE, bind_button_keys, shortcut_button
-from napari_hematology.widgets._layout import fit_names, scrolling_layout
+from napari_hematology.widgets._layout import fit_names, form_layout, scrolling_layout
 from napari_hematology.widgets._legend import Legend
 from napari_hematology.widgets._palette import category_colours
 from napari_hematology.widgets._runner import TaskRunner, report_error
@@ -77,7 +76,7 @@ class ExpressionWidget(QWidget):
         file_row = QHBoxLayout()
         file_row.addWidget(self.path_edit)
         file_row.addWidget(self.browse_button)
-        form = QFormLayout()
+        form = form_layout()
         form.addRow("Label column", self.label_combo)
         form.addRow("Values", self.values_combo)
         form.addRow("Encoder (pretext)", self.encoder_combo)
@@ -201,19 +200,34 @@ class ExpressionWidget(QWidget):
             self.confusion.setColumnCount(0)
             self.confusion.setMinimumSize(0, 0)
             return
-        self.scored_on.setText(f"Confusion matrix (rows true, columns predicted) of {view.scored_on}.")
+        # classes are numbered in the headers (their names are listed above the table, and are the headers'
+        # tooltips), so a matrix of ten classes fits the page's width
+        names = list(dict.fromkeys([*map(str, confusion.index), *map(str, confusion.columns)]))
+        number = {name: str(index) for index, name in enumerate(names, start=1)}
+        self.scored_on.setText(
+            f"Confusion matrix of {view.scored_on}: rows the true class, columns the predicted one. "
+            + ", ".join(f"{number[name]} = {name}" for name in names)
+        )
         self.confusion.setRowCount(confusion.shape[0])
         self.confusion.setColumnCount(confusion.shape[1])
-        self.confusion.setVerticalHeaderLabels([f"true {name}" for name in confusion.index])
-        self.confusion.setHorizontalHeaderLabels([str(name) for name in confusion.columns])
+        for labels, set_item in (
+            (confusion.index, self.confusion.setVerticalHeaderItem),
+            (confusion.columns, self.confusion.setHorizontalHeaderItem),
+        ):
+            for position, name in enumerate(map(str, labels)):
+                item = QTableWidgetItem(number[name])
+                item.setToolTip(name)
+                set_item(position, item)
         for row, values in enumerate(confusion.to_numpy()):
             for column, count in enumerate(values):
-                self.confusion.setItem(row, column, QTableWidgetItem(str(int(count))))
+                cell = QTableWidgetItem(str(int(count)))
+                cell.setToolTip(f"true {confusion.index[row]}, predicted {confusion.columns[column]}")
+                self.confusion.setItem(row, column, cell)
         _fit_table(self.confusion)
 
 
 def _confusion_table() -> QTableWidget:
-    """A table never smaller than its contents (whole headers, every column): the dock scrolls instead."""
+    """A table as large as its contents: numbered headers keep it narrow enough for the page."""
     table = QTableWidget()
     for header in (table.horizontalHeader(), table.verticalHeader()):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)

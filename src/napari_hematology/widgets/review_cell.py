@@ -10,10 +10,12 @@ from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from napari_hematology.core.errors import HematologyError
+from napari_hematology.widgets._layout import canvas_size
 from napari_hematology.widgets._runner import report_error
 
 CROP_PIXELS = 256
-FOCUS_ZOOM = 4.0
+FOCUS_ZOOM = 4.0  # the most the viewer zooms in on a cell
+CELL_SHARE = 0.4  # the cell's crop takes this share of the canvas's shorter side: the whole cell and around
 MARKER_LAYER = "review cell"
 
 
@@ -24,6 +26,7 @@ class _CropView(QLabel):
         super().__init__("Open a project and load a label-issues table.")
         self.setFocusPolicy(Qt.StrongFocus)
         self.setAlignment(Qt.AlignCenter)
+        self.setWordWrap(True)
         self.setMinimumSize(CROP_PIXELS, CROP_PIXELS)
         self.setStyleSheet("border: 1px solid gray;")
 
@@ -67,40 +70,54 @@ class CellView(QWidget):
             return
         row = queue.iloc[position]
         yours = row["label"] if isinstance(row["label"], str) else "—"
+        given = row["given"] if isinstance(row["given"], str) else "—"
+        suggested = row["suggested"] if isinstance(row["suggested"], str) else "— (press a class key)"
         self.cell_label.setText(
             f"Cell {position + 1} of {total}: {Path(str(row['cell'])).name}\n"
-            f"Given: {row['given']}   Suggested: {row['suggested']} (issue score {row['issue_score']:.2f})\n"
+            f"Given: {given}   Suggested: {suggested} (issue score {row['issue_score']:.2f})\n"
             f"Your label: {yours}"
         )
-        self._show_crop(row["crop"])
-        self._centre_viewer(row)
-        self.crop_view.setFocus()
+        side = self._show_crop(row["crop"])
+        self._centre_viewer(row, side)
+        # the focus is left where it is: Enter typed in a text field (the annotator's name) must never act
+        # on a cell; the queue takes the focus back when a decision is made or the crop is clicked
 
-    def _show_crop(self, crop) -> None:
+    def _show_crop(self, crop) -> int | None:
+        """Show the whole crop, fitted to the view; returns its longer side in pixels (None: no crop)."""
         from napari_hematology.core.io import read_image, to_rgb8
 
         if not isinstance(crop, str):
             self.crop_view.setText("(no crop for this cell)")
-            return
+            return None
         try:
             rgb, _ = to_rgb8(np.asarray(read_image(crop, lazy=False).data), name=Path(crop).name)
         except HematologyError as error:
             self.crop_view.setText(str(error))
-            return
+            return None
         rgb = np.ascontiguousarray(rgb)
         image = QImage(rgb.data, rgb.shape[1], rgb.shape[0], 3 * rgb.shape[1], QImage.Format_RGB888)
-        pixmap = QPixmap.fromImage(image.copy()).scaled(CROP_PIXELS, CROP_PIXELS, Qt.KeepAspectRatio)
+        pixmap = QPixmap.fromImage(image.copy()).scaled(
+            CROP_PIXELS, CROP_PIXELS, Qt.KeepAspectRatio, Qt.SmoothTransformation
+        )
         self.crop_view.setPixmap(pixmap)
+        return max(rgb.shape[:2])
 
-    def _centre_viewer(self, row) -> None:
-        """Show the cell's slide in the viewer, centred on the cell, when the project knows where it lies."""
+    def _centre_viewer(self, row, side: int | None = None) -> None:
+        """Show the cell's slide in the viewer, centred on the cell, when the project knows where it lies.
+
+        The zoom shows the whole cell with its surroundings: its crop (``side`` pixels) takes
+        :data:`CELL_SHARE` of the canvas, never zooming in further than :data:`FOCUS_ZOOM`.
+        """
         if not isinstance(row["image"], str) or not np.isfinite([row["x"], row["y"]]).all():
             return
         layer = self._slide_layer(row["image"])
         if layer is None:
             return
         self.viewer.scene.camera.center = (float(row["y"]), float(row["x"]))
-        self.viewer.scene.camera.zoom = FOCUS_ZOOM
+        canvas = min(canvas_size(self.viewer))
+        scale = float(np.asarray(layer.scale)[-1])
+        fit = CELL_SHARE * canvas / (side * scale) if side else FOCUS_ZOOM
+        self.viewer.scene.camera.zoom = min(FOCUS_ZOOM, fit)
         if MARKER_LAYER in self.viewer.layers:
             self.viewer.layers[MARKER_LAYER].data = [[row["y"], row["x"]]]
         else:

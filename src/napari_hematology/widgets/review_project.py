@@ -7,9 +7,6 @@ from pathlib import Path
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
     QLineEdit,
     QPushButton,
     QVBoxLayout,
@@ -18,6 +15,7 @@ from qtpy.QtWidgets import (
 
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.widgets._keys import OPEN, key_text, shortcut_button
+from napari_hematology.widgets._layout import form_layout, note
 from napari_hematology.widgets._runner import TaskRunner, report_error
 
 
@@ -33,7 +31,7 @@ class ProjectBar(QWidget):
         super().__init__()
         self.runner = runner
         self.project: Path | None = None
-        self.project_label = QLabel("No project open.")
+        self.project_label = note("No project open.")
         self.open_button = shortcut_button("Open project…", OPEN, self._choose_project)
         self.issues_button = QPushButton("Load issues CSV…")
         self.issues_button.clicked.connect(self._choose_issues)
@@ -45,10 +43,10 @@ class ProjectBar(QWidget):
         self._lay_out()
 
     def _lay_out(self) -> None:
-        files = QHBoxLayout()
+        files = QVBoxLayout()
         files.addWidget(self.open_button)
         files.addWidget(self.issues_button)
-        form = QFormLayout()
+        form = form_layout()
         form.addRow("Annotator", self.annotator)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
+    QApplication,
     QComboBox,
     QDoubleSpinBox,
-    QFormLayout,
     QGridLayout,
     QPushButton,
     QVBoxLayout,
@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
 
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.core.labels.review import ORDERS
+from napari_hematology.widgets._layout import form_layout
 from napari_hematology.widgets._runner import report_error
 from napari_hematology.widgets.review_cell import CellView
 from napari_hematology.widgets.review_project import ProjectBar
@@ -50,7 +51,7 @@ class QueueFilters(QWidget):
         for control in (self.order, self.class_filter):
             control.currentIndexChanged.connect(self.changed)
         self.min_score.valueChanged.connect(self.changed)
-        form = QFormLayout(self)
+        form = form_layout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Order", self.order)
         form.addRow("Class", self.class_filter)
@@ -95,10 +96,11 @@ class ReviewQueue(QWidget):
             ("Accept suggestion (Enter)", self.accept_suggestion),
             ("Undo (Backspace)", self.undo),
         ]
-        for index, (text, slot) in enumerate(actions):
+        places = [(0, 0, 1, 1), (0, 1, 1, 1), (1, 0, 1, 2), (2, 0, 1, 2)]  # the long ones get a row each
+        for (text, slot), place in zip(actions, places, strict=True):
             button = QPushButton(text)
             button.clicked.connect(slot)
-            buttons.addWidget(button, index // 2, index % 2)
+            buttons.addWidget(button, *place)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.cell_view)
@@ -144,8 +146,15 @@ class ReviewQueue(QWidget):
 
     def accept_suggestion(self) -> None:
         """Label the current cell with the suggested class and move on."""
-        if self.current_cell() is not None:
-            self._record(str(self.queue["suggested"].iloc[self.position]))
+        from napari.utils.notifications import show_info
+
+        if self.current_cell() is None:
+            return
+        suggested = self.queue["suggested"].iloc[self.position]
+        if not isinstance(suggested, str):
+            show_info("This cell has no suggestion; press the key of its class (1-9).")
+            return
+        self._record(suggested)
 
     def _record(self, label: str) -> None:
         cell = self.current_cell()
@@ -160,6 +169,7 @@ class ReviewQueue(QWidget):
             return
         self.queue.loc[self.position, ["label", "reviewed"]] = [label, True]
         self.next_cell()
+        self.cell_view.crop_view.setFocus()  # the keyboard stays on the queue after a decision
 
     def undo(self) -> None:
         """Undo this annotator's latest decision and go back to that cell."""
@@ -196,6 +206,9 @@ class ReviewQueue(QWidget):
             return
         self.position = int(np.clip(self.position + step, 0, len(self.queue) - 1))
         self._show_cell()
+        focused = QApplication.focusWidget()
+        if focused is not None and self.isAncestorOf(focused):  # moved with the keyboard: stay on the crop
+            self.cell_view.crop_view.setFocus()
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt API)
         """Review keys: 1-9 class, Enter accept, Backspace undo, Left/Right move."""

@@ -32,11 +32,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hematology.core.subtype.bags import MilConfig
 from napari_hematology.widgets._keys import RUN, TRAIN, bind_button_keys, shortcut_button
-from napari_hematology.widgets._layout import fit_names, scrolling_layout
+from napari_hematology.widgets._layout import fit_names, form_layout, note, scrolling_layout
 from napari_hematology.widgets._runner import TaskRunner
 
+# MilConfig.min_cells, written here so the dock opens without importing the bag models (pandas, torch);
+# tests/test_slide_widget.py checks that they agree
+DEFAULT_MIN_CELLS = 2
 GALLERY_SIZE = 12
 THUMBNAIL = 112
 ENCODERS = ("cell_classifier", "descriptors")
@@ -56,7 +58,7 @@ def train_form() -> Container:
             ComboBox(name="encoder", label="Cell encoder", choices=ENCODERS),
             CheckBox(name="blasts_only", text="Only predicted blasts"),
             CheckBox(name="branch_per_class", text="One attention branch per class"),
-            SpinBox(name="min_cells", label="Minimum bag size (cells)", value=MilConfig.min_cells, min=1,
+            SpinBox(name="min_cells", label="Min. cells per slide", value=DEFAULT_MIN_CELLS, min=1,
                     max=100_000, tooltip="Fewest cells a slide may have. The model keeps this minimum for "
                     "prediction: lower it and retrain to predict slides with fewer cells."),
         ]
@@ -85,6 +87,7 @@ class SlidePredictionWidget(QWidget):
         self.gallery.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.gallery.itemClicked.connect(self.jump_to_cell)
         self.form = train_form()
+        self.form.margins = (0, 0, 0, 0)  # the page has its own margins
         self.train_button = shortcut_button("Train", TRAIN, self.train)
         layout = scrolling_layout(self)
         layout.addWidget(self._predict_box())
@@ -99,7 +102,7 @@ class SlidePredictionWidget(QWidget):
 
     def _predict_box(self) -> QGroupBox:
         box = QGroupBox("Predict")
-        form = QFormLayout(box)
+        form = form_layout(box)
         form.addRow("Image", self.image_combo)
         form.addRow("Cell labels", self.labels_combo)
         form.addRow("Model", _with_browse(self.model_edit, self._choose_model))
@@ -107,7 +110,7 @@ class SlidePredictionWidget(QWidget):
         form.addRow(self.result_label)
         form.addRow(self.bars)
         form.addRow(self.layers_note)
-        form.addRow(QLabel("Highest-attention cells (click to go there)"))
+        form.addRow(note("Highest-attention cells (click to go there)"))
         form.addRow(self.gallery)
         return box
 
@@ -252,6 +255,8 @@ class SlidePredictionWidget(QWidget):
         if table is None or out is None:
             show_error("Choose the slides table (BAGS.csv) and a folder for the model.")
             return
+        from napari_hematology.core.subtype.bags import MilConfig
+
         config = MilConfig(
             encoder=self.form.encoder.value,
             blasts_only=self.form.blasts_only.value,

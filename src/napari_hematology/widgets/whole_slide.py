@@ -7,10 +7,10 @@ in napari or imported from QuPath GeoJSON) or every stained tile. Cancel keeps w
 continues the run from its checkpoint. Cells export to QuPath GeoJSON.
 
 The run itself goes on in a separate process
-(:class:`~napari_hematology.core.whole_slide.worker.SlideWorker`),
-started as soon as a slide file is chosen so that the classifier is loaded before *Analyse* is pressed;
-napari's drawing never waits for the segmentation. The run starts with the tile nearest the centre of the
-view.
+(:class:`~napari_hematology.core.whole_slide.worker.SlideWorker`), started when *Analyse* is first pressed
+and kept for the next runs; napari's drawing never waits for the segmentation or the classifier. The run
+starts with the tile nearest the centre of the view. The dock imports the analysis only when a run needs it,
+so it opens at once.
 """
 
 from __future__ import annotations
@@ -18,44 +18,58 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import napari
 import numpy as np
-import pandas as pd
 from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
 from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QWidget
 
 from napari_hematology.core.cells.classes import CELL_CLASSES
-from napari_hematology.core.cells.report import class_colours
 from napari_hematology.core.errors import HematologyError, InputError
-from napari_hematology.core.whole_slide.analysis import (
-    SlideAnalysis,
-    TileUpdate,
-    WholeSlideConfig,
-    has_checkpoint,
-    slide_stem,
-)
-from napari_hematology.core.whole_slide.geojson import (
-    cells_to_geojson,
-    geojson_to_cells,
-    geojson_to_polygons,
-    read_geojson,
-    write_geojson,
-)
-from napari_hematology.core.whole_slide.worker import SlideWorker
+from napari_hematology.core.whole_slide.outputs import has_checkpoint, slide_stem
 from napari_hematology.widgets._keys import RUN, bind_button_keys, shortcut_button
 from napari_hematology.widgets._layout import fit_names, model_folder_field, scrolling_layout
-from napari_hematology.widgets._legend import Legend, hex_colour
+from napari_hematology.widgets._legend import Legend
+from napari_hematology.widgets._palette import class_colours
 from napari_hematology.widgets._runner import TaskRunner, report_error
+from napari_hematology.widgets._summaries import summary_lines
 
-READING_AREA = "Reading area (found automatically)"
-WHOLE_SLIDE = "Whole slide (every stained tile)"
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from napari_hematology.core.whole_slide.analysis import SlideAnalysis, TileUpdate
+
+READING_AREA = "Reading area (automatic)"
+WHOLE_SLIDE = "Every stained tile"
 FLUSH_MS = 1000
 CELL_OPACITY = 0.8
 EDGE_FRACTION = 500
 FEATURE_COLUMNS = ("cell_id", "label", "blast_probability", "area", "nucleus_area", "nc_ratio", "tile")
+
+
+def SlideWorker(**options):  # noqa: N802 (stands for the class, imported when a run first needs it)
+    """A new :class:`~napari_hematology.core.whole_slide.worker.SlideWorker` (nothing started yet)."""
+    from napari_hematology.core.whole_slide.worker import SlideWorker as worker_class
+
+    return worker_class(**options)
+
+
+def WholeSlideConfig(**options):  # noqa: N802 (stands for the class, imported when a run first needs it)
+    """A :class:`~napari_hematology.core.whole_slide.analysis.WholeSlideConfig` with ``options``."""
+    from napari_hematology.core.whole_slide.analysis import WholeSlideConfig as config_class
+
+    return config_class(**options)
+
+
+def _run_in_process(worker, *args, **options):
+    """Run the analysis in the worker process; this thread first imports what showing its counts needs."""
+    from napari_hematology.widgets._summaries import prepare
+
+    prepare()
+    return worker.run(*args, **options)
 
 
 class _Signals(QObject):
@@ -106,7 +120,7 @@ class WholeSlideWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.cells = pd.DataFrame()
+        self.cells: pd.DataFrame | None = None  # the cells shown; None before any run or import
         self.cells_layer: napari.layers.Points | None = None
         self.result: SlideAnalysis | None = None
         self._pending: list[TileUpdate] = []
@@ -115,20 +129,22 @@ class WholeSlideWidget(QWidget):
         self._signals = _Signals()
         self._signals.tile_done.connect(self._queue_tile)
         self._signals.regions_found.connect(self._show_regions)
-        self.worker = SlideWorker()
-        self.destroyed.connect(self.worker.close)
+        self.worker = None  # the process starts when Analyse is first pressed
+        self._workers: list = []  # for closing it when the dock goes (self is gone by then)
+        self.destroyed.connect(lambda *_, workers=self._workers: [worker.close() for worker in workers])
         self._flush_timer = QTimer(self)
         self._flush_timer.setSingleShot(True)
         self._flush_timer.timeout.connect(self._flush)
 
         self.form = settings_form()
+        self.form.margins = (0, 0, 0, 0)  # the page has its own margins
         self.area_button = shortcut_button("Find reading area", None, self.find_reading_area)
         self.import_button = shortcut_button("Import GeoJSON…", None, self._ask_import)
         self.analyse_button = shortcut_button("Analyse whole slide", RUN, self.analyse)
         self.resume_button = shortcut_button("Resume", None, self.resume)
         self.export_button = shortcut_button("Export GeoJSON…", None, self._ask_export)
         self.runner = TaskRunner(uses_torch=False)  # the classifier runs in the worker process
-        self.summary = QLabel("Open a slide, then press Analyse whole slide.")
+        self.summary = QLabel("Open a slide (File > Open), then press Analyse whole slide.")
         self.summary.setWordWrap(True)
         self.legend = Legend("Classes")
         self.legend.set_colours({})
@@ -137,8 +153,8 @@ class WholeSlideWidget(QWidget):
         layout.addWidget(self.form.native)
         for row in (
             (self.area_button, self.import_button),
-            (self.analyse_button, self.resume_button),
-            (self.export_button,),
+            (self.analyse_button,),
+            (self.resume_button, self.export_button),
         ):
             line = QHBoxLayout()
             for button in row:
@@ -153,7 +169,6 @@ class WholeSlideWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
         self.form.slide.changed.connect(self._update_buttons)
-        self.form.slide.changed.connect(self._warm_up)
         self.form.out.changed.connect(self._update_buttons)
         self._refresh_choices()
 
@@ -164,15 +179,13 @@ class WholeSlideWidget(QWidget):
         self._set_choices(self.form.slide, slides)
         self._set_choices(self.form.regions, [READING_AREA, WHOLE_SLIDE, *shapes])
         self._update_buttons()
-        self._warm_up()
 
-    def _warm_up(self, *args) -> None:
-        """Start the worker process (it loads the classifier) once a slide file is chosen."""
-        try:
-            self._slide_path()
-        except HematologyError:
-            return
-        self.worker.start()
+    def _started_worker(self):
+        """The worker process, made on the first run (it loads the classifier while the run begins)."""
+        if self.worker is None:
+            self.worker = SlideWorker()
+            self._workers.append(self.worker)
+        return self.worker
 
     @staticmethod
     def _set_choices(combo: ComboBox, names: list[str]) -> None:
@@ -216,7 +229,7 @@ class WholeSlideWidget(QWidget):
             resumable = False
         self.resume_button.setEnabled(resumable and not self.runner.busy)
         self.analyse_button.setEnabled(not self.runner.busy)
-        self.export_button.setEnabled(not self.cells.empty)
+        self.export_button.setEnabled(self.cells is not None and not self.cells.empty)
 
     # ------------------------------------------------------------------------------------------ regions
     def _regions(self) -> tuple[list[np.ndarray] | None, bool]:
@@ -291,13 +304,18 @@ class WholeSlideWidget(QWidget):
         except HematologyError as error:
             report_error(error)
             return
-        self.cells = pd.DataFrame()
+        self.cells = None
         self._pending.clear()
         self._remove_cells_layer()
         config = WholeSlideConfig(max_white_cells=self.form.cells.value or None)
-        self.summary.setText("Resuming…" if resume else "Reading the slide…")
+        first = self.worker is None
+        self.summary.setText(
+            ("Starting the analysis process and loading the classifier… " if first else "")
+            + ("Resuming…" if resume else "Reading the slide…")
+        )
         self.runner.start(
-            self.worker.run,
+            _run_in_process,
+            self._started_worker(),
             path,
             out_dir,
             model_dir=self.form.model.value or None,
@@ -328,8 +346,11 @@ class WholeSlideWidget(QWidget):
         updates, self._pending = self._pending, []
         new = [update.cells for update in updates if len(update.cells)]
         if new:
+            import pandas as pd
+
             self.cells = (
-                pd.concat([self.cells, *new], ignore_index=True) if len(self.cells) else pd.concat(new)
+                pd.concat([self.cells, *new], ignore_index=True)
+                if self.cells is not None and len(self.cells) else pd.concat(new)
             )
             self._draw_cells()
         last = updates[-1]
@@ -353,13 +374,16 @@ class WholeSlideWidget(QWidget):
         self.cells_layer = None
 
     def _draw_cells(self, name: str | None = None) -> None:
-        if self.cells.empty:
+        if self.cells is None or self.cells.empty:
             return
+        import pandas as pd
+        from napari.utils.colormaps.standardize_color import transform_color
+
         image = self._slide_layer()
         labels = pd.Categorical(self.cells["label"].astype(str))
         colours = class_colours(list(labels.categories))
         coords = self.cells[["centroid_y", "centroid_x"]].to_numpy(dtype=float)
-        rgba = np.array([[*colours[name], 255] for name in labels.categories], dtype=float) / 255
+        rgba = transform_color([colours[name] for name in labels.categories])
         faces = rgba[labels.codes]
         sizes = (
             2 * np.sqrt(self.cells["area"].to_numpy(dtype=float) / np.pi) if "area" in self.cells else 40.0
@@ -386,13 +410,12 @@ class WholeSlideWidget(QWidget):
             self.cells_layer.face_color = faces
             self.cells_layer.size = sizes
         known = [name for name in CELL_CLASSES if name in colours] + sorted(set(colours) - set(CELL_CLASSES))
-        self.legend.set_colours({label: hex_colour(colours[label]) for label in known})
+        self.legend.set_colours({label: colours[label] for label in known})
         self._update_buttons()
 
     def _show_summary(self, summary: dict, status: str) -> None:
-        blast = "n/a" if summary["blast_percent"] is None else f"{summary['blast_percent']:.1f}%"
-        counts = ", ".join(f"{name} {count}" for name, count in summary["counts"].items() if count)
-        self.summary.setText(f"{summary['cells']} white cells, blasts {blast} ({status})\n{counts}")
+        """Counts, blast percentage with its 95% interval and warnings, cells left out (as the report)."""
+        self.summary.setText("\n".join(summary_lines(summary, status)))
 
     # ------------------------------------------------------------------------------------------ GeoJSON
     def _ask_import(self) -> None:
@@ -407,11 +430,13 @@ class WholeSlideWidget(QWidget):
 
     def import_geojson(self, path: str | Path) -> None:
         """Show a GeoJSON file's regions as a Shapes layer (chosen to read in) and its detections as cells."""
+        from napari_hematology.core.whole_slide import geojson
+
         path = Path(path)
         try:
-            collection = read_geojson(path)
-            polygons = geojson_to_polygons(collection)
-            cells = geojson_to_cells(collection)
+            collection = geojson.read_geojson(path)
+            polygons = geojson.geojson_to_polygons(collection)
+            cells = geojson.geojson_to_cells(collection)
         except HematologyError as error:
             report_error(error)
             return
@@ -426,4 +451,7 @@ class WholeSlideWidget(QWidget):
 
     def export_geojson(self, path: str | Path) -> Path:
         """Write the cells shown as QuPath detections."""
+        from napari_hematology.core.whole_slide.geojson import cells_to_geojson, write_geojson
+
         return write_geojson(path, cells_to_geojson(self.cells))
+

@@ -22,17 +22,29 @@ def consensus(labels, sources: Sequence[str] = ("human",)):
         ``consensus`` is empty when the top classes tie).
 
     """
+    import numpy as np
     import pandas as pd
 
-    voting = labels[labels["source"].isin(list(sources))]
-    rows = []
-    for cell, group in voting.groupby("cell", sort=False):
-        counts = group["label"].value_counts()
-        tie = len(counts) > 1 and counts.iloc[0] == counts.iloc[1]
-        rows.append(
-            (cell, None if tie else counts.index[0], int(counts.sum()), counts.iloc[0] / counts.sum())
-        )
-    return pd.DataFrame(rows, columns=["cell", "consensus", "votes", "agreement"])
+    voting = labels[labels["source"].isin(list(sources))].dropna(subset=["label"])
+    if voting.empty:
+        return pd.DataFrame(columns=["cell", "consensus", "votes", "agreement"])
+    # votes per cell and class, then the top class of each cell and the count of its runner-up
+    counts = voting.groupby(["cell", "label"], sort=False).size().reset_index(name="n")
+    ranked = counts.sort_values("n", ascending=False, kind="stable")
+    top = ranked.drop_duplicates("cell")
+    runner_up = ranked.drop(index=top.index).drop_duplicates("cell").set_index("cell")["n"]
+    cells = pd.unique(voting["cell"])
+    top = top.set_index("cell").reindex(cells)
+    votes = counts.groupby("cell", sort=False)["n"].sum().reindex(cells)
+    tie = runner_up.reindex(cells).eq(top["n"]).to_numpy()
+    return pd.DataFrame(
+        {
+            "cell": cells,
+            "consensus": np.where(tie, None, top["label"].to_numpy(dtype=object)),
+            "votes": votes.to_numpy(dtype=int),
+            "agreement": (top["n"] / votes).to_numpy(dtype=float),
+        }
+    )
 
 
 def agreement(labels, first: str, second: str) -> dict:

@@ -2,7 +2,9 @@
 
 Given labels are stored as ``import`` labels of annotator ``given``; suggestions of the label-issue
 model as ``model`` labels of annotator ``label-issues`` (with issue score and confidence); reviewers'
-decisions as ``human`` labels under their own names.
+decisions as ``human`` labels under their own names. Cells sent to review from blast detection carry the
+classifier's call instead (``model`` labels of annotator ``classifier``, with its probability): the queue
+shows that call as both the given label and the suggestion, so Enter confirms it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback
 
 GIVEN = "given"
 SUGGESTER = "label-issues"
+CLASSIFIER = "classifier"  # napari_hematology.core.labels.exchange.MODEL_ANNOTATOR
 ORDERS = ("issue_score", "uncertainty", "random")
 QUEUE_COLUMNS = [
     "cell",
@@ -111,6 +114,12 @@ def review_queue(
     queue = store.cells().set_index("cell")
     queue = queue.join(_labels_of(labels, GIVEN, "given")).join(_labels_of(labels, SUGGESTER, "suggested"))
     queue = queue.join(suggestions.rename(columns={"score": "issue_score"}))
+    # cells sent from blast detection: the classifier's call is what was given, and what Enter confirms
+    call = _labels_of(labels, CLASSIFIER, "call").reindex(queue.index)
+    called = labels[labels["annotator"] == CLASSIFIER].set_index("cell")["confidence"].reindex(queue.index)
+    queue["confidence"] = queue["confidence"].where(queue["suggested"].notna(), called)
+    queue["given"] = queue["given"].where(queue["given"].notna(), call)
+    queue["suggested"] = queue["suggested"].where(queue["suggested"].notna(), call)
     queue = queue.join(_labels_of(labels, annotator, "label")) if annotator else queue.assign(label=None)
     queue["issue_score"] = queue["issue_score"].astype(float).fillna(0.0)
     queue["confidence"] = queue["confidence"].astype(float).fillna(1.0)
@@ -214,9 +223,12 @@ def fine_tune_project(
     read = read_labelled_cells(
         labelled.rename(columns={"crop": "image"}), classifier, progress, should_stop
     )
-    comparison = cross_validated_comparison(read.cells, classifier, config, folds, progress, should_stop)
+    # one bar over every training: one per fold of the comparison, then the lab model
+    trainings = _OverallProgress(progress, folds + 1)
+    comparison = cross_validated_comparison(read.cells, classifier, config, folds, trainings, should_stop)
     unlabelled = unlabelled_crops(list(unreviewed), classifier, should_stop=should_stop)
-    lab = fine_tune(read.cells, classifier, config, progress, should_stop, unlabelled=unlabelled)
+    trainings.next_training()
+    lab = fine_tune(read.cells, classifier, config, trainings, should_stop, unlabelled=unlabelled)
     measured = {"cross_validated": {"before": comparison.before, "after": comparison.after}}
     folder = save_classifier(lab, lab_model_folder(project), measured)
     return {
@@ -227,6 +239,37 @@ def fine_tune_project(
         "folds": comparison.folds,
         "skipped": read.skipped_message(),
     }
+
+
+class _OverallProgress:
+    """Reports several trainings in a row as one progress bar: ``training k/n, epoch e/E``.
+
+    Each training reports its own steps from the start; a step count that goes down starts the next one.
+    """
+
+    def __init__(self, progress: ProgressCallback | None, trainings: int) -> None:
+        self.progress = progress
+        self.trainings = max(1, trainings)
+        self.index = 0
+        self.last = -1
+
+    def next_training(self) -> None:
+        """The next report belongs to the next training (even if its first step count is not lower)."""
+        self.index = min(self.index + 1, self.trainings - 1)
+        self.last = -1
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if done < self.last:
+            self.next_training()
+        self.last = done
+        if self.progress is None or total <= 0:
+            return
+        what = "the lab model" if self.index == self.trainings - 1 else "held-out comparison"
+        self.progress(
+            self.index * total + done,
+            self.trainings * total,
+            f"training {self.index + 1}/{self.trainings} ({what}), {message}".rstrip(", "),
+        )
 
 
 def retrain_project(

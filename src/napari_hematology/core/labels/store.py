@@ -30,6 +30,7 @@ APPLICATION_ID = 0x4E48454D  # "NHEM"
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 60_000
 SOURCES = ("model", "import", "human")
+_SQL_BATCH = 500  # cells per IN (...) query (SQLite allows 999 parameters in old builds)
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -344,18 +345,74 @@ class AnnotationStore:
         scores = scores or [None] * len(labels)
         confidences = confidences or [None] * len(labels)
         class_ids = {name: self._class_id(name) for name in {label for _, label in labels}}
-        event_ids = []
         with self._action() as connection:
+            # looked up for all the cells at once: a page of 2,000 cells is signed off in one go
+            cell_ids = self._cell_ids(connection, [cell for cell, _ in labels])
+            current = self._current_class_ids(connection, list(set(cell_ids.values())), annotator)
+            created = _now()
+            rows = []
             for (cell, label), score, confidence in zip(labels, scores, confidences, strict=True):
-                cell_id = self._cell_id(connection, cell)
-                previous = self._current_class_id(connection, cell_id, annotator)
-                cursor = connection.execute(
-                    "INSERT INTO label_events (cell_id, annotator, class_id, previous_class_id, source, "
-                    "created, score, confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (cell_id, annotator, class_ids[label], previous, source, _now(), score, confidence),
-                )
-                event_ids.append(cursor.lastrowid)
+                cell_id, class_id = cell_ids[str(cell)], class_ids[label]
+                previous = current.get(cell_id)
+                rows.append((cell_id, annotator, class_id, previous, source, created, score, confidence))
+                current[cell_id] = class_id  # a cell labelled twice in one action
+            event_ids = self._insert_events(
+                connection,
+                "INSERT INTO label_events (cell_id, annotator, class_id, previous_class_id, source, created, "
+                "score, confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
         return event_ids
+
+    @staticmethod
+    def _insert_events(connection: sqlite3.Connection, sql: str, rows: list[tuple]) -> list[int]:
+        """Insert label events in one statement; their ids, in order.
+
+        The action holds the write lock and ``label_events.id`` is AUTOINCREMENT, so the rows get the ids
+        that follow the table's sequence, one after the other.
+        """
+        if not rows:
+            return []
+        connection.executemany(sql, rows)
+        (last,) = connection.execute("SELECT seq FROM sqlite_sequence WHERE name = 'label_events'").fetchone()
+        return list(range(last - len(rows) + 1, last + 1))
+
+    def _cell_ids(self, connection: sqlite3.Connection, names: Sequence[str]) -> dict[str, int]:
+        """The id of each named cell.
+
+        Raises:
+            InputError: A cell is not in the project.
+
+        """
+        wanted = list(dict.fromkeys(str(name) for name in names))
+        found: dict[str, int] = {}
+        for start in range(0, len(wanted), _SQL_BATCH):
+            chunk = wanted[start : start + _SQL_BATCH]
+            rows = connection.execute(
+                f"SELECT name, id FROM cells WHERE name IN ({', '.join('?' * len(chunk))})", chunk
+            ).fetchall()
+            found.update(rows)
+        for name in wanted:
+            if name not in found:
+                raise InputError(f"Unknown cell {name!r}; add it to the project first.")
+        return found
+
+    @staticmethod
+    def _current_class_ids(
+        connection: sqlite3.Connection, cell_ids: Sequence[int], annotator: str
+    ) -> dict[int, int | None]:
+        """The class each cell has now from ``annotator`` (absent: never labelled by them)."""
+        current: dict[int, int | None] = {}
+        for start in range(0, len(cell_ids), _SQL_BATCH):
+            chunk = list(cell_ids[start : start + _SQL_BATCH])
+            rows = connection.execute(
+                "SELECT e.cell_id, e.class_id FROM label_events e JOIN (SELECT cell_id, MAX(id) AS id "
+                "FROM label_events WHERE annotator = ? AND cell_id IN "
+                f"({', '.join('?' * len(chunk))}) GROUP BY cell_id) last ON last.id = e.id",
+                [annotator, *chunk],
+            ).fetchall()
+            current.update(rows)
+        return current
 
     @staticmethod
     def _current_class_id(connection: sqlite3.Connection, cell_id: int, annotator: str) -> int | None:
@@ -384,24 +441,28 @@ class AnnotationStore:
         """
         restored = []
         with self._action() as connection:
-            for _ in range(count):
-                row = connection.execute(
-                    "SELECT e.id, e.cell_id, e.previous_class_id, e.source, c.name FROM label_events e "
-                    "JOIN cells c ON c.id = e.cell_id WHERE e.annotator = ? AND e.undoes IS NULL "
-                    "AND e.id NOT IN (SELECT undoes FROM label_events WHERE undoes IS NOT NULL) "
-                    "ORDER BY e.id DESC LIMIT 1",
-                    (annotator,),
-                ).fetchone()
-                if row is None:
-                    break
-                event_id, cell_id, previous, source, name = row
-                current = self._current_class_id(connection, cell_id, annotator)
-                connection.execute(
-                    "INSERT INTO label_events (cell_id, annotator, class_id, previous_class_id, source, "
-                    "created, undoes) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (cell_id, annotator, previous, current, source, _now(), event_id),
-                )
+            # the latest ``count`` events not undone yet, newest first (undoing them, in turn, is what
+            # ``count`` single undos would do: an undo event is never itself undone here)
+            rows = connection.execute(
+                "SELECT e.id, e.cell_id, e.previous_class_id, e.source, c.name FROM label_events e "
+                "JOIN cells c ON c.id = e.cell_id WHERE e.annotator = ? AND e.undoes IS NULL "
+                "AND e.id NOT IN (SELECT undoes FROM label_events WHERE undoes IS NOT NULL) "
+                "ORDER BY e.id DESC LIMIT ?",
+                (annotator, max(0, int(count))),
+            ).fetchall()
+            current = self._current_class_ids(connection, list({row[1] for row in rows}), annotator)
+            created = _now()
+            events = []
+            for event_id, cell_id, previous, source, name in rows:
+                events.append((cell_id, annotator, previous, current.get(cell_id), source, created, event_id))
+                current[cell_id] = previous
                 restored.append(name)
+            self._insert_events(
+                connection,
+                "INSERT INTO label_events (cell_id, annotator, class_id, previous_class_id, source, created, "
+                "undoes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
         return restored
 
     def annotators(self, source: str | None = None) -> list[str]:

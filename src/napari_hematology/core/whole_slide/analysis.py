@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from napari_hematology.core.cells.analysis import classify_cells, get_classifier, summarize
 from napari_hematology.core.cells.classes import DEFAULT_BLAST_THRESHOLD
+from napari_hematology.core.cells.crops import OK
 from napari_hematology.core.cells.magnification import PixelSize, find_pixel_size
 from napari_hematology.core.cells.segmentation import (
     Segmentation,
@@ -46,6 +47,11 @@ from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import SmearImage, read_image, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
 from napari_hematology.core.whole_slide.geojson import cells_to_geojson, polygons_to_geojson, write_geojson
+from napari_hematology.core.whole_slide.outputs import (  # noqa: F401 (has_checkpoint: part of this API)
+    has_checkpoint,
+    slide_outputs,
+    slide_stem,
+)
 from napari_hematology.core.whole_slide.reading_area import find_reading_area, inside_polygons, slide_overview
 
 logger = logging.getLogger(__name__)
@@ -113,33 +119,6 @@ class SlideAnalysis:
     classes: list[str]
     summary: dict[str, Any]
     outputs: dict[str, Path]
-
-
-def slide_outputs(out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """Paths a whole-slide run writes for a slide named ``stem``."""
-    out_dir = Path(out_dir)
-    return {
-        "cells": out_dir / f"{stem}_cells.csv",
-        "checkpoint": out_dir / f"{stem}_checkpoint.json",
-        "summary": out_dir / f"{stem}_summary.json",
-        "geojson": out_dir / f"{stem}_cells.geojson",
-    }
-
-
-def slide_stem(path: Path | None) -> str:
-    """Output file prefix of a slide file: its name without the format's suffix (``.ome.tif`` whole)."""
-    if path is None:
-        return "slide"
-    for ending in (".ome.tiff", ".ome.tif"):
-        if path.name.lower().endswith(ending):
-            return path.name[: -len(ending)]
-    return path.stem
-
-
-def has_checkpoint(out_dir: str | Path, stem: str) -> bool:
-    """Whether an unfinished run of ``stem`` can be resumed from ``out_dir``."""
-    path = slide_outputs(out_dir, stem)["checkpoint"]
-    return path.is_file() and not json.loads(path.read_text()).get("complete", False)
 
 
 def analyze_slide(
@@ -299,8 +278,10 @@ def analyze_slide_file(
 
 
 def _summary(cells: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
+    """Counts of the cells so far; cells the front-end check flagged are left out (``left_out``)."""
     labels = cells["label"] if "label" in cells else pd.Series([], dtype=object)
-    return summarize(labels, classes)
+    quality = cells.get("quality")
+    return summarize(labels, classes, None if quality is None else quality.fillna(OK))
 
 
 def _plan_tiles(

@@ -1,10 +1,14 @@
 """The whole-slide analysis in a process of its own, so that it cannot freeze napari's drawing.
 
 Segmentation and morphology hold the GIL for long stretches; in a thread of napari's process they would
-stall the viewer. :class:`SlideWorker` is started ahead of time (when a slide is chosen), loads the
-classifier while the user still decides what to read, runs
+stall the viewer. :class:`SlideWorker` is started for the first run (the Whole slide dock starts it when
+Analyse is pressed) and kept for the next ones; it loads the classifier, runs
 :func:`~napari_hematology.core.whole_slide.analysis.analyze_slide_file` and relays its regions, tiles and
 progress to the calling thread.
+
+The process is spawned, and spawned processes normally re-run the caller's main script; a script that
+opens napari without an ``if __name__ == "__main__":`` guard would then open napari again in the worker,
+which fails. The worker needs nothing from that script, so it is started without it, from any script.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import multiprocessing
 import os
 import pickle
 import queue
-from collections.abc import Callable
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -73,7 +80,8 @@ class SlideWorker:
             name="napari-hematology whole slide",
             daemon=True,
         )
-        self._process.start()
+        with _main_script_hidden():
+            self._process.start()
 
     def run(
         self,
@@ -125,10 +133,7 @@ class SlideWorker:
                 kind, payload = self._messages.get(timeout=POLL_S)
             except queue.Empty:
                 if self.pid is None:
-                    raise HematologyError(
-                        "The whole-slide process stopped unexpectedly (out of memory, or closed). The cells "
-                        "found so far are kept: press Resume to continue."
-                    ) from None
+                    raise HematologyError(self._death_message()) from None
                 continue
             if kind == "done":
                 return payload
@@ -136,6 +141,24 @@ class SlideWorker:
                 raise payload
             if callbacks[kind] is not None:
                 callbacks[kind](*payload)
+
+    def _death_message(self) -> str:
+        """What to tell the user when the process is gone without a result."""
+        code = None if self._process is None else self._process.exitcode
+        if code is not None and code < 0:
+            name = _signal_name(-code)
+            why = (
+                f"it was killed by the system ({name}), most likely because the computer ran out of memory"
+                if -code == signal.SIGKILL else f"it was ended by signal {name}"
+            )
+        elif code:
+            why = f"it exited with code {code} (see napari's log for its error)"
+        else:
+            why = "it was closed"
+        return (
+            f"The whole-slide process stopped before finishing: {why}. The cells found so far are kept: "
+            "press Resume to continue."
+        )
 
     def close(self) -> None:
         """Stop the process; a running analysis first stops after its current tile, keeping its checkpoint."""
@@ -151,9 +174,42 @@ class SlideWorker:
         self._process = None
 
 
+@contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Start a spawned process without re-running the caller's main script in it.
+
+    ``multiprocessing`` re-imports ``__main__`` in the new process from its ``__spec__`` or ``__file__``;
+    with both hidden for the moment the process starts, it does not, and the worker (whose code lives in
+    this package) needs nothing from it.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__spec__", "__file__") if hasattr(main, name)}
+    try:
+        if "__spec__" in saved:
+            main.__spec__ = None
+        if "__file__" in saved:
+            del main.__file__
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 def _serve(jobs, messages, stop, classifier) -> None:
     """The worker process: warm up, then run jobs ``(path, out_dir, options)`` until ``None`` comes."""
-    _warm_up(classifier)
+    try:
+        _warm_up(classifier)
+    except Exception as error:  # the first job reports why the worker could not start
+        logger.exception("The whole-slide process could not load the classifier")
+        messages.put(("error", _picklable(error)))
+        return
     while (job := jobs.get()) is not None:
         path, out_dir, options = job
         relay = {
