@@ -11,6 +11,7 @@ Parts (``--part``, all by default), written into ``benchmarks/results/front_end.
   class; PBC has 750), as they are and under every shift: balanced accuracy over PBC's classes and the
   share of normal cells called blast. Held out: nothing was chosen on these crops; the shift ranges of
   training were set from the differences between labs quoted in docs/cell_classifier.md.
+- ``model``: what training recorded in the classifier folder (crops per source, seconds, final loss).
 - ``pixel_size``: the red-cell ruler on every BCCD field (one camera) alone, and the camera consensus
   that ``analyze`` uses for a batch: share of fields whose own estimate is within 15% of the consensus,
   and the fields that are not. The ruler's one constant was calibrated on BCCD train (chosen on it).
@@ -49,9 +50,8 @@ from napari_hematology.core.cells.crops import (
     white_gain,
 )
 from napari_hematology.core.cells.magnification import CONSENSUS_TOLERANCE, camera_consensus, find_pixel_size
-from napari_hematology.core.cells.recipe import ClassifierRecipe
 from napari_hematology.core.cells.segmentation import SegmentationConfig, segment_field
-from napari_hematology.core.cells.training_data import cap_per_label, list_training_crops
+from napari_hematology.core.cells.training_data import held_out_crops
 from napari_hematology.core.io import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,18 +141,10 @@ def normaliser_figures() -> dict:
             "per_shift": result, "lowest_shifted_mean_iou": min(shifted)}
 
 
-def held_out_pbc(seed: int) -> pd.DataFrame:
-    """PBC crops that the default recipe does not train on (its cap per class leaves them out)."""
-    recipe = ClassifierRecipe()
-    table = list_training_crops(DATA)
-    trained = set(cap_per_label(table, recipe.per_label_cap, seed)["file"])
-    pbc = table[table["source"] == "pbc"]
-    return pbc[~pbc["file"].isin(trained)].reset_index(drop=True)
-
-
-def classifier_figures(model_dir: Path | None) -> dict:
-    recipe = ClassifierRecipe()
-    cells = held_out_pbc(recipe.train.seed)
+def classifier_figures(model_dir: Path | None, per_class: int | None) -> dict:
+    cells = held_out_crops(DATA)
+    if per_class:
+        cells = cells.groupby("label").head(per_class).reset_index(drop=True)
     classifier = load_classifier(model_dir, "cpu")
     originals = [read_crop(path) for path in cells["file"]]
     suite = [shifts.Shift("none", "none", lambda rgb: rgb), *shifts.shift_suite()]
@@ -173,6 +165,16 @@ def classifier_figures(model_dir: Path | None) -> dict:
             "crops": len(cells), "per_class": int(cells["label"].value_counts().min()),
             "model": str(model_dir or "shipped"), "per_shift": result,
             "largest_drop": round(unshifted - worst, 4)}
+
+
+def model_figures(model_dir: Path | None) -> dict:
+    """What training recorded in the model folder: crops per source, seconds, final loss."""
+    metadata = load_classifier(model_dir, "cpu").metadata
+    keys = ("training_crops", "training_seconds", "final_loss", "classes")
+    return {"model": str(model_dir or "shipped"), **{key: metadata.get(key) for key in keys},
+            "recipe": {key: metadata.get("recipe", {}).get(key)
+                       for key in ("per_label_cap", "shifted_copies", "background_crops")},
+            "epochs": metadata.get("recipe", {}).get("train", {}).get("epochs")}
 
 
 def pixel_size_figures() -> dict:
@@ -225,16 +227,24 @@ def field_figures(limit: int | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("normaliser", "classifier", "pixel_size", "fields"), nargs="*")
+    parts = ("normaliser", "classifier", "model", "pixel_size", "fields")
+    parser.add_argument("--part", choices=parts, nargs="*")
     parser.add_argument("--model", type=Path, default=None, help="classifier folder (default: shipped)")
     parser.add_argument("--limit", type=int, default=None, help="about this many BCCD val fields")
+    parser.add_argument("--per-class", type=int, default=None, help="held-out PBC crops per class (all: 150)")
     args = parser.parse_args()
-    parts = args.part or ["normaliser", "classifier", "pixel_size", "fields"]
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    runners = {"normaliser": normaliser_figures, "classifier": lambda: classifier_figures(args.model),
-               "pixel_size": pixel_size_figures, "fields": lambda: field_figures(args.limit)}
+    parts = args.part or list(parts)
+    runners = {
+        "normaliser": normaliser_figures,
+        "classifier": lambda: classifier_figures(args.model, args.per_class),
+        "model": lambda: model_figures(args.model),
+        "pixel_size": pixel_size_figures,
+        "fields": lambda: field_figures(args.limit),
+    }
     for part in parts:
-        results[part] = runners[part]()
+        value = runners[part]()
+        results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # other runs may have written
+        results[part] = value
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({part: results[part] for part in parts}, indent=2)[:4000])

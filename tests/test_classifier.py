@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from napari_hematology.cli import main
-from napari_hematology.core.cells.classes import CELL_CLASSES
+from napari_hematology.core.cells.classes import CELL_CLASSES, NORMAL_TYPES
 from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR, load_classifier
 from napari_hematology.core.cells.classify_files import classify_images
 from napari_hematology.core.cells.crop_batches import read_prepared_crops
@@ -39,6 +40,11 @@ def synthetic_cell(size: int = 120, centre: tuple[int, int] | None = None, radiu
     return np.clip(image + noise, 0, 255).astype(np.uint8)
 
 
+# Below the measured 0.78 on 40 held-out PBC crops per class (benchmarks/results/front_end.json, classifier);
+# 8 per class here, so the floor leaves room for sampling.
+HELD_OUT_ACCURACY_FLOOR = 0.6
+
+
 @pytest.fixture(scope="module")
 def classifier():
     return load_classifier()
@@ -55,7 +61,8 @@ def test_predict_returns_one_row_per_crop_with_probabilities(classifier):
     crops = [synthetic_cell(120), synthetic_cell(300, radius=50), synthetic_cell(41, radius=8)]
     table = classifier.predict(crops)
     columns = probability_columns(classifier)
-    assert list(table.columns) == ["label", "blast_probability", *columns, "atypical_score"]
+    assert list(table.columns) == ["label", "blast_probability", *columns, "atypical_score", "quality"]
+    assert (table["quality"] == "ok").all()
     assert len(table) == 3
     np.testing.assert_allclose(table[columns].sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(table["blast_probability"], table["prob_blast"])
@@ -123,29 +130,18 @@ def test_normalise_crop_centres_the_nucleus_at_a_fixed_scale(size):
     assert 0.15 < nucleus.mean() < 0.45  # the nucleus fills about 1/CONTEXT of the side
 
 
-def test_sample_cells_are_classified_as_their_type(classifier):
-    paths = sample_cells()
-    table = classify_images(paths)
-    truth = [path.name.split("_")[0] for path in paths]
-    assert (table["label"].to_numpy() == np.asarray(truth)).mean() >= 0.6
-    assert (table["blast_probability"] < 0.5).all()
-
-
 @pytest.mark.data
-def test_real_blasts_score_higher_than_normal_cells(shared_data, classifier):
-    folder = shared_data / "single_cells" / "all_idb2" / "images"
-    blasts = sorted(folder.glob("*_1.tif"))[:8]
-    normals = sorted(folder.glob("*_0.tif"))[:8]
-    table = classify_images(blasts + normals)
-    assert table["blast_probability"][:8].mean() > table["blast_probability"][8:].mean() + 0.3
-    assert (table["label"][:8] == "blast").mean() >= 0.75
+def test_cells_the_model_never_saw_are_classified_as_their_type(shared_data, classifier):
+    """PBC crops left out of training by the recipe's cap (the shipped model's test crops)."""
+    from sklearn.metrics import balanced_accuracy_score
 
+    from napari_hematology.core.cells.training_data import held_out_crops
 
-@pytest.mark.data
-def test_other_lab_cells_are_not_called_blasts(shared_data):
-    folder = shared_data / "single_cells" / "wbc_seg" / "dataset2"
-    table = classify_images(sorted(folder.glob("*.bmp"))[:12])
-    assert (table["label"] != "blast").mean() >= 0.9
+    held = held_out_crops(shared_data).groupby("label").head(8)
+    table = classify_images([Path(file) for file in held["file"]])
+    assert balanced_accuracy_score(held["label"], table["label"]) >= HELD_OUT_ACCURACY_FLOOR
+    normal = held["label"].isin(NORMAL_TYPES).to_numpy()
+    assert (table["label"][normal] == "blast").mean() <= 0.1
 
 
 def test_cli_classify_writes_the_contract_csv(tmp_path, classifier):
@@ -157,7 +153,7 @@ def test_cli_classify_writes_the_contract_csv(tmp_path, classifier):
     assert main(["classify", str(folder), "--out", str(out)]) == 0
     table = pd.read_csv(out)
     columns = ["image", "label", "blast_probability", *probability_columns(classifier), "atypical_score"]
-    assert list(table.columns) == columns
+    assert list(table.columns) == [*columns, "quality"]
     assert [name.split("/")[-1] for name in table["image"]] == ["a.png", "b.jpg"]
 
 
@@ -229,9 +225,10 @@ def test_train_classifier_cli_writes_a_loadable_model(tmp_path):
     assert main(["train-classifier", "--data", str(data), "--out", str(out), "--epochs", "1"]) == 0
     trained = load_classifier(out)
     assert trained.classes == list(CELL_CLASSES)
+    copies = 1 + ClassifierRecipe().shifted_copies  # each crop as it is and its shifted copy
     assert trained.metadata["training_crops"] == {
-        "all_idb2": 4, "bccd_crops": 2, "wbc_seg/dataset1": 1, "wbc_seg/dataset2": 1, "pbc": 3,
-        "synthetic": ClassifierRecipe().background_crops}
+        "all_idb2": 4 * copies, "bccd_crops": 2 * copies, "wbc_seg/dataset1": copies,
+        "wbc_seg/dataset2": copies, "pbc": 3 * copies, "synthetic": ClassifierRecipe().background_crops}
     assert trained.reference is not None
     csv = tmp_path / "cells.csv"
     assert main(["classify", str(data / "single_cells" / "bccd_crops"), "--out", str(csv),

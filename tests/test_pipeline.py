@@ -57,6 +57,7 @@ def test_image_without_white_cells_gives_empty_results(tmp_path):
         "images": 1,
         "cells": 0,
         "not_in_differential": 0,
+        "left_out": {},
         "counts": dict.fromkeys(CLASSES, 0),
         "blast_percent": None,
         "blast_ci95_percent": None,

@@ -102,7 +102,12 @@ def test_load_cell_set_adds_synthetic_other_crops(tmp_path):
     cells = load_cell_set(make_data_root(tmp_path), recipe)
     synthetic = cells.sources == SYNTHETIC
     assert synthetic.sum() == 5 and set(cells.labels[synthetic]) == {OTHER}
-    assert (cells.sources == "all_idb2").sum() == 2  # one blast, one normal
+    originals = np.array(["#shifted" not in name for name in cells.files])
+    assert (cells.sources[originals] == "all_idb2").sum() == 2  # one blast, one normal
+    assert (cells.sources[~originals] == "all_idb2").sum() == 2 * recipe.shifted_copies
+    all_idb2 = cells.sources == "all_idb2"
+    shifted_of = {name.split("#")[0] for name in cells.files[~originals & all_idb2]}
+    assert shifted_of == set(cells.files[originals & all_idb2])
     assert cells.crops.shape[1:] == (recipe.crop_size, recipe.crop_size, 3)
 
 

@@ -275,6 +275,22 @@ def load_cell_set(
     return cells.concat(synthetic_cell_set(recipe.background_crops, recipe.crop_size, recipe.train.seed))
 
 
+def held_out_crops(data_root: str | Path, recipe: ClassifierRecipe | None = None) -> pd.DataFrame:
+    """The labelled crops that ``recipe`` does not train on (those its per-label cap leaves out).
+
+    With the default recipe these are 150 PBC crops per class: the test crops of the shipped model.
+
+    Returns:
+        The rows of :func:`list_training_crops` left out of training.
+    """
+    from napari_hematology.core.cells.recipe import ClassifierRecipe  # the recipe module imports this one
+
+    recipe = recipe or ClassifierRecipe()
+    table = list_training_crops(data_root)
+    trained = set(cap_per_label(table, recipe.per_label_cap, recipe.train.seed)["file"])
+    return table[~table["file"].isin(trained)].reset_index(drop=True)
+
+
 def _cell_set(table: pd.DataFrame, crops: np.ndarray, mark: str = "") -> CellSet:
     """The crops of ``table``'s files; ``mark`` is appended to the file names of shifted copies."""
     return CellSet(
