@@ -129,24 +129,22 @@ def test_duplicate_stems_get_distinct_outputs(tmp_path):
     assert unique_stems([tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"]) == ["x", "x-2"]
 
 
-def test_segment_command_with_shipped_classifier(sample_field_path, tmp_path):
-    from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
-
-    if not (SHIPPED_MODEL_DIR / "model.safetensors").is_file():
-        pytest.skip("shipped classifier weights not built yet")
+def test_segment_command_with_shipped_classifier(sample_field_path, tmp_path, shipped_weights):
     assert main(["segment", str(sample_field_path), "--out", str(tmp_path)]) == 0
     cells = pd.read_csv(tmp_path / f"{sample_field_path.stem}_cells.csv")
+    labels = read_labels(tmp_path / f"{sample_field_path.stem}_labels.tif")
     assert list(cells.columns[: len(CONTRACT) - 2]) == CONTRACT[:-2]
     assert cells["label"].isin(CLASSES).all()
+    assert set(np.unique(labels)) == {0, *cells["cell_id"]}
+    for cell in cells.itertuples():  # each row describes its own outline
+        assert labels[round(cell.centroid_y), round(cell.centroid_x)] == cell.cell_id
+    assert set(cells["quality"]) <= {"ok", "cut by the image edge", "crop mostly outside the image",
+                                     "nucleus not found", "out of focus"}
 
 
-def test_folder_runs_on_an_existing_dask_cluster(sample_field_path, tmp_path):
+def test_folder_runs_on_an_existing_dask_cluster(sample_field_path, tmp_path, shipped_weights):
     from dask.distributed import LocalCluster
 
-    from napari_hematology.core.cells.classifier import SHIPPED_MODEL_DIR
-
-    if not (SHIPPED_MODEL_DIR / "model.safetensors").is_file():
-        pytest.skip("shipped classifier weights not built yet")
     folder = tmp_path / "slides"
     folder.mkdir()
     for name in ("a.jpg", "b.jpg"):
