@@ -214,7 +214,10 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    plot(results)
+    try:
+        plot(results)
+    except ModuleNotFoundError as error:  # matplotlib comes with the benchmarks extra
+        print(f"No figure drawn ({error}); install the benchmarks extra for it.")
     print(json.dumps(results, indent=2))
 
 
