@@ -19,6 +19,9 @@ Parts (``--part``, all by default), written into ``benchmarks/results/front_end.
   under a stress stain that makes red cells purple, with the per-field nucleus threshold on and off
   (held out: the adaptive threshold was chosen on BCCD train fields under the same stress stain).
 
+- ``mask_sources``: whole-cell Dice on the mask sources of other labs (ALL-IDB2, both wbc_seg sets) at
+  their known scale, per-field threshold on and off (held out from that choice).
+
 Run: ``.venv/bin/python benchmarks/bench_front_end.py`` (about 10 minutes on 2 cores).
 """
 
@@ -225,9 +228,29 @@ def field_figures(limit: int | None) -> dict:
             "fields": len(rows), **result}
 
 
+def mask_source_figures() -> dict:
+    """Whole-cell Dice of the other labs' mask sources at their known scale, per-field threshold on and off.
+
+    The per-field threshold was chosen on BCCD train; these sources had no part in that choice.
+    """
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_segmentation import SINGLE_CELL_SCALE, evaluate_single_cells, single_cell_sets
+
+    result = {"label": "held out from the per-field threshold's choice (made on BCCD train)"}
+    for adaptive in (True, False):
+        config = replace(SegmentationConfig(), adaptive_threshold=adaptive)
+        key = f"{'adaptive' if adaptive else 'fixed'} threshold"
+        result[key] = [
+            evaluate_single_cells(name, pairs, config, config.pixel_size_um / SINGLE_CELL_SCALE[name], None)
+            for name, pairs in single_cell_sets().items()
+        ]
+        log(f"mask sources {key}: {result[key]}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parts = ("normaliser", "classifier", "model", "pixel_size", "fields")
+    parts = ("normaliser", "classifier", "model", "pixel_size", "fields", "mask_sources")
     parser.add_argument("--part", choices=parts, nargs="*")
     parser.add_argument("--model", type=Path, default=None, help="classifier folder (default: shipped)")
     parser.add_argument("--limit", type=int, default=None, help="about this many BCCD val fields")
@@ -240,6 +263,7 @@ def main() -> None:
         "model": lambda: model_figures(args.model),
         "pixel_size": pixel_size_figures,
         "fields": lambda: field_figures(args.limit),
+        "mask_sources": mask_source_figures,
     }
     for part in parts:
         value = runners[part]()

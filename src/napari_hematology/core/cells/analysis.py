@@ -80,8 +80,7 @@ def cut_crops(
     """
     height, width = image.shape[:2]
     crops = []
-    for cell in cells.itertuples():
-        side = max(min_side, context * max(cell.bbox_y1 - cell.bbox_y0, cell.bbox_x1 - cell.bbox_x0))
+    for cell, side in zip(cells.itertuples(), crop_sides(cells, context, min_side), strict=True):
         half = side / 2
         y0, y1 = int(max(0, cell.centroid_y - half)), int(min(height, cell.centroid_y + half + 1))
         x0, x1 = int(max(0, cell.centroid_x - half)), int(min(width, cell.centroid_x + half + 1))
@@ -91,6 +90,15 @@ def cut_crops(
 
         crops = dask.compute(*crops)  # one pass over the lazily read chunks for all cells
     return [np.asarray(crop) for crop in crops]
+
+
+def crop_sides(
+    cells: pd.DataFrame, context: float = CROP_CONTEXT, min_side: float = MIN_CROP_SIDE
+) -> np.ndarray:
+    """Side of each cell's square crop: ``context`` times its larger box side, at least ``min_side``."""
+    heights = (cells["bbox_y1"] - cells["bbox_y0"]).to_numpy(dtype=float)
+    widths = (cells["bbox_x1"] - cells["bbox_x0"]).to_numpy(dtype=float)
+    return np.maximum(min_side, context * np.maximum(heights, widths))
 
 
 def min_crop_side(config: SegmentationConfig, pixel_size_um: float) -> float:
@@ -186,8 +194,7 @@ def cell_quality(
     height, width = shape[:2]
     boxes = cells[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]].to_numpy(dtype=float)
     at_edge = (boxes[:, 0] <= 0) | (boxes[:, 1] <= 0) | (boxes[:, 2] >= height) | (boxes[:, 3] >= width)
-    box_side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    side = np.maximum(crop_min_side, CROP_CONTEXT * box_side)
+    side = crop_sides(cells, min_side=crop_min_side)
     centre_y, centre_x = cells["centroid_y"].to_numpy(float), cells["centroid_x"].to_numpy(float)
     inside_y = np.minimum(height, centre_y + side / 2) - np.maximum(0, centre_y - side / 2)
     inside_x = np.minimum(width, centre_x + side / 2) - np.maximum(0, centre_x - side / 2)
