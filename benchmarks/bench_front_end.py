@@ -59,7 +59,6 @@ from napari_hematology.core.io import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", ROOT.parent / "shared" / "data"))
-CELLS = DATA / "single_cells"
 BCCD = DATA / "smear_fields" / "bccd"
 RESULTS = ROOT / "benchmarks" / "results" / "front_end.json"
 STRESS_STAIN = {"pink": 1.8, "pink_hue": 0.6}  # red cells as purple as a nucleus is in some stains
@@ -70,17 +69,12 @@ def log(message: str) -> None:
 
 
 def masked_crops() -> list[tuple[str, Path, np.ndarray]]:
-    """(source, crop file, nucleus mask) of every crop with a nucleus mask."""
-    items = []
-    table = pd.read_csv(CELLS / "all_idb2" / "labels.csv")
-    for row in table.itertuples():
-        mask = np.asarray(Image.open(CELLS / "all_idb2" / row.mask).convert("RGB"))
-        nucleus = (mask[..., 0] < 100) & (mask[..., 1] > 150) & (mask[..., 2] > 150)
-        items.append(("all_idb2", CELLS / "all_idb2" / row.image, nucleus))
-    for dataset in ("dataset1", "dataset2"):
-        for path in sorted((CELLS / "wbc_seg" / dataset).glob("*.bmp")):
-            mask = np.asarray(Image.open(path.with_suffix(".png")).convert("L"))
-            items.append((f"wbc_seg/{dataset}", path, mask > 200))
+    """(source, crop file, nucleus mask) of every crop with a nucleus mask (bench_segmentation's sets)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_segmentation import single_cell_sets, truth_masks
+
+    items = [(source, image, truth_masks(mask)[0])
+             for source, pairs in single_cell_sets().items() for image, mask in pairs]
     return [item for item in items if item[2].any()]
 
 

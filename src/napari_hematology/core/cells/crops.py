@@ -293,9 +293,7 @@ def frame_crop(rgb: np.ndarray, context: float = CONTEXT) -> CropFrame:
         )
     )
     gain = white_gain(thumbnail)
-    pixels = thumbnail.reshape(-1, 3)
-    brightness = pixels.astype(np.int32).sum(axis=1)
-    background = np.median(pixels[brightness >= np.quantile(brightness, 1 - BACKGROUND_SHARE)], axis=0)
+    background = background_colour(thumbnail)
     nucleus = locate_nucleus(apply_gain(thumbnail, gain))
     if not nucleus.found:
         side = float(max(image.size))
@@ -305,6 +303,13 @@ def frame_crop(rgb: np.ndarray, context: float = CONTEXT) -> CropFrame:
     centre_y = _inside(nucleus.centre_y / scale, side, image.height)
     centre_x = _inside(nucleus.centre_x / scale, side, image.width)
     return CropFrame(centre_y, centre_x, side, OK, gain, background)
+
+
+def background_colour(rgb: np.ndarray) -> np.ndarray:
+    """A crop's background colour: the median of its brightest :data:`BACKGROUND_SHARE` of pixels."""
+    pixels = rgb.reshape(-1, 3)
+    brightness = pixels.astype(np.int32).sum(axis=1)
+    return np.median(pixels[brightness >= np.quantile(brightness, 1 - BACKGROUND_SHARE)], axis=0)
 
 
 def _inside(centre: float, side: float, length: int) -> float:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from napari_hematology.core.cells.crops import background_colour
 from napari_hematology.core.cells.stain import REFERENCE_STAINS, estimate_stains, od_tables, stained_od
 
 WHITE_PERCENTILE = 98.0
@@ -108,10 +109,8 @@ def rescale(rgb: np.ndarray, factor: float) -> np.ndarray:
     if factor >= 1:
         top, left = (scaled.shape[0] - height) // 2, (scaled.shape[1] - width) // 2
         return scaled[top : top + height, left : left + width]
-    pixels = rgb.reshape(-1, 3)
-    brightness = pixels.sum(axis=1)
     framed = np.empty_like(rgb)
-    framed[...] = np.median(pixels[brightness >= np.percentile(brightness, 70)], axis=0).astype(np.uint8)
+    framed[...] = background_colour(rgb).astype(np.uint8)
     top, left = (height - scaled.shape[0]) // 2, (width - scaled.shape[1]) // 2
     framed[top : top + scaled.shape[0], left : left + scaled.shape[1]] = scaled
     return framed
