@@ -20,6 +20,10 @@
   (``pip install .[benchmarks]``) and napari-lazy-openslide (not in the extra: it needs zarr 2, so next to
   this package it records why it cannot be imported), with what each gives napari (levels, pixel size).
 
+- ``cluster``: four 4,096 x 4,096 mosaic slides through ``slide analyze`` (reading area, shipped
+  classifier) on a local Dask cluster of one worker and then of two, each worker one process of one
+  thread: seconds and the speed-up of two workers over one, with the cells of both runs compared.
+
 Run: ``xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python benchmarks/bench_whole_slide.py``
 (a few minutes on 2 cores); writes ``benchmarks/results/whole_slide.json``. ``--part gui|readers`` runs one.
 """
@@ -47,6 +51,8 @@ TILE = 512
 LEVELS = 5
 TICK_MS = 16
 READER_SIDE = 8192
+CLUSTER_SLIDES = 4
+CLUSTER_SIDE = 4096
 
 
 def bundled_fields() -> np.ndarray:
@@ -395,9 +401,39 @@ def _napari_lazy_openslide(svs: Path) -> dict:
     return {"available": True, **_layer_summary(data, kwargs, round(time.perf_counter() - start, 3))}
 
 
+def measure_cluster(scratch: Path, slides: int = CLUSTER_SLIDES) -> dict:
+    """Seconds for ``slides`` slides on one and on two one-thread local workers, and the speed-up."""
+    import pandas as pd
+    from dask.distributed import LocalCluster
+
+    from napari_hematology.core.whole_slide.many import analyze_slides
+
+    paths = [write_mosaic_slide(scratch / f"cluster_{index}.ome.tif", CLUSTER_SIDE, 0.1, levels=3)
+             for index in range(slides)]
+    seconds, tables = {}, {}
+    for workers in (1, 2):
+        out = scratch / f"cluster_out_{workers}"
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster:
+            cluster.get_client().run(lambda: __import__("napari_hematology.core.cells.analysis"))
+            start = time.perf_counter()
+            outcomes = analyze_slides(paths, out, scheduler=cluster.scheduler_address)
+            seconds[workers] = round(time.perf_counter() - start, 1)
+        if any(isinstance(outcome, Exception) for outcome in outcomes):
+            raise RuntimeError(f"cluster run failed: {outcomes}")
+        tables[workers] = pd.concat(pd.read_csv(path) for path in sorted(out.glob("*_cells.csv")))
+    compared = ["centroid_y", "centroid_x", "label"]
+    same = tables[1][compared].equals(tables[2][compared])
+    return {"slides": slides, "side": CLUSTER_SIDE, "cells": len(tables[1]),
+            "seconds_one_worker": seconds[1], "seconds_two_workers": seconds[2],
+            "speed_up": round(seconds[1] / seconds[2], 2), "same_cells": bool(same),
+            "goal": "two one-thread workers >= 1.7x one", "load_average": os.getloadavg()[0],
+            "command": "python benchmarks/bench_whole_slide.py --part cluster"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("all", "gui", "readers"), default="all")
+    parser.add_argument("--part", choices=("all", "gui", "readers", "cluster"), default="all")
     args = parser.parse_args()
     from napari_hematology.core.cells.segmentation import SegmentationConfig
 
@@ -414,6 +450,8 @@ def main() -> None:
             slide.unlink()
         if args.part in ("all", "readers"):
             results["readers"] = compare_readers(write_reader_svs(scratch / "readers.svs"))
+        if args.part in ("all", "cluster"):
+            results["cluster"] = measure_cluster(scratch)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -40,11 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     analyze = commands.add_parser(
         "analyze",
         help="count and classify white cells over a whole slide, tile by tile",
-        description="Segment and classify the white cells of a slide tile by tile, in its reading area by "
+        description="Segment and classify the white cells of slides tile by tile, in their reading area by "
         "default. Writes DIR/<stem>_cells.csv, <stem>_cells.geojson (QuPath detections), "
-        "<stem>_summary.json and a checkpoint; an interrupted run continues with --resume.",
+        "<stem>_summary.json and a checkpoint per slide; an interrupted run continues with --resume. "
+        "Several slides run side by side on a local Dask cluster, or with --scheduler on a running one.",
     )
-    analyze.add_argument("slide", metavar="SLIDE")
+    analyze.add_argument("slides", nargs="+", metavar="SLIDE")
     analyze.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     where = analyze.add_mutually_exclusive_group()
     where.add_argument(
@@ -63,7 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="stop after N white cells (100/200-cell differential)",
     )
-    analyze.add_argument("--resume", action="store_true", help="continue the unfinished run in DIR")
+    analyze.add_argument("--resume", action="store_true", help="continue the unfinished runs in DIR")
+    analyze.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="address of a running Dask scheduler (tcp://host:8786): one job per slide, resumed from its "
+        "checkpoint if a worker is lost; files, DIR and --model must be at the same paths on every worker",
+    )
     analyze.add_argument("--model", type=Path, default=None, metavar="DIR", help=MODEL_HELP)
     analyze.add_argument(
         "--pixel-size",
@@ -116,10 +124,11 @@ def run_reading_area(args: argparse.Namespace) -> int:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    """Analyse a slide and print its summary; returns the exit code."""
+    """Analyse slides and print their summaries; returns the exit code."""
     from napari_hematology.core.errors import InputError
     from napari_hematology.core.whole_slide.analysis import WholeSlideConfig, analyze_slide_file
     from napari_hematology.core.whole_slide.geojson import geojson_to_polygons, read_geojson
+    from napari_hematology.core.whole_slide.many import analyze_slides
 
     regions = None
     if args.region is not None:
@@ -127,24 +136,34 @@ def run_analyze(args: argparse.Namespace) -> int:
         if not regions:
             raise InputError(f"{args.region.name} holds no polygon to read in.")
     config = WholeSlideConfig(max_white_cells=args.cells, pixel_size_um=args.pixel_size)
-    result = analyze_slide_file(
-        args.slide,
-        args.out,
-        model_dir=args.model,
-        regions=regions,
-        reading_area=not args.whole_slide,
-        config=config,
-        resume=args.resume,
-        progress=TextProgress(),
+    where = dict(regions=regions, reading_area=not args.whole_slide, config=config, resume=args.resume)
+    if len(args.slides) == 1 and args.scheduler is None:
+        result = analyze_slide_file(
+            args.slides[0], args.out, model_dir=args.model, progress=TextProgress(), **where
+        )
+        _print_slide(result.summary)
+        print(f"Cells: {result.outputs['cells']}  QuPath: {result.outputs['geojson']}")
+        return 0
+    outcomes = analyze_slides(
+        args.slides, args.out, scheduler=args.scheduler, model_dir=args.model, progress=TextProgress(),
+        **where,
     )
-    summary = result.summary
+    for slide, outcome in zip(args.slides, outcomes, strict=True):
+        if isinstance(outcome, InputError):
+            print(f"{Path(slide).name}: skipped: {outcome}")
+        else:
+            _print_slide(outcome)
+    print(f"Results in {args.out}")
+    return 0 if any(not isinstance(outcome, InputError) for outcome in outcomes) else 1
+
+
+def _print_slide(summary: dict) -> None:
     for note in summary["notes"]:
         print(note)
     blast = "n/a" if summary["blast_percent"] is None else f"{summary['blast_percent']:.1f}%"
-    print(f"{summary['cells']} white cells in {summary['region']}, blasts {blast}.")
+    name = Path(summary["slide"]).name if summary.get("slide") else "slide"
+    print(f"{name}: {summary['cells']} white cells in {summary['region']}, blasts {blast}.")
     print(json.dumps(summary["counts"]))
-    print(f"Cells: {result.outputs['cells']}  QuPath: {result.outputs['geojson']}")
-    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -9,6 +9,12 @@ from napari_hematology.models._registry import register_model
 from napari_hematology.models.colour_statistics import STATISTICS_SIZE, colour_statistics
 
 DEFAULT_BACKBONE = "mobilenetv3_small_100"
+# Each crop's purple and pink stain amounts are scaled so that their 99th percentiles reach these levels
+# (about the median over PBC's training crops of the purple one; the pink one of PBC, BCCD and wbc_seg
+# lie around 0.4-0.55), by at most MAX_STAIN_FACTOR either way.
+STAIN_PERCENTILE = 0.99
+STAIN_LEVELS = (2.0, 0.5)
+MAX_STAIN_FACTOR = 3.0
 
 
 class CellNet(nn.Module):
@@ -23,6 +29,8 @@ class CellNet(nn.Module):
         colour_statistics: Feed the fixed colour statistics to the classifier next to the backbone.
         per_crop_norm: Centre each crop's channels on their own means (one spread for all three
             channels) instead of on fixed values, which removes a crop's overall stain cast.
+        standardise_stains: Bring each crop's two stain amounts to fixed levels first
+            (:func:`standardise_stain_amounts`), for the network and the colour statistics alike.
 
     """
 
@@ -33,10 +41,12 @@ class CellNet(nn.Module):
         drop_rate: float,
         colour_statistics: bool = True,
         per_crop_norm: bool = False,
+        standardise_stains: bool = False,
     ) -> None:
         super().__init__()
         self.network = network
         self.per_crop_norm = per_crop_norm
+        self.standardise_stains = standardise_stains
         self.statistics_norm = nn.BatchNorm1d(STATISTICS_SIZE) if colour_statistics else None
         network_size = int(getattr(network, "head_hidden_size", None) or network.num_features)
         self.embedding_size = network_size + (STATISTICS_SIZE if colour_statistics else 0)
@@ -48,6 +58,8 @@ class CellNet(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Cell features: the backbone's pre-logits activations and the normalised colour statistics."""
         images = images.float()
+        if self.standardise_stains:
+            images = standardise_stain_amounts(images)
         learned = self.network(self.normalise(images))
         if self.statistics_norm is None:
             return learned
@@ -69,6 +81,35 @@ class CellNet(nn.Module):
         return self.classifier(self.dropout(features))
 
 
+def standardise_stain_amounts(images: torch.Tensor) -> torch.Tensor:
+    """Scale each crop's purple and pink stain amounts so that their 99th percentiles reach fixed levels.
+
+    A crop's optical density is split along the reference stains
+    (:data:`~napari_hematology.core.cells.stain.REFERENCE_STAINS`; the residual is kept) and each amount
+    multiplied by one factor per crop (within :data:`MAX_STAIN_FACTOR` either way), so that a paler or
+    darker stain of another lab reaches the network as this one's: how dark a nucleus is relative to its
+    cytoplasm and red cells stays, how dark the whole crop is goes.
+
+    Args:
+        images: (n, 3, h, w) white-balanced RGB values in 0..255.
+
+    Returns:
+        The restained batch, same shape, 0..255.
+
+    """
+    from napari_hematology.core.cells.stain import REFERENCE_STAINS
+
+    stains = images.new_tensor(REFERENCE_STAINS)
+    od = -torch.log((images.clamp(0, 255) + 1.0) / 256.0).flatten(2).transpose(1, 2)
+    amounts = od @ torch.linalg.pinv(stains)
+    residual = od - amounts @ stains
+    levels = torch.quantile(amounts, STAIN_PERCENTILE, dim=1, keepdim=True).clamp_min(1e-3)
+    factors = (images.new_tensor(STAIN_LEVELS) / levels).clamp(1 / MAX_STAIN_FACTOR, MAX_STAIN_FACTOR)
+    restained = (amounts * factors) @ stains + residual
+    pixels = 256.0 * torch.exp(-restained.clamp_min(0)) - 1.0
+    return pixels.clamp(0, 255).transpose(1, 2).reshape(images.shape)
+
+
 @register_model("cell_classifier")
 def build_cell_classifier(
     num_classes: int,
@@ -76,6 +117,7 @@ def build_cell_classifier(
     drop_rate: float = 0.2,
     colour_statistics: bool = True,
     per_crop_norm: bool = False,
+    standardise_stains: bool = False,
 ) -> CellNet:
     """Build the cell classifier.
 
@@ -85,6 +127,7 @@ def build_cell_classifier(
         drop_rate: Dropout before the classification layer.
         colour_statistics: Feed fixed stain colour statistics to the classifier too.
         per_crop_norm: Centre each crop on its own channel means (see :class:`CellNet`).
+        standardise_stains: Bring each crop's stain amounts to fixed levels (see :class:`CellNet`).
 
     Returns:
         A :class:`CellNet` module.
@@ -93,4 +136,4 @@ def build_cell_classifier(
     import timm
 
     network = timm.create_model(backbone, pretrained=False, num_classes=0, drop_rate=drop_rate)
-    return CellNet(network, num_classes, drop_rate, colour_statistics, per_crop_norm)
+    return CellNet(network, num_classes, drop_rate, colour_statistics, per_crop_norm, standardise_stains)

@@ -59,6 +59,8 @@ def augment(images, generator=None, recipe: ClassifierRecipe | None = None):
     if recipe.max_blur > 0:
         blurred = functional.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
         images = torch.lerp(images, blurred, uniform(0, recipe.max_blur, 1, 1, 1))
+    if recipe.stain_amounts > 0:
+        images = _restain(images, recipe.stain_amounts, uniform)
     images = images / 255.0
     gray = images.mean(dim=1, keepdim=True)
     images = gray + (images - gray) * around(1.0, 0.15 * stain, 1, 1, 1).clamp(min=0)
@@ -81,6 +83,31 @@ def _lower_resolution(images, max_factor: float, chosen, generator):
     small = functional.interpolate(images, size=max(4, round(size / factor)), mode="area")
     blurred = functional.interpolate(small, size=size, mode="bilinear", align_corners=False)
     return torch.where(chosen.view(-1, 1, 1, 1), blurred, images)
+
+
+def _restain(images, spread: float, uniform):
+    """Scale each crop's two stain amounts and tilt its pink stain towards purple, in optical density.
+
+    The crop's OD is split along the fixed reference stains (:data:`~napari_hematology.core.cells.stain.
+    REFERENCE_STAINS`) with the residual kept, so a factor of 1 and no tilt give the crop back. Factors are
+    log-uniform in ``[exp(-spread), exp(spread)]``, the tilt uniform in ``[0, spread / 2]``: the span of
+    :func:`~napari_hematology.core.cells.shifts.random_shift`, drawn afresh for every crop in every epoch.
+    """
+    import torch
+
+    from napari_hematology.core.cells.stain import REFERENCE_STAINS
+
+    stains = torch.as_tensor(REFERENCE_STAINS, device=images.device)
+    od = -torch.log((images.clamp(0, 255) + 1.0) / 256.0).permute(0, 2, 3, 1)
+    amounts = od @ torch.linalg.pinv(stains)
+    residual = od - amounts @ stains
+    factors = torch.exp(uniform(-spread, spread, 1, 1, 2))
+    tilt = uniform(0, spread / 2, 1, 1, 1)
+    pink = torch.lerp(stains[1].expand(len(images), 1, 1, 3), stains[0].expand(len(images), 1, 1, 3), tilt)
+    pink = pink / pink.norm(dim=-1, keepdim=True)
+    amounts = amounts * factors
+    restained = amounts[..., :1] * stains[0] + amounts[..., 1:] * pink + residual
+    return (256.0 * torch.exp(-restained.clamp(min=0)) - 1.0).clamp(0, 255).permute(0, 3, 1, 2)
 
 
 def _rotate_hue(images, angle):

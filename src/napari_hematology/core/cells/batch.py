@@ -7,7 +7,6 @@ too few cells were counted) and ``report.html`` (with a gallery of the cells of 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections import Counter
 from pathlib import Path
@@ -27,11 +26,11 @@ from napari_hematology.core.cells.magnification import (
 )
 from napari_hematology.core.cells.report import GalleryCell, thumbnail_uri, write_report
 from napari_hematology.core.cells.segmentation import SegmentationConfig
-from napari_hematology.core.errors import Cancelled, InputError
+from napari_hematology.core.cluster import one_thread, run_jobs
+from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import list_images, read_image
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
 
-SCHEDULER_TIMEOUT_S = 10
 # A manual differential counts at least 100 white cells (WHO asks for 200 in blood and 500 in marrow
 # when a blast percentage decides a diagnosis); fewer cells give a warning.
 MIN_DIFFERENTIAL_CELLS = 100
@@ -122,7 +121,7 @@ def analyze_paths(
         classifier = classifier or get_classifier(model_dir, device)
         outcomes = _run_here(jobs, classifier, progress, should_stop)
     else:
-        outcomes = _run_on_dask(jobs, scheduler, progress, should_stop)
+        outcomes = run_jobs(_dask_job, jobs, scheduler, progress, should_stop)
     results = [outcome for outcome in outcomes if not isinstance(outcome, InputError)]
     skipped = [
         {"image": str(job["path"]), "reason": str(outcome)}
@@ -187,60 +186,9 @@ def _run_here(jobs, classifier, progress, should_stop) -> list[dict[str, Any] | 
     return results
 
 
-def _dask_job(job: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(1)
+def _dask_job(**job: Any) -> dict[str, Any]:
+    one_thread()
     return analyze_file(**job)
-
-
-def _run_on_dask(jobs, scheduler, progress, should_stop) -> list[dict[str, Any] | InputError]:
-    """Each job's summary, or the error that made it skip."""
-    from dask.distributed import LocalCluster, as_completed
-
-    report = progress or no_progress
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=min(2, len(jobs)),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-    client = cluster.get_client() if cluster is not None else _connect(scheduler)
-    try:
-        futures = [client.submit(_dask_job, job, pure=False) for job in jobs]
-        order = {future.key: index for index, future in enumerate(futures)}
-        results: list[dict[str, Any] | InputError | None] = [None] * len(jobs)
-        report(0, len(jobs), "analysing")
-        for done, future in enumerate(as_completed(futures), start=1):
-            if should_stop is not None and should_stop():
-                client.cancel(futures)
-                raise Cancelled("Cancelled by the user.")
-            try:
-                results[order[future.key]] = future.result()
-            except InputError as error:
-                results[order[future.key]] = error
-            report(done, len(jobs), "analysing")
-        return results
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
-def _connect(address: str):
-    from dask.distributed import Client
-
-    try:
-        return Client(address, timeout=SCHEDULER_TIMEOUT_S)
-    except (OSError, ValueError, TypeError) as error:
-        raise InputError(
-            f"Cannot reach the Dask scheduler at {address!r} ({error}). Check the address "
-            "(tcp://host:8786) and that the scheduler is running, or leave out --scheduler to work "
-            "on this computer."
-        ) from error
 
 
 def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:

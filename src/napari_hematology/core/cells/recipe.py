@@ -54,6 +54,9 @@ class ClassifierRecipe:
         stain_jitter: Strength of the colour augmentation; 1 is mild (saturation 0.85-1.15, hue
             +-0.06 rad, channel gain +-5%, brightness +-0.03, gamma 0.9-1.1), larger values widen every
             range in proportion.
+        stain_amounts: Online stain augmentation: each crop's two stain amounts are scaled by a fresh
+            factor in ``exp(+-stain_amounts)`` every epoch and its pink stain tilted towards purple
+            (0: none).
         scale_jitter: Random zoom of 1 +- this.
         max_blur: Strongest defocus augmentation (0: none, 1: a full 3x3 box blur).
         max_downsample: Strongest loss of resolution: half the crops are shrunk by a random factor up to
@@ -62,6 +65,9 @@ class ClassifierRecipe:
             carry the call where colour differs between labs.
         colour_statistics: Feed the fixed stain colour statistics to the classifier next to the network.
         per_crop_norm: Centre each crop on its own channel means (removes the crop's stain cast).
+        standardise_stains: Bring each crop's two stain amounts to fixed levels inside the model, in
+            training and in use alike (:func:`~napari_hematology.models.cell_classifier.
+            standardise_stain_amounts`).
         temperature: Softmax temperature folded into the trained model's last layer. The default, 1,
             folds none in: a temperature fitted on left-out sources did not transfer to another one
             (``benchmarks/bench_any_lab.py --stage calibrate``); fine-tuning fits one on a lab's cells.
@@ -80,12 +86,14 @@ class ClassifierRecipe:
     context: float = CONTEXT
     noisy_weight: float = 0.5
     stain_jitter: float = 1.0
+    stain_amounts: float = 0.0
     scale_jitter: float = 0.1
     max_blur: float = 0.0
     max_downsample: float = 1.0
     grayscale_probability: float = 0.0
     colour_statistics: bool = True
     per_crop_norm: bool = False
+    standardise_stains: bool = False
     temperature: float = 1.0
     per_label_cap: int = 600
     shifted_copies: int = 1
@@ -152,6 +160,7 @@ def train_classifier(
             backbone=recipe.backbone,
             colour_statistics=recipe.colour_statistics,
             per_crop_norm=recipe.per_crop_norm,
+            standardise_stains=recipe.standardise_stains,
         )
     dataset = (
         torch.from_numpy(cells.crops).permute(0, 3, 1, 2).contiguous(),

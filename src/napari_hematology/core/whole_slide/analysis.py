@@ -168,8 +168,13 @@ def analyze_slide(
     shape = image.data.shape[:2]
     plan = _plan_tiles(shape, overview, white, factor, regions, config.segmentation, pixel_size)
     identity = _identity(image, config, regions, len(plan), pixel_size)
-    done, cells, first = _start(outputs, identity, resume)
-    header = {"identity": identity, "start": _nearest_tile(plan, start_near) if first is None else first}
+    done, cells, saved = _start(outputs, identity, resume)
+    first = saved.get("start")
+    header = {
+        "identity": identity,
+        "start": _nearest_tile(plan, start_near) if first is None else first,
+        "resumed_after_tiles": saved.get("resumed_after_tiles", []) + ([len(done)] if saved else []),
+    }
     plan = _starting_at(plan, header["start"])
     classes = list(classifier.classes)
     if len(cells) and on_tile is not None:
@@ -355,10 +360,8 @@ def _identity(
     }
 
 
-def _start(
-    outputs: dict[str, Path], identity: dict, resume: bool
-) -> tuple[set[int], pd.DataFrame, int | None]:
-    """Tiles already done, their cells and the run's first tile (when resuming), or a clean start."""
+def _start(outputs: dict[str, Path], identity: dict, resume: bool) -> tuple[set[int], pd.DataFrame, dict]:
+    """Tiles already done, their cells and the saved checkpoint (when resuming), or a clean start."""
     checkpoint, table = outputs["checkpoint"], outputs["cells"]
     if resume and checkpoint.is_file():
         saved = json.loads(checkpoint.read_text())
@@ -371,12 +374,15 @@ def _start(
         cells = pd.read_csv(table) if table.is_file() and table.stat().st_size else pd.DataFrame()
         if len(cells):
             cells = cells[cells["tile"].isin(done)].reset_index(drop=True)  # drop a half-written tile
-        cells.to_csv(table, index=False)
-        return done, cells, saved.get("start")
+        if len(cells):
+            cells.to_csv(table, index=False)
+        else:
+            table.unlink(missing_ok=True)  # the next tile's cells write the header
+        return done, cells, saved
     for path in outputs.values():
         path.unlink(missing_ok=True)
     table.parent.mkdir(parents=True, exist_ok=True)
-    return set(), pd.DataFrame(), None
+    return set(), pd.DataFrame(), {}
 
 
 def _tile_cells(
@@ -442,6 +448,7 @@ def _finish(image, outputs, header, done, cells, classes, regions, pixel_size: P
         "max_white_cells": header["identity"]["config"]["max_white_cells"],
         "tiles_read": len(done),
         "tiles_planned": header["identity"]["tiles"],
+        "resumed_after_tiles": header["resumed_after_tiles"],
         "classes": classes,
         **_summary(cells, classes),
     }
