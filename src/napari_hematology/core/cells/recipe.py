@@ -86,14 +86,14 @@ class ClassifierRecipe:
     context: float = CONTEXT
     noisy_weight: float = 0.5
     stain_jitter: float = 1.0
-    stain_amounts: float = 0.0
+    stain_amounts: float = 0.3
     scale_jitter: float = 0.1
     max_blur: float = 0.0
     max_downsample: float = 1.0
     grayscale_probability: float = 0.0
     colour_statistics: bool = True
     per_crop_norm: bool = False
-    standardise_stains: bool = False
+    standardise_stains: bool = True
     temperature: float = 1.0
     per_label_cap: int = 600
     shifted_copies: int = 1
