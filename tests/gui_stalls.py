@@ -24,7 +24,8 @@ from pathlib import Path
 
 TICK_MS = 10
 # packages that take a second or more to import: the plugin's workers import them, never napari's GUI thread
-HEAVY = ("torch", "timm", "scipy.stats", "scipy.optimize", "skimage", "sklearn", "cleanlab", "anndata")
+HEAVY = ("torch", "timm", "scipy.stats", "scipy.optimize", "skimage", "sklearn", "cleanlab", "anndata",
+         "matplotlib")
 
 
 class GuiImports:

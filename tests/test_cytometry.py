@@ -31,6 +31,7 @@ from napari_hematology.core.cytometry import (
     transform,
     write_outputs,
 )
+from napari_hematology.core.cytometry.scales import value_scale
 from napari_hematology.core.errors import Cancelled, InputError
 from napari_hematology.core.training import TrainConfig, train
 
@@ -166,6 +167,14 @@ def test_preprocessing_is_decided_per_file_and_flags_override(tmp_path):
     assert (first.state, first.transform, first.cofactor) == ("raw", "arcsinh", 150.0)
     assert (second.state, second.transform, second.transform_channels) == ("transformed", "none", [])
     np.testing.assert_allclose(result.values(0, ["CD45"]), result.values(1, ["CD45"]), atol=1e-4)
+    scales = [  # the plots' axis units
+        (0, first, "arcsinh(x / 150)"),
+        (0, dataclasses.replace(first, transform="logicle"), "logicle"),
+        (0, dataclasses.replace(first, transform="none"), "linear"),
+        (1, second, "transformed in the file"),
+    ]
+    for index, decision, scale in scales:
+        assert value_scale(result.samples[index], "CD45", decision) == scale
     for index in (0, 1):
         assert adjusted_rand_score(truth, cell_table(result, index)["cluster"]) > 0.9
     forced = run_pipeline([transformed], dataclasses.replace(config, transform="arcsinh", cofactor=5.0))
@@ -292,7 +301,7 @@ def test_two_stage_pipeline_with_soft_labels_from_reference(tmp_path, two_files)
     assert proportions["prop_rbc_retic"].tolist() == pytest.approx([0.2857, 0.625], abs=0.05)
     assert proportions["prop_lineage_PLT"].tolist() == pytest.approx([0.3, 0.2], abs=0.03)
     coordinates, axes = scatter_coordinates(result, 0, stage_index=1)
-    assert axes == ["latent 1", "latent 2"]
+    assert axes == ["latent PC 1", "latent PC 2"]
     assert (
         np.isnan(coordinates[labels[0] == "plt"]).all()
         and np.isfinite(coordinates[labels[0] == "pure"]).all()

@@ -1,12 +1,14 @@
-"""Cytometry widget: preprocessing shown, background run, scatter and chart in one palette, naming, export."""
+"""Cytometry widget: preprocessing shown, background run, plots in one palette with axes and legends, naming,
+export."""
 
 import anndata
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QScrollArea
 from test_cytometry import FAST, make_events, write_fcs
 
-from napari_hematology.core.cytometry import read_fcs
+from napari_hematology.core.cytometry import read_fcs, sample_proportions
 from napari_hematology.core.cytometry.export import cluster_names_from_keywords
 from napari_hematology.widgets._palette import category_colours
 
@@ -40,12 +42,28 @@ def run_and_wait(widget, qtbot, clusters: int) -> None:
     assert widget.result is not None
 
 
-def face_colours(layer) -> set[str]:
-    return {"#{:02x}{:02x}{:02x}".format(*(round(v * 255) for v in rgba[:3])) for rgba in layer.face_color}
+def hex_colours(rgba) -> list[str]:
+    return ["#{:02x}{:02x}{:02x}".format(*(round(v * 255) for v in colour[:3])) for colour in rgba]
+
+
+def scatter_axes(widget):
+    """The scatter's axes, its points and the names in its legend."""
+    figure = widget.scatter_plot.figure
+    axes = figure.axes[0]
+    (legend,) = figure.legends
+    return axes, axes.collections[0], [text.get_text() for text in legend.get_texts()]
+
+
+def bar_chart(widget) -> tuple:
+    """The proportions chart's axes, and its bars' population names, percents and colours."""
+    axes = widget.shares_plot.figure.axes[0]
+    names = [label.get_text() for label in axes.get_yticklabels()]
+    bars = axes.patches
+    return axes, names, [bar.get_width() for bar in bars], hex_colours(bar.get_facecolor() for bar in bars)
 
 
 @pytest.mark.gui
-def test_run_shows_points_table_and_chart_in_one_palette(widget, qtbot, fcs_files):
+def test_run_plots_scatter_and_shares_with_axes_and_legends_in_one_palette(widget, qtbot, fcs_files):
     assert widget.load_files(fcs_files)
     assert widget.files_list.count() == 2
     assert widget.checked_channels() == ["FL1-A", "FL2-A", "FL3-A"]
@@ -56,26 +74,70 @@ def test_run_shows_points_table_and_chart_in_one_palette(widget, qtbot, fcs_file
     assert "w1.fcs: raw values: no compensation, no transform" in widget.preprocessing_text.toPlainText()
     widget.transform_combo.setCurrentText("auto")
     run_and_wait(widget, qtbot, clusters=2)
-    layer = widget.viewer.layers["w0 latent 1 vs latent 2"]
-    assert layer.data.shape == (600, 2)
-    assert {"event", "cluster", "prob_0", "prob_1"} <= set(layer.features.columns)
+    assert len(widget.viewer.layers) == 0, "the plots are in the dock, not in napari's canvas"
     colours = category_colours(["0", "1"])
-    assert face_colours(layer) == set(colours.values())
-    assert widget.chart.colours == colours and [r[0] for r in widget.chart.rows] == ["w0.fcs", "w1.fcs"]
+    axes, points, legend = scatter_axes(widget)
+    assert (axes.get_xlabel(), axes.get_ylabel(), axes.figure.get_suptitle()) == (
+        "latent PC 1", "latent PC 2", "w0.fcs: 600 events"
+    )
+    assert len(points.get_offsets()) == 600
+    assert set(hex_colours(points.get_facecolors())) == set(colours.values())
+    assert legend == ["0", "1"]
+    axes, names, percents, bar_colours = bar_chart(widget)
+    assert names == ["0", "1"] and bar_colours == list(colours.values())
+    assert sum(percents) == pytest.approx(100, abs=1e-6)
+    assert (axes.get_xlabel(), axes.figure.get_suptitle()) == ("% of events", "Populations in w0.fcs")
     swatches = [widget.populations.item(row, 0).background().color().name() for row in range(2)]
     assert swatches == list(colours.values())
     assert widget.table.rowCount() == 2
     plt_fraction = sorted(float(widget.table.item(1, c).text()) for c in (2, 3))
     assert plt_fraction[0] == pytest.approx(1 / 6, abs=0.03)
-    assert np.sum(widget.chart.rows[0][1]) == pytest.approx(1, abs=1e-3)
 
     x_items = [widget.x_combo.itemText(i) for i in range(widget.x_combo.count())]
     assert x_items == ["latent space", "CD45 (FL1-A)", "CD61 (FL2-A)", "CD71 (FL3-A)"]
     widget.x_combo.setCurrentText("CD45 (FL1-A)")
     widget.y_combo.setCurrentText("CD61 (FL2-A)")
-    widget.file_combo.setCurrentIndex(1)
-    widget.show_scatter()
-    assert widget.viewer.layers["w1 CD45 (FL1-A) vs CD61 (FL2-A)"].data.shape == (600, 2)
+    widget.file_combo.setCurrentIndex(1)  # each choice plots again: no button to press
+    axes, points, legend = scatter_axes(widget)
+    assert (axes.get_xlabel(), axes.get_ylabel(), axes.figure.get_suptitle()) == (
+        "CD45 (FL1-A), arcsinh(x / 150)", "CD61 (FL2-A), arcsinh(x / 150)", "w1.fcs: 600 events"
+    )
+    values = widget.result.values(1, ["FL1-A", "FL2-A"])
+    np.testing.assert_allclose(np.sort(points.get_offsets(), axis=0), np.sort(values, axis=0))
+    _, _, percents, _ = bar_chart(widget)
+    expected = 100 * sample_proportions(widget.result.stages[0].probabilities[1])
+    np.testing.assert_allclose(percents, expected)
+    assert min(percents) == pytest.approx(100 / 6, abs=3)
+
+    window = widget.viewer.window._qt_window
+    window.resize(1280, 800)
+    window.show()
+    canvas = widget.scatter_plot.canvas
+    ratio = canvas.devicePixelRatioF()
+    qtbot.waitUntil(lambda: round(canvas.figure.bbox.width) == round(canvas.width() * ratio), timeout=5000)
+    assert widget.findChild(QScrollArea).horizontalScrollBar().maximum() == 0, "the plots fit the page"
+
+
+@pytest.mark.gui
+def test_a_child_stage_plots_its_parents_events_only(widget, qtbot, fcs_files, tmp_path):
+    from test_cytometry import STAGES_YAML
+
+    fast = "populations: [PLT, RBC], epochs: 4, pretrain_epochs: 4}"
+    (tmp_path / "stages.yaml").write_text(STAGES_YAML.replace("populations: [PLT, RBC]}", fast))
+    assert widget.load_files(fcs_files)
+    widget.stages_edit.setText(str(tmp_path / "stages.yaml"))
+    run_and_wait(widget, qtbot, clusters=2)
+    widget.stage_combo.setCurrentText("rbc")
+    lineage = widget.result.stages[0]
+    rbc = lineage.stage.population_names.index("RBC")
+    rbc_events = int((lineage.probabilities[0].argmax(axis=1) == rbc).sum())
+    assert 250 < rbc_events < 350  # 300 of w0's 600 events are red cells
+    axes, points, legend = scatter_axes(widget)
+    assert legend == ["pure", "retic"] and len(points.get_offsets()) == rbc_events
+    assert axes.figure.get_suptitle() == f"w0.fcs: {rbc_events} events"
+    axes, names, percents, _ = bar_chart(widget)
+    assert names == ["pure", "retic"] and sum(percents) == pytest.approx(100)
+    assert (axes.get_xlabel(), axes.figure.get_suptitle()) == ("% of RBC events", "rbc populations in w0.fcs")
 
 
 @pytest.mark.gui
@@ -85,9 +147,8 @@ def test_names_given_in_the_table_reach_chart_scatter_and_exports(widget, qtbot,
     widget.populations.item(0, 1).setText("red cells")
     widget.populations.item(1, 1).setText("platelets")
     assert widget.population_names() == ["red cells", "platelets"]
-    assert list(widget.chart.colours) == ["red cells", "platelets"]
-    layer = widget.viewer.layers["w0 latent 1 vs latent 2"]
-    assert set(layer.features["cluster"]) == {"red cells", "platelets"}
+    assert scatter_axes(widget)[2] == ["red cells", "platelets"]
+    assert bar_chart(widget)[1] == ["red cells", "platelets"]
     written = widget.save_results(tmp_path / "saved")
     assert (tmp_path / "saved" / "markers.csv") in written
     fcs = read_fcs(tmp_path / "saved" / "fcs" / "w1_clusters.fcs")
@@ -111,8 +172,8 @@ def test_bad_input_is_reported_in_the_widgets_terms(widget, tmp_path, fcs_files,
     widget.stages_edit.setText(str(tmp_path / "absent.yaml"))
     widget.run()
     assert "no such stages file" in str(shown[-1])
-    widget.show_scatter()
-    assert len(widget.viewer.layers) == 0 and not widget.runner.busy
+    widget.show_plots()
+    assert widget.scatter_plot.figure is None and not widget.runner.busy
     widget.stages_edit.setText("")
     run_and_wait(widget, qtbot, clusters=2)
     assert not widget.rename_populations(["same", "same"])
@@ -137,12 +198,13 @@ def test_ff_fcs_is_drawn_on_its_own_scale_not_as_one_dot(widget, qtbot, shared_d
     run_and_wait(widget, qtbot, clusters=7)
     widget.x_combo.setCurrentText("CD3 (PE-Cy7-A)")
     widget.y_combo.setCurrentText("CD19 (PE-Cy5-A)")
-    widget.show_scatter()
-    layer = widget.viewer.layers["ff CD3 (PE-Cy7-A) vs CD19 (PE-Cy5-A)"]
-    spread = layer.data.std(axis=0)
-    assert (spread > 0.3).all() and (np.ptp(layer.data, axis=0) > 2.0).all()  # logicle units, 0..4.5
-    assert float(np.mean(layer.size)) < 0.1 * spread.min()
-    assert len(face_colours(layer)) == 7
+    axes, points, legend = scatter_axes(widget)
+    assert axes.get_xlabel() == "CD3 (PE-Cy7-A), transformed in the file"
+    data = points.get_offsets()
+    assert (data.std(axis=0) > 0.3).all() and (np.ptp(data, axis=0) > 2.0).all()  # logicle units, 0..4.5
+    for limits, values in ((axes.get_xlim(), data[:, 0]), (axes.get_ylim(), data[:, 1])):
+        assert limits[0] <= values.min() and values.max() <= limits[1] < values.max() + np.ptp(values)
+    assert len(set(hex_colours(points.get_facecolors()))) == 7 and len(legend) == 7
 
 
 @pytest.mark.gui
@@ -156,8 +218,7 @@ def test_auto_cluster_count_and_marker_names_are_shown(widget, qtbot, tmp_path):
     assert widget.count_label.text().startswith("cluster: 5 clusters (chosen from the data: smallest ICL")
     assert "named by blood_markers.yaml (shipped)" in widget.count_label.text()
     assert sorted(widget.population_names()) == sorted(COUNTS)
-    layer = widget.viewer.layers["blood latent 1 vs latent 2"]
-    assert set(layer.features["cluster"]) == set(COUNTS)
+    assert sorted(scatter_axes(widget)[2]) == sorted(bar_chart(widget)[1]) == sorted(COUNTS)
 
 
 def test_the_transform_choices_are_the_cores():

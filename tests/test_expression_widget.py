@@ -1,5 +1,5 @@
 """The Expression widget: load, train in the background, show the latent map (palette colours, legend,
-modest points) and the confusion matrix of held-out cells with whole headers."""
+modest points) and the confusion matrix of held-out cells as a heatmap named on both axes."""
 
 from __future__ import annotations
 
@@ -23,6 +23,18 @@ def write_cells_csv(path, n_cells: int = 90) -> None:
     table.insert(0, "cell", [f"c{i}" for i in range(n_cells)])
     table["lineage"] = np.array(["ery", "mye", "lym"])[labels]
     table.to_csv(path, index=False)
+
+
+def heatmap(widget) -> tuple:
+    """The confusion heatmap's axes, its column and row names, and the counts written in its cells."""
+    axes = widget.confusion.figure.axes[0]
+    columns = [label.get_text() for label in axes.get_xticklabels()]
+    rows = [label.get_text() for label in axes.get_yticklabels()]
+    counts = np.zeros((len(rows), len(columns)), int)
+    for text in axes.texts:
+        column, row = text.get_position()
+        counts[round(row), round(column)] += int(text.get_text())
+    return axes, columns, rows, counts
 
 
 @pytest.fixture
@@ -49,11 +61,14 @@ def test_train_shows_points_with_features_and_confusion(widget, qtbot, tmp_path)
     layer = widget.viewer.layers["cells.csv latent map"]
     assert layer.data.shape == (90, 2)
     assert {"label", "predicted", "confidence"} <= set(layer.features.columns)
-    assert widget.confusion.rowCount() == 3 and widget.confusion.columnCount() == 3
     held_out = int((layer.features["split"] == "held out").sum())
     assert held_out == 18  # 20% of each class of 30
-    counts = [[int(widget.confusion.item(i, j).text()) for j in range(3)] for i in range(3)]
-    assert np.sum(counts) == held_out and np.trace(counts) >= 16
+    axes, columns, rows, counts = heatmap(widget)
+    assert columns == rows == list(widget.model.classes) and sorted(rows) == ["ery", "lym", "mye"]
+    assert counts.sum() == held_out and np.trace(counts) >= 16
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("predicted class", "true class")
+    assert widget.confusion.figure.get_suptitle() == "Confusion matrix, 18 cells"
+    assert len(widget.confusion.figure.axes) == 2, "the matrix and its colour bar"
     assert "18 held-out cells" in widget.scored_on.text()
 
     widget.save_button.setEnabled(True)
@@ -92,7 +107,7 @@ def fake_map(classes: list[str], n_cells: int = 200) -> LatentMap:
 
 
 @pytest.mark.gui
-def test_map_colours_legend_point_size_and_whole_confusion_table(widget, qtbot):
+def test_map_colours_legend_point_size_and_whole_confusion_heatmap(widget, qtbot):
     classes = [f"CD{14 + i}+ Monocyte type {i}" for i in range(10)]
     view = fake_map(classes)
     widget.data = SimpleNamespace(name="cells", notes=[])
@@ -104,17 +119,33 @@ def test_map_colours_legend_point_size_and_whole_confusion_table(widget, qtbot):
     assert widget.legend.colours == category_colours(classes)
     extent = np.ptp(view.coordinates, axis=0).max()
     assert np.all(layer.size <= 0.02 * extent)
-    table = widget.confusion
-    qtbot.waitUntil(lambda: table.isVisible(), timeout=2000)
-    header = table.horizontalHeader()
-    for column, name in enumerate(classes):  # numbered columns, named in the caption and the tooltips
-        assert table.horizontalHeaderItem(column).text() == str(column + 1)
-        assert table.horizontalHeaderItem(column).toolTip() == name
-        assert f"{column + 1} = {name}" in widget.scored_on.text()
-    assert header.length() <= table.viewport().width()  # every column shows, without scrolling the table
-    from napari_hematology.widgets._workspace import PAGE_WIDTH
+    from qtpy.QtWidgets import QScrollArea
 
-    assert table.minimumWidth() <= PAGE_WIDTH, "ten classes fit the page's width: no sideways scrolling"
+    area = widget.confusion
+    canvas = area.canvas
+
+    def laid_out() -> bool:  # the canvas has its place in the page, and the figure its size
+        width = round(canvas.width() * canvas.devicePixelRatioF())
+        return canvas.height() == area.height() > 0 and round(canvas.figure.bbox.width) == width
+
+    qtbot.waitUntil(laid_out, timeout=2000)
+    axes, columns, rows, counts = heatmap(widget)
+    assert columns == rows == classes and np.trace(counts) == counts.sum() == 200
+    page = widget.findChild(QScrollArea)
+    assert page.horizontalScrollBar().maximum() == 0, "ten long names fit the page's width"
+    for button in (widget.browse_button, widget.train_button, widget.save_button, widget.apply_button):
+        assert button.isVisible() and not button.visibleRegion().isEmpty(), button.text()
+    canvas.draw()
+    inside = canvas.figure.bbox
+    texts = [*axes.get_xticklabels(), *axes.get_yticklabels(), *canvas.figure.texts, axes.xaxis.label,
+             axes.yaxis.label]
+    for text in texts:  # every name and label is drawn inside the figure, none cut off
+        box = text.get_window_extent()
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, (
+            text.get_text()
+        )
+    cell = axes.get_window_extent().width / len(classes)
+    assert cell >= 12 * canvas.devicePixelRatioF(), f"cells {cell:.0f} px wide: too small to read a count"
 
 
 @pytest.mark.gui

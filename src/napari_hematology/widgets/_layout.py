@@ -107,11 +107,12 @@ def combo_box(items: Iterable[str]) -> QComboBox:
     return combo
 
 
-def refill(combo: QComboBox, items: list[str]) -> None:
-    """Replace the items of ``combo`` without emitting its change signals."""
+def refill(combo: QComboBox, items: list[str], data: list | None = None) -> None:
+    """Replace the items of ``combo`` (each with its ``data`` if given) without emitting change signals."""
     combo.blockSignals(True)
     combo.clear()
-    combo.addItems(items)
+    for position, item in enumerate(items):
+        combo.addItem(item, None if data is None else data[position])
     combo.blockSignals(False)
 
 

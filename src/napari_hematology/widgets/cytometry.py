@@ -2,7 +2,9 @@
 
 Each file's preprocessing (compensation, transform) is decided from its values and shown; the populations
 of a run are listed with their colour, share and marked channels, and their names can be edited there.
-Names and colours (``_palette``) are the same in the scatter, the proportion chart and every export.
+The chosen file's events are plotted in the dock (``_plot``): a scatter on two channels, in their scale,
+or on the latent space's principal components, and a bar chart of the populations' shares. Names and
+colours (``_palette``) are the same in the plots, the populations table and every export.
 """
 
 from __future__ import annotations
@@ -42,11 +44,18 @@ from napari_hematology.widgets._layout import (
     spin_box,
 )
 from napari_hematology.widgets._palette import category_colours
-from napari_hematology.widgets._proportion_chart import ProportionChart
+from napari_hematology.widgets._plot import (
+    MAX_POINTS,
+    PlotArea,
+    bars_height,
+    category_scatter,
+    scatter_height,
+    share_bars,
+    with_plots,
+)
 from napari_hematology.widgets._runner import TaskRunner, report_error
 
 LATENT = "latent space"
-POINT_SIZE = 0.05
 # "auto" and core.cytometry.fcs.TRANSFORMS, written here so the dock opens without importing the
 # cytometry package (pandas, FCS readers); tests/test_cytometry_widget.py checks that they agree
 TRANSFORM_CHOICES = ("auto", "arcsinh", "logicle", "none")
@@ -92,10 +101,10 @@ class CytometryWidget(QWidget):
         self.stage_combo = fit_names(QComboBox())
         self.x_combo = fit_names(QComboBox())
         self.y_combo = fit_names(QComboBox())
-        self.plot_button = shortcut_button("Show scatter", None, self.show_scatter)
+        self.scatter_plot = PlotArea()
+        self.shares_plot = PlotArea()
         self.populations = QTableWidget()
         self.table = QTableWidget()
-        self.chart = ProportionChart()
         self.save_button = shortcut_button("Save results…", SAVE, self._browse_save)
         self.runner = TaskRunner(self)
         self._build_layout()
@@ -129,13 +138,13 @@ class CytometryWidget(QWidget):
         layout.addWidget(self.run_button)
         layout.addWidget(self.runner)
         layout.addLayout(view)
-        layout.addWidget(self.plot_button)
-        layout.addWidget(note("Populations: colour legend; double-click a name to edit it"))
+        layout.addWidget(self.scatter_plot)
+        layout.addWidget(self.shares_plot)
+        layout.addWidget(note("Populations: double-click a name to edit it"))
         layout.addWidget(self.count_label)
         layout.addWidget(self.populations)
         layout.addWidget(QLabel("Proportions per file"))
         layout.addWidget(self.table)
-        layout.addWidget(self.chart)
         layout.addWidget(self.save_button)
 
     def _connect(self) -> None:
@@ -144,6 +153,8 @@ class CytometryWidget(QWidget):
         self.cofactor_spin.valueChanged.connect(self.show_preprocessing)
         self.channels_list.itemChanged.connect(self.show_preprocessing)
         self.stage_combo.currentIndexChanged.connect(self._show_stage)
+        for combo in (self.file_combo, self.x_combo, self.y_combo):
+            combo.currentIndexChanged.connect(self.show_plots)
         self.populations.itemChanged.connect(self._population_renamed)
 
     def _browse(self) -> None:
@@ -159,6 +170,8 @@ class CytometryWidget(QWidget):
         self.files_list.clear()
         self.channels_list.clear()
         self.preprocessing_text.clear()
+        self.scatter_plot.clear()
+        self.shares_plot.clear()
 
     def load_files(self, paths: list[str | Path]) -> bool:
         """Read the files and offer their shared channels (marker channels ticked; constant ones not)."""
@@ -267,31 +280,30 @@ class CytometryWidget(QWidget):
             report_error(error)
             return
         reference = self.reference_edit.text().strip() or None
-        self.runner.start(run_pipeline, self.paths, config, reference, on_done=self.show_result)
+        self.runner.start(with_plots, run_pipeline, self.paths, config, reference, on_done=self.show_result)
 
     def show_result(self, result) -> None:
-        """Fill the view choices, the populations, the proportions, and show the first scatter."""
+        """Fill the view choices, the populations, the proportions, and plot the first file."""
         self.result = result
         self._write_preprocessing(result.batch)
         refill(self.file_combo, [s.name for s in result.samples])
         first = result.samples[0]
         channels = result.config.all_channels()
         shown = dict(zip(first.names, first.display_names(), strict=True))
-        axes = [(LATENT, None)] + [(shown.get(c, c), c) for c in channels]
         for combo in (self.x_combo, self.y_combo):
-            combo.clear()
-            for text, channel in axes:
-                combo.addItem(text, channel)
+            refill(combo, [LATENT] + [shown.get(c, c) for c in channels], [None, *channels])
         refill(self.stage_combo, [s.stage.name for s in result.stages])
         self._show_stage()
 
     def _show_stage(self, *_) -> None:
+        from napari_hematology.core.cytometry import proportions_table
+
         if self.result is None or self.stage_combo.currentIndex() < 0:
             return
         self.count_label.setText(self.cluster_count_text())
         self._show_populations()
-        self._show_proportions()
-        self.show_scatter()
+        self._show_table(proportions_table(self.result))
+        self.show_plots()
 
     def cluster_count_text(self) -> str:
         """The chosen stage's number of clusters, how it was chosen, and how its populations were named."""
@@ -303,7 +315,7 @@ class CytometryWidget(QWidget):
         return populations_summary(self.result)[index].split("; populations:")[0] + named
 
     def stage_colours(self) -> dict[str, str]:
-        """``{population: "#rrggbb"}`` of the chosen stage, the same in the scatter, table and chart."""
+        """``{population: "#rrggbb"}`` of the chosen stage, the same in the plots and the table."""
         stage = self.result.stages[self.stage_combo.currentIndex()].stage
         return category_colours(stage.population_names)
 
@@ -345,7 +357,7 @@ class CytometryWidget(QWidget):
         self.rename_populations(self.population_names())
 
     def rename_populations(self, names: list[str]) -> bool:
-        """Name the chosen stage's populations; the chart, scatter and exports then use the names."""
+        """Name the chosen stage's populations; the plots, tables and exports then use the names."""
         try:
             self.result.rename(self.stage_combo.currentText(), names)
         except HematologyError as error:
@@ -355,52 +367,64 @@ class CytometryWidget(QWidget):
         self._show_stage()
         return True
 
-    def _show_proportions(self) -> None:
-        from napari_hematology.core.cytometry import proportions_table
+    def show_plots(self, *_) -> None:
+        """Plot the chosen file's events and population shares, for the chosen stage and axes."""
+        if self.result is None or min(self.file_combo.currentIndex(), self.stage_combo.currentIndex()) < 0:
+            return
+        self._plot_scatter(self.file_combo.currentIndex(), self.stage_combo.currentIndex())
+        self._plot_shares(self.file_combo.currentIndex(), self.stage_combo.currentIndex())
 
-        table = proportions_table(self.result)
-        self._show_table(table)
-        stage = self.result.stages[self.stage_combo.currentIndex()]
-        prefix = "prop_" if len(self.result.stages) == 1 else f"prop_{stage.stage.name}_"
-        columns = [f"{prefix}{p}" for p in stage.stage.population_names]
-        self.chart.set_proportions(table["file"].tolist(), table[columns].to_numpy(), self.stage_colours())
-
-    def show_scatter(self) -> None:
-        """Add (or replace) a Points layer of the chosen file, coloured by population, with features."""
+    def _plot_scatter(self, file_index: int, stage_index: int) -> None:
+        """The events the stage saw, coloured by population, on the chosen channels or the latent space."""
         from napari_hematology.core.cytometry import cell_table, scatter_coordinates
 
-        if self.result is None:
-            show_info("Run the clustering first (Run).")
-            return
-        file_index, stage_index = self.file_combo.currentIndex(), self.stage_combo.currentIndex()
         x_axis, y_axis = self.x_combo.currentData(), self.y_combo.currentData()
         channels = None if None in (x_axis, y_axis) else (x_axis, y_axis)
         try:
-            coordinates, axes = scatter_coordinates(self.result, file_index, stage_index, channels)
+            coordinates, names = scatter_coordinates(self.result, file_index, stage_index, channels)
         except HematologyError as error:
             report_error(error)
+            self.scatter_plot.clear()
             return
-        features = cell_table(self.result, file_index)
+        events = cell_table(self.result, file_index)
+        populations = events["cluster" if "cluster" in events.columns else self.stage_combo.currentText()]
         seen = np.isfinite(coordinates).all(axis=1)
-        colour_by = "cluster" if "cluster" in features.columns else self.stage_combo.currentText()
         colours = self.stage_colours()
-        features = features[seen].reset_index(drop=True)
-        features[colour_by] = features[colour_by].astype(str)
-        if channels is not None:
-            axes = [self.x_combo.currentText(), self.y_combo.currentText()]
-        name = f"{self.result.samples[file_index].stem} {axes[0]} vs {axes[1]}"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        span = float(np.nanstd(coordinates)) or 1.0
-        self.viewer.add_points(
-            coordinates[seen][:, ::-1],
-            features=features,
-            face_color=colour_by,
-            face_color_cycle=colours,
-            size=POINT_SIZE * span,
-            border_width=0,
-            name=name,
+        title = f"{self.result.samples[file_index].name}: {int(seen.sum()):,} events"
+        if seen.sum() > MAX_POINTS:
+            title += f", {MAX_POINTS:,} drawn at random"
+        x, y = self._axis_labels(file_index, channels, names)
+        category_scatter(self.scatter_plot.new_figure(), coordinates[seen], populations.to_numpy()[seen],
+                         colours, title=title, x=x, y=y)
+        self.scatter_plot.draw(scatter_height(len(colours)))
+
+    def _axis_labels(self, file_index: int, channels: tuple[str, str] | None, names: list[str]) -> list[str]:
+        """The scatter's axis labels: each channel as listed and its scale, or the latent axes' names."""
+        from napari_hematology.core.cytometry.scales import value_scale
+
+        if channels is None:
+            return names
+        sample, preprocessing = self.result.samples[file_index], self.result.batch.preprocessing[file_index]
+        return [
+            f"{combo.currentText()}, {value_scale(sample, channel, preprocessing)}"
+            for combo, channel in zip((self.x_combo, self.y_combo), channels, strict=True)
+        ]
+
+    def _plot_shares(self, file_index: int, stage_index: int) -> None:
+        """One bar per population of the stage: its percent of the file's events (of its parent's)."""
+        from napari_hematology.core.cytometry import sample_proportions
+
+        stage = self.result.stages[stage_index]
+        colours = self.stage_colours()
+        fractions = sample_proportions(stage.probabilities[file_index])
+        parent = stage.stage.parent_population
+        populations = "Populations" if len(self.result.stages) == 1 else f"{stage.stage.name} populations"
+        share_bars(
+            self.shares_plot.new_figure(), dict(zip(colours, 100 * fractions, strict=True)), colours,
+            title=f"{populations} in {self.result.samples[file_index].name}",
+            x=f"% of {parent} events" if parent else "% of events", y="population",
         )
+        self.shares_plot.draw(bars_height(len(colours)))
 
     def _show_table(self, table) -> None:
         self.table.setRowCount(len(table))

@@ -1,7 +1,8 @@
 """The Expression widget: train an expression classifier and show its latent map and confusion matrix.
 
 The map is a Points layer coloured with the plugin's categorical palette (one colour per class, the same
-for the labels and the predictions) with a legend; the confusion matrix counts held-out cells after Train.
+for the labels and the predictions) with a legend; the confusion matrix, of held-out cells after Train, is
+a heatmap in the dock (``_plot``) with the class names on both axes and the count in each cell.
 """
 
 from __future__ import annotations
@@ -11,19 +12,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from napari.utils.notifications import show_info
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFileDialog,
-    QHBoxLayout,
-    QHeaderView,
-    QLabel,
-    QLineEdit,
-    QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
-    QWidget,
-)
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QSpinBox, QWidget
 
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.core.expression.choices import ENCODERS, HEAD_CHOICES, SMALL_COHORT_CELLS, VALUE_KINDS
@@ -31,6 +20,7 @@ from napari_hematology.widgets._keys import APPLY_MODEL, OPEN, RUN, SAVE, bind_b
 from napari_hematology.widgets._layout import fit_names, form_layout, scrolling_layout
 from napari_hematology.widgets._legend import Legend
 from napari_hematology.widgets._palette import category_colours
+from napari_hematology.widgets._plot import PlotArea, count_heatmap, with_plots
 from napari_hematology.widgets._runner import TaskRunner, report_error
 
 FILE_FILTER = "Expression data (*.h5ad *.csv *.tsv *.h5)"
@@ -67,7 +57,7 @@ class ExpressionWidget(QWidget):
         self.legend.hide()
         self.scored_on = QLabel("")
         self.scored_on.setWordWrap(True)
-        self.confusion = _confusion_table()
+        self.confusion = PlotArea()
         self.runner = TaskRunner(self)
         self._build_layout()
         bind_button_keys(self)
@@ -129,7 +119,7 @@ class ExpressionWidget(QWidget):
         except HematologyError as error:
             report_error(error)
             return
-        self.runner.start(fit_and_map, self.data, self.label_combo.currentText(), config,
+        self.runner.start(with_plots, fit_and_map, self.data, self.label_combo.currentText(), config,
                           on_done=self._show_fit)
 
     def _has_data(self) -> bool:
@@ -159,7 +149,7 @@ class ExpressionWidget(QWidget):
             report_error(error)
             return
         label_key = self.label_combo.currentText() or None
-        self.runner.start(latent_map, self.model, self.data, label_key, on_done=self._show_map)
+        self.runner.start(with_plots, latent_map, self.model, self.data, label_key, on_done=self._show_map)
 
     def _save_model(self) -> None:
         from napari_hematology.core.expression import save_expression_model
@@ -196,55 +186,15 @@ class ExpressionWidget(QWidget):
         if confusion is None:
             self.scored_on.setText("")
             self.confusion.clear()
-            self.confusion.setRowCount(0)
-            self.confusion.setColumnCount(0)
-            self.confusion.setMinimumSize(0, 0)
             return
-        # classes are numbered in the headers (their names are listed above the table, and are the headers'
-        # tooltips), so a matrix of ten classes fits the page's width
-        names = list(dict.fromkeys([*map(str, confusion.index), *map(str, confusion.columns)]))
-        number = {name: str(index) for index, name in enumerate(names, start=1)}
-        self.scored_on.setText(
-            f"Confusion matrix of {view.scored_on}: rows the true class, columns the predicted one. "
-            + ", ".join(f"{number[name]} = {name}" for name in names)
+        self.scored_on.setText(f"Confusion matrix of {view.scored_on}.")
+        rows, columns = [str(n) for n in confusion.index], [str(n) for n in confusion.columns]
+        counts = confusion.to_numpy()
+        _, height = count_heatmap(
+            self.confusion.new_figure(), counts, rows, columns, "cells",
+            title=f"Confusion matrix, {int(counts.sum())} cells", x="predicted class", y="true class",
         )
-        self.confusion.setRowCount(confusion.shape[0])
-        self.confusion.setColumnCount(confusion.shape[1])
-        for labels, set_item in (
-            (confusion.index, self.confusion.setVerticalHeaderItem),
-            (confusion.columns, self.confusion.setHorizontalHeaderItem),
-        ):
-            for position, name in enumerate(map(str, labels)):
-                item = QTableWidgetItem(number[name])
-                item.setToolTip(name)
-                set_item(position, item)
-        for row, values in enumerate(confusion.to_numpy()):
-            for column, count in enumerate(values):
-                cell = QTableWidgetItem(str(int(count)))
-                cell.setToolTip(f"true {confusion.index[row]}, predicted {confusion.columns[column]}")
-                self.confusion.setItem(row, column, cell)
-        _fit_table(self.confusion)
-
-
-def _confusion_table() -> QTableWidget:
-    """A table as large as its contents: numbered headers keep it narrow enough for the page."""
-    table = QTableWidget()
-    for header in (table.horizontalHeader(), table.verticalHeader()):
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    return table
-
-
-def _fit_table(table: QTableWidget) -> None:
-    """Make ``table`` at least as large as all its cells and headers (Qt updates its own hint too late)."""
-    table.resizeColumnsToContents()
-    table.resizeRowsToContents()
-    frame = 2 * table.frameWidth()
-    table.setMinimumSize(
-        table.verticalHeader().sizeHint().width() + table.horizontalHeader().length() + frame,
-        table.horizontalHeader().sizeHint().height() + table.verticalHeader().length() + frame,
-    )
+        self.confusion.draw(height)
 
 
 def _combo(items: tuple[str, ...]) -> QComboBox:

@@ -150,6 +150,23 @@ def apply_preprocessing(sample: FcsSample, channels: list[str], preprocessing: P
     return values
 
 
+def value_scale(sample: FcsSample, channel: str, preprocessing: Preprocessing) -> str:
+    """The scale of one channel's values after preprocessing, in words for an axis label.
+
+    Returns:
+        ``arcsinh(x / <cofactor>)`` or ``logicle`` where the channel is transformed here, ``transformed in
+        the file`` where the file's values already were, else ``linear``.
+
+    """
+    (column,) = channel_indices(sample, [channel])
+    transformed = column in channel_indices(sample, preprocessing.transform_channels)
+    if transformed and preprocessing.transform != "none":
+        if preprocessing.transform == "arcsinh":
+            return f"arcsinh(x / {preprocessing.cofactor:g})"
+        return preprocessing.transform
+    return "transformed in the file" if preprocessing.state == "transformed" else "linear"
+
+
 def channel_scales(sample: FcsSample, channels: list[str]) -> dict[str, str]:
     """``linear``, ``transformed`` or ``constant`` for each channel, from its values alone."""
     low, high = TRANSFORMED_RANGE

@@ -329,4 +329,4 @@ def scatter_coordinates(
     values = result.values(file_index, clusterer.channels)[seen]
     if len(values):
         coordinates[seen] = principal_components(clusterer.embed(values))
-    return coordinates, ["latent 1", "latent 2"]
+    return coordinates, ["latent PC 1", "latent PC 2"]
