@@ -170,11 +170,26 @@ def test_training_can_be_cancelled():
 
 def test_predict_batches_and_device_choice():
     model = create_model("mlp", in_features=4, out_features=2)
-    out = predict(model, np.zeros((10, 4), np.float32), batch_size=3)
+    inputs = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    out = predict(model, inputs, batch_size=3)
     assert out.shape == (10, 2)
+    np.testing.assert_allclose(out, predict(model, inputs, batch_size=256), atol=1e-6)
     assert str(select_device("cpu")) == "cpu"
     with pytest.raises(ValueError, match="Unknown device"):
         select_device("tpu")
+
+
+def test_predict_on_a_gpu_equals_the_cpu():
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else None
+    if device is None:
+        pytest.skip("no CUDA or MPS device here")
+    model = create_model("mlp", in_features=4, out_features=2)
+    inputs = np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32)  # several GPU batches
+    on_cpu = predict(model, inputs, batch_size=256)
+    on_device = predict(model.to(device), inputs, batch_size=256)
+    np.testing.assert_allclose(on_device, on_cpu, atol=1e-4)
 
 
 

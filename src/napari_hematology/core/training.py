@@ -22,6 +22,9 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback, chec
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAINING_LOSS = "loss"
 
+ACCELERATORS = ("cuda", "mps")
+ACCELERATOR_BATCH_FACTOR = 4  # a GPU takes bigger batches than the CPU default
+
 
 @dataclass
 class TrainConfig:
@@ -266,7 +269,9 @@ def predict(
     Args:
         model: A ``torch.nn.Module`` (already on its device).
         inputs: A tensor or numpy array whose first axis indexes samples.
-        batch_size: Samples per forward pass.
+        batch_size: Samples per forward pass on the CPU; on CUDA or MPS :data:`ACCELERATOR_BATCH_FACTOR`
+            times as many, with the inputs in page-locked memory (CUDA) and the outputs kept on the
+            device until the end.
         forward: ``forward(model, batch)`` returning a tensor; defaults to ``model(batch)``.
         progress: Called as ``progress(done, total, message)``.
         should_stop: Returns True to cancel (raises ``Cancelled``).
@@ -280,16 +285,22 @@ def predict(
     forward = forward or (lambda net, batch: net(batch))
     tensor = torch.as_tensor(inputs)
     device = next(model.parameters()).device
+    accelerated = device.type in ACCELERATORS
+    if accelerated:
+        batch_size *= ACCELERATOR_BATCH_FACTOR
+        if device.type == "cuda" and tensor.device.type == "cpu":
+            tensor = tensor.pin_memory()  # page-locked: copies overlap with the work on the GPU
     model.eval()
     outputs = []
     total = len(tensor)
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, total, batch_size):
             check_cancel(should_stop)
-            batch = tensor[start : start + batch_size].to(device)
-            outputs.append(forward(model, batch).float().cpu())
+            batch = tensor[start : start + batch_size].to(device, non_blocking=accelerated)
+            output = forward(model, batch).float()
+            outputs.append(output if accelerated else output.cpu())  # one copy back at the end
             if progress is not None:
                 progress(min(start + batch_size, total), total, "predicting")
     if not outputs:
         return np.zeros((0,), dtype=np.float32)
-    return torch.cat(outputs).numpy()
+    return torch.cat(outputs).cpu().numpy()
