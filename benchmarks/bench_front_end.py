@@ -20,6 +20,10 @@ Parts (``--part``, all by default), written into ``benchmarks/results/front_end.
   under a stress stain that makes red cells purple, with the per-field nucleus threshold on and off
   (held out: the adaptive threshold was chosen on BCCD train fields under the same stress stain).
 
+- ``threshold_choice``: the per-field threshold (on or off) chosen leave-one-source-out over BCCD val
+  and the three mask sources, each scored as the mean over the stain and background shifts and the
+  stress stain (``--limit`` images per mask source, 100 by default); each left-out source is held out
+  from its own choice.
 - ``mask_sources``: whole-cell Dice on the mask sources of other labs (ALL-IDB2, both wbc_seg sets) at
   their known scale, per-field threshold on and off (held out from that choice).
 
@@ -161,6 +165,8 @@ def classifier_figures(model_dir: Path | None, per_class: int | None) -> dict:
         }
         log(f"classifier {shift.name}: {result[shift.name]}")
     unshifted = result["none"]["balanced_accuracy"]
+    for value in result.values():
+        value["drop"] = round(unshifted - value["balanced_accuracy"], 4)
     worst = min(value["balanced_accuracy"] for name, value in result.items() if name != "none")
     return {"label": f"held out (PBC crops never trained on, past the first {CHOICE_CROPS} per class that "
                      "chose the stain recipe; nothing chosen on them)",
@@ -247,9 +253,51 @@ def mask_source_figures() -> dict:
     return result
 
 
+def threshold_choice_figures(limit: int) -> dict:
+    """The per-field threshold chosen leave-one-source-out, over stain shifts, on every source with truth.
+
+    Each source's score for each candidate (per-field threshold on or off) is its mean over the stains
+    as they are, the suite's stain and background shifts and the stress stain: whole-cell Dice on the
+    mask sources (at most ``limit`` images each, at their known scale), detection F1 on the BCCD val
+    fields (from the ``fields`` part, which must have run). With one source left out, the candidate with
+    the higher mean over the other sources is chosen, and the left-out source's score under that choice
+    is reported (held out from that choice).
+    """
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_segmentation import SINGLE_CELL_SCALE, evaluate_single_cells, single_cell_sets
+
+    stains = {s.name: s.apply for s in shifts.shift_suite() if s.family in ("stain", "background")}
+    stress = {"stress: purple red cells": lambda rgb: shifts.restain(rgb, **STRESS_STAIN)}
+    stains = {"none": None, **stains, **stress}
+    fields = json.loads(RESULTS.read_text())["fields"]
+    scores: dict[str, dict[str, float]] = {}
+    for adaptive in (True, False):
+        key = f"{'adaptive' if adaptive else 'fixed'} threshold"
+        config = replace(SegmentationConfig(), adaptive_threshold=adaptive)
+        per_source = {"bccd val (detection F1)": float(np.mean(
+            [fields[key][name]["detection_f1_iou50"] for name in stains]))}
+        for name, pairs in single_cell_sets().items():
+            scale = config.pixel_size_um / SINGLE_CELL_SCALE[name]
+            dices = [evaluate_single_cells(name, pairs, config, scale, limit, shift)["cell_dice"]
+                     for shift in stains.values()]
+            per_source[f"{name} (cell Dice)"] = float(np.mean(dices))
+            log(f"threshold choice {key} {name}: {dices}")
+        scores[key] = {source: round(value, 4) for source, value in per_source.items()}
+    sources = list(next(iter(scores.values())))
+    choice = {}
+    for left_out in sources:
+        others = [source for source in sources if source != left_out]
+        chosen = max(scores, key=lambda candidate: np.mean([scores[candidate][s] for s in others]))
+        choice[left_out] = {"chosen": chosen, "score": scores[chosen][left_out],
+                            "other_candidate": scores[next(c for c in scores if c != chosen)][left_out]}
+    return {"label": "each left-out source is held out from its choice; conditions: "
+                     + ", ".join(stains), "images_per_mask_source": limit, "scores": scores,
+            "leave_one_source_out": choice}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parts = ("normaliser", "classifier", "model", "pixel_size", "fields", "mask_sources")
+    parts = ("normaliser", "classifier", "model", "pixel_size", "fields", "mask_sources", "threshold_choice")
     parser.add_argument("--part", choices=parts, nargs="*")
     parser.add_argument("--model", type=Path, default=None, help="classifier folder (default: shipped)")
     parser.add_argument("--limit", type=int, default=None, help="about this many BCCD val fields")
@@ -265,6 +313,7 @@ def main() -> None:
         "pixel_size": pixel_size_figures,
         "fields": lambda: field_figures(args.limit),
         "mask_sources": mask_source_figures,
+        "threshold_choice": lambda: threshold_choice_figures(args.limit or 100),
     }
     for part in parts:
         value = runners[part]()

@@ -328,17 +328,21 @@ def evaluate_single_cells(
     config: SegmentationConfig,
     pixel_size_um: float | None,
     limit: int | None = None,
+    transform=None,
 ) -> dict:
     """Dice of nucleus and whole cell for the cell nearest the centre of each single-cell image.
 
     ``pixel_size_um`` None: each image's pixel size is found as ``segment`` finds it without ``--scale``
-    (the red-cell ruler, else the default); how often each way was used is counted.
+    (the red-cell ruler, else the default); how often each way was used is counted. ``transform``, when
+    given, changes each image first (a shift of the stain-and-camera suite).
     """
     if limit:
         pairs = pairs[:: max(1, len(pairs) // limit)]
     nucleus_dice, cell_dice, missed, origins = [], [], 0, []
     for image_path, mask_path in pairs:
         rgb = np.asarray(read_image(image_path).data)[..., :3]
+        if transform is not None:
+            rgb = transform(np.ascontiguousarray(rgb))
         true_nucleus, true_cell = truth_masks(mask_path)
         pixel_size = pixel_size_um
         if pixel_size is None:

@@ -170,7 +170,7 @@ def test_batch_norm_statistics_are_re_estimated_on_the_lab_crops(cells_csv):
     norm = base.model.statistics_norm
     momentum = norm.momentum
     adapt_batch_norm(base.model, crops)
-    expected = colour_statistics(torch.from_numpy(crops).permute(0, 3, 1, 2).float())
+    expected = colour_statistics(base.model.standardised(torch.from_numpy(crops).permute(0, 3, 1, 2)))
     assert torch.allclose(norm.running_mean, expected.mean(0), rtol=1e-4, atol=1e-4)
     assert torch.allclose(norm.running_var, expected.var(0), rtol=1e-3, atol=1e-4)
     assert norm.momentum == momentum and not base.model.training

@@ -117,12 +117,36 @@ def test_strong_stain_jitter_changes_colours_more_than_mild():
     images = torch.full((64, 3, 16, 16), 160.0)
 
     def colour_spread(stain: float) -> float:
-        recipe = ClassifierRecipe(stain_jitter=stain, scale_jitter=0.0)
+        recipe = ClassifierRecipe(stain_jitter=stain, scale_jitter=0.0, stain_amounts=0.0)
         augmented = augment(images, torch.Generator().manual_seed(0), recipe)
         return float(augmented.mean(dim=(2, 3)).std(dim=0).mean())
 
     assert colour_spread(3.0) > 2 * colour_spread(1.0)
     assert colour_spread(0.0) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_stain_amounts_restain_each_crop_and_standardisation_undoes_a_paler_stain():
+    import torch
+
+    from napari_hematology.core.cells.crops import normalise_crop, read_crop
+    from napari_hematology.core.cells.samples import sample_cells
+    from napari_hematology.core.cells.shifts import restain
+    from napari_hematology.models.cell_classifier import standardise_stain_amounts
+
+    cell = normalise_crop(read_crop(sample_cells()[0]))
+    batch = torch.from_numpy(np.stack([cell] * 16)).permute(0, 3, 1, 2).float()
+
+    def darkness_spread(amounts: float) -> float:
+        recipe = ClassifierRecipe(stain_jitter=0.0, scale_jitter=0.0, stain_amounts=amounts)
+        augmented = augment(batch, torch.Generator().manual_seed(0), recipe)
+        return float((255 - augmented).mean(dim=(1, 2, 3)).std())
+
+    assert darkness_spread(0.3) > 2 * darkness_spread(0.0) + 1.0  # each crop drew its own stain amounts
+    pale = torch.from_numpy(restain(cell, purple=0.6, pink=0.6)[None]).permute(0, 3, 1, 2).float()
+    as_is = batch[:1]
+    before = float((pale - as_is).abs().mean())
+    after = float((standardise_stain_amounts(pale) - standardise_stain_amounts(as_is)).abs().mean())
+    assert after < 0.5 * before
 
 
 def test_blur_softens_edges():

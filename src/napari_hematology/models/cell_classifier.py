@@ -57,13 +57,16 @@ class CellNet(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Cell features: the backbone's pre-logits activations and the normalised colour statistics."""
-        images = images.float()
-        if self.standardise_stains:
-            images = standardise_stain_amounts(images)
+        images = self.standardised(images)
         learned = self.network(self.normalise(images))
         if self.statistics_norm is None:
             return learned
         return torch.cat([learned, self.statistics_norm(colour_statistics(images))], 1)
+
+    def standardised(self, images: torch.Tensor) -> torch.Tensor:
+        """The crops as the network and the colour statistics see them: float, stains standardised if set."""
+        images = images.float()
+        return standardise_stain_amounts(images) if self.standardise_stains else images
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """Network input: fixed centring and scaling, or each crop's own channel means and spread."""
