@@ -20,6 +20,9 @@
   (``pip install .[benchmarks]``) and napari-lazy-openslide (not in the extra: it needs zarr 2, so next to
   this package it records why it cannot be imported), with what each gives napari (levels, pixel size).
 
+- ``lab_day``: the 20,000 x 20,000 mosaic slide through ``slide analyze`` in this process (shipped
+  classifier, torch on every core): a 200-cell differential in the reading area, then every cell of the
+  reading area; seconds and slides per hour for each.
 - ``cluster``: four 4,096 x 4,096 mosaic slides through ``slide analyze`` (reading area, shipped
   classifier) on a local Dask cluster of one worker and then of two, each worker one process of one
   thread: seconds and the speed-up of two workers over one, with the cells of both runs compared.
@@ -415,7 +418,6 @@ def measure_cluster(scratch: Path, slides: int = CLUSTER_SLIDES) -> dict:
         out = scratch / f"cluster_out_{workers}"
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster:
-            cluster.get_client().run(lambda: __import__("napari_hematology.core.cells.analysis"))
             start = time.perf_counter()
             outcomes = analyze_slides(paths, out, scheduler=cluster.scheduler_address)
             seconds[workers] = round(time.perf_counter() - start, 1)
@@ -431,9 +433,29 @@ def measure_cluster(scratch: Path, slides: int = CLUSTER_SLIDES) -> dict:
             "command": "python benchmarks/bench_whole_slide.py --part cluster"}
 
 
+def measure_lab_day(scratch: Path) -> dict:
+    """Slides per hour for a 200-cell differential and for the whole reading area of a 20k x 20k slide."""
+    from napari_hematology.core.cells.segmentation import SegmentationConfig
+    from napari_hematology.core.whole_slide.analysis import WholeSlideConfig, analyze_slide_file
+
+    slide = write_mosaic_slide(scratch / "lab_day.ome.tif", SIDE, SegmentationConfig().pixel_size_um)
+    result = {}
+    for name, cells in (("differential_200_cells", 200), ("whole_reading_area", None)):
+        start = time.perf_counter()
+        config = WholeSlideConfig(max_white_cells=cells)
+        run = analyze_slide_file(slide, scratch / f"lab_day_{name}", config=config)
+        seconds = time.perf_counter() - start
+        result[name] = {"seconds": round(seconds, 1), "slides_per_hour": round(3600 / seconds, 1),
+                        "cells": int(run.summary["cells"]), "tiles_read": run.summary["tiles_read"],
+                        "tiles_planned": run.summary["tiles_planned"]}
+    slide.unlink()
+    return {**result, "side": SIDE, "threads": os.cpu_count(), "load_average": os.getloadavg()[0],
+            "command": "python benchmarks/bench_whole_slide.py --part lab_day"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("all", "gui", "readers", "cluster"), default="all")
+    parser.add_argument("--part", choices=("all", "gui", "readers", "cluster", "lab_day"), default="all")
     args = parser.parse_args()
     from napari_hematology.core.cells.segmentation import SegmentationConfig
 
@@ -450,6 +472,8 @@ def main() -> None:
             slide.unlink()
         if args.part in ("all", "readers"):
             results["readers"] = compare_readers(write_reader_svs(scratch / "readers.svs"))
+        if args.part in ("all", "lab_day"):
+            results["lab_day"] = measure_lab_day(scratch)
         if args.part in ("all", "cluster"):
             results["cluster"] = measure_cluster(scratch)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

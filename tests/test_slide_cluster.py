@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 
+import dask
 import pandas as pd
 import pytest
 from slide_helpers import mosaic, write_ome_pyramid
@@ -44,7 +45,7 @@ def _cells(folder, stem):
 
 def _kill_a_worker_after_its_first_tile(address: str, out_dir, killed: list) -> None:
     """Kill the worker of the first slide that has finished tiles but not all of them."""
-    client = distributed.Client(address, timeout=30)
+    client = distributed.Client(address, timeout=30, set_as_default=False)
     try:
         pids = client.run(os.getpid)
         deadline = time.monotonic() + 240
@@ -79,6 +80,7 @@ def test_two_workers_give_the_local_cells_and_a_killed_worker_repeats_no_finishe
         outcomes = analyze_slides(slides, tmp_path, scheduler=cluster.scheduler_address,
                                   reading_area=False, config=TILED)
         killer.join()
+    assert dask.config.get("scheduler", None) is None  # no client left behind as Dask's default
     assert killed, "no worker was killed mid-slide"
     resumed = [outcome["resumed_after_tiles"] for outcome in outcomes if outcome["resumed_after_tiles"]]
     assert resumed and resumed[0][0] >= 1  # the second try started after the finished tiles

@@ -64,13 +64,13 @@ def run_jobs(
             dashboard_address=None,
             silence_logs=logging.ERROR,
         )
-    client = cluster.get_client() if cluster is not None else connect(scheduler)
+    client = connect(cluster if cluster is not None else scheduler)
     try:
         futures = [client.submit(function, pure=False, **job) for job in jobs]
         order = {future.key: index for index, future in enumerate(futures)}
         results: list[Any] = [None] * len(jobs)
         report(0, len(jobs), message)
-        for done, future in enumerate(as_completed(futures), start=1):
+        for done, future in enumerate(as_completed(futures, loop=client.loop), start=1):
             if should_stop is not None and should_stop():
                 client.cancel(futures)
                 raise Cancelled("Cancelled by the user.")
@@ -86,8 +86,11 @@ def run_jobs(
             cluster.close()
 
 
-def connect(address: str):
-    """A Dask client of the scheduler at ``address``.
+def connect(address):
+    """A Dask client of the scheduler at ``address`` (or of a local cluster).
+
+    The client is not made Dask's default, so nothing else in the process starts sending work to a
+    cluster that goes away with the run.
 
     Raises:
         InputError: The scheduler cannot be reached; the message says what to check.
@@ -96,7 +99,7 @@ def connect(address: str):
     from dask.distributed import Client
 
     try:
-        return Client(address, timeout=SCHEDULER_TIMEOUT_S)
+        return Client(address, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
     except (OSError, ValueError, TypeError) as error:
         raise InputError(
             f"Cannot reach the Dask scheduler at {address!r} ({error}). Check the address "
