@@ -44,23 +44,24 @@ def _cells(folder, stem):
 
 
 def _kill_a_worker_after_its_first_tile(address: str, out_dir, killed: list) -> None:
-    """Kill the worker of the first slide that has finished tiles but not all of them."""
+    """Kill a busy worker once every slide has finished tiles and none is complete."""
     client = distributed.Client(address, timeout=30, set_as_default=False)
     try:
         pids = client.run(os.getpid)
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not killed:
+        while time.monotonic() < deadline:
+            states = []
             for checkpoint in out_dir.glob("*_checkpoint.json"):
                 try:
-                    state = json.loads(checkpoint.read_text())
+                    states.append(json.loads(checkpoint.read_text()))
                 except (OSError, ValueError):
-                    continue
-                if state["done"] and not state["complete"]:
-                    busy = [worker for worker, tasks in client.processing().items() if tasks]
-                    if busy:
-                        os.kill(pids[busy[0]], signal.SIGKILL)
-                        killed.append(checkpoint.name)
-                        return
+                    break
+            if len(states) == 2 and all(state["done"] and not state["complete"] for state in states):
+                busy = [worker for worker, tasks in client.processing().items() if tasks]
+                if busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(busy[0])
+                    return
             time.sleep(0.02)
     finally:
         client.close()

@@ -7,6 +7,7 @@ from torch import nn
 
 from napari_hematology.models._registry import register_model
 from napari_hematology.models.colour_statistics import STATISTICS_SIZE, colour_statistics
+from napari_hematology.models.stains import REFERENCE_STAINS
 
 DEFAULT_BACKBONE = "mobilenetv3_small_100"
 # Each crop's purple and pink stain amounts are scaled so that their 99th percentiles reach these levels
@@ -88,7 +89,7 @@ def standardise_stain_amounts(images: torch.Tensor) -> torch.Tensor:
     """Scale each crop's purple and pink stain amounts so that their 99th percentiles reach fixed levels.
 
     A crop's optical density is split along the reference stains
-    (:data:`~napari_hematology.core.cells.stain.REFERENCE_STAINS`; the residual is kept) and each amount
+    (:data:`~napari_hematology.models.stains.REFERENCE_STAINS`; the residual is kept) and each amount
     multiplied by one factor per crop (within :data:`MAX_STAIN_FACTOR` either way), so that a paler or
     darker stain of another lab reaches the network as this one's: how dark a nucleus is relative to its
     cytoplasm and red cells stays, how dark the whole crop is goes.
@@ -100,8 +101,6 @@ def standardise_stain_amounts(images: torch.Tensor) -> torch.Tensor:
         The restained batch, same shape, 0..255.
 
     """
-    from napari_hematology.core.cells.stain import REFERENCE_STAINS
-
     stains = images.new_tensor(REFERENCE_STAINS)
     od = -torch.log((images.clamp(0, 255) + 1.0) / 256.0).flatten(2).transpose(1, 2)
     amounts = od @ torch.linalg.pinv(stains)

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-# Reference stains: median over the 205 BCCD ``train`` fields (the data the segmentation thresholds were
-# tuned on) of each field's estimate, rows haematoxylin-like then eosin-like, columns OD of red, green,
-# blue; `python benchmarks/bench_segmentation.py --stain-reference`.
-REFERENCE_STAINS = np.array([[0.453, 0.892, 0.0], [0.183, 0.469, 0.864]], dtype=np.float32)
+from napari_hematology.models.stains import REFERENCE_STAINS
+
 # Pixels whose summed OD exceeds this are stained (background and glare are below).
 STAINED_OD = 0.3
 # Stains are estimated on a strided subsample of about this many pixels.
