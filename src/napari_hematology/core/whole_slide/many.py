@@ -75,7 +75,7 @@ def analyze_slides(
         check_cancel(should_stop)
         report(done, len(jobs), "analysing slides")
         try:
-            outcomes.append(_slide_job(**job))
+            outcomes.append(_analyze_slide(**job))
         except InputError as error:
             outcomes.append(error)
     report(len(jobs), len(jobs), "analysing slides")
@@ -83,13 +83,18 @@ def analyze_slides(
 
 
 def _slide_job(**job: Any) -> dict[str, Any]:
-    """One slide on a worker: resumes its own checkpoint, so a second try repeats no finished tile.
+    """One slide on a Dask worker, with one torch thread: the workers are the parallelism."""
+    one_thread()
+    return _analyze_slide(**job)
 
-    The slide's lazy (Dask) levels are read in the worker itself, not sent back to the cluster.
+
+def _analyze_slide(**job: Any) -> dict[str, Any]:
+    """One slide, resuming its own checkpoint, so a second try repeats no finished tile.
+
+    The slide's lazy (Dask) levels are read here, not sent on to a cluster.
     """
     import dask
 
-    one_thread()
     with dask.config.set(scheduler="synchronous"):
         return analyze_slide_file(**job, resume=True).summary
 
