@@ -234,6 +234,7 @@ def main(folder: Path, stacks: bool = False) -> dict:
     monitor.enter("Cytometry: load and run")
     cytometry = docks["Cytometry"]
     cytometry.load_files(sorted(folder.glob("*.fcs")))
+    wait_until(lambda: not cytometry.runner.busy, 60, "reading FCS files")
     cytometry.clusters_spin.setValue(2)
     cytometry.epochs_spin.setValue(4)
     cytometry.run()

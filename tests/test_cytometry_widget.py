@@ -34,6 +34,14 @@ def fcs_files(tmp_path):
     return paths
 
 
+def load(widget, qtbot, paths) -> bool:
+    """Load files as the dock does (read in its worker); whether they became the dock's batch."""
+    before = widget.batch
+    widget.load_files(paths)
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+    return widget.batch is not before and widget.batch is not None
+
+
 def run_and_wait(widget, qtbot, clusters: int) -> None:
     widget.clusters_spin.setValue(clusters)
     widget.epochs_spin.setValue(FAST["epochs"])
@@ -46,17 +54,23 @@ def hex_colours(rgba) -> list[str]:
     return ["#{:02x}{:02x}{:02x}".format(*(round(v * 255) for v in colour[:3])) for colour in rgba]
 
 
-def scatter_axes(widget):
+def shown_figure(area, qtbot):
+    """The figure a plot area shows, once drawn (plots are drawn in a worker thread)."""
+    qtbot.waitUntil(lambda: not area.drawing and area.figure is not None, timeout=10_000)
+    return area.figure
+
+
+def scatter_axes(widget, qtbot):
     """The scatter's axes, its points and the names in its legend."""
-    figure = widget.scatter_plot.figure
+    figure = shown_figure(widget.scatter_plot, qtbot)
     axes = figure.axes[0]
     (legend,) = figure.legends
     return axes, axes.collections[0], [text.get_text() for text in legend.get_texts()]
 
 
-def bar_chart(widget) -> tuple:
+def bar_chart(widget, qtbot) -> tuple:
     """The proportions chart's axes, and its bars' population names, percents and colours."""
-    axes = widget.shares_plot.figure.axes[0]
+    axes = shown_figure(widget.shares_plot, qtbot).axes[0]
     names = [label.get_text() for label in axes.get_yticklabels()]
     bars = axes.patches
     return axes, names, [bar.get_width() for bar in bars], hex_colours(bar.get_facecolor() for bar in bars)
@@ -64,7 +78,7 @@ def bar_chart(widget) -> tuple:
 
 @pytest.mark.gui
 def test_run_plots_scatter_and_shares_with_axes_and_legends_in_one_palette(widget, qtbot, fcs_files):
-    assert widget.load_files(fcs_files)
+    assert load(widget, qtbot, fcs_files)
     assert widget.files_list.count() == 2
     assert widget.checked_channels() == ["FL1-A", "FL2-A", "FL3-A"]
     assert "w0.fcs: raw values: no compensation, arcsinh (cofactor 150) on 3 channel(s)" in (
@@ -76,14 +90,14 @@ def test_run_plots_scatter_and_shares_with_axes_and_legends_in_one_palette(widge
     run_and_wait(widget, qtbot, clusters=2)
     assert len(widget.viewer.layers) == 0, "the plots are in the dock, not in napari's canvas"
     colours = category_colours(["0", "1"])
-    axes, points, legend = scatter_axes(widget)
+    axes, points, legend = scatter_axes(widget, qtbot)
     assert (axes.get_xlabel(), axes.get_ylabel(), axes.figure.get_suptitle()) == (
         "latent PC 1", "latent PC 2", "w0.fcs: 600 events"
     )
     assert len(points.get_offsets()) == 600
     assert set(hex_colours(points.get_facecolors())) == set(colours.values())
     assert legend == ["0", "1"]
-    axes, names, percents, bar_colours = bar_chart(widget)
+    axes, names, percents, bar_colours = bar_chart(widget, qtbot)
     assert names == ["0", "1"] and bar_colours == list(colours.values())
     assert sum(percents) == pytest.approx(100, abs=1e-6)
     assert (axes.get_xlabel(), axes.figure.get_suptitle()) == ("% of events", "Populations in w0.fcs")
@@ -98,13 +112,13 @@ def test_run_plots_scatter_and_shares_with_axes_and_legends_in_one_palette(widge
     widget.x_combo.setCurrentText("CD45 (FL1-A)")
     widget.y_combo.setCurrentText("CD61 (FL2-A)")
     widget.file_combo.setCurrentIndex(1)  # each choice plots again: no button to press
-    axes, points, legend = scatter_axes(widget)
+    axes, points, legend = scatter_axes(widget, qtbot)
     assert (axes.get_xlabel(), axes.get_ylabel(), axes.figure.get_suptitle()) == (
         "CD45 (FL1-A), arcsinh(x / 150)", "CD61 (FL2-A), arcsinh(x / 150)", "w1.fcs: 600 events"
     )
     values = widget.result.values(1, ["FL1-A", "FL2-A"])
     np.testing.assert_allclose(np.sort(points.get_offsets(), axis=0), np.sort(values, axis=0))
-    _, _, percents, _ = bar_chart(widget)
+    _, _, percents, _ = bar_chart(widget, qtbot)
     expected = 100 * sample_proportions(widget.result.stages[0].probabilities[1])
     np.testing.assert_allclose(percents, expected)
     assert min(percents) == pytest.approx(100 / 6, abs=3)
@@ -112,9 +126,14 @@ def test_run_plots_scatter_and_shares_with_axes_and_legends_in_one_palette(widge
     window = widget.viewer.window._qt_window
     window.resize(1280, 800)
     window.show()
-    canvas = widget.scatter_plot.canvas
-    ratio = canvas.devicePixelRatioF()
-    qtbot.waitUntil(lambda: round(canvas.figure.bbox.width) == round(canvas.width() * ratio), timeout=5000)
+    area = widget.scatter_plot
+    ratio = area.devicePixelRatioF()
+
+    def drawn_for_the_width() -> bool:  # a new width draws the plot again, in the worker
+        return not area.drawing and round(area.figure.bbox.width) == round(area.width() * ratio)
+
+    qtbot.waitUntil(drawn_for_the_width, timeout=5000)
+    assert area.image.pixmap().width() == round(area.width() * ratio) and area.height() > 0
     assert widget.findChild(QScrollArea).horizontalScrollBar().maximum() == 0, "the plots fit the page"
 
 
@@ -124,7 +143,7 @@ def test_a_child_stage_plots_its_parents_events_only(widget, qtbot, fcs_files, t
 
     fast = "populations: [PLT, RBC], epochs: 4, pretrain_epochs: 4}"
     (tmp_path / "stages.yaml").write_text(STAGES_YAML.replace("populations: [PLT, RBC]}", fast))
-    assert widget.load_files(fcs_files)
+    assert load(widget, qtbot, fcs_files)
     widget.stages_edit.setText(str(tmp_path / "stages.yaml"))
     run_and_wait(widget, qtbot, clusters=2)
     widget.stage_combo.setCurrentText("rbc")
@@ -132,23 +151,23 @@ def test_a_child_stage_plots_its_parents_events_only(widget, qtbot, fcs_files, t
     rbc = lineage.stage.population_names.index("RBC")
     rbc_events = int((lineage.probabilities[0].argmax(axis=1) == rbc).sum())
     assert 250 < rbc_events < 350  # 300 of w0's 600 events are red cells
-    axes, points, legend = scatter_axes(widget)
+    axes, points, legend = scatter_axes(widget, qtbot)
     assert legend == ["pure", "retic"] and len(points.get_offsets()) == rbc_events
     assert axes.figure.get_suptitle() == f"w0.fcs: {rbc_events} events"
-    axes, names, percents, _ = bar_chart(widget)
+    axes, names, percents, _ = bar_chart(widget, qtbot)
     assert names == ["pure", "retic"] and sum(percents) == pytest.approx(100)
     assert (axes.get_xlabel(), axes.figure.get_suptitle()) == ("% of RBC events", "rbc populations in w0.fcs")
 
 
 @pytest.mark.gui
 def test_names_given_in_the_table_reach_chart_scatter_and_exports(widget, qtbot, fcs_files, tmp_path):
-    assert widget.load_files(fcs_files)
+    assert load(widget, qtbot, fcs_files)
     run_and_wait(widget, qtbot, clusters=2)
     widget.populations.item(0, 1).setText("red cells")
     widget.populations.item(1, 1).setText("platelets")
     assert widget.population_names() == ["red cells", "platelets"]
-    assert scatter_axes(widget)[2] == ["red cells", "platelets"]
-    assert bar_chart(widget)[1] == ["red cells", "platelets"]
+    assert scatter_axes(widget, qtbot)[2] == ["red cells", "platelets"]
+    assert bar_chart(widget, qtbot)[1] == ["red cells", "platelets"]
     written = widget.save_results(tmp_path / "saved")
     assert (tmp_path / "saved" / "markers.csv") in written
     fcs = read_fcs(tmp_path / "saved" / "fcs" / "w1_clusters.fcs")
@@ -161,14 +180,15 @@ def test_names_given_in_the_table_reach_chart_scatter_and_exports(widget, qtbot,
 def test_bad_input_is_reported_in_the_widgets_terms(widget, tmp_path, fcs_files, monkeypatch, qtbot):
     shown = []
     monkeypatch.setattr("napari_hematology.widgets.cytometry.report_error", shown.append)
+    monkeypatch.setattr("napari_hematology.widgets._runner.report_error", shown.append)
     broken = tmp_path / "broken.fcs"
     broken.write_bytes(b"FCS3.0 truncated")
-    assert not widget.load_files([fcs_files[0], broken])
+    assert not load(widget, qtbot, [fcs_files[0], broken])
     assert "broken.fcs: cannot be read as FCS" in str(shown[-1])
     other = write_fcs(tmp_path / "other.fcs", make_events({"plt": 50})[0], markers=["", "CD3", "CD4", "CD8"])
-    assert not widget.load_files([fcs_files[0], other])
+    assert not load(widget, qtbot, [fcs_files[0], other])
     assert "other.fcs has a different panel" in str(shown[-1])
-    assert widget.load_files(fcs_files)
+    assert load(widget, qtbot, fcs_files)
     widget.stages_edit.setText(str(tmp_path / "absent.yaml"))
     widget.run()
     assert "no such stages file" in str(shown[-1])
@@ -186,7 +206,7 @@ def test_bad_input_is_reported_in_the_widgets_terms(widget, tmp_path, fcs_files,
 @pytest.mark.data
 def test_ff_fcs_is_drawn_on_its_own_scale_not_as_one_dot(widget, qtbot, shared_data):
     ff = shared_data / "cytometry" / "flowsom" / "ff.fcs"
-    assert widget.load_files([ff])
+    assert load(widget, qtbot, [ff])
     for row in range(widget.channels_list.count()):
         item = widget.channels_list.item(row)
         marker = item.text().split(" (")[0]
@@ -198,7 +218,7 @@ def test_ff_fcs_is_drawn_on_its_own_scale_not_as_one_dot(widget, qtbot, shared_d
     run_and_wait(widget, qtbot, clusters=7)
     widget.x_combo.setCurrentText("CD3 (PE-Cy7-A)")
     widget.y_combo.setCurrentText("CD19 (PE-Cy5-A)")
-    axes, points, legend = scatter_axes(widget)
+    axes, points, legend = scatter_axes(widget, qtbot)
     assert axes.get_xlabel() == "CD3 (PE-Cy7-A), transformed in the file"
     data = points.get_offsets()
     assert (data.std(axis=0) > 0.3).all() and (np.ptp(data, axis=0) > 2.0).all()  # logicle units, 0..4.5
@@ -212,13 +232,13 @@ def test_auto_cluster_count_and_marker_names_are_shown(widget, qtbot, tmp_path):
     from test_cytometry_names import COUNTS, blood, write
 
     path = write(tmp_path / "blood.fcs", blood(COUNTS)[0])
-    assert widget.load_files([path])
+    assert load(widget, qtbot, [path])
     assert widget.clusters_spin.text() == "auto (chosen from the data)"
     run_and_wait(widget, qtbot, clusters=1)  # the lowest value is "auto"
     assert widget.count_label.text().startswith("cluster: 5 clusters (chosen from the data: smallest ICL")
     assert "named by blood_markers.yaml (shipped)" in widget.count_label.text()
     assert sorted(widget.population_names()) == sorted(COUNTS)
-    assert sorted(scatter_axes(widget)[2]) == sorted(bar_chart(widget)[1]) == sorted(COUNTS)
+    assert sorted(scatter_axes(widget, qtbot)[2]) == sorted(bar_chart(widget, qtbot)[1]) == sorted(COUNTS)
 
 
 def test_the_transform_choices_are_the_cores():

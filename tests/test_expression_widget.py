@@ -25,9 +25,11 @@ def write_cells_csv(path, n_cells: int = 90) -> None:
     table.to_csv(path, index=False)
 
 
-def heatmap(widget) -> tuple:
+def heatmap(widget, qtbot) -> tuple:
     """The confusion heatmap's axes, its column and row names, and the counts written in its cells."""
-    axes = widget.confusion.figure.axes[0]
+    area = widget.confusion  # drawn in a worker thread
+    qtbot.waitUntil(lambda: not area.drawing and area.figure is not None, timeout=10_000)
+    axes = area.figure.axes[0]
     columns = [label.get_text() for label in axes.get_xticklabels()]
     rows = [label.get_text() for label in axes.get_yticklabels()]
     counts = np.zeros((len(rows), len(columns)), int)
@@ -63,7 +65,7 @@ def test_train_shows_points_with_features_and_confusion(widget, qtbot, tmp_path)
     assert {"label", "predicted", "confidence"} <= set(layer.features.columns)
     held_out = int((layer.features["split"] == "held out").sum())
     assert held_out == 18  # 20% of each class of 30
-    axes, columns, rows, counts = heatmap(widget)
+    axes, columns, rows, counts = heatmap(widget, qtbot)
     assert columns == rows == list(widget.model.classes) and sorted(rows) == ["ery", "lym", "mye"]
     assert counts.sum() == held_out and np.trace(counts) >= 16
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("predicted class", "true class")
@@ -122,22 +124,23 @@ def test_map_colours_legend_point_size_and_whole_confusion_heatmap(widget, qtbot
     from qtpy.QtWidgets import QScrollArea
 
     area = widget.confusion
-    canvas = area.canvas
+    ratio = area.devicePixelRatioF()
 
-    def laid_out() -> bool:  # the canvas has its place in the page, and the figure its size
-        width = round(canvas.width() * canvas.devicePixelRatioF())
-        return canvas.height() == area.height() > 0 and round(canvas.figure.bbox.width) == width
+    def laid_out() -> bool:  # the image has its place in the page, and the figure the page's width
+        if area.drawing or area.figure is None:
+            return False
+        return area.image.height() == area.height() > 0 and round(area.figure.bbox.width) == round(
+            area.width() * ratio)
 
-    qtbot.waitUntil(laid_out, timeout=2000)
-    axes, columns, rows, counts = heatmap(widget)
+    qtbot.waitUntil(laid_out, timeout=5000)
+    axes, columns, rows, counts = heatmap(widget, qtbot)
     assert columns == rows == classes and np.trace(counts) == counts.sum() == 200
     page = widget.findChild(QScrollArea)
     assert page.horizontalScrollBar().maximum() == 0, "ten long names fit the page's width"
     for button in (widget.browse_button, widget.train_button, widget.save_button, widget.apply_button):
         assert button.isVisible() and not button.visibleRegion().isEmpty(), button.text()
-    canvas.draw()
-    inside = canvas.figure.bbox
-    texts = [*axes.get_xticklabels(), *axes.get_yticklabels(), *canvas.figure.texts, axes.xaxis.label,
+    inside = area.figure.bbox
+    texts = [*axes.get_xticklabels(), *axes.get_yticklabels(), *area.figure.texts, axes.xaxis.label,
              axes.yaxis.label]
     for text in texts:  # every name and label is drawn inside the figure, none cut off
         box = text.get_window_extent()
@@ -145,7 +148,7 @@ def test_map_colours_legend_point_size_and_whole_confusion_heatmap(widget, qtbot
             text.get_text()
         )
     cell = axes.get_window_extent().width / len(classes)
-    assert cell >= 12 * canvas.devicePixelRatioF(), f"cells {cell:.0f} px wide: too small to read a count"
+    assert cell >= 12 * ratio, f"cells {cell:.0f} px wide: too small to read a count"
 
 
 @pytest.mark.gui

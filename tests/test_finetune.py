@@ -14,7 +14,6 @@ from napari_hematology.core.cells.finetune import (
     FineTuneConfig,
     cells_from_csv,
     check_labels,
-    cross_validated_comparison,
     fine_tune,
     fine_tune_files,
     read_labelled_cells,
@@ -112,8 +111,9 @@ class _Memoriser:
         return pd.DataFrame({"label": right})
 
 
-def test_cross_validated_comparison_scores_every_cell_with_a_model_that_did_not_train_on_it(
-    cells_csv, monkeypatch
+@pytest.mark.parametrize("calibration_cells", [100, 5])
+def test_comparison_scores_held_out_cells_with_a_model_that_did_not_train_on_them(
+    cells_csv, monkeypatch, calibration_cells
 ):
     from sklearn.metrics import balanced_accuracy_score
 
@@ -123,23 +123,44 @@ def test_cross_validated_comparison_scores_every_cell_with_a_model_that_did_not_
     cells = read_labelled_cells(cells_from_csv(cells_csv), base).cells
     cells.crops[:, 0, 0, 0] = np.arange(len(cells))
     missed = sorted(set(cells.labels))[0]
+    config = _quick(calibration_cells=calibration_cells)
     models = []
 
     def fake_fine_tune(train, base_model, config=None, progress=None, should_stop=None, unlabelled=None):
-        assert base_model is base and config.min_calibration_cells > len(cells)  # no calibration split
-        models.append(_Memoriser({int(value) for value in train.crops[:, 0, 0, 0]}, cells.labels, missed))
+        assert base_model is base
+        trained = {int(value) for value in train.crops[:, 0, 0, 0]}
+        if len(train) >= config.min_calibration_cells:  # fine_tune keeps its calibration cells back
+            trained -= {int(i) for i in finetune.calibration_split(train.labels, config)[1]}
+        models.append(_Memoriser(trained, cells.labels, missed))
         return models[-1]
 
     monkeypatch.setattr(finetune, "fine_tune", fake_fine_tune)
-    result = cross_validated_comparison(cells, base, _quick(), folds=2)
-    assert result.folds == len(models) == 2 and result.cells == len(cells) == 10
-    assert sorted(i for model in models for i in model.predicted) == list(range(len(cells)))
-    assert all(not set(model.predicted) & model.trained for model in models)
-    assert sorted(i for model in models for i in model.trained) == list(range(len(cells)))  # each once
-    classes = len(set(cells.labels))
-    assert result.after == pytest.approx((classes - 1) / classes)  # only the missed class wrong
-    before = base.predict_prepared(cells.crops)["label"]
-    assert result.before == pytest.approx(balanced_accuracy_score(cells.labels, before))
+    lab, result = finetune.fine_tune_with_comparison(cells, base, config)
+    assert lab is models[-1] and result.cells == len(cells) == 10 and result.held_out == 2
+    assert result.trainings == len(models) == (1 if calibration_cells <= len(cells) else 2)
+    scorer = models[0]
+    assert len(scorer.predicted) == 2 and not set(scorer.predicted) & scorer.trained
+    held_out = scorer.predicted
+    expected = ["wrong" if cells.labels[i] == missed else cells.labels[i] for i in held_out]
+    assert result.after == pytest.approx(balanced_accuracy_score(cells.labels[held_out], expected))
+    before = base.predict_prepared(cells.crops[held_out])["label"]
+    assert result.before == pytest.approx(balanced_accuracy_score(cells.labels[held_out], before))
+
+
+def test_too_few_cells_to_compare_are_refused(cells_csv):
+    from napari_hematology.core.cells.finetune import fine_tune_with_comparison
+
+    base = load_classifier(None, "cpu")
+    cells = read_labelled_cells(cells_from_csv(cells_csv), base).cells.subset(np.arange(6))
+    with pytest.raises(InputError, match=r"Too few reviewed cells \(6\).*at least 10"):
+        fine_tune_with_comparison(cells, base, _quick())
+
+
+def test_training_steps_count_one_training_from_enough_cells_else_two():
+    from napari_hematology.core.cells.finetune import training_steps
+
+    assert training_steps(200) == 100 * 5  # 160 cells trained (40 fit the temperature), batches of 32
+    assert training_steps(50) == 100 * 2 + 100 * 2  # 40 cells for the comparison, then all 50
 
 
 def test_cli_refuses_unknown_labels_and_empty_projects(cells_csv, tmp_path, capsys):
@@ -204,7 +225,7 @@ def test_project_fine_tuning_uses_unreviewed_crops_only_for_batch_norm(cells_csv
         return real_fine_tune(cells, base, config, progress, should_stop, unlabelled=unlabelled)
 
     monkeypatch.setattr(finetune, "fine_tune", spy)
-    result = fine_tune_project(project, config=_quick(), folds=2)
+    result = fine_tune_project(project, config=_quick())
     assert seen["labelled"] == len(reviewed)
     assert seen["unlabelled"] is not None and len(seen["unlabelled"]) == len(crops) - len(reviewed)
     assert result["model_dir"] == lab_model_folder(project)

@@ -242,3 +242,21 @@ def test_retrain_without_reviewed_cells_says_so(gallery, tmp_path, qtbot, monkey
     qtbot.waitUntil(lambda: not gallery.runner.busy, timeout=60_000)
     assert runner and any("no reviewed cells" in message for message in messages)
     assert not gallery.use_model_button.isEnabled()
+
+
+@pytest.mark.gui
+def test_retrain_says_the_work_before_and_the_held_out_accuracy_after(gallery, tmp_path, qtbot, monkeypatch):
+    from napari_hematology.core.labels import review
+
+    project, cells = _project(tmp_path, 200)
+    with AnnotationStore(project) as store:
+        store.set_labels([(name, "blast") for name in store.cells()["cell"]], "dr_a", "human")
+    result = {"model_dir": tmp_path / "review_model", "cells": 200, "held_out": 40, "before": 0.41,
+              "after": 0.87, "seconds": 63.2, "skipped": ""}
+    monkeypatch.setattr(review, "fine_tune_project", lambda project, **_: result)
+    gallery.open_project(project)
+    gallery.retrain()
+    assert "200 reviewed cells: 500 training steps, about 1.2 min" in gallery.status.text()
+    qtbot.waitUntil(lambda: not gallery.runner.busy, timeout=60_000)
+    assert "(63 s)" in gallery.status.text() and "40 of the 200" in gallery.status.text()
+    assert "before 0.41, after 0.87" in gallery.status.text() and gallery.use_model_button.isEnabled()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+
+import pytest
 
 from napari_hematology.core.progress import TextProgress
 
@@ -46,3 +50,18 @@ def test_nothing_is_written_when_the_stream_is_not_a_terminal():
     for done in range(4):
         progress(done, 3, "tiles")
     assert log.getvalue() == ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loaded ahead on Linux only")
+def test_torch_libraries_load_ahead_of_the_import_without_the_interpreter_lock():
+    script = (
+        "import sys\n"
+        "from napari_hematology.widgets._runner import _load_torch_libraries_unlocked\n"
+        "_load_torch_libraries_unlocked()\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "assert 'torch' not in sys.modules and 'libtorch_cpu.so' in maps, 'not loaded ahead'\n"
+        "import torch\n"
+        "assert float(torch.nn.Linear(2, 1)(torch.ones(1, 2)).detach().shape[0]) == 1.0\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -7,19 +7,23 @@ import pytest
 from napari_hematology.core.labels.review import _OverallProgress
 
 
-def test_several_trainings_make_one_bar_that_names_each():
+def test_two_trainings_make_one_bar_that_names_each():
     reports = []
-    overall = _OverallProgress(lambda *report: reports.append(report), trainings=4)
-    for _training in range(3):  # the comparison's folds: each counts its steps from the start
+    overall = _OverallProgress(lambda *report: reports.append(report), trainings=2)
+    for _training in range(2):  # the comparison model, then the lab model: each counts from the start
         for step in range(1, 11):
             overall(step, 10, f"epoch {step}/10")
-    overall.next_training()  # the lab model
-    for step in range(1, 11):
-        overall(step, 10, f"epoch {step}/10")
     done = [report[0] for report in reports]
-    assert done == sorted(done) and done[-1] == 40 and {report[1] for report in reports} == {40}
-    assert reports[0][2] == "training 1/4 (held-out comparison), epoch 1/10"
-    assert reports[-1][2] == "training 4/4 (the lab model), epoch 10/10"
+    assert done == sorted(done) and done[-1] == 20 and {report[1] for report in reports} == {20}
+    assert reports[0][2] == "training a model for the comparison (1/2), epoch 1/10"
+    assert reports[-1][2] == "training the lab model (2/2), epoch 10/10"
+
+
+def test_one_training_names_the_lab_model():
+    reports = []
+    overall = _OverallProgress(lambda *report: reports.append(report), trainings=1)
+    overall(3, 10, "epoch 3/10")
+    assert reports == [(3, 10, "training the lab model, epoch 3/10")]
 
 
 @pytest.mark.gui

@@ -1,21 +1,25 @@
-"""Plots inside the docks: a matplotlib figure on a Qt canvas, and the plot types the docks share.
+"""Plots inside the docks: matplotlib figures drawn off napari's GUI thread, and the plot types they share.
 
 Every plot has a title, labelled axes and a legend or colour bar, and is laid out for the page's width
 (:data:`~napari_hematology.widgets._workspace.PAGE_WIDTH`): it follows the dock's width and has a fixed
-height, so the page scrolls down rather than sideways. matplotlib takes about a second to import, more than
-napari's GUI thread may stall (200 ms), so this module never imports it at its top: a dock's task calls
-:func:`prepare_plots` in its worker thread (wrap the task in :func:`with_plots`), and :class:`PlotArea`
-makes its canvas on the first plot, with matplotlib already loaded.
+height, so the page scrolls down rather than sideways. Importing matplotlib (about a second), building a
+figure and rendering it (50-350 ms for a 20,000-point scatter) would each stall napari's GUI thread past
+200 ms, so :meth:`PlotArea.plot` does all three in a worker thread with matplotlib's Agg renderer (no
+pyplot, so no shared state) and the GUI thread only shows the finished image.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from napari_hematology.widgets._workspace import PAGE_WIDTH
 
@@ -41,65 +45,135 @@ HEATMAP_SIDE_PX = 40
 HEATMAP_FRAME_PX = 120
 HEATMAP_CMAP = "Blues"
 HEATMAP_PAD = 1 / 72  # inches around a heatmap's parts (constrained layout's default is 3 / 72)
+RESIZE_DELAY_MS = 150  # a plot is drawn again for a new width once the dock stops changing size
+
+DrawFunction = Callable[["Figure"], int]
+"""Draws on an empty figure and returns the height in pixels the plot needs."""
 
 
-def prepare_plots() -> None:
-    """Import matplotlib's figure, its Qt canvas and its fonts: call it in a worker thread, not napari's."""
-    import matplotlib.backends.backend_qtagg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
-    from matplotlib import font_manager
+def render(draw: DrawFunction, width: int, pixel_ratio: float) -> tuple[Figure, int, np.ndarray]:
+    """Draw a figure ``width`` widget pixels wide with matplotlib's Agg renderer (any thread).
 
-    font_manager.findfont(font_manager.FontProperties())
+    Args:
+        draw: Draws the plot on the empty figure and returns its height in widget pixels.
+        width: Width in widget pixels.
+        pixel_ratio: Device pixels per widget pixel (more than 1 on a high-density screen).
+
+    Returns:
+        The figure, its height in widget pixels and its ``(h, w, 4)`` RGBA image in device pixels.
+
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(dpi=DPI * pixel_ratio, layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.set_size_inches(width / DPI, SCATTER_PX / DPI)
+    height = draw(figure)
+    figure.set_size_inches(width / DPI, height / DPI)
+    figure.canvas.draw()
+    return figure, height, np.asarray(figure.canvas.buffer_rgba()).copy()
 
 
-def with_plots(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run :func:`prepare_plots`, then ``function(*args, **kwargs)``: a task for ``TaskRunner.start``."""
-    prepare_plots()
-    return function(*args, **kwargs)
+_RENDERER = ThreadPoolExecutor(1, thread_name_prefix="plots")  # one at a time: renders are short
+
+
+class _Rendered(QObject):
+    """Carries a finished render from the drawing thread to the GUI thread (a queued signal)."""
+
+    done = Signal(int, int, object)
 
 
 class PlotArea(QWidget):
-    """A place for one figure in a dock: as wide as the page, no height until something is plotted."""
+    """A place for one figure in a dock: as wide as the page, no height until something is plotted.
+
+    :meth:`plot` draws in a worker thread; the last figure shown stays in :attr:`figure` (read it, do not
+    draw on it). A newer plot, or :meth:`clear`, supersedes one still being drawn.
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.canvas = None
+        self.figure: Figure | None = None
+        self.image = QLabel()
+        self.image.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        # the image never widens the page: a new width draws the plot again instead
+        self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setFixedHeight(0)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.image)
+        self._draw: DrawFunction | None = None
+        self._generation = 0
+        self._pending = False
+        self._drawn_width = 0
+        self._rendered = _Rendered(self)
+        self._rendered.done.connect(self._show)
+        self._resized = QTimer(self, singleShot=True, interval=RESIZE_DELAY_MS)
+        self._resized.timeout.connect(self._redraw_for_width)
 
     @property
-    def figure(self) -> Figure | None:
-        """The figure last plotted, or None."""
-        return None if self.canvas is None else self.canvas.figure
+    def drawing(self) -> bool:
+        """Whether a plot is being drawn and not yet shown."""
+        return self._pending
 
-    def new_figure(self) -> Figure:
-        """An empty figure as wide as the area, to draw on (the canvas is made on the first call)."""
-        if self.canvas is None:
-            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-            from matplotlib.figure import Figure
+    def plot(self, draw: DrawFunction) -> None:
+        """Draw a plot in a worker thread and show it when done (the GUI thread only shows the image).
 
-            self.canvas = FigureCanvasQTAgg(Figure(dpi=DPI))
-            self.layout().addWidget(self.canvas)
-        figure = self.canvas.figure
-        figure.clear()
-        figure.set_layout_engine("constrained")  # its default margins, whatever the last plot set
+        Args:
+            draw: Draws on an empty figure (no pyplot) and returns the plot's height in pixels.
+
+        """
+        self._draw = draw
+        self._generation += 1
+        self._pending = True
         width = self.width() if self.isVisible() else PAGE_WIDTH
-        figure.set_size_inches(width / DPI, figure.get_figheight(), forward=False)
-        return figure
+        _RENDERER.submit(self._render, self._generation, draw, width, self.devicePixelRatioF())
 
-    def draw(self, height: int) -> None:
-        """Show the figure ``height`` pixels high (drawn when napari's event loop next runs)."""
-        self.canvas.figure.set_size_inches(self.canvas.figure.get_figwidth(), height / DPI, forward=False)
+    def _render(self, generation: int, draw: DrawFunction, width: int, pixel_ratio: float) -> None:
+        """In the drawing thread: render, then hand the result to the GUI thread."""
+        try:
+            result = render(draw, width, pixel_ratio)
+        except Exception as error:  # noqa: BLE001 (shown to the user in the GUI thread, never raised here)
+            result = error
+        with contextlib.suppress(RuntimeError):  # the dock was closed while its plot was drawn
+            self._rendered.done.emit(generation, width, result)
+
+    def _show(self, generation: int, width: int, result) -> None:
+        if generation != self._generation:
+            return  # a newer plot, or a clear, came after this one
+        self._pending = False
+        if isinstance(result, Exception):
+            from napari_hematology.widgets._runner import report_error
+
+            report_error(result)
+            return
+        figure, height, rgba = result
+        self.figure, self._drawn_width = figure, width
+        rows, columns = rgba.shape[:2]
+        image = QImage(rgba.data, columns, rows, 4 * columns, QImage.Format.Format_RGBA8888)
+        pixmap = QPixmap.fromImage(image)  # a copy: the array may go
+        pixmap.setDevicePixelRatio(self.devicePixelRatioF())
+        self.image.setPixmap(pixmap)
         self.setFixedHeight(height)
-        self.canvas.draw_idle()
 
     def clear(self) -> None:
-        """Empty the figure and give the area no height."""
-        if self.canvas is not None:
-            self.canvas.figure.clear()
+        """Show nothing and give the area no height (a plot still being drawn is dropped)."""
+        self._generation += 1
+        self._pending = False
+        self._draw = None
+        self.figure = None
+        self.image.clear()
         self.setFixedHeight(0)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        if self._draw is not None and abs(self.width() - self._drawn_width) > 1:
+            self._resized.start()
+
+    def _redraw_for_width(self) -> None:
+        if self._draw is not None and self.isVisible():
+            self.plot(self._draw)
 
 
 def _label(axes: Axes, title: str, x: str, y: str, tick_size: float = FONT_SIZE) -> None:
@@ -125,7 +199,7 @@ def category_scatter(
     hides another by being drawn last).
 
     Args:
-        figure: An empty figure (:meth:`PlotArea.new_figure`).
+        figure: An empty figure (the one :meth:`PlotArea.plot` gives its draw function).
         points: ``(n, 2)`` x and y.
         categories: The category of each point, a key of ``colours``.
         colours: ``{category: "#rrggbb"}``.
@@ -169,7 +243,7 @@ def share_bars(
     """One horizontal bar per name, its share in percent written at its end, the first name on top.
 
     Args:
-        figure: An empty figure (:meth:`PlotArea.new_figure`).
+        figure: An empty figure (the one :meth:`PlotArea.plot` gives its draw function).
         shares: ``{name: percent}``.
         colours: ``{name: "#rrggbb"}`` for every name of ``shares``.
         title: The plot's title.
@@ -199,7 +273,7 @@ def count_heatmap(
     """Counts as coloured square cells, the count written in each but the empty ones, names, a colour bar.
 
     Args:
-        figure: An empty figure (:meth:`PlotArea.new_figure`).
+        figure: An empty figure (the one :meth:`PlotArea.plot` gives its draw function).
         counts: ``(rows, columns)`` whole numbers.
         rows: The name of each row (left).
         columns: The name of each column (below, turned upright so that long names fit).

@@ -51,7 +51,6 @@ from napari_hematology.widgets._plot import (
     category_scatter,
     scatter_height,
     share_bars,
-    with_plots,
 )
 from napari_hematology.widgets._runner import TaskRunner, report_error
 
@@ -67,6 +66,13 @@ NAME_COLUMN = 1
 FCS_FOLDER = "fcs"
 H5AD_FILE = "events.h5ad"
 
+
+
+def _read_batch(paths: list[Path], **callbacks):
+    """Read FCS files as one batch in the runner's worker (the cytometry package is imported there too)."""
+    from napari_hematology.core.cytometry import read_batch
+
+    return read_batch(paths, **callbacks)
 
 class CytometryWidget(QWidget):
     """Load FCS files, choose channels and preprocessing, run one stage or a stages file, show and name."""
@@ -173,15 +179,11 @@ class CytometryWidget(QWidget):
         self.scatter_plot.clear()
         self.shares_plot.clear()
 
-    def load_files(self, paths: list[str | Path]) -> bool:
-        """Read the files and offer their shared channels (marker channels ticked; constant ones not)."""
-        from napari_hematology.core.cytometry import read_batch
+    def load_files(self, paths: list[str | Path]) -> None:
+        """Read the files in the background, then offer their shared channels (marker channels ticked)."""
+        self.runner.start(_read_batch, [Path(p) for p in paths], on_done=self._show_batch)
 
-        try:
-            batch = read_batch([Path(p) for p in paths])
-        except HematologyError as error:
-            report_error(error)
-            return False
+    def _show_batch(self, batch) -> None:
         self.batch = batch
         self.paths = list(dict.fromkeys(s.path for s in batch.samples))
         self.files_list.clear()
@@ -198,7 +200,6 @@ class CytometryWidget(QWidget):
             self.channels_list.addItem(item)
         self.channels_list.blockSignals(False)
         self.show_preprocessing()
-        return True
 
     def checked_channels(self) -> list[str]:
         """Detector names of the ticked channels."""
@@ -280,7 +281,7 @@ class CytometryWidget(QWidget):
             report_error(error)
             return
         reference = self.reference_edit.text().strip() or None
-        self.runner.start(with_plots, run_pipeline, self.paths, config, reference, on_done=self.show_result)
+        self.runner.start(run_pipeline, self.paths, config, reference, on_done=self.show_result)
 
     def show_result(self, result) -> None:
         """Fill the view choices, the populations, the proportions, and plot the first file."""
@@ -394,9 +395,13 @@ class CytometryWidget(QWidget):
         if seen.sum() > MAX_POINTS:
             title += f", {MAX_POINTS:,} drawn at random"
         x, y = self._axis_labels(file_index, channels, names)
-        category_scatter(self.scatter_plot.new_figure(), coordinates[seen], populations.to_numpy()[seen],
-                         colours, title=title, x=x, y=y)
-        self.scatter_plot.draw(scatter_height(len(colours)))
+        points, categories = coordinates[seen], populations.to_numpy()[seen]
+
+        def draw(figure) -> int:
+            category_scatter(figure, points, categories, colours, title=title, x=x, y=y)
+            return scatter_height(len(colours))
+
+        self.scatter_plot.plot(draw)
 
     def _axis_labels(self, file_index: int, channels: tuple[str, str] | None, names: list[str]) -> list[str]:
         """The scatter's axis labels: each channel as listed and its scale, or the latent axes' names."""
@@ -419,12 +424,15 @@ class CytometryWidget(QWidget):
         fractions = sample_proportions(stage.probabilities[file_index])
         parent = stage.stage.parent_population
         populations = "Populations" if len(self.result.stages) == 1 else f"{stage.stage.name} populations"
-        share_bars(
-            self.shares_plot.new_figure(), dict(zip(colours, 100 * fractions, strict=True)), colours,
-            title=f"{populations} in {self.result.samples[file_index].name}",
-            x=f"% of {parent} events" if parent else "% of events", y="population",
-        )
-        self.shares_plot.draw(bars_height(len(colours)))
+        shares = dict(zip(colours, 100 * fractions, strict=True))
+        title = f"{populations} in {self.result.samples[file_index].name}"
+        x = f"% of {parent} events" if parent else "% of events"
+
+        def draw(figure) -> int:
+            share_bars(figure, shares, colours, title=title, x=x, y="population")
+            return bars_height(len(colours))
+
+        self.shares_plot.plot(draw)
 
     def _show_table(self, table) -> None:
         self.table.setRowCount(len(table))

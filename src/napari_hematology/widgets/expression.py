@@ -20,7 +20,7 @@ from napari_hematology.widgets._keys import APPLY_MODEL, OPEN, RUN, SAVE, bind_b
 from napari_hematology.widgets._layout import fit_names, form_layout, scrolling_layout
 from napari_hematology.widgets._legend import Legend
 from napari_hematology.widgets._palette import category_colours
-from napari_hematology.widgets._plot import PlotArea, count_heatmap, with_plots
+from napari_hematology.widgets._plot import PlotArea, count_heatmap
 from napari_hematology.widgets._runner import TaskRunner, report_error
 
 FILE_FILTER = "Expression data (*.h5ad *.csv *.tsv *.h5)"
@@ -119,7 +119,7 @@ class ExpressionWidget(QWidget):
         except HematologyError as error:
             report_error(error)
             return
-        self.runner.start(with_plots, fit_and_map, self.data, self.label_combo.currentText(), config,
+        self.runner.start(fit_and_map, self.data, self.label_combo.currentText(), config,
                           on_done=self._show_fit)
 
     def _has_data(self) -> bool:
@@ -149,7 +149,7 @@ class ExpressionWidget(QWidget):
             report_error(error)
             return
         label_key = self.label_combo.currentText() or None
-        self.runner.start(with_plots, latent_map, self.model, self.data, label_key, on_done=self._show_map)
+        self.runner.start(latent_map, self.model, self.data, label_key, on_done=self._show_map)
 
     def _save_model(self) -> None:
         from napari_hematology.core.expression import save_expression_model
@@ -190,11 +190,10 @@ class ExpressionWidget(QWidget):
         self.scored_on.setText(f"Confusion matrix of {view.scored_on}.")
         rows, columns = [str(n) for n in confusion.index], [str(n) for n in confusion.columns]
         counts = confusion.to_numpy()
-        _, height = count_heatmap(
-            self.confusion.new_figure(), counts, rows, columns, "cells",
+        self.confusion.plot(lambda figure: count_heatmap(
+            figure, counts, rows, columns, "cells",
             title=f"Confusion matrix, {int(counts.sum())} cells", x="predicted class", y="true class",
-        )
-        self.confusion.draw(height)
+        )[1])
 
 
 def _combo(items: tuple[str, ...]) -> QComboBox:

@@ -35,12 +35,14 @@ from napari_hematology.core.cells.recipe import ClassifierRecipe, save_classifie
 from napari_hematology.core.cells.training_data import CellSet
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import read_table
-from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
+from napari_hematology.core.progress import ProgressCallback, StopCallback
 from napari_hematology.core.training import TrainConfig
 
 LAB_SOURCE = "lab"
 SKIPPED_NAMES_SHOWN = 5
-CV_FOLDS = 3
+MIN_COMPARED_CELLS = 10
+# one step (32 crops of 64 px, two torch threads) on the 2-core machine of benchmarks/bench_retrain.py
+CPU_SECONDS_PER_STEP = 0.15
 
 MAX_UNLABELLED = 2000
 
@@ -353,58 +355,95 @@ def balanced_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
 
 @dataclass
 class Comparison:
-    """Base model vs fine-tuned model on cells the fine-tuned model did not train on.
+    """Base model vs fine-tuned model on reviewed cells the fine-tuned model did not train on.
 
     Attributes:
-        before: Balanced accuracy of the base model.
-        after: Balanced accuracy of the fine-tuned models (out of fold).
-        cells: Cells compared.
-        folds: Cross-validation folds.
+        before: Balanced accuracy of the base model on the held-out cells.
+        after: Balanced accuracy of the fine-tuned model on the same cells.
+        cells: Labelled cells in all.
+        held_out: Of those, the cells both were scored on.
+        trainings: Trainings run (1 when the lab model's calibration cells were the held-out ones).
 
     """
 
     before: float
     after: float
     cells: int
-    folds: int
+    held_out: int
+    trainings: int
 
 
-def cross_validated_comparison(
+def training_steps(cells: int, config: FineTuneConfig | None = None) -> int:
+    """Optimisation steps of :func:`fine_tune_with_comparison` on ``cells`` labelled cells.
+
+    Lets a caller say before it starts how much work a retraining is (the steps dominate its time).
+    """
+    config = config or FineTuneConfig()
+    batch = min(config.train.batch_size, max(2, cells))
+    held_out = int(np.ceil(config.calibration_share * cells))
+    trained = [cells - held_out] if cells >= config.min_calibration_cells else [cells - held_out, cells]
+    return sum(config.train.epochs * int(np.ceil(count / batch)) for count in trained)
+
+
+def training_seconds_estimate(steps: int) -> float:
+    """Rough seconds of ``steps`` fine-tuning steps on a 2-core CPU (``CPU_SECONDS_PER_STEP`` each)."""
+    return steps * CPU_SECONDS_PER_STEP
+
+
+def fine_tune_with_comparison(
     cells: CellSet,
     base: CellClassifier,
     config: FineTuneConfig | None = None,
-    folds: int = CV_FOLDS,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
-) -> Comparison:
-    """Balanced accuracy of the base model and, out of fold, of models fine-tuned on the other folds.
+    unlabelled: np.ndarray | None = None,
+) -> tuple[CellClassifier, Comparison]:
+    """Fine-tune on all cells and measure base vs fine-tuned accuracy on cells held out from training.
+
+    The held-out cells are the stratified share :func:`fine_tune` keeps back to fit the temperature, so
+    with ``min_calibration_cells`` or more cells there is one training: the lab model itself is scored
+    on them (the temperature does not change its calls). With fewer, a second model is first trained
+    without them for the comparison, and the lab model trains on every cell.
+
+    Args:
+        cells: Normalised crops and their labels (at least ``MIN_COMPARED_CELLS``).
+        base: The model to start from; it is left unchanged.
+        config: Fine-tuning settings.
+        progress: Progress callback (per training step, each training from the start).
+        should_stop: Cancellation callback.
+        unlabelled: More of the lab's crops for the BatchNorm re-estimation (see :func:`fine_tune`).
+
+    Returns:
+        The lab's classifier and the comparison.
 
     Raises:
-        InputError: Fewer than two cells per fold.
+        InputError: Fewer than ``MIN_COMPARED_CELLS`` cells, or labels the base model does not know.
 
     """
-    from sklearn.model_selection import StratifiedKFold
-
     config = config or FineTuneConfig()
-    folds = min(folds, int(pd.Series(cells.labels).value_counts().max()))
-    if folds < 2 or len(cells) < 2 * folds:
-        raise InputError(f"Too few reviewed cells ({len(cells)}) to measure accuracy by cross-validation.")
-    before = base.predict_prepared(cells.crops, should_stop=should_stop)["label"].to_numpy(dtype=object)
-    after = np.empty(len(cells), dtype=object)
-    counts = pd.Series(cells.labels).value_counts()
-    strata = np.where(pd.Series(cells.labels).map(counts) >= folds, cells.labels, "rare")
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.train.seed)
-    fold_config = replace(config, min_calibration_cells=len(cells) + 1)
-    for train_index, test_index in splitter.split(cells.crops, strata):
-        check_cancel(should_stop)
-        model = fine_tune(cells.subset(train_index), base, fold_config, progress, should_stop)
-        after[test_index] = model.predict_prepared(cells.crops[test_index])["label"].to_numpy(dtype=object)
-    return Comparison(
-        before=balanced_accuracy(cells.labels, before),
-        after=balanced_accuracy(cells.labels, after),
+    if len(cells) < MIN_COMPARED_CELLS:
+        raise InputError(
+            f"Too few reviewed cells ({len(cells)}) to measure accuracy on held-out cells; review at least "
+            f"{MIN_COMPARED_CELLS}."
+        )
+    check_labels(list(cells.labels), base.classes, config.add_classes)
+    train_index, held_out = calibration_split(cells.labels, replace(config, min_calibration_cells=0))
+    compared, trainings = None, 1
+    if len(cells) < config.min_calibration_cells:
+        compared = fine_tune(cells.subset(train_index), base, config, progress, should_stop)
+        trainings = 2
+    lab = fine_tune(cells, base, config, progress, should_stop, unlabelled=unlabelled)
+    truth = cells.labels[held_out]
+    before = base.predict_prepared(cells.crops[held_out], should_stop=should_stop)["label"]
+    after = (compared or lab).predict_prepared(cells.crops[held_out], should_stop=should_stop)["label"]
+    comparison = Comparison(
+        before=balanced_accuracy(truth, before.to_numpy(dtype=object)),
+        after=balanced_accuracy(truth, after.to_numpy(dtype=object)),
         cells=len(cells),
-        folds=folds,
+        held_out=len(held_out),
+        trainings=trainings,
     )
+    return lab, comparison
 
 
 def fine_tune_files(

@@ -9,6 +9,7 @@ shows that call as both the given label and the suggestion, so Enter confirms it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -178,42 +179,42 @@ def fine_tune_project(
     project: str | Path,
     base: str | Path | None = None,
     config=None,
-    folds: int = 3,
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
 ) -> dict:
     """Fine-tune the cell classifier on a project's corrected labels and save it next to the project.
 
-    Before/after accuracy is measured on reviewed cells each fine-tuned model did not train on
-    (``folds``-fold cross-validation); the saved model is then trained on all of them, and the project's
-    not yet reviewed crops help re-estimate its BatchNorm statistics (their labels are not used).
+    Before/after accuracy is measured on a stratified fifth of the reviewed cells that the lab model
+    did not train on (they fit its temperature; see
+    :func:`~napari_hematology.core.cells.finetune.fine_tune_with_comparison`). The project's not yet
+    reviewed crops help re-estimate its BatchNorm statistics (their labels are not used).
 
     Args:
         project: Project file.
         base: Base model folder; None uses the shipped weights.
         config: :class:`napari_hematology.core.cells.finetune.FineTuneConfig`.
-        folds: Cross-validation folds of the before/after comparison.
         progress: Progress callback.
         should_stop: Cancellation callback; nothing is saved when cancelled.
 
     Returns:
-        ``{"model_dir", "cells", "before", "after", "folds", "skipped"}`` (balanced accuracies).
+        ``{"model_dir", "cells", "held_out", "before", "after", "seconds", "skipped"}`` (balanced
+        accuracies; seconds of the whole retraining).
 
     Raises:
-        InputError: No reviewed cells, or labels the base model does not know (without add_classes).
+        InputError: Too few reviewed cells, or labels the base model does not know (without add_classes).
 
     """
     from napari_hematology.core.cells.classifier import load_classifier
     from napari_hematology.core.cells.finetune import (
         FineTuneConfig,
-        cross_validated_comparison,
-        fine_tune,
+        fine_tune_with_comparison,
         read_labelled_cells,
         unlabelled_crops,
     )
     from napari_hematology.core.cells.recipe import save_classifier
 
+    started = time.perf_counter()
     config = config or FineTuneConfig()
     with AnnotationStore(project, create=False) as store:
         labelled = corrected_labels(store, require_reviewed=True)
@@ -223,26 +224,27 @@ def fine_tune_project(
     read = read_labelled_cells(
         labelled.rename(columns={"crop": "image"}), classifier, progress, should_stop
     )
-    # one bar over every training: one per fold of the comparison, then the lab model
-    trainings = _OverallProgress(progress, folds + 1)
-    comparison = cross_validated_comparison(read.cells, classifier, config, folds, trainings, should_stop)
     unlabelled = unlabelled_crops(list(unreviewed), classifier, should_stop=should_stop)
-    trainings.next_training()
-    lab = fine_tune(read.cells, classifier, config, trainings, should_stop, unlabelled=unlabelled)
-    measured = {"cross_validated": {"before": comparison.before, "after": comparison.after}}
+    trainings = _OverallProgress(progress, 1 if len(read.cells) >= config.min_calibration_cells else 2)
+    lab, comparison = fine_tune_with_comparison(
+        read.cells, classifier, config, trainings, should_stop, unlabelled=unlabelled
+    )
+    measured = {"held_out": {"cells": comparison.held_out, "before": comparison.before,
+                             "after": comparison.after}}
     folder = save_classifier(lab, lab_model_folder(project), measured)
     return {
         "model_dir": folder,
         "cells": comparison.cells,
+        "held_out": comparison.held_out,
         "before": comparison.before,
         "after": comparison.after,
-        "folds": comparison.folds,
+        "seconds": round(time.perf_counter() - started, 1),
         "skipped": read.skipped_message(),
     }
 
 
 class _OverallProgress:
-    """Reports several trainings in a row as one progress bar: ``training k/n, epoch e/E``.
+    """Reports one or two trainings in a row as one progress bar: ``training k/n, epoch e/E``.
 
     Each training reports its own steps from the start; a step count that goes down starts the next one.
     """
@@ -253,22 +255,17 @@ class _OverallProgress:
         self.index = 0
         self.last = -1
 
-    def next_training(self) -> None:
-        """The next report belongs to the next training (even if its first step count is not lower)."""
-        self.index = min(self.index + 1, self.trainings - 1)
-        self.last = -1
-
     def __call__(self, done: int, total: int, message: str = "") -> None:
         if done < self.last:
-            self.next_training()
+            self.index = min(self.index + 1, self.trainings - 1)
         self.last = done
         if self.progress is None or total <= 0:
             return
-        what = "the lab model" if self.index == self.trainings - 1 else "held-out comparison"
+        what = "the lab model" if self.index == self.trainings - 1 else "a model for the comparison"
+        if self.trainings > 1:
+            what = f"{what} ({self.index + 1}/{self.trainings})"
         self.progress(
-            self.index * total + done,
-            self.trainings * total,
-            f"training {self.index + 1}/{self.trainings} ({what}), {message}".rstrip(", "),
+            self.index * total + done, self.trainings * total, f"training {what}, {message}".rstrip(", ")
         )
 
 
