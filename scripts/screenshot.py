@@ -1,26 +1,32 @@
 """Screenshots of napari with the plugin, for the docs: every dock, in a 1280x800 window, on the samples.
 
 Writes ``docs/images/docks/<dock>.png`` (one per page of the Hematology workspace, the page in front, after
-running it on the bundled samples where it can run alone) and ``docs/images/screenshot.png`` (Blast
-detection, for the README). Run under a display, e.g.::
+running it on the bundled samples where it can run alone, and Expression and Cytometry on public data
+from ``../shared/data`` (or $NAPARI_HEMATOLOGY_DATA) where it is present) and ``docs/images/screenshot.png``
+(Blast detection, for the README). Run under a display, e.g.::
 
     xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python scripts/screenshot.py
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import time
 from pathlib import Path
 
 import napari
-from qtpy.QtWidgets import QApplication
+from qtpy.QtWidgets import QApplication, QScrollArea, QWidget
 
 from napari_hematology.core.cells.samples import sample_fields
 from napari_hematology.widgets.whole_slide import WHOLE_SLIDE
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "images"
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs" / "images"
+DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", REPO.parent / "shared" / "data"))
+EXPRESSION_FILE = DATA / "expression" / "pbmc68k_reduced.h5ad"  # 700 PBMCs, 10 labelled types
+CYTOMETRY_FILE = DATA / "cytometry" / "flowsom" / "ff.fcs"  # FlowSOM's example file
 WINDOW = (1280, 800)
 DOCKS = (
     "Blast detection", "Gallery", "Review labels", "Slide prediction", "Whole slide", "Expression",
@@ -43,9 +49,12 @@ def wait(runner, timeout: float = 600) -> None:
         settle(0.1)
 
 
-def shoot(viewer, dock, name: str) -> Path:
-    """Bring ``dock``'s page to the front and save the whole window."""
+def shoot(viewer, dock, name: str, show: QWidget | None = None) -> Path:
+    """Bring ``dock``'s page to the front (scrolled to ``show``) and save the whole window."""
     dock.parentWidget().raise_()
+    settle(0.3)
+    if show is not None:
+        dock.findChild(QScrollArea).ensureWidgetVisible(show, 0, 0)
     settle(0.8)
     path = DOCS / "docks" / f"{re.sub(r'[^a-z0-9]+', '_', name.lower())}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +111,28 @@ def main() -> None:
     shoot(viewer, whole, "Whole slide")
     whole.worker.close()
 
-    for name in ("Slide prediction", "Expression", "Cytometry"):  # these need the user's own data
-        shoot(viewer, docks[name], name)
+    shoot(viewer, docks["Slide prediction"], "Slide prediction")  # needs a trained bag model
+    expression, cytometry = docks["Expression"], docks["Cytometry"]
+    viewer.layers.clear()  # the expression and cytometry pages show no smear
+    if EXPRESSION_FILE.is_file():
+        expression.path_edit.setText(str(EXPRESSION_FILE))
+        expression.load_data()
+        wait(expression.runner)
+        expression.train()
+        wait(expression.runner)
+        while expression.confusion.drawing:
+            settle(0.1)
+        viewer.reset_view()
+    shoot(viewer, expression, "Expression", show=expression.confusion)
+    viewer.layers.clear()
+    if CYTOMETRY_FILE.is_file():
+        cytometry.load_files([CYTOMETRY_FILE])
+        wait(cytometry.runner)
+        cytometry.run()
+        wait(cytometry.runner)
+        while cytometry.scatter_plot.drawing or cytometry.shares_plot.drawing:
+            settle(0.1)
+    shoot(viewer, cytometry, "Cytometry", show=cytometry.scatter_plot)
     viewer.close()
 
 

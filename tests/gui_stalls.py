@@ -225,6 +225,7 @@ def main(folder: Path, stacks: bool = False) -> dict:
     expression = docks["Expression"]
     expression.path_edit.setText(str(folder / "cells.csv"))
     expression.load_data()
+    wait_until(lambda: expression.data is not None, 60, "reading the expression file")
     expression.label_combo.setCurrentText("lineage")
     expression.epochs_spin.setValue(2)
     expression.train()

@@ -233,7 +233,7 @@ def test_auto_cluster_count_and_marker_names_are_shown(widget, qtbot, tmp_path):
 
     path = write(tmp_path / "blood.fcs", blood(COUNTS)[0])
     assert load(widget, qtbot, [path])
-    assert widget.clusters_spin.text() == "auto (chosen from the data)"
+    assert widget.clusters_spin.text() == "auto"
     run_and_wait(widget, qtbot, clusters=1)  # the lowest value is "auto"
     assert widget.count_label.text().startswith("cluster: 5 clusters (chosen from the data: smallest ICL")
     assert "named by blood_markers.yaml (shipped)" in widget.count_label.text()

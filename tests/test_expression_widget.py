@@ -53,7 +53,8 @@ def widget(make_napari_viewer):
 def test_train_shows_points_with_features_and_confusion(widget, qtbot, tmp_path):
     write_cells_csv(tmp_path / "cells.csv")
     widget.path_edit.setText(str(tmp_path / "cells.csv"))
-    widget.load_data()
+    widget.load_data()  # read in the dock's worker
+    qtbot.waitUntil(lambda: widget.data is not None, timeout=60_000)
     assert widget.label_combo.currentText() == "lineage"
     assert widget.head_combo.currentText() == "auto"
     widget.epochs_spin.setValue(2)
@@ -84,17 +85,19 @@ def test_train_shows_points_with_features_and_confusion(widget, qtbot, tmp_path)
 
 
 @pytest.mark.gui
-def test_bad_input_is_reported_not_raised(widget, tmp_path, monkeypatch):
+def test_bad_input_is_reported_not_raised(widget, tmp_path, monkeypatch, qtbot):
     shown = []
     monkeypatch.setattr("napari_hematology.widgets._runner.report_error", shown.append)
     monkeypatch.setattr("napari_hematology.widgets.expression.report_error", shown.append)
     widget.path_edit.setText(str(tmp_path / "absent.h5ad"))
     widget.load_data()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
     assert widget.data is None and "no such file" in str(shown[-1])
     pd.DataFrame({"cell": ["a", "b"], "G1": [1.0, np.nan], "type": ["x", "y"]}).to_csv(
         tmp_path / "nan.csv", index=False)
     widget.path_edit.setText(str(tmp_path / "nan.csv"))
     widget.load_data()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
     widget.apply_model(tmp_path)
     assert "not a napari-hematology model folder" in str(shown[-1])
     assert len(widget.viewer.layers) == 0

@@ -87,14 +87,13 @@ class ExpressionWidget(QWidget):
             self.load_data()
 
     def load_data(self) -> None:
-        """Read the file named in the path box and offer its annotation columns as labels."""
-        from napari_hematology.core.expression import annotation_columns, load_expression
+        """Read the file named in the path box in the background, then offer its annotation columns."""
+        self.runner.start(_read_expression, self.path_edit.text().strip(), on_done=self._show_data)
 
-        try:
-            self.data = load_expression(self.path_edit.text().strip())
-        except HematologyError as error:
-            report_error(error)
-            return
+    def _show_data(self, loaded) -> None:
+        from napari_hematology.core.expression import annotation_columns
+
+        self.data = loaded
         self.label_combo.clear()
         self.label_combo.addItems(annotation_columns(self.data))
         if self.data.matrix.min() < 0:
@@ -194,6 +193,13 @@ class ExpressionWidget(QWidget):
             figure, counts, rows, columns, "cells",
             title=f"Confusion matrix, {int(counts.sum())} cells", x="predicted class", y="true class",
         )[1])
+
+
+def _read_expression(path: str, **_callbacks):
+    """Read an expression file in the runner's worker (the expression package is imported there too)."""
+    from napari_hematology.core.expression import load_expression
+
+    return load_expression(path)
 
 
 def _combo(items: tuple[str, ...]) -> QComboBox:
