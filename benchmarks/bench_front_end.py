@@ -195,9 +195,13 @@ def pixel_size_figures() -> dict:
     (camera,) = records
     own = np.array([size.um_per_px for size, _ in measured.values()])
     within = np.abs(own / camera["um_per_px"] - 1) <= CONSENSUS_TOLERANCE
-    return {"label": "chosen on it for train (ruler calibrated on BCCD train); val held out",
-            "fields": len(own), "consensus_um_per_px": camera["um_per_px"],
+    split = index.set_index("image").loc[list(measured), "split"].to_numpy()
+    by_split = {name: round(float(within[split == name].mean()), 4) for name in ("train", "val")}
+    return {"label": "chosen on it for train (ruler calibrated and its estimator picked on BCCD train); "
+                     "val held out",
+            "fields": len(own), "consensus_um_per_px": camera["um_per_px"], "tolerance": CONSENSUS_TOLERANCE,
             "share_of_fields_alone_within_15_percent": round(float(within.mean()), 4),
+            "share_within_15_percent_by_split": by_split,
             "fields_used_at_consensus": len(own),
             "disagreeing": camera["disagreeing"]}
 

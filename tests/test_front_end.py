@@ -252,8 +252,9 @@ def test_a_folder_agrees_on_one_pixel_size_and_refuses_single_cell_crops(tmp_pat
     assert all("single-cell crop" in item["reason"] for item in summary["skipped"])
     (camera,) = summary["pixel_size_consensus"]
     assert camera["fields"] == 4 and 0.06 < camera["um_per_px"] < 0.085
-    assert {Path(item["image"]).name for item in camera["disagreeing"]} == {
-        "BloodImage_00020.jpg", "BloodImage_00040.jpg"}
+    # each field alone now measures within 15% of the consensus (the inscribed-disc ruler put 00020 at
+    # 0.039 and 00040 at 0.115 um/px); camera_consensus's naming of outliers is tested on its own
+    assert camera["disagreeing"] == []
     assert {item["pixel_size_um"] for item in images} == {camera["um_per_px"]}
     table = pd.read_csv(tmp_path / "BloodImage_00020_cells.csv")
     assert {"quality", "at_edge"} <= set(table.columns) and len(table) >= 1

@@ -133,6 +133,6 @@ def test_bccd_val_fields_at_half_and_double_magnification(shared_data):
     from bench_segmentation import evaluate_bccd
 
     for resize in (0.5, 2.0):
-        figures = evaluate_bccd("val", SegmentationConfig(), 10, resize=resize, measure_pixel_size=True)
+        figures = evaluate_bccd("val", SegmentationConfig(), 30, resize=resize, measure_pixel_size=True)
         assert figures["detection_f1_iou50"] >= 0.93, resize
         assert figures["pixel_size_estimate"]["median_abs_error"] <= 0.15, resize

@@ -3,11 +3,13 @@
 Red cells are the ruler of every blood smear: their modal diameter is about 7.5 micrometres whatever the
 objective, camera or stain. :func:`red_cell_diameter` finds it in optical density (which removes the
 illumination): stained pixels are split from the background by Otsu's threshold, with white-cell nuclei
-(purple) left out; holes (the red cells' pale centres) are filled, and each connected object contributes
-the diameter of the largest disc inside it (the peak of its distance transform), so touching and
-overlapping red cells still measure one cell each. The mode of these diameters, weighted by object area
-so that specks and platelets count little, is the red-cell diameter. Large images are measured on a few
-windows; each window is first measured on a reduced copy and measured again finer when cells are small.
+(purple) left out, and holes (the red cells' pale centres) are filled. In a crowded field the red cells
+touch and overlap, and one connected object holds many of them, so each red cell is found as a peak of the
+distance transform: a local maximum that no larger peak lies within reach of (the peaks are taken
+largest first, and one closer to a kept peak than 0.9 of the larger radius is a shoulder of that cell).
+The red-cell diameter is the median of the peaks' diameters weighted by their area (radius squared), so
+that specks and platelets count little. Large images are measured on a few windows; each window is first
+measured on a reduced copy and measured again finer when cells are small.
 
 :func:`find_pixel_size` takes the first of: the user's value, the file's metadata, the red-cell ruler,
 and the segmentation's reference pixel size (with a warning that says so). One field's ruler can be
@@ -36,9 +38,9 @@ from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import to_rgb8
 
 RED_CELL_DIAMETER_UM = 7.5
-# Annotated red-cell size (BCCD box side) / ruler diameter (largest inscribed disc after thresholding),
+# Annotated red-cell size (BCCD box side) / ruler diameter (twice the distance-transform peak),
 # median over the BCCD train split: `python benchmarks/bench_segmentation.py --calibrate`.
-RULER_CALIBRATION = 1.1447
+RULER_CALIBRATION = 1.2814
 MIN_PIXEL_SIZE_UM = 0.02
 MAX_PIXEL_SIZE_UM = 5.0
 MIN_RED_CELLS = 3
@@ -49,8 +51,9 @@ NUCLEUS_MARGIN_PX = 2
 RULER_WINDOW = 1024
 COARSE_SIDE = 640
 FINE_DIAMETER_PX = 40.0
-LOG_BIN = 0.05
-MODE_HALF_WIDTH = 0.2  # log units around the mode that count as red cells
+PEAK_WINDOW_PX = 5  # a distance-transform peak is the largest value in this window
+SHOULDER_FRACTION = 0.9  # a peak this close to a larger one (in its radii) belongs to the same cell
+COUNT_HALF_WIDTH = 0.2  # log units around the diameter within which a peak counts as a red cell
 FEW_RED_CELLS = 15  # a lone field measured on fewer red cells than this gets a warning
 CONSENSUS_TOLERANCE = 0.15  # a field further than this from its camera's consensus is named, not used
 
@@ -122,7 +125,7 @@ def red_cell_diameter(image, calibration: float = RULER_CALIBRATION) -> float | 
 
     Args:
         image: (Y, X, 3[+1]) array, numpy or dask; large images are measured on a few windows.
-        calibration: Factor from the ruler's inscribed-disc diameter to the red cell's full width.
+        calibration: Factor from the ruler's peak diameter to the red cell's full width.
 
     Raises:
         InputError: The image is not a usable colour image (grayscale, blank...).
@@ -136,7 +139,7 @@ def measure_red_cells(image, calibration: float = RULER_CALIBRATION) -> tuple[fl
 
     Args:
         image: (Y, X, 3[+1]) array, numpy or dask; large images are measured on a few windows.
-        calibration: Factor from the ruler's inscribed-disc diameter to the red cell's full width.
+        calibration: Factor from the ruler's peak diameter to the red cell's full width.
 
     Raises:
         InputError: The image is not a usable colour image (grayscale, blank...).
@@ -224,62 +227,66 @@ def _windows(image):
 
 
 def _pooled_diameter(windows: list[np.ndarray], factor: int) -> tuple[float | None, int]:
-    """Modal diameter (full-resolution pixels) over all windows reduced by ``factor``, and its count."""
-    samples = [_disc_diameters(downsample(window, factor)) for window in windows]
+    """Red-cell diameter (full-resolution pixels) over all windows reduced by ``factor``, and its count."""
+    samples = [_peak_diameters(downsample(window, factor)) for window in windows]
     if not samples:
         return None, 0
-    diameters = np.concatenate([d for d, _ in samples])
-    weights = np.concatenate([w for _, w in samples])
-    modal, count = _weighted_mode(diameters, weights)
-    return (None, count) if modal is None else (modal * factor, count)
+    diameter, count = _weighted_median(np.concatenate(samples))
+    return (None, count) if diameter is None else (diameter * factor, count)
 
 
-def _disc_diameters(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Diameter of the largest inscribed disc of each stained, non-nucleus object, and its area."""
+def _peak_diameters(rgb: np.ndarray) -> np.ndarray:
+    """Diameters of the red cells of a field: twice the distance-transform peak of each, in pixels."""
     tables = od_tables(estimate_white(rgb))
     score, total = stain_maps(rgb, tables)
     nuclei = ndimage.binary_dilation(
         score > SegmentationConfig.nucleus_threshold, iterations=NUCLEUS_MARGIN_PX
     )
-    empty = np.zeros(0), np.zeros(0)
     candidates = total[~nuclei]
     if candidates.size == 0 or candidates.min() == candidates.max():
-        return empty
+        return np.zeros(0)
     from skimage.filters import threshold_otsu
 
     threshold = threshold_otsu(candidates)
     if threshold < MIN_STAIN_OD:
-        return empty
+        return np.zeros(0)
     cells = ndimage.binary_fill_holes(ndimage.binary_opening((total > threshold) & ~nuclei))
-    labels, count = ndimage.label(cells)
-    if count == 0:
-        return empty
     distance = ndimage.distance_transform_edt(cells)
-    height, width = cells.shape
-    diameters, areas = [], []
-    for index, window in enumerate(ndimage.find_objects(labels), start=1):
-        inside = labels[window] == index
-        local = np.where(inside, distance[window], 0.0)
-        y, x = np.unravel_index(int(np.argmax(local)), local.shape)
-        radius = float(local[y, x])
-        y, x = y + window[0].start, x + window[1].start
-        border = min(y, x, height - 1 - y, width - 1 - x)
-        if radius >= MIN_RADIUS_PX and border >= BORDER_FRACTION * radius:  # its centre is in the image
-            diameters.append(2 * radius)
-            areas.append(float(inside.sum()))
-    return np.asarray(diameters), np.asarray(areas)
+    peaks = (distance == ndimage.maximum_filter(distance, size=PEAK_WINDOW_PX)) & (distance >= MIN_RADIUS_PX)
+    rows, cols = np.nonzero(peaks)
+    radii = distance[rows, cols]
+    border = np.minimum.reduce([rows, cols, cells.shape[0] - 1 - rows, cells.shape[1] - 1 - cols])
+    inside = border >= BORDER_FRACTION * radii  # the cell's centre is in the image
+    return 2 * _separate_cells(rows[inside], cols[inside], radii[inside])
 
 
-def _weighted_mode(diameters: np.ndarray, weights: np.ndarray) -> tuple[float | None, int]:
-    """Area-weighted mode of the diameters (log scale), averaged over the objects near it, and their count."""
+def _separate_cells(rows: np.ndarray, cols: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """The radii of the peaks that are cells of their own, largest first.
+
+    A peak nearer a kept peak than :data:`SHOULDER_FRACTION` of the larger of their radii is a shoulder of
+    the kept one's cell.
+    """
+    kept_rows, kept_cols, kept_radii = [], [], []
+    for index in np.argsort(-radii, kind="stable"):
+        y, x, radius = rows[index], cols[index], radii[index]
+        if kept_radii:
+            reach = SHOULDER_FRACTION * np.maximum(kept_radii, radius)
+            if np.any(np.hypot(np.subtract(kept_rows, y), np.subtract(kept_cols, x)) < reach):
+                continue
+        kept_rows.append(y)
+        kept_cols.append(x)
+        kept_radii.append(radius)
+    return np.asarray(kept_radii, dtype=float)
+
+
+def _weighted_median(diameters: np.ndarray) -> tuple[float | None, int]:
+    """Median of the diameters weighted by area (squared), and how many lie near it, or (None, count)."""
     if len(diameters) < MIN_RED_CELLS:
         return None, len(diameters)
-    logs = np.log(diameters)
-    edges = np.arange(logs.min() - 3 * LOG_BIN, logs.max() + 4 * LOG_BIN, LOG_BIN)
-    histogram, _ = np.histogram(logs, edges, weights=weights)
-    peak = edges[int(np.argmax(ndimage.gaussian_filter1d(histogram, 2.0)))] + LOG_BIN / 2
-    near = np.abs(logs - peak) < MODE_HALF_WIDTH
-    return float(np.exp(np.average(logs[near], weights=weights[near]))), int(near.sum())
+    order = np.argsort(diameters)
+    weights = np.cumsum(diameters[order] ** 2)
+    median = float(diameters[order][np.searchsorted(weights, weights[-1] / 2)])
+    return median, int((np.abs(np.log(diameters / median)) < COUNT_HALF_WIDTH).sum())
 
 
 def camera_consensus(
