@@ -4,6 +4,8 @@ it skip when it is absent, except in CI (``CI=true``), where they fail."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +98,10 @@ def reference_fits(monkeypatch):
 
     monkeypatch.setattr(classifier_module, "fit_reference", spy)
     return fitted_on
+
+
+def run_fresh_python(script: str, timeout: float = 300) -> str:
+    """Run ``script`` in a new interpreter (nothing imported yet); fail with its stderr, else its stdout."""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout

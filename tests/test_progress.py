@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-import subprocess
 import sys
 
 import pytest
+from conftest import run_fresh_python
 
 from napari_hematology.core.progress import TextProgress
 
@@ -63,5 +63,4 @@ def test_torch_libraries_load_ahead_of_the_import_without_the_interpreter_lock()
         "import torch\n"
         "assert float(torch.nn.Linear(2, 1)(torch.ones(1, 2)).detach().shape[0]) == 1.0\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_fresh_python(script)

@@ -1,13 +1,12 @@
 import ast
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_fresh_python
 
 import napari_hematology
 from napari_hematology.core.errors import Cancelled, InputError, ModelFileError
@@ -227,8 +226,7 @@ def test_registry_reaches_the_models_only_through_the_package_entry_point():
 
 def test_importing_the_registry_does_not_import_torch():
     check = "import sys, napari_hematology.core.registry; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert run_fresh_python(check).strip() == "False"
 
 
 def test_models_package_registers_every_model_and_rejects_unknown_names():

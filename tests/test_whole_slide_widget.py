@@ -220,8 +220,7 @@ def test_a_killed_worker_says_what_happened():
 @pytest.mark.slow
 def test_whole_slide_dock_keeps_torch_out_of_napari_process():
     """The classifier runs in the worker process, so opening the dock must not load torch in napari's."""
-    import subprocess
-    import sys
+    from conftest import run_fresh_python
 
     script = (
         "import sys, napari\n"
@@ -229,6 +228,4 @@ def test_whole_slide_dock_keeps_torch_out_of_napari_process():
         "viewer.window.add_plugin_dock_widget('napari-hematology', 'Whole slide')\n"
         "print('torch' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "False"
+    assert run_fresh_python(script, timeout=240).strip().splitlines()[-1] == "False"
