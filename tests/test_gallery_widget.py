@@ -256,7 +256,7 @@ def test_retrain_says_the_work_before_and_the_held_out_accuracy_after(gallery, t
     monkeypatch.setattr(review, "fine_tune_project", lambda project, **_: result)
     gallery.open_project(project)
     gallery.retrain()
-    assert "200 reviewed cells: 500 training steps, about 1.2 min" in gallery.status.text()
+    assert "200 reviewed cells: 500 training steps, about 1.8 min" in gallery.status.text()
     qtbot.waitUntil(lambda: not gallery.runner.busy, timeout=60_000)
     assert "(63 s)" in gallery.status.text() and "40 of the 200" in gallery.status.text()
     assert "before 0.41, after 0.87" in gallery.status.text() and gallery.use_model_button.isEnabled()
