@@ -104,3 +104,14 @@ def test_cli_runs_several_slides_and_refuses_two_with_one_name(slides, local_run
 def test_an_unreachable_scheduler_is_one_clear_error(slides, tmp_path):
     with pytest.raises(InputError, match="Cannot reach the Dask scheduler"):
         analyze_slides(slides, tmp_path, scheduler="tcp://127.0.0.1:9")
+
+
+def test_a_skipped_job_is_returned_not_logged_as_a_failed_task(capfd):
+    from napari_hematology.core.cells.magnification import check_pixel_size
+    from napari_hematology.core.cluster import run_jobs
+
+    jobs = [{"um_per_px": value, "origin": "test"} for value in (0.07, 100.0, 0.25, 200.0)]
+    results = run_jobs(check_pixel_size, jobs, scheduler=None)
+    assert results[0] == 0.07 and results[2] == 0.25
+    assert all(isinstance(results[n], InputError) and "not plausible" in str(results[n]) for n in (1, 3))
+    assert "Compute Failed" not in capfd.readouterr().err, "a skipped file is not a worker failure"

@@ -66,7 +66,7 @@ def run_jobs(
         )
     client = connect(cluster if cluster is not None else scheduler)
     try:
-        futures = [client.submit(function, pure=False, **job) for job in jobs]
+        futures = [client.submit(_input_errors_returned, function, pure=False, **job) for job in jobs]
         order = {future.key: index for index, future in enumerate(futures)}
         results: list[Any] = [None] * len(jobs)
         report(0, len(jobs), message)
@@ -74,16 +74,25 @@ def run_jobs(
             if should_stop is not None and should_stop():
                 client.cancel(futures)
                 raise Cancelled("Cancelled by the user.")
-            try:
-                results[order[future.key]] = future.result()
-            except InputError as error:
-                results[order[future.key]] = error
+            results[order[future.key]] = future.result()
             report(done, len(jobs), message)
         return results
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _input_errors_returned(function: Callable[..., Any], **job: Any) -> Any:
+    """``function(**job)``, or the InputError that skips the job, returned rather than raised.
+
+    A raised error would be logged by the worker as a failed task with its traceback: a file that is
+    skipped for a reason the user is told is not a failure.
+    """
+    try:
+        return function(**job)
+    except InputError as error:
+        return error
 
 
 def connect(address):
