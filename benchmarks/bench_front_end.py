@@ -144,10 +144,15 @@ def normaliser_figures() -> dict:
             "per_shift": result, "lowest_shifted_mean_iou": min(shifted)}
 
 
-def classifier_figures(model_dir: Path | None, per_class: int | None) -> dict:
-    cells = held_out_crops(DATA)
+def reported_crops(data: Path = DATA) -> pd.DataFrame:
+    """The PBC crops the shipped classifier never trained on, past the first CHOICE_CROPS per class."""
+    cells = held_out_crops(data)
     cells = cells.groupby("label").apply(lambda group: group.iloc[CHOICE_CROPS:], include_groups=False)
-    cells = cells.reset_index(level=0).reset_index(drop=True)
+    return cells.reset_index(level=0).reset_index(drop=True)
+
+
+def classifier_figures(model_dir: Path | None, per_class: int | None) -> dict:
+    cells = reported_crops()
     if per_class:
         cells = cells.groupby("label").head(per_class).reset_index(drop=True)
     classifier = load_classifier(model_dir, "cpu")

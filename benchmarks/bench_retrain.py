@@ -24,15 +24,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("NAPARI_HEMATOLOGY_DATA", REPO.parent / "shared" / "data"))
 RESULTS = REPO / "benchmarks" / "results" / "retrain.json"
-CHOICE_CROPS = 40  # as benchmarks/bench_front_end.py: these chose the stain recipe
 
 
 def project_crops(cells: int, unreviewed: int):
     """Reviewed (file, label) rows balanced over the classes, and unreviewed files, all never trained on."""
-    from napari_hematology.core.cells.training_data import held_out_crops
+    from bench_front_end import reported_crops
 
-    table = held_out_crops(DATA)
-    table = table[table["source"] == "pbc"].groupby("label").nth(slice(CHOICE_CROPS, None))
+    table = reported_crops(DATA)
     classes = table["label"].nunique()
     per_class = -(-cells // classes)
     reviewed = table.groupby("label").head(per_class).head(cells)

@@ -374,6 +374,16 @@ class Comparison:
     trainings: int
 
 
+def comparison_trainings(cells: int, config: FineTuneConfig | None = None) -> int:
+    """Trainings :func:`fine_tune_with_comparison` runs on ``cells`` labelled cells.
+
+    One, or two when too few cells fit a temperature (a model without the held-out cells is then trained
+    for the comparison).
+    """
+    config = config or FineTuneConfig()
+    return 1 if cells >= config.min_calibration_cells else 2
+
+
 def training_steps(cells: int, config: FineTuneConfig | None = None) -> int:
     """Optimisation steps of :func:`fine_tune_with_comparison` on ``cells`` labelled cells.
 
@@ -382,7 +392,7 @@ def training_steps(cells: int, config: FineTuneConfig | None = None) -> int:
     config = config or FineTuneConfig()
     batch = min(config.train.batch_size, max(2, cells))
     held_out = int(np.ceil(config.calibration_share * cells))
-    trained = [cells - held_out] if cells >= config.min_calibration_cells else [cells - held_out, cells]
+    trained = [cells - held_out, cells][: comparison_trainings(cells, config)]
     return sum(config.train.epochs * int(np.ceil(count / batch)) for count in trained)
 
 
@@ -429,10 +439,10 @@ def fine_tune_with_comparison(
         )
     check_labels(list(cells.labels), base.classes, config.add_classes)
     train_index, held_out = calibration_split(cells.labels, replace(config, min_calibration_cells=0))
-    compared, trainings = None, 1
-    if len(cells) < config.min_calibration_cells:
+    trainings = comparison_trainings(len(cells), config)
+    compared = None
+    if trainings == 2:
         compared = fine_tune(cells.subset(train_index), base, config, progress, should_stop)
-        trainings = 2
     lab = fine_tune(cells, base, config, progress, should_stop, unlabelled=unlabelled)
     truth = cells.labels[held_out]
     before = base.predict_prepared(cells.crops[held_out], should_stop=should_stop)["label"]

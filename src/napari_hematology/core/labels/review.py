@@ -208,6 +208,7 @@ def fine_tune_project(
     from napari_hematology.core.cells.classifier import load_classifier
     from napari_hematology.core.cells.finetune import (
         FineTuneConfig,
+        comparison_trainings,
         fine_tune_with_comparison,
         read_labelled_cells,
         unlabelled_crops,
@@ -225,7 +226,7 @@ def fine_tune_project(
         labelled.rename(columns={"crop": "image"}), classifier, progress, should_stop
     )
     unlabelled = unlabelled_crops(list(unreviewed), classifier, should_stop=should_stop)
-    trainings = _OverallProgress(progress, 1 if len(read.cells) >= config.min_calibration_cells else 2)
+    trainings = _OverallProgress(progress, comparison_trainings(len(read.cells), config))
     lab, comparison = fine_tune_with_comparison(
         read.cells, classifier, config, trainings, should_stop, unlabelled=unlabelled
     )
