@@ -9,6 +9,7 @@ import flowio
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_fresh_python
 from sklearn.metrics import adjusted_rand_score
 
 from napari_hematology.cli import main
@@ -230,6 +231,34 @@ def test_cut_with_min_size_absorbs_small_groups_into_the_nearest():
     assert groups[5] == groups[4]  # the 1-event cell joins its nearest big group
     plain = cut_with_min_size(tree, squareform(distances), sizes, 3, 0.0)
     assert plain[5] != plain[4] and plain[2] == plain[4]  # without the rule it takes a cluster of its own
+
+
+def test_over_cluster_finds_separated_groups_and_their_means():
+    from napari_hematology.core.cytometry.initialisation import over_cluster
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    truth = np.repeat(np.arange(4), [400, 200, 100, 50])
+    values = centres[truth] + rng.normal(scale=0.5, size=(len(truth), 2))
+    cells = over_cluster(values, 4, seed=3)
+    assert cells.cells == 4 and adjusted_rand_score(truth, cells.labels) == 1.0
+    for cell in range(4):
+        np.testing.assert_allclose(cells.centres[cell], values[cells.labels == cell].mean(axis=0), atol=1e-4)
+    np.testing.assert_array_equal(cells.predict(values), cells.labels)
+    np.testing.assert_array_equal(over_cluster(values, 4, seed=3).labels, cells.labels)  # seeded
+
+
+def test_clustering_does_not_import_scikit_learn():
+    """scikit-learn's import took longer than clustering a 20,000-event file: the command must not need it."""
+    script = (
+        "import sys, numpy as np\n"
+        "from napari_hematology.core.cytometry import ClusterConfig, fit_clusterer\n"
+        "values = np.random.default_rng(0).normal(size=(600, 3)) + np.repeat([[0, 0, 0], [6, 6, 6]], 300, 0)\n"
+        "clusterer = fit_clusterer(values, ['a', 'b', 'c'], ClusterConfig.from_settings(epochs=1, "
+        "pretrain_epochs=1, min_pretrain_steps=1))\n"
+        "print(len(clusterer.populations), 'sklearn' in sys.modules)\n"
+    )
+    assert run_fresh_python(script).split() == ["2", "False"]
 
 
 def test_idec_assigns_each_event_to_its_nearest_centre_cluster():

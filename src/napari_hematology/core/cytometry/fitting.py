@@ -90,7 +90,7 @@ def fit_clusterer(
         kmeans = over_cluster(x.numpy(), _prototype_count(config, len(x)), config.train.seed)
         choice, membership = choose_cluster_count(x.numpy(), kmeans, config)
         config = replace(config, clusters=choice.chosen)
-        if _prototype_count(config, len(x)) != len(kmeans.cluster_centers_):
+        if _prototype_count(config, len(x)) != kmeans.cells:
             # prototypes_per_cluster for the chosen count: over-clustered anew, as with a given count
             kmeans = membership = None
     populations = list(populations or [str(k) for k in range(config.clusters)])
@@ -99,7 +99,7 @@ def fit_clusterer(
             config.method,
             in_features=x.shape[1],
             clusters=config.clusters,
-            prototypes=_prototype_count(config, len(x)) if kmeans is None else len(kmeans.cluster_centers_),
+            prototypes=_prototype_count(config, len(x)) if kmeans is None else kmeans.cells,
             latent_dim=config.latent_dim,
             hidden=list(config.hidden),
         )

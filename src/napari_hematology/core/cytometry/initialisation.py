@@ -21,14 +21,103 @@ EPSILON = 1e-8
 COVARIANCE_RIDGE = 1e-3
 
 
-def over_cluster(values: np.ndarray, prototypes: int, seed: int):
-    """k-means with one cell per prototype (the over-clustering that the consensus groups)."""
-    from sklearn.cluster import KMeans
-
-    return KMeans(prototypes, n_init=1, random_state=seed).fit(values)
+MAX_LLOYD_ITERATIONS = 300
+LLOYD_TOLERANCE = 1e-4  # centres moving less than this (squared, relative to the values' variance): done
 
 
-def initialise_clusters(model, x, config: ClusterConfig, kmeans=None, membership=None) -> np.ndarray:
+@dataclass
+class OverClustering:
+    """k-means cells of the events: one per prototype.
+
+    Attributes:
+        centres: (cells, channels) cell centres.
+        labels: Cell of every event it was fitted on.
+
+    """
+
+    centres: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def cells(self) -> int:
+        """Number of cells."""
+        return len(self.centres)
+
+    def predict(self, values: np.ndarray) -> np.ndarray:
+        """The nearest cell of every row of ``values``."""
+        return _squared_distances(np.asarray(values, dtype=np.float32), self.centres).argmin(axis=1)
+
+
+def over_cluster(values: np.ndarray, prototypes: int, seed: int) -> OverClustering:
+    """k-means with one cell per prototype (the over-clustering that the consensus groups).
+
+    Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, ``2 + log k`` candidates per centre, as
+    scikit-learn seeds), then Lloyd iterations until the centres stop moving. Written in numpy: on a few
+    thousand events scikit-learn's per-call checks cost more than the arithmetic, and importing it took
+    longer than the clustering.
+
+    Args:
+        values: (events, channels) values.
+        prototypes: Number of cells.
+        seed: Seed of the k-means++ draws.
+
+    Returns:
+        The cells.
+
+    """
+    values = np.asarray(values, dtype=np.float32)
+    centres = _kmeans_plus_plus(values, prototypes, np.random.default_rng(seed))
+    tolerance = LLOYD_TOLERANCE * float(values.var(axis=0).mean())
+    for _ in range(MAX_LLOYD_ITERATIONS):
+        labels = _squared_distances(values, centres).argmin(axis=1)
+        moved = _cell_means(values, labels, centres)
+        shift = float(((moved - centres) ** 2).sum())
+        centres = moved
+        if shift <= tolerance:
+            break
+    return OverClustering(centres, _squared_distances(values, centres).argmin(axis=1))
+
+
+def _squared_distances(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(events, centres) squared Euclidean distances."""
+    products = values @ centres.T
+    norms = np.einsum("ij,ij->i", centres, centres)
+    return np.maximum(np.einsum("ij,ij->i", values, values)[:, None] - 2.0 * products + norms[None, :], 0.0)
+
+
+def _cell_means(values: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Mean of each cell's events; a cell that lost every event keeps its centre."""
+    counts = np.bincount(labels, minlength=len(centres)).astype(np.float32)
+    sums = np.zeros_like(centres)
+    np.add.at(sums, labels, values)
+    means = centres.copy()
+    occupied = counts > 0
+    means[occupied] = sums[occupied] / counts[occupied, None]
+    return means
+
+
+def _kmeans_plus_plus(values: np.ndarray, centres: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding: each new centre is the best of ``2 + log k`` draws by squared distance."""
+    trials = 2 + int(np.log(centres))
+    picked = [int(rng.integers(len(values)))]
+    closest = _squared_distances(values, values[picked])[:, 0]
+    for _ in range(1, centres):
+        cumulative = np.cumsum(closest, dtype=np.float64)
+        if cumulative[-1] <= 0:
+            candidates = rng.integers(len(values), size=trials)
+        else:
+            candidates = np.minimum(np.searchsorted(cumulative, rng.random(trials) * cumulative[-1]),
+                                    len(values) - 1)
+        candidate_closest = np.minimum(closest[:, None], _squared_distances(values, values[candidates]))
+        best = int(np.argmin(candidate_closest.sum(axis=0)))
+        picked.append(int(candidates[best]))
+        closest = candidate_closest[:, best]
+    return values[picked].copy()
+
+
+def initialise_clusters(
+    model, x, config: ClusterConfig, kmeans: OverClustering | None = None, membership: np.ndarray | None = None
+) -> np.ndarray:
     """Place the prototypes on a consensus over-clustering of the events; return each event's prototype.
 
     The events are over-clustered with k-means (one cell per prototype) and the cells are grouped into
@@ -42,7 +131,7 @@ def initialise_clusters(model, x, config: ClusterConfig, kmeans=None, membership
     values = x.numpy()
     if kmeans is None:
         kmeans = over_cluster(values, prototypes, config.train.seed)
-    cells = kmeans.labels_
+    cells = kmeans.labels
     if membership is None:
         membership = _consensus_membership(values, cells, kmeans, config)
     model.membership.copy_(torch.as_tensor(membership, dtype=torch.long))
@@ -62,7 +151,9 @@ def initialise_clusters(model, x, config: ClusterConfig, kmeans=None, membership
     return cells
 
 
-def _consensus_membership(values: np.ndarray, cells: np.ndarray, kmeans, config: ClusterConfig) -> np.ndarray:
+def _consensus_membership(
+    values: np.ndarray, cells: np.ndarray, kmeans: OverClustering, config: ClusterConfig
+) -> np.ndarray:
     """Group the k-means cells into ``config.clusters`` clusters by consensus over several over-clusterings.
 
     One over-clustering (k-means cells merged by complete linkage of their centres, the FlowSOM recipe)
@@ -73,26 +164,23 @@ def _consensus_membership(values: np.ndarray, cells: np.ndarray, kmeans, config:
     ``min_cluster_fraction`` of the events (:func:`cut_with_min_size`).
     """
     runs = _over_clusterings(values, kmeans, config)
-    return _consensus_for(runs, cells, kmeans.n_clusters, config.clusters, config.min_cluster_fraction)[0]
+    return _consensus_for(runs, cells, kmeans.cells, config.clusters, config.min_cluster_fraction)[0]
 
 
-def _over_clusterings(values: np.ndarray, kmeans, config: ClusterConfig) -> list[tuple]:
+def _over_clusterings(values: np.ndarray, kmeans: OverClustering, config: ClusterConfig) -> list[tuple]:
     """The given k-means and ``init_restarts - 1`` restarts on subsamples, each with its centre linkage."""
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import pdist, squareform
-    from sklearn.cluster import KMeans
 
-    prototypes = kmeans.n_clusters
+    prototypes = kmeans.cells
     rng = np.random.default_rng(config.train.seed)
     runs = []
     for restart in range(config.init_restarts):
         if restart:
             subset = rng.choice(len(values), min(len(values), CONSENSUS_EVENTS), replace=False)
-            kmeans = KMeans(prototypes, n_init=1, random_state=int(rng.integers(2**31 - 1))).fit(
-                values[subset]
-            )
+            kmeans = over_cluster(values[subset], prototypes, int(rng.integers(2**31 - 1)))
         assigned = kmeans.predict(values)
-        distances = pdist(kmeans.cluster_centers_)
+        distances = pdist(kmeans.centres)
         runs.append(
             (assigned, linkage(distances, method="complete"), squareform(distances),
              np.bincount(assigned, minlength=prototypes))
@@ -154,7 +242,7 @@ class ClusterCountChoice:
 
 
 def choose_cluster_count(
-    x: np.ndarray, kmeans, config: ClusterConfig
+    x: np.ndarray, kmeans: OverClustering, config: ClusterConfig
 ) -> tuple[ClusterCountChoice, np.ndarray]:
     """Choose the number of clusters: over-cluster, group by consensus at each count, score each grouping.
 
@@ -175,7 +263,7 @@ def choose_cluster_count(
         The choice, and the cluster of every cell for the chosen count.
 
     """
-    prototypes, cells = kmeans.n_clusters, kmeans.labels_
+    prototypes, cells = kmeans.cells, kmeans.labels
     runs = _over_clusterings(x, kmeans, config)
     largest = min(config.max_clusters, prototypes, len(x) // max(x.shape[1] + 1, 1))
     if config.min_cluster_fraction > 0:
