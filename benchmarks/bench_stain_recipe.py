@@ -62,32 +62,32 @@ VARIANTS = {
 }
 
 
-def training_cells() -> CellSet:
+def training_cells(size: int) -> CellSet:
     """At most CAP crops per source and label, none of the held-out PBC crops, and one shifted copy each."""
     table = list_training_crops(DATA)
     table = cap_per_label(table[~table["file"].isin(held_out_crops(DATA)["file"])], CAP, 0)
     files = [Path(file) for file in table["file"]]
-    crops = read_prepared_crops(files, CROP_SIZE, CONTEXT)
-    shifted = read_prepared_crops(files, CROP_SIZE, CONTEXT, transform=partial(shifted_crop, seed=1))
+    crops = read_prepared_crops(files, size, CONTEXT)
+    shifted = read_prepared_crops(files, size, CONTEXT, transform=partial(shifted_crop, seed=1))
     cells = _cell_set(table, crops).concat(_cell_set(table, shifted, f"{SHIFTED_MARK}1"))
-    return cells.concat(synthetic_cell_set(150, CROP_SIZE, 0))
+    return cells.concat(synthetic_cell_set(150, size, 0))
 
 
-def choice_crops() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def choice_crops(size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Labels and normalised crops, per condition, of the first CHOICE_CROPS held-out PBC crops per class."""
     table = held_out_crops(DATA).groupby("label").head(CHOICE_CROPS).reset_index(drop=True)
     originals = [read_crop(path) for path in table["file"]]
     suite = {shift.name: shift.apply for shift in shifts.shift_suite()} | {"none": lambda rgb: rgb}
     prepared = {
-        name: np.stack([prepare_crop(crop_to_rgb8(suite[name](rgb), "crop"), "crop", CROP_SIZE, CONTEXT)[0]
+        name: np.stack([prepare_crop(crop_to_rgb8(suite[name](rgb), "crop"), "crop", size, CONTEXT)[0]
                         for rgb in originals])
         for name in CONDITIONS
     }
     return table["label"].to_numpy(dtype=object), prepared
 
 
-def recipe_of(settings: dict) -> ClassifierRecipe:
-    recipe = ClassifierRecipe(per_label_cap=CAP, **settings)
+def recipe_of(settings: dict, size: int) -> ClassifierRecipe:
+    recipe = ClassifierRecipe(per_label_cap=CAP, crop_size=size, **settings)
     recipe.train.epochs = EPOCHS
     return recipe
 
@@ -107,27 +107,30 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parts = ["choice", "left_out_pbc"]
     parser.add_argument("--part", nargs="+", default=parts, choices=parts)
+    parser.add_argument("--crop-size", type=int, default=CROP_SIZE,
+                        help=f"side of the normalised crops (the shipped recipe: {CROP_SIZE})")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cells = training_cells()
-    labels, prepared = choice_crops()
+    cells = training_cells(args.crop_size)
+    labels, prepared = choice_crops(args.crop_size)
     normal = np.isin(labels, NORMAL_TYPES)
     for name in args.variants:
         for part in args.part:
             train = cells if part == "choice" else cells.subset(np.where(cells.sources != "pbc")[0])
             started = time.perf_counter()
-            classifier = train_classifier(train, recipe_of(VARIANTS[name]))
+            classifier = train_classifier(train, recipe_of(VARIANTS[name], args.crop_size))
             conditions = prepared
             if part != "choice":
                 conditions = {key: prepared[key] for key in ("none", "pale stains")}
             figures = score(classifier, labels, conditions, None if part == "choice" else normal)
             results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-            results.setdefault(part, {})[name] = {"settings": VARIANTS[name], **figures,
+            key = name if args.crop_size == CROP_SIZE else f"{name} at {args.crop_size} px"
+            results.setdefault(part, {})[key] = {"settings": VARIANTS[name], **figures,
                                                   "seconds": round(time.perf_counter() - started)}
             results["label"] = ("chosen on it: these crops chose the stain recipe (crops never trained on; "
                                 f"{EPOCHS} epochs, at most {CAP} crops per source and label)")
             RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-            print(part, name, json.dumps(figures), flush=True)
+            print(part, key, json.dumps(figures), flush=True)
 
 
 if __name__ == "__main__":

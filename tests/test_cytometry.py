@@ -253,7 +253,8 @@ def test_clustering_does_not_import_scikit_learn():
     script = (
         "import sys, numpy as np\n"
         "from napari_hematology.core.cytometry import ClusterConfig, fit_clusterer\n"
-        "values = np.random.default_rng(0).normal(size=(600, 3)) + np.repeat([[0, 0, 0], [6, 6, 6]], 300, 0)\n"
+        "values = np.random.default_rng(0).normal(size=(600, 3))\n"
+        "values[300:] += 6\n"
         "clusterer = fit_clusterer(values, ['a', 'b', 'c'], ClusterConfig.from_settings(epochs=1, "
         "pretrain_epochs=1, min_pretrain_steps=1))\n"
         "print(len(clusterer.populations), 'sklearn' in sys.modules)\n"

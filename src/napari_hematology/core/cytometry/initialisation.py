@@ -116,7 +116,11 @@ def _kmeans_plus_plus(values: np.ndarray, centres: int, rng: np.random.Generator
 
 
 def initialise_clusters(
-    model, x, config: ClusterConfig, kmeans: OverClustering | None = None, membership: np.ndarray | None = None
+    model,
+    x,
+    config: ClusterConfig,
+    kmeans: OverClustering | None = None,
+    membership: np.ndarray | None = None,
 ) -> np.ndarray:
     """Place the prototypes on a consensus over-clustering of the events; return each event's prototype.
 
