@@ -68,6 +68,24 @@ def test_dark_red_cells_never_join_the_nucleus():
     assert quality == OK and 0.15 < nucleus.mean() < 0.45
 
 
+def test_the_normalisers_numpy_morphology_equals_scipys():
+    from scipy import ndimage
+
+    from napari_hematology.core.cells.crops import _binary_opening, _block_mean, _fill_holes
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        shape = tuple(rng.integers(3, 60, size=2))
+        mask = ndimage.gaussian_filter(rng.random(shape), 1.5) > rng.uniform(0.4, 0.6)
+        np.testing.assert_array_equal(_binary_opening(mask), ndimage.binary_opening(mask))
+        np.testing.assert_array_equal(_fill_holes(mask), ndimage.binary_fill_holes(mask))
+    rgb = rng.integers(0, 256, size=(41, 38, 3), dtype=np.uint8)
+    for factor in (2, 3):
+        height, width = 41 // factor, 38 // factor
+        blocks = rgb[: height * factor, : width * factor].reshape(height, factor, width, factor, 3)
+        np.testing.assert_array_equal(_block_mean(rgb, factor), blocks.mean(axis=(1, 3)).round().astype(np.uint8))
+
+
 def test_a_crop_without_nucleus_keeps_its_own_scale_and_says_so():
     crop = np.full((200, 200, 3), (240, 225, 205), dtype=np.uint8)
     disc(crop, (100, 100), 40, (205, 140, 150))  # a red cell, no white cell

@@ -224,7 +224,7 @@ def locate_nucleus(rgb: np.ndarray) -> NucleusBox:
         return not_found
     background_level, nucleus_level = _three_class_thresholds(score)
     nuclear = (score > nucleus_level) & (values[..., 2] - values[..., 0] > -REDDER_THAN_BLUE)
-    nuclear = _refine_dark_class(ndimage.binary_opening(nuclear), score)
+    nuclear = _refine_dark_class(_binary_opening(nuclear), score)
     labels, count = ndimage.label(nuclear)
     if count == 0 or score[nuclear].mean() - score[score <= background_level].mean() < MIN_NUCLEUS_CONTRAST:
         return not_found
@@ -253,22 +253,64 @@ def _refine_dark_class(nuclear: np.ndarray, score: np.ndarray) -> np.ndarray:
     darker = nuclear & (score > threshold_otsu(score[nuclear], nbins=NBINS))
     if score[darker].mean() - score[nuclear & ~darker].mean() <= REFINE_GAP:
         return nuclear
-    refined = ndimage.binary_opening(darker)
+    refined = _binary_opening(darker)
     return refined if refined.any() else nuclear
 
 
 def _nucleus_lobes(labels: np.ndarray, count: int, stained: np.ndarray) -> tuple[int, list[int]]:
     """The component nearest the centre (weighted by area) and every lobe lying in the same cell."""
     index = np.arange(1, count + 1)
-    areas = np.asarray(ndimage.sum_labels(np.ones_like(labels), labels, index))
-    centres = np.asarray(ndimage.center_of_mass(labels > 0, labels, index)).reshape(-1, 2)
+    flat = labels.ravel()
+    areas = np.bincount(flat, minlength=count + 1)[1:].astype(np.float64)
+    rows, cols = np.indices(labels.shape, dtype=np.float64)
+    centres = np.stack(
+        [np.bincount(flat, weights=grid.ravel(), minlength=count + 1)[1:] / areas for grid in (rows, cols)],
+        axis=1,
+    )
     offset = np.hypot(centres[:, 0] - labels.shape[0] / 2, centres[:, 1] - labels.shape[1] / 2)
     best = int(np.argmax(areas / (1.0 + (offset / max(labels.shape) / 0.2) ** 2)))
-    cells, _ = ndimage.label(ndimage.binary_fill_holes(ndimage.binary_opening(stained) | (labels > 0)))
+    cells, _ = ndimage.label(_fill_holes(_binary_opening(stained) | (labels > 0)))
     own_cell = cells[labels == best + 1][0]
-    share_in_cell = ndimage.mean(cells == own_cell, labels, index)
+    in_own_cell = (cells == own_cell).ravel().astype(np.float64)
+    share_in_cell = np.bincount(flat, weights=in_own_cell, minlength=count + 1)[1:] / areas
     lobes = index[(share_in_cell > 0.5) & (areas >= MIN_LOBE_SHARE * areas[best])]
     return best + 1, [*lobes.tolist(), best + 1]
+
+
+def _binary_opening(mask: np.ndarray) -> np.ndarray:
+    """Binary opening by the 4-connected cross, pixels outside the image off (scipy's default), in numpy.
+
+    scipy's general morphology costs a tenth of a millisecond per call on a thumbnail; it ran seven times
+    per crop.
+    """
+    return _dilate_cross(_erode_cross(mask))
+
+
+def _erode_cross(mask: np.ndarray) -> np.ndarray:
+    eroded = mask.copy()
+    eroded[1:] &= mask[:-1]
+    eroded[:-1] &= mask[1:]
+    eroded[:, 1:] &= mask[:, :-1]
+    eroded[:, :-1] &= mask[:, 1:]
+    eroded[[0, -1]] = False
+    eroded[:, [0, -1]] = False
+    return eroded
+
+
+def _dilate_cross(mask: np.ndarray) -> np.ndarray:
+    dilated = mask.copy()
+    dilated[1:] |= mask[:-1]
+    dilated[:-1] |= mask[1:]
+    dilated[:, 1:] |= mask[:, :-1]
+    dilated[:, :-1] |= mask[:, 1:]
+    return dilated
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with every region of background not 4-connected to the image border filled."""
+    background, _ = ndimage.label(~mask)
+    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
+    return mask | ~np.isin(background, border)
 
 
 def frame_crop(rgb: np.ndarray, context: float = CONTEXT) -> CropFrame:
@@ -371,10 +413,12 @@ def focus_measure(rgb: np.ndarray) -> float:
 
 
 def _block_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
-    """Downsample by ``factor`` with block means."""
+    """Downsample by ``factor`` with block means (rounded half to even)."""
     height, width = rgb.shape[0] // factor, rgb.shape[1] // factor
-    blocks = rgb[: height * factor, : width * factor].reshape(height, factor, width, factor, 3)
-    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+    kept = rgb[: height * factor, : width * factor].astype(np.uint32)
+    rows = sum(kept[offset::factor] for offset in range(factor))
+    sums = sum(rows[:, offset::factor] for offset in range(factor))
+    return np.rint(sums / factor**2).astype(np.uint8)
 
 
 def _cut_square(
