@@ -83,7 +83,8 @@ def test_the_normalisers_numpy_morphology_equals_scipys():
     for factor in (2, 3):
         height, width = 41 // factor, 38 // factor
         blocks = rgb[: height * factor, : width * factor].reshape(height, factor, width, factor, 3)
-        np.testing.assert_array_equal(_block_mean(rgb, factor), blocks.mean(axis=(1, 3)).round().astype(np.uint8))
+        expected = blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+        np.testing.assert_array_equal(_block_mean(rgb, factor), expected)
 
 
 def test_a_crop_without_nucleus_keeps_its_own_scale_and_says_so():
