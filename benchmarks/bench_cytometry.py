@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -402,6 +403,81 @@ def per_sample_speed_benchmark(data: Path, seeds: int) -> dict:
     return report
 
 
+PANEL_PARTS = 4
+
+
+def panel_batch_benchmark(data: Path, seeds: int) -> dict:
+    """A batch of one panel's samples: per-sample time of the two batch modes, and what warm starts cost.
+
+    Time: the six flowspy time-course files (one 11-channel panel, no gates) through ``run_pipeline`` as
+    the command runs them (reading and assignment included), one model per file warm-started from an
+    autoencoder pretrained once on the pooled events (``--per-sample``), and one pooled model (the
+    default); FlowSOM per file on the same values (reading not included), K=SPEED_CLUSTERS.
+    Accuracy: ff.fcs split at random into PANEL_PARTS samples, one model per part, each part's count
+    fixed to the first part's (as ``--per-sample`` does), warm-started or each pretrained on its own.
+    """
+    if not flowsom_available():
+        return {"skipped": "install the benchmark extra: pip install .[benchmarks]"}
+    paths = sorted((data / "cytometry" / "flowspy_time_course").glob("*.fcs"))
+    rng = np.random.default_rng(0)
+    prepared = [sample_for_speed(path, None, rng) for path in paths]
+    channels = prepared[0][1]
+    flowsom_clusters(rng.normal(size=(500, 3)), 3, 0)  # compile FlowSOM's numba code before timing
+    timings: dict[str, list[float]] = {"per_sample_warm_started": [], "pooled": [], "flowsom_per_file": []}
+    for seed in range(seeds):
+        for mode, pooled in (("per_sample_warm_started", False), ("pooled", True)):
+            config = dataclasses.replace(single_stage_config(channels=channels), pooled=pooled, seed=seed)
+            started = time.perf_counter()
+            run_pipeline(paths, config)
+            timings[mode].append((time.perf_counter() - started) / len(paths))
+        started = time.perf_counter()
+        for values, _, _ in prepared:
+            flowsom_clusters(values, SPEED_CLUSTERS, seed)
+        timings["flowsom_per_file"].append((time.perf_counter() - started) / len(paths))
+    seconds = {mode: float(np.median(values)) for mode, values in timings.items()}
+    report = {
+        "files": [path.name for path in paths],
+        "events": [len(values) for values, _, _ in prepared],
+        "channels": len(channels),
+        "seeds": seeds,
+        "seconds_per_sample": seconds,
+        "ratio_to_flowsom": {
+            mode: seconds[mode] / seconds["flowsom_per_file"]
+            for mode in ("per_sample_warm_started", "pooled")
+        },
+        "load_average_after": round(os.getloadavg()[0], 1),
+        "warm_start_accuracy_ff_fcs": _warm_start_accuracy(data, seeds),
+    }
+    print(f"panel batch: {report}", file=sys.stderr)
+    return report
+
+
+def _warm_start_accuracy(data: Path, seeds: int) -> dict:
+    """Mean F1 of per-part models on ff.fcs split into parts: warm-started against each pretrained alone."""
+    from napari_hematology.core.cytometry.fitting import pretrain_panel
+
+    values, labels = ff_data(data)
+    part_of = np.random.default_rng(0).integers(PANEL_PARTS, size=len(values))
+    parts = [np.flatnonzero(part_of == part) for part in range(PANEL_PARTS)]
+    scores: dict[str, list[float]] = {"warm_started": [], "each_pretrained_alone": []}
+    for seed in range(seeds):
+        panel = pretrain_panel(values, FF_MARKERS, ClusterConfig.from_settings(seed=seed))
+        for mode, pretrained in (("warm_started", panel), ("each_pretrained_alone", None)):
+            config = ClusterConfig.from_settings(seed=seed)
+            for rows in parts:
+                clusterer = fit_clusterer(values[rows], FF_MARKERS, config, pretrained=pretrained)
+                config = dataclasses.replace(config, clusters=len(clusterer.populations))
+                predicted = clusterer.assign(values[rows]).argmax(axis=1)
+                scores[mode].append(matched_f1(labels[rows], predicted)["mean_f1"])
+    return {
+        "parts": PANEL_PARTS,
+        "events_per_part": [len(rows) for rows in parts],
+        "mean_f1": {mode: float(np.mean(values)) for mode, values in scores.items()},
+        "per_part_and_seed": {mode: [round(v, 4) for v in values] for mode, values in scores.items()},
+        "chosen_on": "ff.fcs (the settings were chosen on it): optimistic; the comparison is the point",
+    }
+
+
 def mean_f1(truth: np.ndarray, runs: list[tuple[float, np.ndarray]]) -> float:
     return float(np.mean([matched_f1(truth, predicted)["mean_f1"] for _, predicted in runs]))
 
@@ -594,6 +670,7 @@ def main() -> int:
         "accuracy_ff_fcs": lambda: accuracy_benchmark(values, labels, args.seeds),
         "default_cli_ff_fcs": lambda: default_cli_benchmark(args.data, args.seeds),
         "per_sample_speed": lambda: per_sample_speed_benchmark(args.data, min(args.seeds, 3)),
+        "panel_batch": lambda: panel_batch_benchmark(args.data, min(args.seeds, 3)),
         "soft_labels_remixed_ff_fcs": lambda: soft_label_benchmark(values, labels),
         "speed": lambda: speed_benchmark(args.data, args.speed_files, args.threads),
         "unlabelled_files": lambda: unlabelled_benchmark(args.data),

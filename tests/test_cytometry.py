@@ -427,6 +427,41 @@ def test_clustering_is_fine_tuned_in_one_training_run(monkeypatch):
     assert runs[0] is None and runs[1] is not None
 
 
+def test_per_file_models_share_one_pretrained_autoencoder(monkeypatch, tmp_path, two_files):
+    """Per-file training pretrains once on the panel's pooled events; each file only clusters."""
+    from napari_hematology.core.cytometry import fitting
+
+    runs = []
+
+    def counted_train(*args, **kwargs):
+        runs.append(kwargs.get("on_epoch_end"))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(fitting, "train", counted_train)
+    paths, labels = two_files
+    config = dataclasses.replace(single_stage_config(clusters=3, settings=dict(FAST)), pooled=False)
+    result = run_pipeline(paths, config)
+    pretraining = [hook for hook in runs if hook is None]
+    assert len(pretraining) == 1 and len(runs) == 3  # one pretraining, one clustering run per file
+    clusterers = result.stages[0].clusterers
+    assert len(clusterers) == 2
+    np.testing.assert_array_equal(clusterers[0].mean, clusterers[1].mean)  # the panel's standardisation
+    for truth, probabilities in zip(labels, result.stages[0].probabilities, strict=True):
+        assert adjusted_rand_score(truth, probabilities.argmax(axis=1)) > 0.9
+
+
+def test_a_pretrained_autoencoder_for_other_channels_is_refused():
+    from napari_hematology.core.cytometry.fitting import pretrain_panel
+
+    raw, _ = make_events({"plt": 200, "pure": 200})
+    values = transform(raw[:, 1:], "arcsinh", 150.0)
+    panel = pretrain_panel(values, MARKERS[1:], fast_config())
+    with pytest.raises(InputError, match="same channels"):
+        fit_clusterer(values[:, :2], MARKERS[1:3], fast_config(), pretrained=panel)
+    with pytest.raises(InputError, match="same channels"):
+        fit_clusterer(values, MARKERS[1:], fast_config("vade"), pretrained=panel)
+
+
 def test_saved_pipeline_reapplies_identically(tmp_path, two_files):
     paths, _ = two_files
     result = run_pipeline(paths[:1], single_stage_config(clusters=3, method="vade", settings=FAST))

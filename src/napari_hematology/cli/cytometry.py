@@ -100,7 +100,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="arcsinh cofactor (default: 5 for mass cytometry, 150 for flow, per file)",
     )
     parser.add_argument(
-        "--per-sample", action="store_true", help="train one model per file instead of one pooled model"
+        "--per-sample",
+        action="store_true",
+        help="train one model per file instead of one pooled model (the autoencoder is pretrained once on "
+        "the pooled events, then each file's clusters are fitted)",
     )
     parser.add_argument(
         "--markers",

@@ -13,7 +13,7 @@ the clusters become the named populations and every cell gets a soft label.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -38,6 +38,90 @@ MIN_EVENTS_PER_CLUSTER = 5
 MAX_PROTOTYPES = 100
 
 
+@dataclass
+class PanelAutoencoder:
+    """An autoencoder pretrained once on the pooled events of a panel's samples, to warm-start each one.
+
+    Attributes:
+        method: The method it was built for (``idec`` or ``vade``: their encoders differ).
+        channels: Channel names, in column order.
+        mean: Per-channel mean of the pooled events (every sample is standardised with it).
+        std: Per-channel scale of the pooled events.
+        weights: The encoder's and decoder's state (``model.net.state_dict()``).
+
+    """
+
+    method: str
+    channels: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+    weights: dict
+
+
+def pretrain_panel(
+    values: np.ndarray,
+    channels: list[str],
+    config: ClusterConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> PanelAutoencoder:
+    """Pretrain the autoencoder once on the pooled events of several samples of one panel.
+
+    :func:`fit_clusterer` given the result skips its own pretraining: per sample only the clusters are
+    initialised and fine-tuned.
+
+    Args:
+        values: Transformed events of all the samples, pooled ``(events, channels)``.
+        channels: Channel names.
+        config: Model and training settings (``max_train_events`` events are drawn from the pool).
+        progress: Called as ``progress(step, total, message)``.
+        should_stop: Returns True to cancel.
+
+    Returns:
+        The pretrained autoencoder with the pool's standardisation.
+
+    Raises:
+        InputError: Too few events, NaN or constant channels.
+
+    """
+    from napari_hematology.core.registry import create_model
+
+    config.check()
+    mean, std = _check_values(values, channels, 2)
+    x, _ = _training_events(values, mean, std, config)
+    with seeded(config.train.seed):
+        model = create_model(config.method, in_features=x.shape[1], clusters=1, prototypes=1,
+                             latent_dim=config.latent_dim, hidden=list(config.hidden))
+    _pretrain(model, x, config, progress, should_stop)
+    weights = {key: value.clone() for key, value in model.net.state_dict().items()}
+    return PanelAutoencoder(config.method, list(channels), mean, std, weights)
+
+
+def _training_events(values: np.ndarray, mean: np.ndarray, std: np.ndarray, config: ClusterConfig):
+    """Standardised training events (a tensor; at most ``max_train_events``, seeded) and their rows."""
+    import torch
+
+    rng = np.random.default_rng(config.train.seed)
+    keep = np.sort(rng.permutation(len(values))[: config.max_train_events])
+    return torch.as_tensor(((values[keep] - mean) / std).astype(np.float32)), keep
+
+
+def _pretraining_epochs(config: ClusterConfig, events: int) -> int:
+    """``pretrain_epochs``, or more for small data, so that pretraining makes ``min_pretrain_steps``."""
+    batches = -(-events // config.train.batch_size)
+    return max(config.pretrain_epochs, -(-config.min_pretrain_steps // batches))
+
+
+def _pretrain(model, x, config: ClusterConfig, progress, should_stop) -> None:
+    """Train the autoencoder on reconstruction alone."""
+    pretraining = replace(config.train, epochs=_pretraining_epochs(config, len(x)))
+    train(model, _EventRows(x), reconstruction_loss, pretraining, progress=progress,
+          should_stop=should_stop, collate_fn=_as_is)
+    model.cpu()
+    check_cancel(should_stop)
+
+
 def fit_clusterer(
     values: np.ndarray,
     channels: list[str],
@@ -48,6 +132,7 @@ def fit_clusterer(
     populations: list[str] | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    pretrained: PanelAutoencoder | None = None,
 ) -> Clusterer:
     """Fit IDEC or VaDE to transformed events.
 
@@ -61,6 +146,9 @@ def fit_clusterer(
             by size, largest first.
         progress: Called as ``progress(step, total, message)``.
         should_stop: Returns True to cancel.
+        pretrained: An autoencoder pretrained on the pooled events of this sample's panel
+            (:func:`pretrain_panel`): it and the pool's standardisation are used, and this sample's own
+            pretraining is skipped.
 
     Returns:
         The fitted clusterer (its model on the CPU).
@@ -82,9 +170,10 @@ def fit_clusterer(
     if config.clusters is None and reference is not None:
         config = replace(config, clusters=reference.shape[1])
     mean, std = _check_values(values, channels, config.clusters or 2)
-    rng = np.random.default_rng(config.train.seed)
-    keep = np.sort(rng.permutation(len(values))[: config.max_train_events])
-    x = torch.as_tensor(((values[keep] - mean) / std).astype(np.float32))
+    if pretrained is not None:
+        _check_pretrained(pretrained, channels, config)
+        mean, std = pretrained.mean, pretrained.std
+    x, keep = _training_events(values, mean, std, config)
     kmeans = membership = choice = None
     if config.clusters is None:
         kmeans = over_cluster(x.numpy(), _prototype_count(config, len(x)), config.train.seed)
@@ -104,13 +193,12 @@ def fit_clusterer(
             hidden=list(config.hidden),
         )
     batches = -(-len(x) // config.train.batch_size)
-    pretrain_epochs = max(config.pretrain_epochs, -(-config.min_pretrain_steps // batches))
+    pretrain_epochs = 0 if pretrained is not None else _pretraining_epochs(config, len(x))
     steps = _Phases(progress, batches, [pretrain_epochs, config.train.epochs])
-    pretraining = replace(config.train, epochs=pretrain_epochs)
-    train(model, _EventRows(x), reconstruction_loss, pretraining, progress=steps.phase(0, "pretraining"),
-          should_stop=should_stop, collate_fn=_as_is)
-    model.cpu()
-    check_cancel(should_stop)
+    if pretrained is None:
+        _pretrain(model, x, config, steps.phase(0, "pretraining"), should_stop)
+    else:
+        model.net.load_state_dict(pretrained.weights)
     cells = initialise_clusters(model, x, config, kmeans, membership)
     batch_reference = None
     if reference is not None:
@@ -133,6 +221,15 @@ def fit_clusterer(
         "cluster_count": {"chosen": config.clusters, "rule": "given"} if choice is None else asdict(choice),
     }
     return Clusterer(model, list(channels), mean, std, populations, extra)
+
+
+def _check_pretrained(pretrained: PanelAutoencoder, channels: list[str], config: ClusterConfig) -> None:
+    if pretrained.method != config.method or list(pretrained.channels) != list(channels):
+        raise InputError(
+            f"The panel's autoencoder was pretrained for {pretrained.method} on "
+            f"{', '.join(pretrained.channels)}; this sample asks for {config.method} on "
+            f"{', '.join(channels)}. Pretrain it on the same channels and method."
+        )
 
 
 def _check_values(values: np.ndarray, channels: list[str], clusters: int) -> tuple[np.ndarray, np.ndarray]:

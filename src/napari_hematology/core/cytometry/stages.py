@@ -28,7 +28,7 @@ from napari_hematology.core.cytometry.fcs import (
     channel_indices,
     usable_channels,
 )
-from napari_hematology.core.cytometry.fitting import fit_clusterer
+from napari_hematology.core.cytometry.fitting import fit_clusterer, pretrain_panel
 from napari_hematology.core.cytometry.naming import UNASSIGNED, Naming, load_marker_table, name_clusters
 from napari_hematology.core.cytometry.stage_config import (
     CONFIG_FILE,
@@ -287,8 +287,8 @@ def _fit_stage(stage, config, values, masks, reference, progress, should_stop) -
     settings = stage.cluster_config(config.seed)
     names = stage.population_names
     channels = stage.channels or config.channels
+    pooled = np.concatenate([v[m] for v, m in zip(values, masks, strict=False)])
     if config.pooled:
-        pooled = np.concatenate([v[m] for v, m in zip(values, masks, strict=False)])
         ids = np.concatenate([np.full(m.sum(), i) for i, m in enumerate(masks)])
         _require_events(pooled, stage, "the batch")
         clusterer = fit_clusterer(
@@ -302,9 +302,16 @@ def _fit_stage(stage, config, values, masks, reference, progress, should_stop) -
             should_stop=should_stop,
         )
         return [_with_preprocessing(clusterer, config)]
-    fitted = []
     for i, (v, m) in enumerate(zip(values, masks, strict=False)):
         _require_events(v[m], stage, f"file {i + 1}")
+    # the autoencoder is pretrained once on the panel's pooled events; each file then only clusters
+    panel = (
+        pretrain_panel(pooled, channels, settings, progress=progress, should_stop=should_stop)
+        if len(values) > 1
+        else None
+    )
+    fitted = []
+    for i, (v, m) in enumerate(zip(values, masks, strict=False)):
         if fitted and settings.clusters is None:
             # one set of populations for every file: the count chosen on the first file
             settings = dataclasses.replace(settings, clusters=len(fitted[0].populations))
@@ -319,6 +326,7 @@ def _fit_stage(stage, config, values, masks, reference, progress, should_stop) -
             populations=names,
             progress=progress,
             should_stop=should_stop,
+            pretrained=panel,
         )
         fitted.append(_with_preprocessing(clusterer, config))
     return fitted
