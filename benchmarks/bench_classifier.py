@@ -214,7 +214,7 @@ def measure_speed(data: Path, threads: int, keep_page_cache: bool = False) -> di
     load_before = load_average()
     with recorded_forward_passes() as record:
         started = time.perf_counter()
-        table = classify_images(files)
+        table = classify_images(files, processes=True)  # as the command line runs it
         seconds = time.perf_counter() - started
     load_after = load_average()
     crops = np.concatenate(record["crops"])

@@ -157,6 +157,22 @@ def test_cli_classify_writes_the_contract_csv(tmp_path, classifier):
     assert [name.split("/")[-1] for name in table["image"]] == ["a.png", "b.jpg"]
 
 
+def test_cli_classify_in_worker_processes_writes_the_same_table(tmp_path, monkeypatch):
+    from napari_hematology.core.cells import classify_files
+
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for index, side in enumerate((80, 100, 120)):
+        Image.fromarray(synthetic_cell(side)).save(folder / f"cell{index}.png")
+    tables = []
+    for smallest_batch in (10**9, 1):  # threads, then worker processes
+        monkeypatch.setattr(classify_files, "PROCESS_MIN_FILES", smallest_batch)
+        out = tmp_path / f"cells_{smallest_batch}.csv"
+        assert main(["classify", str(folder), "--out", str(out)]) == 0
+        tables.append(pd.read_csv(out))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
 def test_cli_classify_names_an_unreadable_file(tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
@@ -321,6 +337,25 @@ def test_crop_readers_keep_their_sizes_and_normalisation(tmp_path):
     np.testing.assert_array_equal(read_crop(path), rgb)
     assert read_crops([path], 48).shape == (1, 48, 48, 3)
     np.testing.assert_array_equal(read_prepared_crops([path])[0], normalise_crop(rgb))
+
+
+def test_worker_processes_normalise_like_threads_and_report_bad_files(tmp_path):
+    from napari_hematology.core.cells.crop_batches import iter_prepared_crops
+
+    paths = []
+    for index, side in enumerate((70, 90, 110)):
+        paths.append(tmp_path / f"cell{index}.png")
+        Image.fromarray(synthetic_cell(side)).save(paths[-1])
+    paths.insert(1, write_bad_crop(tmp_path, "corrupt"))
+    results, errors = {}, {False: [], True: []}
+    for processes in (False, True):
+        skipped = errors[processes]
+        chunks = list(iter_prepared_crops(paths, chunk=2, processes=processes,
+                                          on_error=lambda path, _error, into=skipped: into.append(path)))
+        results[processes] = (np.concatenate([c.crops for c in chunks]), sum((c.quality for c in chunks), []))
+    assert errors[False] == errors[True] == [paths[1]]
+    np.testing.assert_array_equal(results[True][0], results[False][0])
+    assert results[True][1] == results[False][1] and len(results[True][1]) == 3
 
 
 # ------------------------------------------------------------------------------ unusual crops and devices

@@ -4,4 +4,5 @@ import sys
 
 from napari_hematology.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # worker processes (spawned) import this module again
+    sys.exit(main())

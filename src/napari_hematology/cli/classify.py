@@ -73,7 +73,12 @@ def run_classify(args: argparse.Namespace) -> int:
     from napari_hematology.core.io import write_table
 
     table = classify_images(
-        args.images, model_dir=args.model, progress=TextProgress(), device=args.device, adapt=args.adapt
+        args.images,
+        model_dir=args.model,
+        progress=TextProgress(),
+        device=args.device,
+        adapt=args.adapt,
+        processes=True,
     )
     write_table(args.out, table)
     counts = ", ".join(f"{name} {count}" for name, count in table["label"].value_counts().items())

@@ -1,9 +1,15 @@
-"""Read single-cell crop files and normalise them for the classifier, in batches, on background threads."""
+"""Read single-cell crop files and normalise them for the classifier, in batches, on background threads.
+
+Large batches may be normalised in worker processes instead: the normaliser is many small numpy and scipy
+calls that hold Python's lock, so threads share one core between them.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,6 +27,7 @@ from napari_hematology.core.progress import ProgressCallback, StopCallback, trac
 
 READ_THREADS = 2
 BATCH_SIZE = 256  # crops per batch read, and per forward pass of the classifier
+FILES_PER_PROCESS_TASK = 32  # files a worker process normalises per request (fewer round trips)
 
 
 class CropChunk(NamedTuple):
@@ -62,6 +69,7 @@ def iter_prepared_crops(
     should_stop: StopCallback | None = None,
     on_error: Callable[[Path, InputError], None] | None = None,
     transform: Callable[[np.ndarray, Path], np.ndarray] | None = None,
+    processes: bool = False,
 ) -> Iterator[CropChunk]:
     """Read and normalise single-cell crop files on background threads, yielding them in chunks.
 
@@ -78,6 +86,8 @@ def iter_prepared_crops(
         on_error: Called with each file that cannot be used and the reason, which is then left out;
             None raises instead.
         transform: Applied to each crop (and its path) before normalisation, e.g. a training shift.
+        processes: Normalise in :data:`READ_THREADS` worker processes (started afresh, about a second
+            each) instead of threads: for large batches; ignored with a ``transform``.
 
     Yields:
         Chunks of (k, size, size, 3) uint8 crops with their qualities, in the order of ``paths``
@@ -88,22 +98,18 @@ def iter_prepared_crops(
             message names it.
 
     """
-
-    def read_one(path: Path) -> tuple[np.ndarray, str] | InputError:
-        try:
-            rgb = read_crop(path)
-            return normalise_crop_checked(
-                rgb if transform is None else transform(rgb, path), size=size, context=context
-            )
-        except InputError as error:
-            if on_error is None:
-                raise
-            return error
-
-    pool = ThreadPoolExecutor(READ_THREADS)
+    read_one = partial(_prepare_file, size=size, context=context, transform=transform,
+                       keep_errors=on_error is not None)
+    pool: Executor
+    if processes and transform is None:
+        pool = ProcessPoolExecutor(READ_THREADS, mp_context=multiprocessing.get_context("spawn"))
+        prepared = pool.map(read_one, paths, chunksize=FILES_PER_PROCESS_TASK)
+    else:
+        pool = ThreadPoolExecutor(READ_THREADS)
+        prepared = pool.map(read_one, paths)
     try:
         pending: list[tuple[np.ndarray, str]] = []
-        crops = tracked(pool.map(read_one, paths), len(paths), progress, should_stop, "reading crops")
+        crops = tracked(prepared, len(paths), progress, should_stop, "reading crops")
         for path, crop in zip(paths, crops, strict=True):
             if isinstance(crop, InputError):
                 on_error(path, crop)
@@ -116,6 +122,25 @@ def iter_prepared_crops(
             yield _chunk(pending)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _prepare_file(
+    path: Path,
+    size: int,
+    context: float,
+    transform: Callable[[np.ndarray, Path], np.ndarray] | None,
+    keep_errors: bool,
+) -> tuple[np.ndarray, str] | InputError:
+    """Read and normalise one crop file; with ``keep_errors`` an unusable file gives its error."""
+    try:
+        rgb = read_crop(path)
+        if transform is not None:
+            rgb = transform(rgb, path)
+        return normalise_crop_checked(rgb, size=size, context=context)
+    except InputError as error:
+        if not keep_errors:
+            raise
+        return error
 
 
 def _chunk(pending: list[tuple[np.ndarray, str]]) -> CropChunk:
