@@ -32,8 +32,8 @@ from napari_hematology.core.io import list_images
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel
 
 # With worker processes allowed, from this many files on: starting them costs about a second, and they use
-# every core where threads share one (the normaliser holds Python's lock): 2,000 PBC crops, 167 against 140
-# crops/s on the 2-core machine.
+# every core where threads share one (the normaliser holds Python's lock): 2,000 PBC crops about a fifth
+# faster on the 2-core machine.
 PROCESS_MIN_FILES = 1000
 
 MIN_CROPS_TO_ADAPT = 32
