@@ -7,6 +7,7 @@ MRXS, DICOM...).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +184,30 @@ def _read_plain(path: Path) -> np.ndarray:
         ) from error
     except PILLOW_READ_ERRORS as error:
         raise unreadable_file_error(path, error) from error
+
+
+def read_ahead(image, windows: list[tuple[slice, slice]]) -> Iterator[np.ndarray]:
+    """The image's windows as numpy arrays, each next one read on a background thread meanwhile.
+
+    Reading and decoding a slide's tiles (dask, tifffile, zlib, JPEG) mostly releases Python's lock, so
+    it overlaps the work on the window before.
+
+    Args:
+        image: A numpy, dask or zarr array (a slide level).
+        windows: ``(rows, cols)`` slices, in the order wanted.
+
+    Yields:
+        Each window's pixels.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="tile-reader") as reader:
+        pending = reader.submit(np.asarray, image[windows[0]]) if windows else None
+        for index in range(len(windows)):
+            tile = pending.result()
+            if index + 1 < len(windows):
+                pending = reader.submit(np.asarray, image[windows[index + 1]])
+            yield tile
 
 
 def to_rgb8(image: np.ndarray, name: str = "image") -> tuple[np.ndarray, list[str]]:

@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from napari_hematology.core.cells.stain import normalise_stain, od_tables
 from napari_hematology.core.errors import InputError
-from napari_hematology.core.io import to_rgb8
+from napari_hematology.core.io import read_ahead, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
 
 CELL_COLUMNS = [
@@ -463,7 +463,7 @@ def _segment_tiled(image, windows, segment_tile, labels_out, name, progress, sho
     report = progress or no_progress
     tables: list[pd.DataFrame] = []
     next_id = 1
-    tiles = _read_ahead(image, [(rows, cols) for rows, cols, _, _ in windows])
+    tiles = read_ahead(image, [(rows, cols) for rows, cols, _, _ in windows])
     for done, ((rows, cols, core_rows, core_cols), tile) in enumerate(zip(windows, tiles, strict=True)):
         check_cancel(should_stop)
         report(done, len(windows), "segmenting tiles")
@@ -490,23 +490,6 @@ def _segment_tiled(image, windows, segment_tile, labels_out, name, progress, sho
     report(len(windows), len(windows), "segmenting tiles")
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CELL_COLUMNS)
     return Segmentation(labels=labels, nuclei=nuclei, cells=cells)
-
-
-def _read_ahead(image, windows: list[tuple[slice, slice]]) -> Iterator[np.ndarray]:
-    """The image's windows as numpy arrays, the next one read on a background thread meanwhile.
-
-    Reading and decoding a slide's tiles (dask, tifffile, zlib) releases the GIL, so it overlaps the
-    segmentation of the tile before.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1, thread_name_prefix="tile-reader") as reader:
-        pending = reader.submit(np.asarray, image[windows[0]]) if windows else None
-        for index in range(len(windows)):
-            tile = pending.result()
-            if index + 1 < len(windows):
-                pending = reader.submit(np.asarray, image[windows[index + 1]])
-            yield tile
 
 
 def _owned_cells(

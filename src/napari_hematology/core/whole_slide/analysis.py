@@ -44,7 +44,7 @@ from napari_hematology.core.cells.segmentation import (
 )
 from napari_hematology.core.cells.stain import od_tables
 from napari_hematology.core.errors import InputError
-from napari_hematology.core.io import SmearImage, read_image, to_rgb8
+from napari_hematology.core.io import SmearImage, read_ahead, read_image, to_rgb8
 from napari_hematology.core.progress import ProgressCallback, StopCallback, check_cancel, no_progress
 from napari_hematology.core.whole_slide.geojson import cells_to_geojson, polygons_to_geojson, write_geojson
 from napari_hematology.core.whole_slide.outputs import (  # noqa: F401 (has_checkpoint: part of this API)
@@ -180,13 +180,12 @@ def analyze_slide(
     if len(cells) and on_tile is not None:
         on_tile(TileUpdate(cells, _summary(cells, classes), len(done), len(plan)))
     report = progress or no_progress
-    for index, (rows, cols, core_rows, core_cols) in plan:
-        if index in done:
-            continue
+    to_do = [(index, window) for index, window in plan if index not in done]
+    tiles = read_ahead(image.data, [(rows, cols) for _, (rows, cols, _, _) in to_do])
+    for (index, window), tile in zip(to_do, tiles, strict=True):
         check_cancel(should_stop)
         report(len(done), len(plan), "reading tiles")
-        window = (rows, cols, core_rows, core_cols)
-        new = _tile_cells(image, window, white, classifier, regions, config, pixel_size.um_per_px)
+        new = _tile_cells(tile, window, white, classifier, regions, config, pixel_size.um_per_px)
         new = _number(new.assign(tile=index), len(cells), config.max_white_cells)
         if len(new):
             cells = pd.concat([cells, new], ignore_index=True) if len(cells) else new
@@ -386,11 +385,13 @@ def _start(outputs: dict[str, Path], identity: dict, resume: bool) -> tuple[set[
 
 
 def _tile_cells(
-    image: SmearImage, window, white, classifier, regions, config: WholeSlideConfig, pixel_size_um: float
+    tile: np.ndarray, window, white, classifier, regions, config: WholeSlideConfig, pixel_size_um: float
 ) -> pd.DataFrame:
-    """Segment and classify one tile; its own cells (centroid in its core and in the regions)."""
+    """Segment and classify one tile's pixels (read at ``window``); its own cells (centroid in its core).
+
+    With ``regions``, only the cells whose centroid also lies in them.
+    """
     rows, cols, core_rows, core_cols = window
-    tile = np.asarray(image.data[rows, cols])
     if tile.min() == tile.max():
         return pd.DataFrame()
     tile, _ = to_rgb8(tile, "slide tile")
