@@ -6,6 +6,7 @@ import tifffile
 from napari_hematology.core.errors import InputError
 from napari_hematology.core.io import (
     list_images,
+    read_ahead,
     read_image,
     read_labels,
     read_table,
@@ -230,3 +231,19 @@ def test_scanner_slides_are_listed_with_the_images(tmp_path, sample_field):
     tifffile.imwrite(tmp_path / "scan.svs", sample_field, photometric="rgb")
     (tmp_path / "scan.czi").write_bytes(b"\x00")
     assert [p.name for p in list_images(tmp_path)] == ["scan.svs"]
+
+
+def test_read_ahead_keeps_the_order_and_stops_reading_with_its_consumer():
+    import threading
+
+    image = np.arange(40 * 30).reshape(40, 30)
+    windows = [(slice(y, y + 10), slice(x, x + 15)) for y in range(0, 40, 10) for x in (0, 15)]
+    tiles = list(read_ahead(image, windows))
+    assert len(tiles) == len(windows)
+    for tile, window in zip(tiles, windows, strict=True):
+        np.testing.assert_array_equal(tile, image[window])
+    reader = read_ahead(image, windows)
+    next(reader)
+    reader.close()  # a consumer that stops early (cancel, enough cells) leaves no reading thread behind
+    assert not [t for t in threading.enumerate() if t.name.startswith("tile-reader")]
+    assert list(read_ahead(image, [])) == []
