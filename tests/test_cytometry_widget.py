@@ -246,3 +246,19 @@ def test_the_transform_choices_are_the_cores():
     from napari_hematology.widgets.cytometry import TRANSFORM_CHOICES
 
     assert ("auto", *TRANSFORMS) == TRANSFORM_CHOICES
+
+
+@pytest.mark.gui
+def test_one_model_per_file_shares_the_autoencoder_and_shows_each_files_populations(widget, qtbot, fcs_files):
+    from napari_hematology.widgets.cytometry import MODEL_CHOICES
+
+    assert load(widget, qtbot, fcs_files)
+    widget.models_combo.setCurrentText(next(k for k, pooled in MODEL_CHOICES.items() if not pooled))
+    assert widget.pipeline_config().pooled is False
+    run_and_wait(widget, qtbot, clusters=2)
+    stage = widget.result.stages[0]
+    assert len(stage.clusterers) == 2  # one model per file
+    np.testing.assert_array_equal(stage.clusterers[0].mean, stage.clusterers[1].mean)  # one pretraining
+    widget.file_combo.setCurrentIndex(1)
+    _, names, shares, _ = bar_chart(widget, qtbot)
+    assert len(names) == 2 and sum(shares) == pytest.approx(100.0, abs=0.5)

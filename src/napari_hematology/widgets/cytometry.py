@@ -61,6 +61,8 @@ TRANSFORM_CHOICES = ("auto", "arcsinh", "logicle", "none")
 COMPENSATION_CHOICES = {"auto": "auto", "apply spillover matrix": True, "do not compensate": False}
 AUTO_COFACTOR = 0.0
 AUTO_CLUSTERS = 1  # the clusters spin box's lowest value, shown as "auto": the data choose
+# Model choices: True trains one pooled model, False one per file (warm-started from one autoencoder).
+MODEL_CHOICES = {"one for all files": True, "one per file": False}
 POPULATION_COLUMNS = ("", "name", "share", "high", "low")
 NAME_COLUMN = 1
 FCS_FOLDER = "fcs"
@@ -100,6 +102,11 @@ class CytometryWidget(QWidget):
         self.clusters_spin.setToolTip("auto: the number of populations is chosen from the data")
         self.count_label = note("")
         self.epochs_spin = spin_box(1, 500, 15)
+        self.models_combo = combo_box(MODEL_CHOICES)
+        self.models_combo.setToolTip(
+            "one per file: each file gets its own populations; the autoencoder is pretrained once on "
+            "all files' events and every file's model starts from it (a stages file sets its own)"
+        )
         self.stages_edit = QLineEdit()
         self.stages_edit.setPlaceholderText("optional stages .yaml (overrides method and clusters)")
         self.reference_edit = QLineEdit()
@@ -132,6 +139,7 @@ class CytometryWidget(QWidget):
         form.addRow("Method", self.method_combo)
         form.addRow("Clusters", self.clusters_spin)
         form.addRow("Epochs", self.epochs_spin)
+        form.addRow("Models", self.models_combo)
         form.addRow("Stages", self.stages_edit)
         form.addRow("Reference", self.reference_edit)
         view = form_layout()
@@ -266,6 +274,7 @@ class CytometryWidget(QWidget):
             method=self.method_combo.currentText(),
             channels=channels,
             settings={"epochs": epochs, "pretrain_epochs": epochs},
+            pooled=MODEL_CHOICES[self.models_combo.currentText()],
             **self.preprocessing_choices(),
         )
 
