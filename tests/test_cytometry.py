@@ -233,6 +233,48 @@ def test_cut_with_min_size_absorbs_small_groups_into_the_nearest():
     assert plain[5] != plain[4] and plain[2] == plain[4]  # without the rule it takes a cluster of its own
 
 
+def test_tree_cuts_are_scipys_cuts_kept_for_the_next_call():
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    from napari_hematology.core.cytometry.initialisation import TreeCuts
+
+    tree = linkage(np.random.default_rng(1).normal(size=(40, 3)), method="complete")
+    cuts = TreeCuts(tree)
+    for count in (2, 5, 5, 17):
+        np.testing.assert_array_equal(cuts.cut(count), fcluster(tree, count, criterion="maxclust") - 1)
+    assert cuts.cut(5) is cuts.cut(5)
+
+
+def test_icl_of_grouped_cells_equals_the_icl_of_their_events():
+    from napari_hematology.core.cytometry.initialisation import CellMoments, integrated_completed_likelihood
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(600, 3)) + np.repeat(np.eye(3) * 4, 200, axis=0)
+    cells = rng.integers(0, 12, size=600)
+    grouping = np.arange(12) % 3
+    from_cells = CellMoments.of(x, cells, 12).icl(grouping, 3)
+    np.testing.assert_allclose(from_cells, integrated_completed_likelihood(x, grouping[cells], 3), rtol=1e-10)
+    covariances = [np.cov(x[grouping[cells] == k].T) for k in range(3)]
+    direct = sum(
+        (grouping[cells] == k).sum() * (np.log((grouping[cells] == k).mean()) - 0.5 * (
+            3 * np.log(2 * np.pi) + np.linalg.slogdet(c + 1e-3 * np.eye(3))[1]))
+        - 0.5 * ((grouping[cells] == k).sum() - 1) * 3
+        for k, c in enumerate(covariances)
+    )
+    np.testing.assert_allclose(from_cells, -2 * direct + (3 * (3 + 6) + 2) * np.log(600), rtol=1e-10)
+
+
+def test_nearest_centre_is_the_least_distance():
+    from napari_hematology.core.cytometry.initialisation import OverClustering
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(500, 4)).astype(np.float32)
+    centres = rng.normal(size=(30, 4)).astype(np.float32)
+    distances = ((values[:, None, :] - centres[None]) ** 2).sum(axis=2)
+    nearest = OverClustering(centres, np.zeros(0, dtype=int)).predict(values)
+    np.testing.assert_array_equal(nearest, distances.argmin(axis=1))
+
+
 def test_over_cluster_finds_separated_groups_and_their_means():
     from napari_hematology.core.cytometry.initialisation import over_cluster
 

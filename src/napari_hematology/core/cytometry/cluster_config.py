@@ -25,7 +25,8 @@ class ClusterConfig:
         clusters: Number of clusters (populations); None chooses it from the data
             (:func:`~napari_hematology.core.cytometry.initialisation.choose_cluster_count`).
         prototypes_per_cluster: Latent prototypes per cluster (at most 100 in all), merged into clusters
-            by consensus; 1 gives the original single-centre methods.
+            by consensus; 1 gives the original single-centre methods. With the count chosen from the data
+            the 100 cells of the over-clustering that chose it are the prototypes.
         init_restarts: Over-clusterings that vote on the initial clusters (consensus); 1 uses one.
         min_cluster_fraction: Groups of events smaller than this share of all events (doublets, debris,
             stray events) join their nearest cluster at initialisation instead of taking one of the

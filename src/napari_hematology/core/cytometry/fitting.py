@@ -177,11 +177,9 @@ def fit_clusterer(
     kmeans = membership = choice = None
     if config.clusters is None:
         kmeans = over_cluster(x.numpy(), _prototype_count(config, len(x)), config.train.seed)
+        # the over-clustering and consensus of the chosen count are kept (its cells become the prototypes)
         choice, membership = choose_cluster_count(x.numpy(), kmeans, config)
         config = replace(config, clusters=choice.chosen)
-        if _prototype_count(config, len(x)) != kmeans.cells:
-            # prototypes_per_cluster for the chosen count: over-clustered anew, as with a given count
-            kmeans = membership = None
     populations = list(populations or [str(k) for k in range(config.clusters)])
     with seeded(config.train.seed):
         model = create_model(

@@ -45,7 +45,7 @@ class OverClustering:
 
     def predict(self, values: np.ndarray) -> np.ndarray:
         """The nearest cell of every row of ``values``."""
-        return _squared_distances(np.asarray(values, dtype=np.float32), self.centres).argmin(axis=1)
+        return _nearest(np.asarray(values, dtype=np.float32), self.centres)
 
 
 def over_cluster(values: np.ndarray, prototypes: int, seed: int) -> OverClustering:
@@ -69,13 +69,17 @@ def over_cluster(values: np.ndarray, prototypes: int, seed: int) -> OverClusteri
     centres = _kmeans_plus_plus(values, prototypes, np.random.default_rng(seed))
     tolerance = LLOYD_TOLERANCE * float(values.var(axis=0).mean())
     for _ in range(MAX_LLOYD_ITERATIONS):
-        labels = _squared_distances(values, centres).argmin(axis=1)
-        moved = _cell_means(values, labels, centres)
+        moved = _cell_means(values, _nearest(values, centres), centres)
         shift = float(((moved - centres) ** 2).sum())
         centres = moved
         if shift <= tolerance:
             break
-    return OverClustering(centres, _squared_distances(values, centres).argmin(axis=1))
+    return OverClustering(centres, _nearest(values, centres))
+
+
+def _nearest(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The nearest centre of every row: the least ``|c|^2 - 2 x.c`` (``|x|^2`` is the same for a row)."""
+    return (np.einsum("ij,ij->i", centres, centres)[None, :] - 2.0 * (values @ centres.T)).argmin(axis=1)
 
 
 def _squared_distances(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -88,8 +92,9 @@ def _squared_distances(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
 def _cell_means(values: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Mean of each cell's events; a cell that lost every event keeps its centre."""
     counts = np.bincount(labels, minlength=len(centres)).astype(np.float32)
-    sums = np.zeros_like(centres)
-    np.add.at(sums, labels, values)
+    sums = np.stack(
+        [np.bincount(labels, weights=column, minlength=len(centres)) for column in values.T], axis=1
+    ).astype(np.float32)
     means = centres.copy()
     occupied = counts > 0
     means[occupied] = sums[occupied] / counts[occupied, None]
@@ -186,7 +191,7 @@ def _over_clusterings(values: np.ndarray, kmeans: OverClustering, config: Cluste
         assigned = kmeans.predict(values)
         distances = pdist(kmeans.centres)
         runs.append(
-            (assigned, linkage(distances, method="complete"), squareform(distances),
+            (assigned, TreeCuts(linkage(distances, method="complete")), squareform(distances),
              np.bincount(assigned, minlength=prototypes))
         )
     return runs
@@ -196,18 +201,17 @@ def _consensus_for(runs: list[tuple], cells: np.ndarray, prototypes: int, cluste
                    min_fraction: float) -> tuple[np.ndarray, list[np.ndarray]]:
     """The cells' consensus grouping into ``clusters`` clusters, from over-clusterings cut at that count.
 
-    Also returns each over-clustering's grouping of the events at that count.
+    Also returns each over-clustering's grouping of its own cells at that count.
     """
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import squareform
 
     together = np.zeros((prototypes, prototypes))
-    partitions = []
+    groupings = []
     for assigned, tree, distances, sizes in runs:
-        merged = cut_with_min_size(tree, distances, sizes, clusters, min_fraction)
-        partitions.append(merged[assigned])
+        groupings.append(cut_with_min_size(tree, distances, sizes, clusters, min_fraction))
         shares = np.zeros((prototypes, clusters))
-        np.add.at(shares, (cells, partitions[-1]), 1.0)
+        np.add.at(shares, (cells, groupings[-1][assigned]), 1.0)
         shares /= np.maximum(shares.sum(axis=1, keepdims=True), 1.0)
         together += shares @ shares.T
     distance = 1.0 - together / len(runs)
@@ -219,7 +223,7 @@ def _consensus_for(runs: list[tuple], cells: np.ndarray, prototypes: int, cluste
         clusters,
         min_fraction,
     )
-    return consensus, partitions
+    return consensus, groupings
 
 
 @dataclass
@@ -269,12 +273,14 @@ def choose_cluster_count(
     """
     prototypes, cells = kmeans.cells, kmeans.labels
     runs = _over_clusterings(x, kmeans, config)
+    consensus_moments = CellMoments.of(x, cells, prototypes)
+    run_moments = [CellMoments.of(x, assigned, prototypes) for assigned, *_ in runs]
     largest = min(config.max_clusters, prototypes, len(x) // max(x.shape[1] + 1, 1))
     if config.min_cluster_fraction > 0:
         largest = min(largest, int(np.floor(1 / config.min_cluster_fraction)))
     tried, scores, memberships = [], [], {}
     for clusters in range(2, max(largest, 2) + 1):
-        membership, partitions = _consensus_for(
+        membership, groupings = _consensus_for(
             runs, cells, prototypes, clusters, config.min_cluster_fraction
         )
         memberships[clusters] = membership
@@ -282,8 +288,9 @@ def choose_cluster_count(
         # the mean over the consensus and every over-clustering cut at this count: one grouping alone
         # makes a noisy curve
         values = [
-            integrated_completed_likelihood(x, labels, clusters)
-            for labels in [membership[cells], *partitions]
+            moments.icl(grouping, clusters)
+            for moments, grouping in zip([consensus_moments, *run_moments], [membership, *groupings],
+                                         strict=True)
         ]
         scores.append(None if any(v is None for v in values) else float(np.mean(values)))
     finite = [score for score in scores if score is not None]
@@ -308,25 +315,75 @@ def integrated_completed_likelihood(x: np.ndarray, labels: np.ndarray, clusters:
 
     Returns None when a cluster holds too few events to estimate its covariance.
     """
-    events, dims = x.shape
-    log_likelihood = 0.0
-    for k in range(clusters):
-        members = x[labels == k]
-        count = len(members)
-        if count <= dims:
+    return CellMoments.of(x, labels, clusters).icl(np.arange(clusters), clusters)
+
+
+@dataclass
+class CellMoments:
+    """Event count, sum and sum of outer products per cell of a partition of the events (float64).
+
+    Any grouping of the cells has its clusters' means and covariances in a few sums of these, so scoring
+    a grouping does not touch the events again.
+    """
+
+    counts: np.ndarray
+    sums: np.ndarray
+    products: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray, cells: np.ndarray, count: int) -> CellMoments:
+        """The moments of ``count`` cells; ``cells`` gives the cell of every row of ``x``."""
+        values = np.asarray(x, dtype=np.float64)
+        onehot = np.zeros((len(values), count))
+        onehot[np.arange(len(values)), cells] = 1.0
+        outer = (values[:, :, None] * values[:, None, :]).reshape(len(values), -1)
+        products = (onehot.T @ outer).reshape(count, values.shape[1], values.shape[1])
+        return cls(onehot.sum(axis=0), onehot.T @ values, products)
+
+    def icl(self, grouping: np.ndarray, clusters: int) -> float | None:
+        """ICL-BIC (see :func:`integrated_completed_likelihood`) of the cells grouped by ``grouping``."""
+        members = np.zeros((clusters, len(grouping)))
+        members[grouping, np.arange(len(grouping))] = 1.0
+        counts = members @ self.counts
+        events, dims = self.counts.sum(), self.sums.shape[1]
+        if (counts <= dims).any():
             return None
-        covariance = np.cov(members.T).reshape(dims, dims) + COVARIANCE_RIDGE * np.eye(dims)
-        _, log_det = np.linalg.slogdet(covariance)
+        sums = members @ self.sums
+        outer_sums = np.einsum("kc,cij->kij", members, self.products)
+        scatter = outer_sums - sums[:, :, None] * sums[:, None, :] / counts[:, None, None]
+        covariances = scatter / (counts - 1)[:, None, None] + COVARIANCE_RIDGE * np.eye(dims)
+        _, log_dets = np.linalg.slogdet(covariances)
         # sum over members of log N(x | mean, covariance): the Mahalanobis terms add up to (count - 1) * dims
-        log_likelihood += count * np.log(count / events) - 0.5 * (
-            count * (dims * np.log(2 * np.pi) + log_det) + (count - 1) * dims
+        log_likelihood = np.sum(
+            counts * np.log(counts / events)
+            - 0.5 * (counts * (dims * np.log(2 * np.pi) + log_dets) + (counts - 1) * dims)
         )
-    parameters = clusters * (dims + dims * (dims + 1) / 2) + clusters - 1
-    return float(-2.0 * log_likelihood + parameters * np.log(events))
+        parameters = clusters * (dims + dims * (dims + 1) / 2) + clusters - 1
+        return float(-2.0 * log_likelihood + parameters * np.log(events))
+
+
+class TreeCuts:
+    """A linkage tree and its flat cuts (scipy's ``fcluster`` by cluster count), each cut made once.
+
+    Choosing the cluster count cuts the same trees at the same counts many times; ``fcluster`` checks the
+    whole tree on every call.
+    """
+
+    def __init__(self, tree: np.ndarray) -> None:
+        self.tree = tree
+        self._cuts: dict[int, np.ndarray] = {}
+
+    def cut(self, count: int) -> np.ndarray:
+        """The group (from 0) of every leaf when the tree is cut into at most ``count`` groups."""
+        if count not in self._cuts:
+            from scipy.cluster.hierarchy import fcluster
+
+            self._cuts[count] = fcluster(self.tree, count, criterion="maxclust") - 1
+        return self._cuts[count]
 
 
 def cut_with_min_size(
-    tree: np.ndarray, distance: np.ndarray, sizes: np.ndarray, clusters: int, min_fraction: float
+    tree: np.ndarray | TreeCuts, distance: np.ndarray, sizes: np.ndarray, clusters: int, min_fraction: float
 ) -> np.ndarray:
     """Cut a linkage tree of cells into ``clusters`` groups that each hold ``min_fraction`` of the events.
 
@@ -335,7 +392,7 @@ def cut_with_min_size(
     enough; the smaller groups then join the big group they are closest to (mean distance).
 
     Args:
-        tree: Scipy linkage matrix over the cells.
+        tree: Scipy linkage matrix over the cells, or its :class:`TreeCuts` (cuts kept for the next call).
         distance: (cells, cells) distances the tree was built from.
         sizes: Events per cell.
         clusters: Number of groups wanted.
@@ -345,17 +402,16 @@ def cut_with_min_size(
         The group (0..clusters-1) of every cell.
 
     """
-    from scipy.cluster.hierarchy import fcluster
-
+    cuts = tree if isinstance(tree, TreeCuts) else TreeCuts(tree)
     minimum = min_fraction * sizes.sum()
     for count in range(clusters, len(sizes) + 1):
-        groups = fcluster(tree, count, criterion="maxclust") - 1
+        groups = cuts.cut(count)
         group_sizes = np.bincount(groups, weights=sizes)
         big = np.flatnonzero(group_sizes >= minimum)
         if len(big) >= clusters:
             break
     else:
-        groups = fcluster(tree, clusters, criterion="maxclust") - 1
+        groups = cuts.cut(clusters)
         group_sizes = np.bincount(groups, weights=sizes)
         big = np.arange(len(group_sizes))
     big = big[np.argsort(-group_sizes[big], kind="stable")][:clusters]
