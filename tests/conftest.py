@@ -20,7 +20,7 @@ def pytest_configure(config):
     Mesa's once napari has a GL context."""
     import torch
 
-    from napari_hematology.widgets._runner import prepare_torch
+    from napari_hematology.core.torch_loading import prepare_torch
 
     torch.set_num_threads(1)
     prepare_torch()

@@ -56,8 +56,8 @@ def test_nothing_is_written_when_the_stream_is_not_a_terminal():
 def test_torch_libraries_load_ahead_of_the_import_without_the_interpreter_lock():
     script = (
         "import sys\n"
-        "from napari_hematology.widgets._runner import _load_torch_libraries_unlocked\n"
-        "_load_torch_libraries_unlocked()\n"
+        "from napari_hematology.core.torch_loading import load_torch_libraries_unlocked\n"
+        "load_torch_libraries_unlocked()\n"
         "maps = open('/proc/self/maps').read()\n"
         "assert 'torch' not in sys.modules and 'libtorch_cpu.so' in maps, 'not loaded ahead'\n"
         "import torch\n"

@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from blast_helpers import FakeClassifier
+from conftest import run_fresh_python
 from slide_helpers import mosaic, synthetic_smear, write_ome_pyramid
 
 from napari_hematology.cli import main
+from napari_hematology.core.cells.analysis import ClassifierLoading
 from napari_hematology.core.cells.segmentation import SegmentationConfig, segment_field
-from napari_hematology.core.errors import Cancelled, InputError
+from napari_hematology.core.errors import Cancelled, InputError, ModelFileError
 from napari_hematology.core.io import SmearImage, read_image
 from napari_hematology.core.whole_slide import analysis as whole_slide
 from napari_hematology.core.whole_slide import worker as slide_worker
@@ -130,6 +132,51 @@ def test_a_worker_process_finds_the_same_cells_relays_tiles_cancels_and_errors(s
     assert worker.pid is None and threads == {threading.get_ident()}
     pd.testing.assert_frame_equal(result.cells[COMPARED], full_run[0].cells[COMPARED], check_dtype=False)
     assert whole_slide.has_checkpoint(tmp_path / "cut", "smear")
+
+
+def test_cells_found_while_the_classifier_loads_come_first_then_classified(slide_path, full_run, tmp_path):
+    release = threading.Event()
+
+    def load():
+        assert release.wait(60), "the first tile's cells were not sent while the classifier loaded"
+        return FakeClassifier(blast_above=200)
+
+    found, updates = [], []
+
+    def on_found(cells):
+        found.append(cells)
+        release.set()
+
+    result = analyze_slide(read_image(slide_path), tmp_path, ClassifierLoading(load),
+                           config=WholeSlideConfig(TILED), on_found=on_found, on_tile=updates.append)
+    assert len(found) == 1 and "label" not in found[0] and len(found[0]) > 0
+    first = next(update.cells for update in updates if len(update.cells))
+    position = ["centroid_y", "centroid_x"]
+    np.testing.assert_allclose(found[0][position].to_numpy(float), first[position].to_numpy(float))
+    pd.testing.assert_frame_equal(result.cells[COMPARED], full_run[0].cells[COMPARED], check_dtype=False)
+
+
+def test_a_classifier_that_fails_to_load_ends_the_run_with_its_error(slide_path, tmp_path):
+    def load():
+        raise ModelFileError("model.safetensors is not a classifier of this plugin")
+
+    with pytest.raises(ModelFileError, match="not a classifier"):
+        analyze_slide(read_image(slide_path), tmp_path, ClassifierLoading(load),
+                      config=WholeSlideConfig(TILED))
+
+
+def test_segmenting_a_tile_in_the_worker_process_imports_no_torch():
+    script = (
+        "import sys\n"
+        "import numpy as np\n"
+        "import napari_hematology.core.whole_slide.worker\n"
+        "from napari_hematology.core.cells.segmentation import segment_field\n"
+        "field = np.full((256, 256, 3), 235, np.uint8)\n"
+        "field[100:130, 100:130] = (90, 60, 150)\n"
+        "segment_field(field)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    assert run_fresh_python(script).split() == ["False"]
 
 
 def _resident_bytes() -> int:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from blast_helpers import FakeClassifier
+from napari.utils.colormaps.standardize_color import transform_color
 from slide_helpers import mosaic, synthetic_smear, write_ome_pyramid
 
 from napari_hematology.core.cells.classes import CLASS_COLOURS
@@ -21,7 +22,7 @@ from napari_hematology.core.whole_slide.geojson import (
     read_geojson,
     write_geojson,
 )
-from napari_hematology.widgets.whole_slide import WHOLE_SLIDE, WholeSlideWidget
+from napari_hematology.widgets.whole_slide import FOUND, FOUND_COLOUR, WHOLE_SLIDE, WholeSlideWidget
 
 pytestmark = pytest.mark.gui
 TILED = SegmentationConfig(tile_size=1024, tile_overlap=256)
@@ -93,6 +94,22 @@ def test_cells_appear_tile_by_tile_with_class_colours_and_features(dock, qtbot, 
     np.testing.assert_allclose(layer.face_color[blast, :3], np.array(CLASS_COLOURS["blast"]) / 255, atol=0.01)
     assert f"{len(table)} white cells" in widget.summary.text()
     assert widget.export_button.isEnabled() and not widget.resume_button.isEnabled()
+
+
+def test_cells_found_before_the_classifier_loads_show_grey_until_classified(dock, qtbot):
+    viewer, widget = dock
+    found = pd.DataFrame({"centroid_y": [100.0, 300.0], "centroid_x": [200.0, 400.0], "area": [500.0, 700.0]})
+    widget._signals.cells_found.emit(found)
+    layer = widget.cells_layer
+    assert len(layer.data) == 2 and set(layer.features["label"]) == {FOUND}
+    np.testing.assert_allclose(layer.face_color[:, :3], transform_color(FOUND_COLOUR)[:, :3].repeat(2, 0))
+    assert FOUND in widget.legend.colours
+    classified = found.assign(label=["blast", "neutrophil"], cell_id=[1, 2], blast_probability=[0.9, 0.1])
+    summary = whole_slide._summary(classified, list(FakeClassifier.classes))
+    widget._signals.tile_done.emit(whole_slide.TileUpdate(classified, summary, 1, 4))
+    labels = lambda: list(widget.cells_layer.features["label"])  # noqa: E731
+    qtbot.waitUntil(lambda: labels() == ["blast", "neutrophil"], timeout=5000)
+    assert len(widget.cells_layer.data) == 2 and FOUND not in widget.legend.colours
 
 
 def test_the_worker_starts_on_analyse_and_the_run_begins_where_the_user_looks(dock, qtbot, workers):

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-Builder = Callable[..., nn.Module]
+Builder = Callable[..., "nn.Module"]
 
+MODEL_MODULES = (
+    "attention_mil", "cell_classifier", "clustering", "colour_statistics", "coteaching", "crop_cnn",
+    "expression", "mlp",
+)
 _BUILDERS: dict[str, Builder] = {}
+
+
+@cache
+def _register_all() -> None:
+    """Import every model module (each registers its builders as it is imported)."""
+    for module in MODEL_MODULES:
+        importlib.import_module(f"napari_hematology.models.{module}")
 
 
 class UnknownModelError(KeyError):
@@ -44,6 +58,7 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
 
 def list_models() -> list[str]:
     """Names of all registered architectures."""
+    _register_all()
     return sorted(_BUILDERS)
 
 
@@ -61,6 +76,7 @@ def build_model(name: str, **config: Any) -> nn.Module:
         UnknownModelError: No model has that name (a ``KeyError``).
 
     """
+    _register_all()
     if name not in _BUILDERS:
         raise UnknownModelError(f"Unknown model {name!r}. Known models: {', '.join(list_models())}.")
     model = _BUILDERS[name](**config)

@@ -16,7 +16,6 @@ thread: torch is imported by the first task that needs it, in its worker, while 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
+from napari_hematology.core.torch_loading import prepare_torch, torch_ready
 from napari_hematology.widgets._keys import CANCEL, shortcut_button
 
 logger = logging.getLogger(__name__)
@@ -57,55 +57,6 @@ def report_error(error: BaseException) -> None:
 LOADING_TORCH = "Loading torch…"
 PROGRESS_MS = 100  # the bar and its text change at most this often, however often a task reports
 MIN_PACE_S = 2.0  # the time left is estimated once a bar has moved for this long
-
-
-def prepare_torch() -> None:
-    """Import torch and its optimiser stack safely; the task runner calls it in its worker thread.
-
-    Loading triton's LLVM after napari's OpenGL context exists segfaults under Mesa (software GL, Xvfb):
-    the first optimiser step imports ``torch._dynamo``, which imports triton. Triton only serves GPUs, so on
-    machines without CUDA it is kept out of the process. Importing torch takes seconds, so it is never done
-    in napari's GUI thread.
-    """
-    _load_torch_libraries_unlocked()
-    import torch
-
-    if not torch.cuda.is_available() and "triton" not in sys.modules:
-        sys.modules["triton"] = None  # "import triton" then raises ImportError, and torch skips it
-    import torch._dynamo  # noqa: F401
-
-
-# the libraries behind ``import torch`` on Linux, in load order (libtorch.so pulls in CUDA's where present)
-TORCH_LIBRARIES = ("libc10.so", "libtorch_cpu.so", "libtorch.so", "libtorch_python.so")
-
-
-def _load_torch_libraries_unlocked() -> None:
-    """Load torch's shared libraries without holding the interpreter lock (Linux; elsewhere nothing).
-
-    An import holds Python's lock while it loads an extension's libraries, and libtorch's take about half
-    a second to load and initialise: napari's GUI thread could not run for that long although the import
-    is in a worker. ``dlopen`` called through ctypes runs without the lock; the import then finds the
-    libraries loaded (they stay local: symbols are resolved as the import would).
-    """
-    import ctypes
-    import importlib.util
-    import os
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("torch") if "torch" not in sys.modules else None
-    if not sys.platform.startswith("linux") or spec is None or not spec.submodule_search_locations:
-        return
-    folder = Path(spec.submodule_search_locations[0]) / "lib"
-    dlopen = ctypes.CDLL(None).dlopen
-    dlopen.restype, dlopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
-    for name in TORCH_LIBRARIES:
-        if (folder / name).is_file():
-            dlopen(str(folder / name).encode(), os.RTLD_NOW | os.RTLD_LOCAL)
-
-
-def torch_ready() -> bool:
-    """Whether torch is already imported and prepared in this process (:func:`prepare_torch`)."""
-    return "torch._dynamo" in sys.modules
 
 
 def _with_torch(function: Callable[..., Any], *args: Any, progress, should_stop, **kwargs: Any) -> Any:

@@ -48,6 +48,8 @@ FLUSH_MS = 1000
 CELL_OPACITY = 0.8
 EDGE_FRACTION = 500
 FEATURE_COLUMNS = ("cell_id", "label", "blast_probability", "area", "nucleus_area", "nc_ratio", "tile")
+FOUND = "found, classifying…"  # the label of cells shown before the classifier has loaded
+FOUND_COLOUR = "#9e9e9e"
 
 
 def SlideWorker(**options):  # noqa: N802 (stands for the class, imported when a run first needs it)
@@ -74,6 +76,7 @@ def _run_in_process(worker, *args, **options):
 
 class _Signals(QObject):
     tile_done = Signal(object)
+    cells_found = Signal(object)
     regions_found = Signal(object)
 
 
@@ -121,6 +124,7 @@ class WholeSlideWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.cells: pd.DataFrame | None = None  # the cells shown; None before any run or import
+        self._found: pd.DataFrame | None = None  # cells found while the classifier loads, until classified
         self.cells_layer: napari.layers.Points | None = None
         self.result: SlideAnalysis | None = None
         self._pending: list[TileUpdate] = []
@@ -128,6 +132,7 @@ class WholeSlideWidget(QWidget):
         self._last_run: dict | None = None
         self._signals = _Signals()
         self._signals.tile_done.connect(self._queue_tile)
+        self._signals.cells_found.connect(self._show_found)
         self._signals.regions_found.connect(self._show_regions)
         self.worker = None  # the process starts when Analyse is first pressed
         self._workers: list = []  # for closing it when the dock goes (self is gone by then)
@@ -304,7 +309,7 @@ class WholeSlideWidget(QWidget):
         except HematologyError as error:
             report_error(error)
             return
-        self.cells = None
+        self.cells = self._found = None
         self._pending.clear()
         self._remove_cells_layer()
         config = WholeSlideConfig(max_white_cells=self.form.cells.value or None)
@@ -325,6 +330,7 @@ class WholeSlideWidget(QWidget):
             resume=resume,
             start_near=self._view_centre(),
             on_regions=self._signals.regions_found.emit if reading_area else None,
+            on_found=self._signals.cells_found.emit,
             on_tile=self._signals.tile_done.emit,
             on_done=self._on_done,
             on_finished=self._on_finished,
@@ -352,13 +358,22 @@ class WholeSlideWidget(QWidget):
                 pd.concat([self.cells, *new], ignore_index=True)
                 if self.cells is not None and len(self.cells) else pd.concat(new)
             )
+            self._found = None  # the classifier has loaded: the found cells came back classified
             self._draw_cells()
         last = updates[-1]
         self._show_summary(last.summary, f"tiles {last.done}/{last.total}")
 
+    def _show_found(self, cells: pd.DataFrame) -> None:
+        """Show cells found before the classifier has loaded, in grey, until they come back classified."""
+        import pandas as pd
+
+        self._found = cells if self._found is None else pd.concat([self._found, cells], ignore_index=True)
+        self._draw_cells()
+
     def _on_done(self, result: SlideAnalysis) -> None:
         self._flush()
         self.result = result
+        self._found = None
         self.cells = result.cells
         self._draw_cells()
         self._show_summary(result.summary, f"done; results in {result.outputs['cells'].parent}")
@@ -373,24 +388,32 @@ class WholeSlideWidget(QWidget):
             self.viewer.layers.remove(self.cells_layer)
         self.cells_layer = None
 
+    def _shown_cells(self) -> pd.DataFrame | None:
+        """The cells to draw: the classified ones and those found while the classifier loads."""
+        if self._found is None:
+            return self.cells
+        import pandas as pd
+
+        found = self._found.assign(label=FOUND)
+        return found if self.cells is None or self.cells.empty else pd.concat([self.cells, found])
+
     def _draw_cells(self, name: str | None = None) -> None:
-        if self.cells is None or self.cells.empty:
+        cells = self._shown_cells()
+        if cells is None or cells.empty:
             return
         import pandas as pd
         from napari.utils.colormaps.standardize_color import transform_color
 
         image = self._slide_layer()
-        labels = pd.Categorical(self.cells["label"].astype(str))
+        labels = pd.Categorical(cells["label"].astype(str))
         colours = class_colours(list(labels.categories))
-        coords = self.cells[["centroid_y", "centroid_x"]].to_numpy(dtype=float)
+        if FOUND in colours:
+            colours[FOUND] = FOUND_COLOUR
+        coords = cells[["centroid_y", "centroid_x"]].to_numpy(dtype=float)
         rgba = transform_color([colours[name] for name in labels.categories])
         faces = rgba[labels.codes]
-        sizes = (
-            2 * np.sqrt(self.cells["area"].to_numpy(dtype=float) / np.pi) if "area" in self.cells else 40.0
-        )
-        features = self.cells[[column for column in FEATURE_COLUMNS if column in self.cells]].reset_index(
-            drop=True
-        )
+        sizes = 2 * np.sqrt(cells["area"].to_numpy(dtype=float) / np.pi) if "area" in cells else 40.0
+        features = cells[[column for column in FEATURE_COLUMNS if column in cells]].reset_index(drop=True)
         if self.cells_layer is None or self.cells_layer not in self.viewer.layers:
             self.cells_layer = self.viewer.add_points(
                 coords,

@@ -8,6 +8,9 @@ recomputing anything. Many files at once: :mod:`napari_hematology.core.cells.bat
 from __future__ import annotations
 
 import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -326,6 +329,42 @@ def get_classifier(model_dir: str | Path | None = None, device: str = "auto"):
     weights = Path(model_dir or SHIPPED_MODEL_DIR) / WEIGHTS_FILE
     stamp = weights.stat().st_mtime if weights.is_file() else 0.0
     return _load_classifier(None if model_dir is None else str(model_dir), stamp, device)
+
+
+class ClassifierLoading:
+    """A classifier loading on a thread of its own, so that work that needs none (segmentation) goes on.
+
+    In a fresh process importing torch and building the network take seconds.
+    """
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        """Start loading.
+
+        Args:
+            load: Returns the loaded classifier (e.g. ``partial(get_classifier, model_dir)``).
+
+        """
+        self._result: Future = Future()
+        threading.Thread(target=self._load, args=(load,), name="classifier loading", daemon=True).start()
+
+    def _load(self, load: Callable[[], Any]) -> None:
+        try:
+            self._result.set_result(load())
+        except BaseException as error:  # raised where the classifier is asked for
+            self._result.set_exception(error)
+
+    def ready(self) -> bool:
+        """Whether loading has ended (successfully or not)."""
+        return self._result.done()
+
+    def get(self):
+        """The classifier, once loaded (waits); raises the loading's error."""
+        return self._result.result()
+
+
+def loaded_classifier(classifier):
+    """The classifier itself: a :class:`ClassifierLoading`'s once loaded (waits), any other as it is."""
+    return classifier.get() if isinstance(classifier, ClassifierLoading) else classifier
 
 
 @lru_cache(maxsize=4)

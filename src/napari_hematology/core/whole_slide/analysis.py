@@ -30,7 +30,13 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from napari_hematology.core.cells.analysis import classify_cells, get_classifier, summarize
+from napari_hematology.core.cells.analysis import (
+    ClassifierLoading,
+    classify_cells,
+    get_classifier,
+    loaded_classifier,
+    summarize,
+)
 from napari_hematology.core.cells.classes import DEFAULT_BLAST_THRESHOLD
 from napari_hematology.core.cells.crops import OK
 from napari_hematology.core.cells.magnification import PixelSize, find_pixel_size
@@ -131,6 +137,7 @@ def analyze_slide(
     pixel_size: PixelSize | None = None,
     resume: bool = False,
     start_near: tuple[float, float] | None = None,
+    on_found: Callable[[pd.DataFrame], None] | None = None,
     on_tile: Callable[[TileUpdate], None] | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
@@ -140,7 +147,8 @@ def analyze_slide(
     Args:
         image: The opened slide (lazy levels; see :func:`napari_hematology.core.io.read_image`).
         out_dir: Folder for the cell table, checkpoint, summary and GeoJSON.
-        classifier: A loaded cell classifier.
+        classifier: A loaded cell classifier, or a :class:`~napari_hematology.core.cells.analysis.
+            ClassifierLoading`: the first tile is then segmented while it loads.
         regions: Polygons (``(N, 2)`` arrays of ``(y, x)`` in full-resolution pixels) to read in, e.g. the
             reading area or QuPath annotations; None reads every tile with stained cells.
         config: Run settings.
@@ -148,6 +156,8 @@ def analyze_slide(
         resume: Continue an unfinished run of the same slide and settings found in ``out_dir``.
         start_near: ``(y, x)`` in full-resolution pixels, e.g. the centre of the view: the run starts with
             the nearest tile and goes on in meander order from there. A resumed run keeps its first start.
+        on_found: Called with a tile's cells (slide coordinates, not classified yet) when they are found
+            before the classifier has loaded; ``on_tile`` brings them again, classified.
         on_tile: Called with each finished tile's cells and the running summary (from the worker thread).
         progress: Progress callback (tiles).
         should_stop: Cancellation callback; a cancelled run keeps its cells and checkpoint.
@@ -176,27 +186,30 @@ def analyze_slide(
         "resumed_after_tiles": saved.get("resumed_after_tiles", []) + ([len(done)] if saved else []),
     }
     plan = _starting_at(plan, header["start"])
-    classes = list(classifier.classes)
     if len(cells) and on_tile is not None:
-        on_tile(TileUpdate(cells, _summary(cells, classes), len(done), len(plan)))
+        on_tile(TileUpdate(cells, _summary(cells, _classes(classifier)), len(done), len(plan)))
     report = progress or no_progress
     to_do = [(index, window) for index, window in plan if index not in done]
     tiles = read_ahead(image.data, [(rows, cols) for _, (rows, cols, _, _) in to_do])
     for (index, window), tile in zip(to_do, tiles, strict=True):
         check_cancel(should_stop)
         report(len(done), len(plan), "reading tiles")
-        new = _tile_cells(tile, window, white, classifier, regions, config, pixel_size.um_per_px)
+        new = _tile_cells(tile, window, white, classifier, regions, config, pixel_size.um_per_px, on_found)
         new = _number(new.assign(tile=index), len(cells), config.max_white_cells)
         if len(new):
             cells = pd.concat([cells, new], ignore_index=True) if len(cells) else new
         done.add(index)
         _save(outputs, header, done, new, complete=False)
         if on_tile is not None:
-            on_tile(TileUpdate(new, _summary(cells, classes), len(done), len(plan)))
+            on_tile(TileUpdate(new, _summary(cells, _classes(classifier)), len(done), len(plan)))
         if config.max_white_cells is not None and len(cells) >= config.max_white_cells:
             break
     report(len(plan), len(plan), "reading tiles")
-    return _finish(image, outputs, header, done, cells, classes, regions, pixel_size)
+    return _finish(image, outputs, header, done, cells, _classes(classifier), regions, pixel_size)
+
+
+def _classes(classifier) -> list[str]:
+    return list(loaded_classifier(classifier).classes)
 
 
 def slide_pixel_size(image: SmearImage, config: WholeSlideConfig) -> PixelSize:
@@ -222,6 +235,7 @@ def analyze_slide_file(
     resume: bool = False,
     start_near: tuple[float, float] | None = None,
     on_regions: Callable[[list[np.ndarray]], None] | None = None,
+    on_found: Callable[[pd.DataFrame], None] | None = None,
     on_tile: Callable[[TileUpdate], None] | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
@@ -232,7 +246,8 @@ def analyze_slide_file(
         path: Slide file of any format :func:`~napari_hematology.core.io.read_image` opens.
         out_dir: Output folder.
         model_dir: Classifier folder; None for the shipped weights.
-        classifier: A loaded classifier to use instead of loading ``model_dir``'s.
+        classifier: A loaded classifier (or one loading, see :func:`analyze_slide`) to use instead of
+            loading ``model_dir``'s.
         regions: Polygons to read in (e.g. QuPath annotations); they take precedence over the reading area.
         reading_area: Without ``regions``, find the smear's reading area and read only there (written to
             ``<stem>_reading_area.geojson``); False reads every stained tile.
@@ -240,6 +255,7 @@ def analyze_slide_file(
         resume: Continue an unfinished run found in ``out_dir``.
         start_near: Where to start reading (see :func:`analyze_slide`).
         on_regions: Called with the polygons read in, once they are known.
+        on_found: Called with cells found before the classifier has loaded (see :func:`analyze_slide`).
         on_tile: Called after each tile (see :func:`analyze_slide`).
         progress: Progress callback.
         should_stop: Cancellation callback.
@@ -250,7 +266,8 @@ def analyze_slide_file(
     """
     config = config or WholeSlideConfig()
     image = read_image(path)
-    classifier = classifier or get_classifier(model_dir)
+    if classifier is None:
+        classifier = get_classifier(model_dir)
     pixel_size = slide_pixel_size(image, config)
     if regions is None and reading_area:
         area = find_reading_area(
@@ -275,6 +292,7 @@ def analyze_slide_file(
         pixel_size=pixel_size,
         resume=resume,
         start_near=start_near,
+        on_found=on_found,
         on_tile=on_tile,
         progress=progress,
         should_stop=should_stop,
@@ -385,11 +403,19 @@ def _start(outputs: dict[str, Path], identity: dict, resume: bool) -> tuple[set[
 
 
 def _tile_cells(
-    tile: np.ndarray, window, white, classifier, regions, config: WholeSlideConfig, pixel_size_um: float
+    tile: np.ndarray,
+    window,
+    white,
+    classifier,
+    regions,
+    config: WholeSlideConfig,
+    pixel_size_um: float,
+    on_found: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
     """Segment and classify one tile's pixels (read at ``window``); its own cells (centroid in its core).
 
-    With ``regions``, only the cells whose centroid also lies in them.
+    With ``regions``, only the cells whose centroid also lies in them. While the classifier is loading
+    they go to ``on_found`` first.
     """
     rows, cols, core_rows, core_cols = window
     if tile.min() == tile.max():
@@ -407,7 +433,14 @@ def _tile_cells(
     )
     if own.cells.empty:
         return pd.DataFrame()
-    table = classify_cells(tile, own, classifier, config.blast_threshold)
+    if on_found is not None and isinstance(classifier, ClassifierLoading) and not classifier.ready():
+        on_found(_in_slide(own.cells.copy(), rows, cols))
+    table = classify_cells(tile, own, loaded_classifier(classifier), config.blast_threshold)
+    return _in_slide(table, rows, cols)
+
+
+def _in_slide(table: pd.DataFrame, rows: slice, cols: slice) -> pd.DataFrame:
+    """The table's positions moved from a tile's pixels to the slide's (in place)."""
     table[list(SHIFTED_Y)] += rows.start
     table[list(SHIFTED_X)] += cols.start
     return table

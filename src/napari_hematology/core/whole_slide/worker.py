@@ -26,14 +26,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_hematology.core.cells.analysis import get_classifier
+from napari_hematology.core.cells.analysis import ClassifierLoading, get_classifier
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.core.progress import ProgressCallback, StopCallback
+from napari_hematology.core.torch_loading import load_torch_libraries_unlocked
 from napari_hematology.core.whole_slide.analysis import SlideAnalysis, TileUpdate, analyze_slide_file
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +49,17 @@ class SlideWorker:
     """A process of its own that runs :func:`analyze_slide_file`, started ahead and kept for the next run.
 
     Segmentation and morphology hold the GIL for long stretches; in their own process they cannot freeze
-    the caller's thread (napari's drawing). Once started (:meth:`start`, e.g. when a slide is chosen), the
-    process imports what a run needs and loads the shipped classifier while the user still chooses what to
-    read. :meth:`run` hands it a job and relays its regions, tiles and progress to the calling thread.
+    the caller's thread (napari's drawing). A run's classifier loads while its first tile is segmented
+    (that tile's cells come as found first) and stays loaded for the next run. :meth:`run` hands the
+    process a job and relays its regions, cells and progress to the calling thread.
     """
 
     def __init__(self, classifier=None) -> None:
         """Prepare the worker; nothing starts until :meth:`start` or :meth:`run`.
 
         Args:
-            classifier: A picklable loaded classifier to use for every run; None loads the shipped one at
-                start (or the run's ``model_dir``).
+            classifier: A picklable loaded classifier to use for every run; None loads the run's
+                ``model_dir`` (the shipped one by default) during its first tile.
 
         """
         self._classifier = classifier
@@ -89,6 +93,7 @@ class SlideWorker:
         out_dir: str | Path,
         *,
         on_regions: Callable[[list[np.ndarray]], None] | None = None,
+        on_found: Callable[[pd.DataFrame], None] | None = None,
         on_tile: Callable[[TileUpdate], None] | None = None,
         progress: ProgressCallback | None = None,
         should_stop: StopCallback | None = None,
@@ -100,6 +105,7 @@ class SlideWorker:
             path: Slide file.
             out_dir: Output folder.
             on_regions: Called with the polygons read in.
+            on_found: Called with cells found while the classifier still loads (not classified yet).
             on_tile: Called after each tile.
             progress: Progress callback.
             should_stop: Cancellation callback, polled every ``POLL_S`` seconds; the run stops after its
@@ -118,7 +124,8 @@ class SlideWorker:
         self._jobs.put((path, out_dir, options))
         self._running = True
         try:
-            return self._relay({"regions": on_regions, "tile": on_tile, "progress": progress}, should_stop)
+            callbacks = {"regions": on_regions, "found": on_found, "tile": on_tile, "progress": progress}
+            return self._relay(callbacks, should_stop)
         finally:
             self._running = False
 
@@ -203,17 +210,16 @@ def _signal_name(number: int) -> str:
 
 
 def _serve(jobs, messages, stop, classifier) -> None:
-    """The worker process: warm up, then run jobs ``(path, out_dir, options)`` until ``None`` comes."""
-    try:
-        _warm_up(classifier)
-    except Exception as error:  # the first job reports why the worker could not start
-        logger.exception("The whole-slide process could not load the classifier")
-        messages.put(("error", _picklable(error)))
-        return
+    """The worker process: run jobs ``(path, out_dir, options)`` until ``None`` comes.
+
+    The classifier loads on a thread while the first job finds its reading area and segments its first
+    tile (whose cells are sent as found meanwhile); later jobs find it loaded.
+    """
     while (job := jobs.get()) is not None:
         path, out_dir, options = job
         relay = {
             "regions": partial(_send, messages, "regions"),
+            "found": partial(_send, messages, "found"),
             "tile": partial(_send_and_trim, messages, "tile"),
             "progress": partial(_send, messages, "progress"),
         }
@@ -221,8 +227,9 @@ def _serve(jobs, messages, stop, classifier) -> None:
             result = analyze_slide_file(
                 path,
                 out_dir,
-                classifier=classifier,
+                classifier=_classifier_for(classifier, options),
                 on_regions=relay["regions"],
+                on_found=relay["found"],
                 on_tile=relay["tile"],
                 progress=relay["progress"],
                 should_stop=stop.is_set,
@@ -236,16 +243,20 @@ def _serve(jobs, messages, stop, classifier) -> None:
             messages.put(("done", result))
 
 
-def _warm_up(classifier) -> None:
-    """Import what a run imports lazily and load the shipped classifier (unless one was given)."""
-    import skimage.filters  # noqa: F401
-    import skimage.measure  # noqa: F401
+def _classifier_for(classifier, options: dict[str, Any]):
+    """The worker's own classifier if it was given one, else the run's (``model_dir``) loading."""
+    if classifier is not None:
+        return classifier
+    return ClassifierLoading(partial(_load, options.pop("model_dir", None)))
 
-    if classifier is None:
-        import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # a core stays free for the viewer
-        get_classifier()
+def _load(model_dir: str | Path | None):
+    """Import torch (its libraries outside Python's lock) and load the run's classifier."""
+    load_torch_libraries_unlocked()
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # a core stays free for the viewer
+    return get_classifier(model_dir)
 
 
 def _send(messages, kind: str, *payload) -> None:
