@@ -8,9 +8,7 @@ recomputing anything. Many files at once: :mod:`napari_hematology.core.cells.bat
 from __future__ import annotations
 
 import tempfile
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -331,40 +329,38 @@ def get_classifier(model_dir: str | Path | None = None, device: str = "auto"):
     return _load_classifier(None if model_dir is None else str(model_dir), stamp, device)
 
 
-class ClassifierLoading:
-    """A classifier loading on a thread of its own, so that work that needs none (segmentation) goes on.
+class LazyClassifier:
+    """A classifier loaded the first time it is needed, so that work needing none comes first.
 
-    In a fresh process importing torch and building the network take seconds.
+    In a fresh process importing torch and building the network take seconds: a whole-slide run finds its
+    reading area and its first tile's cells (and shows them) before that. Loading on a thread instead
+    gained nothing: both hold Python's lock most of the time.
     """
 
     def __init__(self, load: Callable[[], Any]) -> None:
-        """Start loading.
+        """Keep the loader; nothing loads yet.
 
         Args:
             load: Returns the loaded classifier (e.g. ``partial(get_classifier, model_dir)``).
 
         """
-        self._result: Future = Future()
-        threading.Thread(target=self._load, args=(load,), name="classifier loading", daemon=True).start()
+        self._load = load
+        self._classifier = None
 
-    def _load(self, load: Callable[[], Any]) -> None:
-        try:
-            self._result.set_result(load())
-        except BaseException as error:  # raised where the classifier is asked for
-            self._result.set_exception(error)
-
-    def ready(self) -> bool:
-        """Whether loading has ended (successfully or not)."""
-        return self._result.done()
+    def loaded(self) -> bool:
+        """Whether the classifier has been loaded."""
+        return self._classifier is not None
 
     def get(self):
-        """The classifier, once loaded (waits); raises the loading's error."""
-        return self._result.result()
+        """The classifier, loaded now if it is not yet (raises the loader's errors)."""
+        if self._classifier is None:
+            self._classifier = self._load()
+        return self._classifier
 
 
 def loaded_classifier(classifier):
-    """The classifier itself: a :class:`ClassifierLoading`'s once loaded (waits), any other as it is."""
-    return classifier.get() if isinstance(classifier, ClassifierLoading) else classifier
+    """The classifier itself: a :class:`LazyClassifier`'s (loaded now if need be), any other as it is."""
+    return classifier.get() if isinstance(classifier, LazyClassifier) else classifier
 
 
 @lru_cache(maxsize=4)

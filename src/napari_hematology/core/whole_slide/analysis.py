@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from napari_hematology.core.cells.analysis import (
-    ClassifierLoading,
+    LazyClassifier,
     classify_cells,
     get_classifier,
     loaded_classifier,
@@ -148,7 +148,7 @@ def analyze_slide(
         image: The opened slide (lazy levels; see :func:`napari_hematology.core.io.read_image`).
         out_dir: Folder for the cell table, checkpoint, summary and GeoJSON.
         classifier: A loaded cell classifier, or a :class:`~napari_hematology.core.cells.analysis.
-            ClassifierLoading`: the first tile is then segmented while it loads.
+            LazyClassifier`: it then loads once the first tile with cells has been segmented.
         regions: Polygons (``(N, 2)`` arrays of ``(y, x)`` in full-resolution pixels) to read in, e.g. the
             reading area or QuPath annotations; None reads every tile with stained cells.
         config: Run settings.
@@ -157,7 +157,8 @@ def analyze_slide(
         start_near: ``(y, x)`` in full-resolution pixels, e.g. the centre of the view: the run starts with
             the nearest tile and goes on in meander order from there. A resumed run keeps its first start.
         on_found: Called with a tile's cells (slide coordinates, not classified yet) when they are found
-            before the classifier has loaded; ``on_tile`` brings them again, classified.
+            before the classifier has loaded, which it then does; ``on_tile`` brings them again,
+            classified.
         on_tile: Called with each finished tile's cells and the running summary (from the worker thread).
         progress: Progress callback (tiles).
         should_stop: Cancellation callback; a cancelled run keeps its cells and checkpoint.
@@ -246,7 +247,7 @@ def analyze_slide_file(
         path: Slide file of any format :func:`~napari_hematology.core.io.read_image` opens.
         out_dir: Output folder.
         model_dir: Classifier folder; None for the shipped weights.
-        classifier: A loaded classifier (or one loading, see :func:`analyze_slide`) to use instead of
+        classifier: A loaded classifier (or a lazy one, see :func:`analyze_slide`) to use instead of
             loading ``model_dir``'s.
         regions: Polygons to read in (e.g. QuPath annotations); they take precedence over the reading area.
         reading_area: Without ``regions``, find the smear's reading area and read only there (written to
@@ -414,7 +415,7 @@ def _tile_cells(
 ) -> pd.DataFrame:
     """Segment and classify one tile's pixels (read at ``window``); its own cells (centroid in its core).
 
-    With ``regions``, only the cells whose centroid also lies in them. While the classifier is loading
+    With ``regions``, only the cells whose centroid also lies in them. Before the classifier has loaded
     they go to ``on_found`` first.
     """
     rows, cols, core_rows, core_cols = window
@@ -433,7 +434,7 @@ def _tile_cells(
     )
     if own.cells.empty:
         return pd.DataFrame()
-    if on_found is not None and isinstance(classifier, ClassifierLoading) and not classifier.ready():
+    if on_found is not None and isinstance(classifier, LazyClassifier) and not classifier.loaded():
         on_found(_in_slide(own.cells.copy(), rows, cols))
     table = classify_cells(tile, own, loaded_classifier(classifier), config.blast_threshold)
     return _in_slide(table, rows, cols)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_hematology.core.cells.analysis import ClassifierLoading, get_classifier
+from napari_hematology.core.cells.analysis import LazyClassifier, get_classifier
 from napari_hematology.core.errors import HematologyError
 from napari_hematology.core.progress import ProgressCallback, StopCallback
 from napari_hematology.core.torch_loading import load_torch_libraries_unlocked
@@ -49,8 +49,8 @@ class SlideWorker:
     """A process of its own that runs :func:`analyze_slide_file`, started ahead and kept for the next run.
 
     Segmentation and morphology hold the GIL for long stretches; in their own process they cannot freeze
-    the caller's thread (napari's drawing). A run's classifier loads while its first tile is segmented
-    (that tile's cells come as found first) and stays loaded for the next run. :meth:`run` hands the
+    the caller's thread (napari's drawing). A run's classifier loads once its first tile's cells are found
+    (and sent as found) and stays loaded for the next run. :meth:`run` hands the
     process a job and relays its regions, cells and progress to the calling thread.
     """
 
@@ -59,7 +59,7 @@ class SlideWorker:
 
         Args:
             classifier: A picklable loaded classifier to use for every run; None loads the run's
-                ``model_dir`` (the shipped one by default) during its first tile.
+                ``model_dir`` (the shipped one by default) after its first tile's segmentation.
 
         """
         self._classifier = classifier
@@ -212,8 +212,8 @@ def _signal_name(number: int) -> str:
 def _serve(jobs, messages, stop, classifier) -> None:
     """The worker process: run jobs ``(path, out_dir, options)`` until ``None`` comes.
 
-    The classifier loads on a thread while the first job finds its reading area and segments its first
-    tile (whose cells are sent as found meanwhile); later jobs find it loaded.
+    The first job finds its reading area and its first tile's cells (sent as found) before the classifier
+    loads; later jobs find it loaded.
     """
     while (job := jobs.get()) is not None:
         path, out_dir, options = job
@@ -244,10 +244,15 @@ def _serve(jobs, messages, stop, classifier) -> None:
 
 
 def _classifier_for(classifier, options: dict[str, Any]):
-    """The worker's own classifier if it was given one, else the run's (``model_dir``) loading."""
+    """The worker's own classifier if it was given one, else the run's (``model_dir``).
+
+    The first run loads it once its first cells are found (torch takes seconds to import); later runs load
+    it at once (cached, reloaded if its weights changed).
+    """
     if classifier is not None:
         return classifier
-    return ClassifierLoading(partial(_load, options.pop("model_dir", None)))
+    load = partial(_load, options.pop("model_dir", None))
+    return load() if "torch" in sys.modules else LazyClassifier(load)
 
 
 def _load(model_dir: str | Path | None):
