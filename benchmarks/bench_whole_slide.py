@@ -15,6 +15,10 @@
   RSS summed: counted in both) and each one's max RSS, napari's RSS once the slide is open, whether torch
   got into napari's process (it should not: the classifier runs in the worker), and the machine's load
   average during the run.
+- ``worker``: the whole-slide worker process started cold outside napari on the same 20,000 x 20,000
+  slide, three times: seconds from the run's start until the reading area, the first cells found (before
+  the classifier loads) and the first classified tile arrive; and, in a fresh interpreter, what the first
+  of those seconds go to (importing the worker, opening the slide, finding the reading area).
 - ``geojson``: the cells found are exported as QuPath GeoJSON and imported back: same cells and classes.
 - ``readers``: on an 8,192 x 8,192 JPEG SVS, open time and the time to read one 2,048 x 2,048 region for
   this package's readers (tifffile, OpenSlide) and, when they are importable, napari-tiff and napari-wsi
@@ -174,23 +178,30 @@ def wait_until(condition: Callable[[], bool], poll_ms: int = 10) -> None:
     check.stop()
 
 
+class Moments:
+    """Seconds from its creation until each named event first happened."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float | None] = {}
+
+    def mark(self, name: str) -> Callable:
+        """A callback (any arguments) that records the first time it is called as ``name``."""
+        return lambda *args: self.seconds.setdefault(name, round(time.perf_counter() - self.start, 2))
+
+
 def time_first_cells(widget, out_dir: Path) -> dict:
     """Press Analyse; seconds until the reading area, the first tile and the first cells drawn arrive."""
-    start = time.perf_counter()
-    moments: dict[str, float] = {}
-
-    def mark(name: str) -> Callable:
-        return lambda *args: moments.setdefault(name, round(time.perf_counter() - start, 2))
-
-    widget._signals.regions_found.connect(mark("reading_area_s"))
-    widget._signals.cells_found.connect(mark("first_found_s"))  # cells found while the classifier loads
-    widget._signals.tile_done.connect(mark("first_tile_s"))  # the first classified tile
+    moments = Moments()
+    widget._signals.regions_found.connect(moments.mark("reading_area_s"))
+    widget._signals.cells_found.connect(moments.mark("first_found_s"))  # found while the classifier loads
+    widget._signals.tile_done.connect(moments.mark("first_tile_s"))  # the first classified tile
     widget.form.out.value = out_dir
     widget.analyse()
     shown = lambda: widget.cells_layer is not None and len(widget.cells_layer.data) > 0  # noqa: E731
     wait_until(lambda: shown() or not widget.runner.busy)
-    moments["first_cells_visible_s"] = round(time.perf_counter() - start, 2) if shown() else None
-    return moments
+    moments.seconds["first_cells_visible_s"] = moments.mark("first_cells_visible_s")() if shown() else None
+    return moments.seconds
 
 
 def measure_gui(slide: Path, out_dir: Path) -> dict:
@@ -281,6 +292,58 @@ def measure_gui(slide: Path, out_dir: Path) -> dict:
         },
         "cells_table": None if result is None else str(result.outputs["cells"]),
     }
+
+
+WORKER_RUNS = 3
+STAGES_SCRIPT = '''
+import json, sys, time
+started = time.perf_counter()
+import napari_hematology.core.whole_slide.worker
+from napari_hematology.core.io import read_image
+from napari_hematology.core.whole_slide.analysis import WholeSlideConfig, find_reading_area, slide_pixel_size
+seconds = {"import_s": time.perf_counter() - started}
+started = time.perf_counter()
+image = read_image(sys.argv[1])
+seconds["open_slide_s"] = time.perf_counter() - started
+started = time.perf_counter()
+config = WholeSlideConfig()
+pixel_size_um = slide_pixel_size(image, config).um_per_px
+find_reading_area(image, segmentation=config.segmentation, pixel_size_um=pixel_size_um)
+seconds["reading_area_s"] = time.perf_counter() - started
+print(json.dumps({name: round(value, 2) for name, value in seconds.items()}))
+'''
+
+
+def measure_cold_worker(slide: Path, out_dir: Path) -> dict:
+    """A cold worker process outside napari: when the reading area and the first cells come."""
+    import subprocess
+
+    runs = [_cold_worker_run(slide, out_dir) for _ in range(WORKER_RUNS)]
+    stages = subprocess.run([sys.executable, "-c", STAGES_SCRIPT, str(slide)], capture_output=True, text=True,
+                            check=True)
+    return {
+        "runs": runs,
+        "median": {name: float(np.median([run[name] for run in runs])) for name in runs[0]},
+        "first_seconds_in_a_fresh_interpreter": json.loads(stages.stdout),
+        "load_average_1min_after": round(os.getloadavg()[0], 1),
+    }
+
+
+def _cold_worker_run(slide: Path, out_dir: Path) -> dict[str, float]:
+    """One run in a new worker process, cancelled once its first classified tile arrives."""
+    import shutil
+
+    from napari_hematology.core.errors import Cancelled
+    from napari_hematology.core.whole_slide.worker import SlideWorker
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    worker, moments = SlideWorker(), Moments()
+    with contextlib.suppress(Cancelled):
+        worker.run(slide, out_dir, start_near=(SIDE / 2, SIDE / 2), on_regions=moments.mark("reading_area_s"),
+                   on_found=moments.mark("first_found_s"), on_tile=moments.mark("first_tile_s"),
+                   should_stop=lambda: "first_tile_s" in moments.seconds)
+    worker.close()
+    return moments.seconds
 
 
 def geojson_round_trip(cells_csv: Path, out_dir: Path) -> dict:
@@ -475,20 +538,25 @@ def measure_lab_day(scratch: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("all", "gui", "readers", "cluster", "lab_day"), default="all")
+    parser.add_argument("--part", choices=("all", "gui", "worker", "readers", "cluster", "lab_day"),
+                        default="all")
     args = parser.parse_args()
     from napari_hematology.core.cells.segmentation import SegmentationConfig
 
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="whole_slide_", dir=os.environ.get("TMPDIR", "/tmp")) as scratch:
         scratch = Path(scratch)
-        if args.part in ("all", "gui"):
+        if args.part in ("all", "gui", "worker"):
             start = time.perf_counter()
             slide = write_mosaic_slide(scratch / "mosaic.ome.tif", SIDE, SegmentationConfig().pixel_size_um)
             build = round(time.perf_counter() - start, 1)
-            results["gui"] = {**measure_gui(slide, scratch / "out"), "slide_build_s": build}
-            table = results["gui"].pop("cells_table")
-            results["geojson_round_trip"] = geojson_round_trip(Path(table), scratch) if table else None
+            if args.part in ("all", "worker"):
+                results["worker_cold_start"] = {**measure_cold_worker(slide, scratch / "worker"),
+                                                "slide_build_s": build}
+            if args.part in ("all", "gui"):
+                results["gui"] = {**measure_gui(slide, scratch / "out"), "slide_build_s": build}
+                table = results["gui"].pop("cells_table")
+                results["geojson_round_trip"] = geojson_round_trip(Path(table), scratch) if table else None
             slide.unlink()
         if args.part in ("all", "readers"):
             results["readers"] = compare_readers(write_reader_svs(scratch / "readers.svs"))
