@@ -449,7 +449,7 @@ def test_flat_stage_settings_fill_the_training_settings(tmp_path):
     assert (cluster.train.epochs, cluster.train.batch_size, cluster.train.seed) == (7, 32, 3)
     assert cluster.latent_dim == 4
     assert ClusterConfig().train == TrainConfig(
-        epochs=15, batch_size=256, learning_rate=2e-3, weight_decay=0.0, seed=0
+        epochs=15, batch_size=512, learning_rate=4e-3, weight_decay=0.0, seed=0
     )
 
 
