@@ -87,6 +87,23 @@ def test_the_normalisers_numpy_morphology_equals_scipys():
         np.testing.assert_array_equal(_block_mean(rgb, factor), expected)
 
 
+def test_the_normalisers_histogram_statistics_equal_numpys():
+    from napari_hematology.core.cells.crops import BACKGROUND_SHARE, apply_gain, background_colour
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        shape = (*rng.integers(5, 97, size=2), 3)
+        rgb = rng.integers(rng.integers(0, 200), 256, size=shape, dtype=np.uint8)
+        rgb[: shape[0] // 2] = rgb[0, 0]  # ties at the quantile, as in flat backgrounds
+        pixels = rgb.reshape(-1, 3)
+        brightness = pixels.astype(np.int32).sum(axis=1)
+        kept = pixels[brightness >= np.quantile(brightness, 1 - BACKGROUND_SHARE)]
+        np.testing.assert_array_equal(background_colour(rgb), np.median(kept, axis=0))
+        gain = rng.uniform(0.8, 3.0, size=3).astype(np.float32)
+        expected = np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(apply_gain(rgb, gain), expected)
+
+
 def test_a_crop_without_nucleus_keeps_its_own_scale_and_says_so():
     crop = np.full((200, 200, 3), (240, 225, 205), dtype=np.uint8)
     disc(crop, (100, 100), 40, (205, 140, 150))  # a red cell, no white cell

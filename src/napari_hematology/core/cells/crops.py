@@ -49,6 +49,7 @@ REDUCING_GAP = 1.5  # PIL downscales by whole factors first when shrinking more 
 # darkest channel) more than VISIBLE_OD; background, glare and noise stay below.
 VISIBLE_OD = 0.25
 MIN_STAINED_FRACTION = 0.02
+CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity, scipy's default for labels
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,12 @@ def white_gain(rgb: np.ndarray) -> np.ndarray:
 
 
 def apply_gain(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    """Multiply each channel by its gain, saturating at 255."""
-    return np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    """Multiply each channel by its gain, saturating at 255 (a table of the 256 products per channel)."""
+    tables = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain, 0, 255).astype(np.uint8)
+    balanced = np.empty_like(rgb)
+    for channel in range(3):
+        np.take(tables[:, channel], rgb[..., channel], out=balanced[..., channel])
+    return balanced
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,11 @@ def nucleus_score(rgb: np.ndarray) -> np.ndarray:
         A float32 (Y, X) score, higher for nuclei.
 
     """
-    values = rgb.astype(np.float32) / 255.0
+    return _score(rgb.astype(np.float32) / 255.0)
+
+
+def _score(values: np.ndarray) -> np.ndarray:
+    """:func:`nucleus_score` of RGB values in 0..1."""
     green, blue = values[..., 1], values[..., 2]
     return (blue - green) + 0.5 * (1.0 - green)
 
@@ -218,18 +227,18 @@ def locate_nucleus(rgb: np.ndarray) -> NucleusBox:
 
     """
     values = rgb.astype(np.float32) / 255.0
-    score = nucleus_score(rgb)
+    score = _score(values)
     not_found = NucleusBox(rgb.shape[0] / 2, rgb.shape[1] / 2, float(max(rgb.shape[:2])), False)
     if float(score.max() - score.min()) < MIN_NUCLEUS_CONTRAST:
         return not_found
     background_level, nucleus_level = _three_class_thresholds(score)
     nuclear = (score > nucleus_level) & (values[..., 2] - values[..., 0] > -REDDER_THAN_BLUE)
     nuclear = _refine_dark_class(_binary_opening(nuclear), score)
-    labels, count = ndimage.label(nuclear)
+    labels, count = ndimage.label(nuclear, CROSS)
     if count == 0 or score[nuclear].mean() - score[score <= background_level].mean() < MIN_NUCLEUS_CONTRAST:
         return not_found
     best, lobes = _nucleus_lobes(labels, count, score > background_level)
-    rows, cols = np.nonzero(np.isin(labels, lobes))
+    rows, cols = np.nonzero(_members(labels, count, lobes))
     extent = float(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
     if extent >= MAX_NUCLEUS_FRACTION * max(rgb.shape[:2]):
         return not_found
@@ -269,7 +278,7 @@ def _nucleus_lobes(labels: np.ndarray, count: int, stained: np.ndarray) -> tuple
     )
     offset = np.hypot(centres[:, 0] - labels.shape[0] / 2, centres[:, 1] - labels.shape[1] / 2)
     best = int(np.argmax(areas / (1.0 + (offset / max(labels.shape) / 0.2) ** 2)))
-    cells, _ = ndimage.label(_fill_holes(_binary_opening(stained) | (labels > 0)))
+    cells, _ = ndimage.label(_fill_holes(_binary_opening(stained) | (labels > 0)), CROSS)
     own_cell = cells[labels == best + 1][0]
     in_own_cell = (cells == own_cell).ravel().astype(np.float64)
     share_in_cell = np.bincount(flat, weights=in_own_cell, minlength=count + 1)[1:] / areas
@@ -308,9 +317,16 @@ def _dilate_cross(mask: np.ndarray) -> np.ndarray:
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """The mask with every region of background not 4-connected to the image border filled."""
-    background, _ = ndimage.label(~mask)
-    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
-    return mask | ~np.isin(background, border)
+    background, count = ndimage.label(~mask, CROSS)
+    border = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    return mask | ~_members(background, count, border)
+
+
+def _members(labels: np.ndarray, count: int, chosen) -> np.ndarray:
+    """Where ``labels`` (0..count) is one of ``chosen``: ``np.isin`` through a table of the labels."""
+    table = np.zeros(count + 1, dtype=bool)
+    table[chosen] = True
+    return table[labels]
 
 
 def frame_crop(rgb: np.ndarray, context: float = CONTEXT) -> CropFrame:
@@ -348,10 +364,32 @@ def frame_crop(rgb: np.ndarray, context: float = CONTEXT) -> CropFrame:
 
 
 def background_colour(rgb: np.ndarray) -> np.ndarray:
-    """A crop's background colour: the median of its brightest :data:`BACKGROUND_SHARE` of pixels."""
-    pixels = rgb.reshape(-1, 3)
-    brightness = pixels.astype(np.int32).sum(axis=1)
-    return np.median(pixels[brightness >= np.quantile(brightness, 1 - BACKGROUND_SHARE)], axis=0)
+    """A crop's background colour: the median of its brightest :data:`BACKGROUND_SHARE` of pixels.
+
+    Brightness is the sum of the channels; the pixels at or above its ``1 - BACKGROUND_SHARE`` quantile
+    (linear interpolation, as ``np.quantile``) are kept, and each channel's median taken, both from
+    histograms of the integer values (the values ``np.quantile`` and ``np.median`` give, without sorting).
+    """
+    channels = [rgb[..., channel].ravel() for channel in range(3)]
+    brightness = channels[0].astype(np.int32) + channels[1] + channels[2]
+    cumulative = np.cumsum(np.bincount(brightness, minlength=3 * 256))
+    position = (1 - BACKGROUND_SHARE) * (len(brightness) - 1)
+    below, above = (int(np.searchsorted(cumulative, index, side="right"))
+                    for index in (np.floor(position), np.ceil(position)))
+    # brightness is an integer: at or above a quantile strictly between two neighbours means at or above
+    # the upper one
+    kept = brightness >= (above if position % 1 and above != below else below)
+    return np.array([_median_of_bytes(values[kept]) for values in channels])
+
+
+def _median_of_bytes(values: np.ndarray) -> float:
+    """``np.median`` of uint8 values, from their histogram."""
+    cumulative = np.cumsum(np.bincount(values, minlength=256))
+    middle = len(values) // 2
+    upper = int(np.searchsorted(cumulative, middle, side="right"))
+    if len(values) % 2:
+        return float(upper)
+    return (int(np.searchsorted(cumulative, middle - 1, side="right")) + upper) / 2
 
 
 def _inside(centre: float, side: float, length: int) -> float:
@@ -404,11 +442,10 @@ def focus_measure(rgb: np.ndarray) -> float:
         spread between its 2nd and 98th percentiles; 0 for a flat image.
 
     """
-    green = rgb[..., 1].astype(np.float32)
-    low, high = np.percentile(green, (2, 98))
+    low, high = np.percentile(rgb[..., 1], (2, 98))  # of the bytes: faster than of floats, the same values
     if high - low < 1.0:
         return 0.0
-    rows, cols = np.gradient(green)
+    rows, cols = np.gradient(rgb[..., 1].astype(np.float32))
     return float(np.percentile(np.hypot(rows, cols), 99) / (high - low))
 
 
