@@ -178,3 +178,12 @@ def test_stain_normalisation_switch_changes_the_segmentation_input(sample_field,
     assert not seen
     assert segment_field(sample_field, SegmentationConfig(stain_normalisation=True)).cells.empty
     assert len(seen) == 1 and seen[0].shape == sample_field.shape
+
+
+def test_nearest_resize_takes_the_nearest_source_pixel():
+    from napari_hematology.core.cells.segmentation import resize_nearest
+
+    labels = np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(resize_nearest(labels, (6, 8)), labels.repeat(2, 0).repeat(2, 1))
+    np.testing.assert_array_equal(resize_nearest(labels.repeat(2, 0).repeat(2, 1), (3, 4)), labels)
+    assert resize_nearest(labels > 5, (5, 7)).dtype == bool

@@ -372,7 +372,7 @@ def resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a 2-D array (labels or a mask) to ``shape``."""
     rows = ((np.arange(shape[0]) + 0.5) * (array.shape[0] / shape[0])).astype(np.intp)
     cols = ((np.arange(shape[1]) + 0.5) * (array.shape[1] / shape[1])).astype(np.intp)
-    return array[np.ix_(rows, cols)]
+    return np.take(np.take(array, rows, axis=0), cols, axis=1)  # two 1-D takes: faster than np.ix_
 
 
 def tile_windows(
