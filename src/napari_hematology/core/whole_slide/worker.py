@@ -46,12 +46,12 @@ CLOSE_WAIT_S = 10.0
 
 
 class SlideWorker:
-    """A process of its own that runs :func:`analyze_slide_file`, started ahead and kept for the next run.
+    """A process of its own that runs :func:`analyze_slide_file`, kept for the next run.
 
     Segmentation and morphology hold the GIL for long stretches; in their own process they cannot freeze
     the caller's thread (napari's drawing). A run's classifier loads once its first tile's cells are found
-    (and sent as found) and stays loaded for the next run. :meth:`run` hands the
-    process a job and relays its regions, cells and progress to the calling thread.
+    (and sent as found) and stays loaded for the next run. :meth:`run` hands the process a job and relays
+    its regions, cells and progress to the calling thread.
     """
 
     def __init__(self, classifier=None) -> None:
