@@ -44,7 +44,7 @@ class ClusterConfig:
         max_train_events: Events used for training (a random subset of the pooled events); every event
             is assigned afterwards. 5,000 events, batches of 512 at a learning rate of 0.004 (256 at
             0.002 before: the same epochs in half the steps, the same F1), 150 pretraining steps at
-            least and 10 restarts on 2,000 events cluster a 20,000-event file in about 1.5-2 times
+            least and 10 restarts on 2,000 events cluster a 20,000-event file in about 1.1-1.3 times
             FlowSOM's time, at the accuracy of training on all events (chosen on FlowSOM's ff.fcs;
             ``benchmarks/bench_cytometry.py``).
         max_clusters: With ``clusters=None``, the most clusters considered.
