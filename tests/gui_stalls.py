@@ -225,7 +225,9 @@ def main(folder: Path, stacks: bool = False) -> dict:
     expression = docks["Expression"]
     expression.path_edit.setText(str(folder / "cells.csv"))
     expression.load_data()
-    wait_until(lambda: expression.data is not None, 60, "reading the expression file")
+    # the runner is busy until its finished signal, which comes after the data (else Train is refused)
+    wait_until(lambda: expression.data is not None and not expression.runner.busy, 60,
+               "reading the expression file")
     expression.label_combo.setCurrentText("lineage")
     expression.epochs_spin.setValue(2)
     expression.train()

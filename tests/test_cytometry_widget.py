@@ -138,6 +138,26 @@ def test_run_plots_scatter_and_shares_with_axes_and_legends_in_one_palette(widge
 
 
 @pytest.mark.gui
+def test_the_scatter_is_laid_out_in_the_drawing_thread(widget, qtbot, fcs_files, monkeypatch):
+    import threading
+
+    from napari_hematology.core import cytometry
+
+    threads = []
+    original = cytometry.scatter_coordinates
+
+    def recording(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cytometry, "scatter_coordinates", recording)
+    assert load(widget, qtbot, fcs_files)
+    run_and_wait(widget, qtbot, clusters=2)
+    assert len(scatter_axes(widget, qtbot)[1].get_offsets()) == 600
+    assert threads and threading.get_ident() not in threads, "the latent PCA ran in napari's GUI thread"
+
+
+@pytest.mark.gui
 def test_a_child_stage_plots_its_parents_events_only(widget, qtbot, fcs_files, tmp_path):
     from test_cytometry import STAGES_YAML
 

@@ -387,39 +387,44 @@ class CytometryWidget(QWidget):
         self._plot_shares(self.file_combo.currentIndex(), self.stage_combo.currentIndex())
 
     def _plot_scatter(self, file_index: int, stage_index: int) -> None:
-        """The events the stage saw, coloured by population, on the chosen channels or the latent space."""
+        """The events the stage saw, coloured by population, on the chosen channels or the latent space.
+
+        The coordinates (for the latent space, the model's embedding and its principal axes) are computed
+        with the figure in the drawing thread, not in napari's.
+        """
         from napari_hematology.core.cytometry import cell_table, scatter_coordinates
 
         x_axis, y_axis = self.x_combo.currentData(), self.y_combo.currentData()
         channels = None if None in (x_axis, y_axis) else (x_axis, y_axis)
-        try:
-            coordinates, names = scatter_coordinates(self.result, file_index, stage_index, channels)
-        except HematologyError as error:
-            report_error(error)
-            self.scatter_plot.clear()
-            return
-        events = cell_table(self.result, file_index)
-        populations = events["cluster" if "cluster" in events.columns else self.stage_combo.currentText()]
-        seen = np.isfinite(coordinates).all(axis=1)
-        colours = self.stage_colours()
-        title = f"{self.result.samples[file_index].name}: {int(seen.sum()):,} events"
-        if seen.sum() > MAX_POINTS:
-            title += f", {MAX_POINTS:,} drawn at random"
-        x, y = self._axis_labels(file_index, channels, names)
-        points, categories = coordinates[seen], populations.to_numpy()[seen]
+        result, stage_name, colours = self.result, self.stage_combo.currentText(), self.stage_colours()
+        channel_labels = None if channels is None else self._channel_labels(file_index, channels)
+        laid_out: dict = {}  # computed once, by the first drawing; redrawing for a new width reuses it
+
+        def lay_out() -> dict:
+            coordinates, names = scatter_coordinates(result, file_index, stage_index, channels)
+            events = cell_table(result, file_index)
+            populations = events["cluster" if "cluster" in events.columns else stage_name].to_numpy()
+            seen = np.isfinite(coordinates).all(axis=1)
+            title = f"{result.samples[file_index].name}: {int(seen.sum()):,} events"
+            if seen.sum() > MAX_POINTS:
+                title += f", {MAX_POINTS:,} drawn at random"
+            return {"points": coordinates[seen], "categories": populations[seen], "title": title,
+                    "axes": channel_labels or names}
 
         def draw(figure) -> int:
-            category_scatter(figure, points, categories, colours, title=title, x=x, y=y)
+            if not laid_out:
+                laid_out.update(lay_out())
+            x, y = laid_out["axes"]
+            category_scatter(figure, laid_out["points"], laid_out["categories"], colours,
+                             title=laid_out["title"], x=x, y=y)
             return scatter_height(len(colours))
 
         self.scatter_plot.plot(draw)
 
-    def _axis_labels(self, file_index: int, channels: tuple[str, str] | None, names: list[str]) -> list[str]:
-        """The scatter's axis labels: each channel as listed and its scale, or the latent axes' names."""
+    def _channel_labels(self, file_index: int, channels: tuple[str, str]) -> list[str]:
+        """The scatter's axis labels for two channels: each channel as listed, and its scale."""
         from napari_hematology.core.cytometry.scales import value_scale
 
-        if channels is None:
-            return names
         sample, preprocessing = self.result.samples[file_index], self.result.batch.preprocessing[file_index]
         return [
             f"{combo.currentText()}, {value_scale(sample, channel, preprocessing)}"
