@@ -188,7 +188,7 @@ def _over_clusterings(values: np.ndarray, kmeans: OverClustering, config: Cluste
         if restart:
             subset = rng.choice(len(values), min(len(values), CONSENSUS_EVENTS), replace=False)
             kmeans = over_cluster(values[subset], prototypes, int(rng.integers(2**31 - 1)))
-        assigned = kmeans.predict(values)
+        assigned = kmeans.predict(values) if restart else kmeans.labels  # the given one was fitted on them
         distances = pdist(kmeans.centres)
         runs.append(
             (assigned, TreeCuts(linkage(distances, method="complete")), squareform(distances),
@@ -273,8 +273,8 @@ def choose_cluster_count(
     """
     prototypes, cells = kmeans.cells, kmeans.labels
     runs = _over_clusterings(x, kmeans, config)
-    consensus_moments = CellMoments.of(x, cells, prototypes)
     run_moments = [CellMoments.of(x, assigned, prototypes) for assigned, *_ in runs]
+    consensus_moments = run_moments[0]  # the first run is the given over-clustering: its cells are ``cells``
     largest = min(config.max_clusters, prototypes, len(x) // max(x.shape[1] + 1, 1))
     if config.min_cluster_fraction > 0:
         largest = min(largest, int(np.floor(1 / config.min_cluster_fraction)))
